@@ -1,0 +1,41 @@
+r"""Forms VQA: read the value of the named field from a rendered form (image encoder, byte decoder).
+
+The question is drawn into the image's header row; the decoder emits the answer bytes.
+
+  python -m deed_jax.train --config configs/forms_vqa.py --workdir workdirs/forms_vqa
+  python -m deed_jax.train --config configs/forms_vqa.py:runlocal --workdir workdirs/forms_vqa_local
+
+`runlocal` is the CPU-sized run of ./launch/local.sh (a few minutes of training on 2 cores).
+"""
+
+from deed_jax.config_defaults import training_defaults
+from deed_jax.data import forms
+
+
+def get_config(arg: str = ""):
+  runlocal = arg == "runlocal"
+  config = training_defaults()
+  config.task.dataset = "forms_vqa"
+  config.task.dataset_config = "base"
+  config.task.source_key = "image"
+  config.task.target_key = "answer"
+  config.model.update(dict(
+      vocab_size=259, d_model=256, num_heads=8, d_ff=1024, encoder_layers=6, decoder_layers=6,
+      max_target_length=forms.MAX_VALUE_LENGTH + 1, encoder="image", image_size=forms.IMAGE_SIZE,
+      patch_size=forms.PATCH_SIZE, num_channels=3, adapter="bottleneck", adapter_dim=64))
+  config.batch_size = 64
+  config.total_steps = 20_000
+  config.eval_every_steps = 2000
+  config.checkpoint_every_steps = 2000
+  if runlocal:
+    config.model.update(dict(d_model=128, num_heads=4, d_ff=256, encoder_layers=3, decoder_layers=4,
+                             adapter_dim=32))
+    config.optimizer.learning_rate = 2e-3
+    config.optimizer.warmup_steps = 100
+    config.batch_size = 32
+    config.total_steps = 2500
+    config.log_every_steps = 25
+    config.eval_every_steps = 1000
+    config.checkpoint_every_steps = 500
+    config.eval_batch_size = 100
+  return config

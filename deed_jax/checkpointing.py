@@ -1,0 +1,146 @@
+"""Checkpoints: one small module over orbax-checkpoint's `CheckpointManager`.
+
+A workdir holds `model_config.json` (the architecture) and `checkpoints/<step>/` with two items:
+`state` (step, params, optimizer state) and `data` (the grain iterator's position). Saves are async,
+the newest `keep` are kept, and training resumes from the newest. A checkpoint written for another
+architecture is refused with the differing options/shapes named, and left as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import grain
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
+
+MODEL_CONFIG_FILE = "model_config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _config_path(workdir: str) -> epath.Path:
+  return epath.Path(workdir) / MODEL_CONFIG_FILE
+
+
+def read_model_config(workdir: str) -> ModelConfig | None:
+  path = _config_path(workdir)
+  return ModelConfig.from_json(path.read_text()) if path.exists() else None
+
+
+def check_compatible_workdir(workdir: str, config: ModelConfig) -> None:
+  """Raise if `workdir` already belongs to a model of another architecture. Writes nothing."""
+  stored = read_model_config(workdir)
+  if stored is None or stored == config:
+    return
+  old, new = stored.to_dict(), config.to_dict()
+  diffs = {k: (old[k], new[k]) for k in sorted(old) if old[k] != new[k]}
+  shown = ", ".join(f"{k}: {a!r} in the workdir vs {b!r} requested" for k, (a, b) in diffs.items())
+  raise ValueError(f"Workdir {workdir} holds a checkpoint of a different model ({shown}). "
+                   "Use another --workdir; the existing checkpoint was left untouched.")
+
+
+def _path_name(path) -> str:
+  """A key path as 'a/b/0', the same for dicts, NamedTuples and lists (orbax stores all as dicts)."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def _shape_mismatches(stored: Any, target: Any) -> list[str]:
+  """Leaves whose stored shape differs from the target's, or that exist on one side only."""
+  def shapes(tree):
+    return {_path_name(p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat_stored, flat_target = shapes(stored), shapes(target)
+  return [f"{k}: stored {flat_stored.get(k, 'missing')} vs model {flat_target.get(k, 'missing')}"
+          for k in sorted(set(flat_stored) | set(flat_target))
+          if flat_stored.get(k) != flat_target.get(k)]
+
+
+def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+  """Restore into `abstract`'s structure, dtypes and shardings (ShapeDtypeStructs or arrays)."""
+  return ocp.args.PyTreeRestore(item=abstract, partial_restore=partial,
+                                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+
+
+class Checkpointer:
+  """Save/restore the train state and the data iterator under `workdir`."""
+
+  def __init__(self, workdir: str, model_config: ModelConfig, *, keep: int = 3,
+               save_interval_steps: int = 1, async_save: bool = True):
+    check_compatible_workdir(workdir, model_config)
+    self.workdir = workdir
+    self.model_config = model_config
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_interval_steps,
+                                           enable_async_checkpointing=async_save, create=True)
+    self.manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
+        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
+    """Async save (the manager decides by its interval unless `force`). Returns whether it saved."""
+    if jax.process_index() == 0 and not _config_path(self.workdir).exists():
+      _config_path(self.workdir).write_text(self.model_config.to_json())
+    items = {"state": ocp.args.PyTreeSave(state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
+    """Restore `step` into the structure/shardings of `abstract_state`; refuses mismatched shapes."""
+    stored = self.manager.item_metadata(step)["state"]
+    problems = _shape_mismatches(stored, abstract_state)
+    if problems:
+      raise ValueError(f"Checkpoint {step} in {self.workdir} does not fit this model: "
+                       + "; ".join(problems[:10]) + ". The checkpoint was left untouched.")
+    items = {"state": _restore_args(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    return restored["state"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder:
+  """A ready model from a workdir: its `model_config.json` + the params of `step` (default newest)."""
+  config = read_model_config(workdir)
+  if config is None:
+    raise FileNotFoundError(f"{_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
+  model = nnx.eval_shape(lambda: MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)))
+  graphdef, abstract_params = nnx.split(model, nnx.Param)
+  abstract = nnx.to_pure_dict(abstract_params)
+  checkpointer = Checkpointer(workdir, config, async_save=False)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint under {workdir}/{CHECKPOINT_DIR}.")
+    stored = checkpointer.manager.item_metadata(step)["state"]
+    problems = _shape_mismatches(stored["params"], abstract)
+    if problems:
+      raise ValueError(f"Checkpoint {step} in {workdir} does not fit its model_config.json: "
+                       + "; ".join(problems[:10]))
+    restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
+        state=_restore_args({"params": abstract}, partial=True)))
+  finally:
+    checkpointer.close()
+  params = restored["state"]["params"]
+  return nnx.merge(graphdef, params)

@@ -1,0 +1,66 @@
+"""Defaults shared by every training config, and the check that turns a config into typed parts.
+
+Task configs under `configs/` start from `training_defaults()` and override what they need.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from deed_jax.models import ModelConfig
+from deed_jax.training.losses import LOSS_MODES
+
+
+def training_defaults() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = ml_collections.ConfigDict(dict(
+      dataset="forms_vqa",  # An embedded TFDS builder (deed_jax.data.forms_tfds.BUILDERS).
+      dataset_config="base",  # Its size config: tiny | small | base.
+      data_dir="",  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets).
+      tokenizer="byte",  # "byte", or a local tokenizer.json / sentencepiece .model.
+      source_key="image",
+      target_key="answer",
+      max_source_length=0,  # Text encoders: input length in tokens.
+  ))
+  config.model = ml_collections.ConfigDict()  # ModelConfig keyword arguments.
+  config.loss = ml_collections.ConfigDict(dict(mode="deed", label_smoothing=0.0))
+  config.optimizer = ml_collections.ConfigDict(dict(
+      learning_rate=1e-3, warmup_steps=200, end_lr_factor=0.01, weight_decay=0.01, clip_norm=1.0,
+      b1=0.9, b2=0.98))
+  config.seed = 0
+  config.batch_size = 32
+  config.total_steps = 1000
+  config.log_every_steps = 50
+  config.eval_every_steps = 500
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 2
+  config.eval_batch_size = 64
+  config.num_eval_samples = 4  # Decoded examples printed with each evaluation.
+  return config
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The `ModelConfig` a training config describes; unknown options raise naming them."""
+  return ModelConfig.from_dict(config.model.to_dict())
+
+
+def validate(config: ml_collections.ConfigDict) -> ModelConfig:
+  """Check a training config before anything is built or written. Returns its ModelConfig."""
+  known = set(training_defaults().keys())
+  unknown = sorted(set(config.keys()) - known)
+  if unknown:
+    raise ValueError(f"Unknown config option(s) {unknown}; known: {sorted(known)}.")
+  for block in ("task", "loss", "optimizer"):
+    extra = sorted(set(config[block].keys()) - set(training_defaults()[block].keys()))
+    if extra:
+      raise ValueError(f"Unknown config option(s) config.{block}.{extra}; known: "
+                       f"{sorted(training_defaults()[block].keys())}.")
+  if config.loss.mode not in LOSS_MODES:
+    raise ValueError(f"config.loss.mode={config.loss.mode!r} is not one of {LOSS_MODES}.")
+  if not 0.0 <= config.loss.label_smoothing < 1.0:
+    raise ValueError(f"config.loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1).")
+  for name in ("batch_size", "eval_batch_size", "total_steps", "log_every_steps", "eval_every_steps",
+               "checkpoint_every_steps", "keep_checkpoints"):
+    if config[name] < 1:
+      raise ValueError(f"config.{name}={config[name]} must be >= 1.")
+  return model_config(config)

@@ -1,0 +1,1 @@
+"""Embedded tasks (TFDS builders), tokenizers and the grain input pipeline."""

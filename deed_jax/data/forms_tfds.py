@@ -1,0 +1,88 @@
+"""TFDS builders for the embedded forms task, prepared as ArrayRecord (no TensorFlow needed).
+
+`forms_vqa`: image (PNG bytes of the rendered form, question drawn in its header row), question, answer.
+`forms_text`: the same forms written as one line of text (`source`) and the answer (`target`).
+
+Example i of a split is `make_form(split_seed + i)`, so splits are reproducible and disjoint.
+Builder configs set the sizes: `tiny` for tests, `base` for the local training run.
+"""
+
+from __future__ import annotations
+
+import tensorflow_datasets as tfds
+
+from deed_jax.data import forms
+
+SPLIT_SIZES = {  # config name -> {split: number of examples}
+    "tiny": {"train": 256, "validation": 64},
+    "small": {"train": 2048, "validation": 128},
+    "base": {"train": 40_000, "validation": 500},
+}
+_SPLIT_SEEDS = {"train": 1_000_000_000, "validation": 2_000_000_000}
+
+
+class _FormsBuilder(tfds.core.GeneratorBasedBuilder):
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in SPLIT_SIZES]
+  DEFAULT_CONFIG_NAME = "base"
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Everything is generated locally.
+    return {split: self._generate_examples(split, size)
+            for split, size in SPLIT_SIZES[self.builder_config.name].items()}
+
+  def _generate_examples(self, split: str, size: int):
+    for index in range(size):
+      form = forms.make_form(_SPLIT_SEEDS[split] + index)
+      yield index, self._example(form)
+
+  def _example(self, form: forms.Form) -> dict:
+    raise NotImplementedError
+
+
+class FormsVqa(_FormsBuilder):
+  """Rendered forms; the question is drawn into the image and also stored as text."""
+
+  def _info(self):
+    height, width = forms.IMAGE_SIZE
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(height, width, 3), encoding_format="png"),
+            "question": tfds.features.Text(),
+            "answer": tfds.features.Text(),
+        }),
+        supervised_keys=None,
+        description=__doc__)
+
+  def _example(self, form: forms.Form) -> dict:
+    return {"image": forms.png_bytes(forms.render_form(form)), "question": form.question,
+            "answer": form.answer}
+
+
+class FormsText(_FormsBuilder):
+  """The same forms as text-to-text examples."""
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({"source": tfds.features.Text(),
+                                             "target": tfds.features.Text()}),
+        description=__doc__)
+
+  def _example(self, form: forms.Form) -> dict:
+    return {"source": forms.form_as_text(form), "target": form.answer}
+
+
+BUILDERS = {"forms_vqa": FormsVqa, "forms_text": FormsText}
+
+
+def prepare(name: str, config: str, data_dir: str) -> tfds.core.DatasetBuilder:
+  """Generate the dataset into `data_dir` unless it is already there (idempotent)."""
+  if name not in BUILDERS:
+    raise ValueError(f"Unknown dataset {name!r}; embedded datasets: {sorted(BUILDERS)}.")
+  if config not in SPLIT_SIZES:
+    raise ValueError(f"Unknown config {config!r} of {name}; configs: {sorted(SPLIT_SIZES)}.")
+  builder = BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")
+  with tfds.display_progress_bar(False):
+    builder.download_and_prepare()
+  return builder

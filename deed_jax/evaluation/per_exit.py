@@ -1,0 +1,82 @@
+"""Per-exit validation metrics: teacher-forced token accuracy and greedy exact match at every exit.
+
+Exact match decodes greedily with the naive reference decoder at a fixed exit l = 1..L and compares
+the tokens up to and including EOS with the target.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from deed_jax.data.pipeline import encoder_inputs
+from deed_jax.decoding.reference import greedy_at_exit
+from deed_jax.training.train_step import exit_metrics
+
+
+def exact_match(tokens: jax.Array, targets: jax.Array, target_mask: jax.Array) -> jax.Array:
+  """[B, N] decoded, [B, T] targets (ending in EOS) -> [B] bool: equal on every target position."""
+  length = min(tokens.shape[1], targets.shape[1])
+  tokens, targets, target_mask = tokens[:, :length], targets[:, :length], target_mask[:, :length]
+  return jnp.all((tokens == targets) | (target_mask == 0), axis=-1)
+
+
+def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int):
+  """-> jitted fn(params, batch) -> dict of per-example sums over the batch's valid rows."""
+
+  def eval_batch(params, batch):
+    model = nnx.merge(graphdef, params)
+    valid = batch["valid"].astype(jnp.float32)  # [B]; 0 on rows padding the last batch
+    mask = batch["target_mask"] * batch["valid"][:, None]
+    losses, accuracies = exit_metrics(model, {**batch, "target_mask": mask})  # [L], [L]
+    num_tokens = mask.sum()
+
+    def exact_at(exit_layer):
+      tokens = greedy_at_exit(model, encoder_inputs(batch), exit_layer, max_new_tokens)
+      return (exact_match(tokens, batch["targets"], batch["target_mask"]) * valid).sum(), tokens
+
+    exits = jnp.arange(1, model.config.decoder_layers + 1)
+    matches, tokens = jax.lax.map(exact_at, exits)  # [L], [L, B, N]
+    return {"loss_sum": losses * num_tokens, "correct_tokens": accuracies * num_tokens,
+            "num_tokens": num_tokens, "exact_matches": matches, "num_examples": valid.sum(),
+            "tokens": tokens}
+
+  return jax.jit(eval_batch)
+
+
+def _pad_batch(batch: dict, batch_size: int) -> dict:
+  """Pad a short last batch to `batch_size` rows (marked invalid) so shapes stay static."""
+  rows = len(batch["targets"])
+  padded = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - rows, axis=0)]) if rows < batch_size
+            else v for k, v in batch.items()}
+  padded["valid"] = (np.arange(batch_size) < rows).astype(np.int32)
+  return padded
+
+
+def evaluate_exits(eval_fn, params, batches: Iterable[dict], batch_size: int,
+                   decode_text=None, num_samples: int = 0) -> dict:
+  """Run `eval_fn` over `batches`; -> {exit_loss, exit_token_accuracy, exit_exact_match: [L] lists,
+  num_examples, samples: [(target, prediction at each exit)]}."""
+  totals, samples = None, []
+  for batch in batches:
+    out = jax.device_get(eval_fn(params, _pad_batch(batch, batch_size)))
+    tokens = out.pop("tokens")
+    totals = out if totals is None else jax.tree.map(np.add, totals, out)
+    if decode_text is not None and len(samples) < num_samples:
+      for row in range(min(num_samples - len(samples), len(batch["targets"]))):
+        samples.append({"target": decode_text(batch["targets"][row]),
+                        "exits": [decode_text(t[row]) for t in tokens]})
+  if totals is None:
+    raise ValueError("The validation split yielded no batches.")
+  tokens, examples = max(float(totals["num_tokens"]), 1.0), max(float(totals["num_examples"]), 1.0)
+  return {
+      "exit_loss": (totals["loss_sum"] / tokens).tolist(),
+      "exit_token_accuracy": (totals["correct_tokens"] / tokens).tolist(),
+      "exit_exact_match": (totals["exact_matches"] / examples).tolist(),
+      "num_examples": int(totals["num_examples"]),
+      "samples": samples,
+  }

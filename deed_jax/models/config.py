@@ -1,0 +1,157 @@
+"""`ModelConfig`: every architectural choice of the multi-exit encoder-decoder.
+
+The options cover what pretrained families need (BART/mBART: post/pre LayerNorm, learned positions with
+offset 2, embedding LayerNorm; T5: RMSNorm, relative position bias, gated-gelu, untied head, no attention
+scaling), so a converted checkpoint is this same model with other switches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+_CHOICES = {
+    "encoder": ("text", "image"),
+    "patch_positions": ("1d", "2d"),
+    "norm_type": ("layernorm", "rmsnorm"),
+    "norm_position": ("pre", "post"),
+    "position_embedding": ("learned", "sinusoidal", "relative"),
+    "mlp_activation": ("gelu", "gelu_tanh", "relu", "gated-gelu", "gated-relu"),
+    "adapter": ("none", "linear", "bottleneck"),
+    "dtype": ("float32", "bfloat16", "float16"),
+    "param_dtype": ("float32", "bfloat16"),
+}
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+  return (value, value) if isinstance(value, int) else tuple(value)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+  """Shape and options of a `MultiExitEncoderDecoder`.
+
+  `image_size` and `patch_size` take an int (square) or a (height, width) pair; a non-square patch lets
+  one patch hold exactly one glyph of a monospace font, which is how the embedded forms task is drawn.
+  """
+
+  vocab_size: int
+  d_model: int
+  num_heads: int
+  d_ff: int
+  encoder_layers: int
+  decoder_layers: int
+  max_target_length: int
+  # Encoder.
+  encoder: str = "text"
+  max_source_length: int = 512
+  image_size: int | tuple[int, int] = 224
+  patch_size: int | tuple[int, int] = 16
+  num_channels: int = 3
+  patch_positions: str = "1d"  # "1d": one learned vector per patch (ViT); "2d": row + column vectors.
+  # Attention and MLP.
+  head_dim: int | None = None  # Defaults to d_model // num_heads (T5 sets d_kv independently).
+  attention_bias: bool = True  # Biases on q/k/v/o projections (BART yes, T5 no).
+  scale_attention: bool = True  # Multiply q by head_dim**-0.5 (T5 folds it into the init instead).
+  mlp_activation: str = "gelu"
+  mlp_bias: bool = True
+  # Normalisation.
+  norm_type: str = "layernorm"
+  norm_position: str = "pre"  # "pre": norm before each sublayer + a final norm; "post": after (BART).
+  norm_eps: float = 1e-5
+  embedding_norm: bool = False  # LayerNorm right after the embeddings (BART, mBART).
+  # Positions.
+  position_embedding: str = "learned"
+  position_offset: int = 0  # BART's learned positions start at index 2.
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  # Embeddings and head.
+  scale_embedding: bool = False  # Multiply token embeddings by sqrt(d_model).
+  tie_word_embeddings: bool = True
+  rescale_tied_output: bool = False  # T5 v1.0: hidden * d_model**-0.5 before a tied head.
+  final_logits_bias: bool = False
+  # Exits.
+  adapter: str = "bottleneck"
+  adapter_dim: int = 64
+  # Regularisation and numerics.
+  dropout_rate: float = 0.0
+  dtype: str = "float32"  # Compute dtype; logits are always float32.
+  param_dtype: str = "float32"
+  pad_id: int = 0
+  bos_id: int = 1
+  eos_id: int = 2
+
+  def __post_init__(self):
+    for name, allowed in _CHOICES.items():
+      value = getattr(self, name)
+      if value not in allowed:
+        raise ValueError(f"ModelConfig.{name}={value!r} is not one of {allowed}.")
+    for name in ("vocab_size", "d_model", "num_heads", "d_ff", "decoder_layers", "max_target_length"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1.")
+    if self.encoder_layers < 0:
+      raise ValueError(f"ModelConfig.encoder_layers={self.encoder_layers} must be >= 0.")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(
+          f"ModelConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+          "set head_dim explicitly.")
+    for name in ("pad_id", "bos_id", "eos_id"):
+      if not 0 <= getattr(self, name) < self.vocab_size:
+        raise ValueError(f"ModelConfig.{name}={getattr(self, name)} is outside [0, {self.vocab_size}).")
+    if self.encoder == "image":
+      (h, w), (ph, pw) = self.image_hw, self.patch_hw
+      if h % ph or w % pw:
+        raise ValueError(
+            f"ModelConfig.image_size={self.image_size} is not divisible by patch_size={self.patch_size}.")
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f"ModelConfig.dropout_rate={self.dropout_rate} must be in [0, 1).")
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def image_hw(self) -> tuple[int, int]:
+    return _pair(self.image_size)
+
+  @property
+  def patch_hw(self) -> tuple[int, int]:
+    return _pair(self.patch_size)
+
+  @property
+  def patch_grid(self) -> tuple[int, int]:
+    (h, w), (ph, pw) = self.image_hw, self.patch_hw
+    return h // ph, w // pw
+
+  @property
+  def num_patches(self) -> int:
+    rows, cols = self.patch_grid
+    return rows * cols
+
+  @property
+  def is_gated_mlp(self) -> bool:
+    return self.mlp_activation.startswith("gated-")
+
+  # Serialisation: checkpoints store the config beside the weights as JSON.
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+      raise ValueError(f"Unknown ModelConfig option(s) {unknown}; known options: {sorted(known)}.")
+    values = dict(values)
+    for name in ("image_size", "patch_size"):  # JSON turns tuples into lists.
+      if isinstance(values.get(name), list):
+        values[name] = tuple(values[name])
+    return cls(**values)
+
+  @classmethod
+  def from_json(cls, text: str) -> "ModelConfig":
+    return cls.from_dict(json.loads(text))

@@ -1,0 +1,122 @@
+"""The encoder: a text transformer or a ViT-style image transformer (patch embedding + the same layers).
+
+Both share one stack of `TransformerLayer`s; only the input stage differs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deed_jax.models.config import ModelConfig
+from deed_jax.models.layers import Norm, RelativePositionBias, dropout, param, sinusoidal_positions, split_rng
+from deed_jax.models.transformer import TransformerLayer, padding_bias
+
+Array = jax.Array
+
+
+class PositionEmbedding(nnx.Module):
+  """Absolute positions added to token embeddings: learned (with BART's offset) or sinusoidal.
+
+  With T5's relative bias there is no absolute embedding and this returns zeros.
+  """
+
+  def __init__(self, config: ModelConfig, max_length: int, rngs: nnx.Rngs):
+    self.kind = config.position_embedding
+    self.offset = config.position_offset
+    self.dim = config.d_model
+    self.max_length = max_length
+    if self.kind == "learned":
+      self.table = param(rngs, (max_length + self.offset, config.d_model), (None, "embed"),
+                         dtype=config.param_dtype)
+
+  def __call__(self, positions: Array) -> Array:  # [T] int -> [T, D] float32
+    if self.kind == "learned":
+      return self.table[...].astype(jnp.float32)[positions + self.offset]
+    if self.kind == "sinusoidal":
+      return sinusoidal_positions(positions + self.offset, self.dim)
+    return jnp.zeros(positions.shape + (self.dim,), jnp.float32)
+
+
+class Encoder(nnx.Module):
+  """Text or image encoder; `__call__` returns (states [B, S, D], mask [B, S])."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    self.config = config
+    if config.encoder == "image":
+      (ph, pw), c = config.patch_hw, config.num_channels
+      self.patch_embedding = param(rngs, (ph * pw * c, config.d_model), (None, "embed"),
+                                   dtype=config.param_dtype)
+      self.patch_bias = param(None, (config.d_model,), ("embed",), "zeros", config.param_dtype)
+      if config.patch_positions == "2d":  # Factorised: rows and columns of the patch grid.
+        rows, cols = config.patch_grid
+        self.patch_row_positions = param(rngs, (rows, config.d_model), (None, "embed"),
+                                         dtype=config.param_dtype)
+        self.patch_column_positions = param(rngs, (cols, config.d_model), (None, "embed"),
+                                            dtype=config.param_dtype)
+      else:
+        self.patch_positions = param(rngs, (config.num_patches, config.d_model), (None, "embed"),
+                                     dtype=config.param_dtype)
+    else:
+      self.positions = PositionEmbedding(config, config.max_source_length, rngs)
+    if config.position_embedding == "relative":
+      self.relative_bias = RelativePositionBias(config, bidirectional=True, rngs=rngs)
+    if config.embedding_norm:
+      self.embedding_norm = Norm(config)
+    self.layers = nnx.List([
+        TransformerLayer(config, cross_attention=False, rngs=rngs) for _ in range(config.encoder_layers)
+    ])
+    if config.norm_position == "pre":
+      self.final_norm = Norm(config)
+
+  def _embed_text(self, input_ids: Array, token_embedding: Array) -> Array:
+    cfg = self.config
+    x = token_embedding[input_ids].astype(jnp.float32)  # [B, S, D]
+    if cfg.scale_embedding:
+      x = x * cfg.d_model**0.5
+    return x + self.positions(jnp.arange(input_ids.shape[1]))
+
+  def _embed_image(self, pixel_values: Array) -> Array:
+    cfg = self.config
+    (h, w), (ph, pw), c = cfg.image_hw, cfg.patch_hw, cfg.num_channels
+    if pixel_values.ndim != 4 or pixel_values.shape[1:] != (h, w, c):
+      raise ValueError(
+          f"pixel_values has shape {tuple(pixel_values.shape)}; this model expects [B, {h}, {w}, {c}] "
+          f"(image_size={cfg.image_size}, num_channels={c}).")
+    b = pixel_values.shape[0]
+    patches = pixel_values.astype(jnp.float32).reshape(b, h // ph, ph, w // pw, pw, c)
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, cfg.num_patches, ph * pw * c)  # [B, N, P]
+    x = patches @ self.patch_embedding[...].astype(jnp.float32) + self.patch_bias[...]  # [B, N, D]
+    if cfg.patch_positions == "2d":
+      positions = (self.patch_row_positions[...][:, None, :]
+                   + self.patch_column_positions[...][None, :, :])  # [rows, cols, D]
+      positions = positions.reshape(cfg.num_patches, cfg.d_model)
+    else:
+      positions = self.patch_positions[...]
+    return x + positions.astype(jnp.float32)
+
+  def __call__(self, encoder_inputs: dict[str, Array], token_embedding: Array,
+               dropout_rng: Array | None = None) -> tuple[Array, Array]:
+    cfg = self.config
+    if cfg.encoder == "image":
+      x = self._embed_image(encoder_inputs["pixel_values"])
+      mask = jnp.ones(x.shape[:2], jnp.int32)  # [B, N]
+    else:
+      input_ids = encoder_inputs["input_ids"]
+      mask = encoder_inputs.get("attention_mask")
+      mask = jnp.ones_like(input_ids) if mask is None else mask
+      x = self._embed_text(input_ids, token_embedding)
+    if cfg.embedding_norm:
+      x = self.embedding_norm(x)
+    rngs = split_rng(dropout_rng, len(self.layers) + 1)
+    x = dropout(x, cfg.dropout_rate, rngs[-1]).astype(cfg.dtype)
+    bias = padding_bias(mask)  # [B, 1, 1, S]
+    if cfg.position_embedding == "relative":
+      positions = jnp.arange(x.shape[1])
+      bias = bias + self.relative_bias(positions, positions)  # [B, H, S, S]
+    for layer, rng in zip(self.layers, rngs):
+      x, _ = layer(x, bias, dropout_rng=rng)
+    if cfg.norm_position == "pre":
+      x = self.final_norm(x)
+    return x, mask

@@ -1,0 +1,98 @@
+"""`MultiExitEncoderDecoder`: encoder + multi-exit decoder + one LM head shared by all exits."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from deed_jax.models.config import ModelConfig
+from deed_jax.models.decoder import Decoder
+from deed_jax.models.encoder import Encoder
+from deed_jax.models.layers import param, split_rng
+
+Array = jax.Array
+
+
+def check_token_ids(ids, vocab_size: int, name: str) -> None:
+  """Raise if concrete token ids fall outside [0, vocab_size). Traced ids are checked by the caller."""
+  if isinstance(ids, jax.core.Tracer):
+    return
+  ids = np.asarray(ids)
+  if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    raise ValueError(f"{name} holds token id(s) {sorted(set(bad.tolist()))[:8]} outside the vocabulary "
+                     f"[0, {vocab_size}).")
+
+
+class MultiExitEncoderDecoder(nnx.Module):
+  """Every decoder layer can predict: logits of all exits come from one call, shape [L, B, T, V]."""
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+    self.config = config
+    self.token_embedding = param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
+                                 dtype=config.param_dtype)
+    self.encoder = Encoder(config, rngs)
+    self.decoder = Decoder(config, rngs)
+    if not config.tie_word_embeddings:
+      self.lm_head = param(rngs, (config.d_model, config.vocab_size), ("embed", "vocab"),
+                           dtype=config.param_dtype)
+    if config.final_logits_bias:
+      self.logits_bias = param(None, (config.vocab_size,), ("vocab",), "zeros", config.param_dtype)
+
+  # -- validation -----------------------------------------------------------------------------------
+  def check_inputs(self, encoder_inputs: dict, decoder_input_ids=None) -> None:
+    """Clear errors for inputs this model cannot take (shapes always; id ranges when concrete)."""
+    cfg = self.config
+    expected = {"pixel_values"} if cfg.encoder == "image" else {"input_ids", "attention_mask"}
+    required = {"pixel_values"} if cfg.encoder == "image" else {"input_ids"}
+    keys = set(encoder_inputs)
+    if not required <= keys or not keys <= expected:
+      raise ValueError(f"encoder_inputs has keys {sorted(keys)}; a {cfg.encoder!r} encoder takes "
+                       f"{sorted(expected)} (required: {sorted(required)}).")
+    if cfg.encoder == "text":
+      length = encoder_inputs["input_ids"].shape[1]
+      if cfg.position_embedding != "relative" and length > cfg.max_source_length:
+        raise ValueError(f"input_ids length {length} exceeds max_source_length={cfg.max_source_length}.")
+      check_token_ids(encoder_inputs["input_ids"], cfg.vocab_size, "input_ids")
+    if decoder_input_ids is not None:
+      length = decoder_input_ids.shape[1]
+      if length > cfg.max_target_length:
+        raise ValueError(
+            f"decoder_input_ids length {length} exceeds max_target_length={cfg.max_target_length}.")
+      check_token_ids(decoder_input_ids, cfg.vocab_size, "decoder_input_ids")
+
+  # -- pieces used by training and decoding ---------------------------------------------------------
+  def encode(self, encoder_inputs: dict, dropout_rng: Array | None = None) -> tuple[Array, Array]:
+    """-> encoder states [B, S, D], encoder mask [B, S]."""
+    return self.encoder(encoder_inputs, self.token_embedding[...], dropout_rng)
+
+  def exit_features(self, encoder_inputs: dict, decoder_input_ids: Array, *,
+                    num_layers: int | None = None, dropout_rng: Array | None = None) -> Array:
+    """Teacher-forced features of exits 1..num_layers (pre-head): [L', B, T, D]."""
+    self.check_inputs(encoder_inputs, decoder_input_ids)
+    enc_rng, dec_rng = split_rng(dropout_rng, 2)
+    encoder_out, encoder_mask = self.encode(encoder_inputs, enc_rng)
+    return self.decoder(decoder_input_ids, encoder_out, encoder_mask, self.token_embedding[...],
+                        num_layers=num_layers, dropout_rng=dec_rng)
+
+  def logits(self, features: Array) -> Array:
+    """The shared LM head: [..., D] -> [..., V] float32."""
+    cfg = self.config
+    h = features.astype(jnp.float32)
+    if cfg.tie_word_embeddings:
+      if cfg.rescale_tied_output:
+        h = h * cfg.d_model**-0.5
+      out = h @ self.token_embedding[...].astype(jnp.float32).T
+    else:
+      out = h @ self.lm_head[...].astype(jnp.float32)
+    if cfg.final_logits_bias:
+      out = out + self.logits_bias[...].astype(jnp.float32)
+    return out
+
+  def __call__(self, encoder_inputs: dict, decoder_input_ids: Array, *,
+               dropout_rng: Array | None = None) -> Array:
+    """Logits of every exit: [L, B, T, V] float32. For training, prefer `exit_features` + a loss that
+    applies `logits` one exit at a time (see `deed_jax.training.losses`)."""
+    return self.logits(self.exit_features(encoder_inputs, decoder_input_ids, dropout_rng=dropout_rng))

@@ -1,0 +1,120 @@
+"""One transformer layer (encoder or decoder) and the exit adapters.
+
+A decoder layer is callable on its own, either over a whole sequence (training, the naive reference) or
+over a block of positions written into a preallocated KV cache at `cache_index` (the seam DEED's
+just-in-time backfill uses: deferred positions of a layer are run as one causal block).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deed_jax.models.config import ModelConfig
+from deed_jax.models.layers import NEG_INF, Attention, Mlp, Norm, dropout, param, split_rng
+
+Array = jax.Array
+
+
+class KVCache(NamedTuple):
+  """Self-attention cache of one decoder layer: k, v [B, H, T_max, Dh]."""
+  k: Array
+  v: Array
+
+
+class TransformerLayer(nnx.Module):
+  """Self-attention (+ cross-attention for decoder layers) + MLP, pre- or post-norm."""
+
+  def __init__(self, config: ModelConfig, *, cross_attention: bool, rngs: nnx.Rngs):
+    self.pre_norm = config.norm_position == "pre"
+    self.dropout_rate = config.dropout_rate
+    self.self_attention = Attention(config, rngs)
+    self.self_attention_norm = Norm(config)
+    self.has_cross_attention = cross_attention
+    if cross_attention:
+      self.cross_attention = Attention(config, rngs)
+      self.cross_attention_norm = Norm(config)
+    self.mlp = Mlp(config, rngs)
+    self.mlp_norm = Norm(config)
+
+  def _residual(self, norm: Norm, sublayer, x: Array, rng: Array | None) -> Array:
+    if self.pre_norm:
+      return x + dropout(sublayer(norm(x)), self.dropout_rate, rng)
+    return norm(x + dropout(sublayer(x), self.dropout_rate, rng))
+
+  def __call__(
+      self,
+      x: Array,  # [B, T, D]
+      self_bias: Array,  # broadcastable to [B, H, T, S]; S = T, or T_max with a cache
+      *,
+      cross_kv: tuple[Array, Array] | None = None,  # 2 x [B, H, S_enc, Dh]
+      cross_bias: Array | None = None,  # [B, 1, 1, S_enc]
+      cache: KVCache | None = None,
+      cache_index: Array | int | None = None,  # first position of this block in the cache
+      dropout_rng: Array | None = None,
+  ) -> tuple[Array, KVCache | None]:
+    rngs = split_rng(dropout_rng, 3)
+
+    def self_attend(h: Array) -> Array:
+      nonlocal cache
+      k, v = self.self_attention.project_kv(h)  # [B, H, T, Dh]
+      if cache is not None:
+        start = (0, 0, cache_index, 0)
+        cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
+                        jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start))
+        k, v = cache.k, cache.v
+      return self.self_attention.attend(self.self_attention.project_q(h), k, v, self_bias)
+
+    x = self._residual(self.self_attention_norm, self_attend, x, rngs[0])
+    if self.has_cross_attention:
+      if cross_kv is None:
+        raise ValueError("A decoder layer needs the encoder's cross-attention keys and values.")
+      cross = lambda h: self.cross_attention.attend(
+          self.cross_attention.project_q(h), cross_kv[0], cross_kv[1], cross_bias)
+      x = self._residual(self.cross_attention_norm, cross, x, rngs[1])
+    x = self._residual(self.mlp_norm, self.mlp, x, rngs[2])
+    return x, cache
+
+
+class ExitAdapter(nnx.Module):
+  """Per-layer adaptation module between a decoder layer and the shared head.
+
+  "none" is the identity; "linear" is h + h W + b; "bottleneck" is h + up(gelu(down(h))). The residual
+  branch starts at zero, so every adapter is exactly the identity at initialisation.
+  """
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    self.kind = config.adapter
+    d, a, pd = config.d_model, config.adapter_dim, config.param_dtype
+    self.dtype = jnp.dtype(config.dtype)
+    if self.kind == "linear":
+      self.w = param(None, (d, d), ("embed", None), "zeros", pd)
+      self.b = param(None, (d,), ("embed",), "zeros", pd)
+    elif self.kind == "bottleneck":
+      self.down = param(rngs, (d, a), ("embed", "mlp"), dtype=pd)
+      self.down_bias = param(None, (a,), ("mlp",), "zeros", pd)
+      self.up = param(None, (a, d), ("mlp", "embed"), "zeros", pd)
+      self.up_bias = param(None, (d,), ("embed",), "zeros", pd)
+
+  def __call__(self, h: Array) -> Array:  # [..., D] -> [..., D]
+    if self.kind == "none":
+      return h
+    x = h.astype(self.dtype)
+    if self.kind == "linear":
+      return h + (x @ self.w[...].astype(self.dtype) + self.b[...].astype(self.dtype))
+    hidden = jax.nn.gelu(x @ self.down[...].astype(self.dtype) + self.down_bias[...].astype(self.dtype))
+    return h + (hidden @ self.up[...].astype(self.dtype) + self.up_bias[...].astype(self.dtype))
+
+
+def causal_bias(query_positions: Array, key_positions: Array) -> Array:
+  """[T], [S] -> [1, 1, T, S]: 0 where key <= query, NEG_INF elsewhere."""
+  allowed = key_positions[None, :] <= query_positions[:, None]
+  return jnp.where(allowed, 0.0, NEG_INF)[None, None]
+
+
+def padding_bias(mask: Array) -> Array:
+  """[B, S] (1 = real token) -> [B, 1, 1, S] additive bias."""
+  return jnp.where(mask[:, None, None, :].astype(bool), 0.0, NEG_INF)

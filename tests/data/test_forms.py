@@ -1,0 +1,51 @@
+"""The embedded forms task: reproducible, and the answer is only in the pixels."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from deed_jax.data import forms
+
+
+def test_forms_are_reproducible_and_varied():
+  assert forms.make_form(7) == forms.make_form(7)
+  np.testing.assert_array_equal(forms.render_form(forms.make_form(7)), forms.render_form(forms.make_form(7)))
+  many = [forms.make_form(seed) for seed in range(200)]
+  assert len({f.answer for f in many}) > 150
+  assert len({f.question for f in many}) == len(forms.FIELD_GENERATORS)
+  for form in many:
+    assert len(form.fields) == forms.FIELDS_PER_FORM
+    assert len({label for label, _ in form.fields}) == forms.FIELDS_PER_FORM
+    assert form.question in dict(form.fields)
+    assert all(len(line) <= forms.COLUMNS for line in form.lines())
+    assert 1 <= len(form.answer) <= forms.MAX_VALUE_LENGTH
+
+
+def test_image_shape_and_the_answer_is_drawn_in_its_row():
+  form = forms.make_form(3)
+  pixels = forms.render_form(form)
+  assert pixels.shape == forms.IMAGE_SIZE + (3,) and pixels.dtype == np.uint8
+  row = 1 + [label for label, _ in form.fields].index(form.question)
+  other_value = "X" * len(form.answer) if form.answer != "X" * len(form.answer) else "Y" * len(form.answer)
+  changed = dataclasses.replace(form, fields=tuple(
+      (label, other_value if label == form.question else value) for label, value in form.fields))
+  diff = np.abs(forms.render_form(changed).astype(int) - pixels.astype(int)).sum(axis=(1, 2))  # [H]
+  rows_changed = {y // forms.CELL_HEIGHT for y in np.nonzero(diff)[0]}
+  assert rows_changed == {row}
+
+
+def test_question_is_drawn_in_the_header_row():
+  form = forms.make_form(11)
+  other = next(label for label, _ in form.fields if label != form.question)
+  diff = np.abs(forms.render_form(dataclasses.replace(form, question=other)).astype(int)
+                - forms.render_form(form).astype(int)).sum(axis=(1, 2))
+  assert {y // forms.CELL_HEIGHT for y in np.nonzero(diff)[0]} == {0}
+
+
+def test_text_variant_holds_question_and_fields():
+  form = forms.make_form(5)
+  text = forms.form_as_text(form)
+  assert text.startswith(f"? {form.question} | ")
+  assert all(value in text for _, value in form.fields)

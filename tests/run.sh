@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up .venv/ (with the test extra) and run the test suite on the CPU.
+#   usage: ./tests/run.sh [pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source launch/setup_env.sh test
+export JAX_PLATFORMS=cpu
+exec python -m pytest -q "$@"

@@ -1,0 +1,44 @@
+"""Training configs: every shipped config validates; unknown options are named before anything runs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from deed_jax.config_defaults import validate
+from deed_jax.train import train_and_evaluate
+from tests.training.configs import REPO, load_config, tiny_text_config
+
+CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("arg", ["", "runlocal"])
+def test_shipped_configs_validate(name, arg):
+  config = load_config(name, arg)
+  model_config = validate(config)
+  assert model_config.decoder_layers >= 2
+  doc = open(os.path.join(REPO, "configs", f"{name}.py")).read()
+  assert f"python -m deed_jax.train --config configs/{name}.py" in doc
+
+
+def test_unknown_options_are_named_and_nothing_is_written(tmp_path):
+  workdir = tmp_path / "run"
+  config = tiny_text_config(str(tmp_path / "tfds"))
+  config.model.num_experts = 4
+  with pytest.raises(ValueError, match=r"Unknown ModelConfig option\(s\) \['num_experts'\]"):
+    train_and_evaluate(config, str(workdir), progress=False)
+  config = tiny_text_config(str(tmp_path / "tfds"))
+  config.loss.mode = "calm"
+  with pytest.raises(ValueError, match="config.loss.mode='calm'"):
+    train_and_evaluate(config, str(workdir), progress=False)
+  config = tiny_text_config(str(tmp_path / "tfds"))
+  config.optimizer.momentum = 0.9
+  with pytest.raises(ValueError, match=r"config.optimizer.\['momentum'\]"):
+    train_and_evaluate(config, str(workdir), progress=False)
+  config = tiny_text_config(str(tmp_path / "tfds"))
+  config.batch_size = 0
+  with pytest.raises(ValueError, match="config.batch_size=0"):
+    train_and_evaluate(config, str(workdir), progress=False)
+  assert not workdir.exists() and not (tmp_path / "tfds").exists()

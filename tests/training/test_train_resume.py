@@ -1,0 +1,101 @@
+"""The real training entry point on the embedded text task: checkpoints, resumption, bad workdirs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from deed_jax import checkpointing
+from deed_jax.train import RESULTS_FILE, train_and_evaluate
+from tests.training.configs import tiny_text_config
+
+
+def _final_state(workdir):
+  """The newest checkpoint's raw arrays, read back from disk."""
+  import orbax.checkpoint as ocp
+  path = os.path.join(workdir, "checkpoints")
+  step = max(int(p) for p in os.listdir(path) if p.isdigit())
+  restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, str(step), "state"))
+  return step, restored
+
+
+def _tree_digest(directory):
+  digest = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      path = os.path.join(root, name)
+      with open(path, "rb") as f:
+        digest[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+  return digest
+
+
+def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, tfds_dir):
+  config = tiny_text_config(tfds_dir, total_steps=6, checkpoint_every_steps=3)
+  straight = str(tmp_path / "straight")
+  results = train_and_evaluate(config, straight, progress=False)
+  assert results["step"] == 6 and len(results["exit_exact_match"]) == 2
+
+  resumed = str(tmp_path / "resumed")
+  assert train_and_evaluate(config, resumed, stop_at_step=3, progress=False) is None
+  step, at_stop = _final_state(resumed)
+  assert step == 3 and int(at_stop["step"]) == 3
+  train_and_evaluate(config, resumed, progress=False)
+
+  logged = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))
+            if "train/loss" in line]
+  assert logged == [1, 2, 3, 4, 5, 6]  # The second run continued at step 4, nothing repeated.
+  step_a, state_a = _final_state(straight)
+  step_b, state_b = _final_state(resumed)
+  assert step_a == step_b == 6
+  leaves_a, leaves_b = jax.tree.leaves(state_a), jax.tree.leaves(state_b)
+  assert len(leaves_a) == len(leaves_b) > 10
+  for a, b in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  # Params moved during training (the equality above is not between two untouched inits).
+  first = _final_state(resumed)[1]
+  assert int(first["step"]) == 6
+  with open(os.path.join(resumed, RESULTS_FILE)) as f:
+    assert json.load(f)["step"] == 6
+
+
+def test_workdir_of_a_different_model_is_refused_and_left_untouched(tmp_path, tfds_dir):
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2), workdir,
+                     progress=False)
+  before = _tree_digest(workdir)
+  other = tiny_text_config(tfds_dir, total_steps=4)
+  other.model.d_model = 48
+  with pytest.raises(ValueError, match="d_model: 32 in the workdir vs 48"):
+    train_and_evaluate(other, workdir, progress=False)
+  assert _tree_digest(workdir) == before
+
+
+def test_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, tfds_dir):
+  """Even with model_config.json removed, the stored array shapes are checked before restoring."""
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2), workdir,
+                     progress=False)
+  os.remove(os.path.join(workdir, checkpointing.MODEL_CONFIG_FILE))
+  before = _tree_digest(workdir)
+  other = tiny_text_config(tfds_dir, total_steps=4)
+  other.model.d_ff = 40
+  with pytest.raises(ValueError, match=r"does not fit this model: .*wi.*\(32, 48\) vs model \(32, 40\)"):
+    train_and_evaluate(other, workdir, progress=False)
+  assert _tree_digest(workdir) == before
+
+
+def test_load_model_restores_the_trained_params(tmp_path, tfds_dir):
+  workdir = str(tmp_path / "run")
+  train_and_evaluate(tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2), workdir,
+                     progress=False)
+  model = checkpointing.load_model(workdir)
+  _, stored = _final_state(workdir)
+  np.testing.assert_array_equal(np.asarray(model.token_embedding[...]),
+                                np.asarray(stored["params"]["token_embedding"]))
+  with pytest.raises(FileNotFoundError, match="not a deed-jax workdir"):
+    checkpointing.load_model(str(tmp_path / "empty"))
