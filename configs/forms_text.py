@@ -9,7 +9,7 @@ Small and fast: the task the tests train on.
 from deed_jax.config_defaults import training_defaults
 from deed_jax.data import forms
 
-# "? label | label  : value | ..." is at most 9 + 4 * 26 bytes.
+# "? label | label  : value | ..." is at most 9 + 4 * (3 + 21) = 105 bytes.
 MAX_SOURCE_LENGTH = 2 + 7 + forms.FIELDS_PER_FORM * (3 + forms.COLUMNS)
 
 

@@ -127,7 +127,9 @@ def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder
     raise FileNotFoundError(f"{_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
   model = nnx.eval_shape(lambda: MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)))
   graphdef, abstract_params = nnx.split(model, nnx.Param)
-  abstract = nnx.to_pure_dict(abstract_params)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          nnx.to_pure_dict(abstract_params))
   checkpointer = Checkpointer(workdir, config, async_save=False)
   try:
     step = checkpointer.latest_step() if step is None else step

@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # Make sure .venv/ exists in the repo root and holds deed-jax (editable) with the given extras.
-# Sourced by launch/local.sh and tests/run.sh. Idempotent: reinstalls only when pyproject.toml or the
-# extras change, so a second call takes a second.
-#   usage: source launch/setup_env.sh [extras]     e.g. "test"
+# Sourced by launch/local.sh and tests/run.sh. Idempotent: it installs only when pyproject.toml changed
+# or an extra is missing, so a second call takes a second.
+#   usage: source launch/setup_env.sh [extra,...]     e.g. "test"
 set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 PYTHON_BIN="${PYTHON:-python3}"
-EXTRAS="${1:-}"
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON_BIN" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -16,12 +15,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON_BIN" -m venv "$VENV"
 fi
 
+# The stamp holds the pyproject.toml hash the install was made from, then the extras installed.
 STAMP="$VENV/.deed_jax_install"
-WANT="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1) extras=$EXTRAS"
-if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
-  echo "Installing deed-jax${EXTRAS:+[$EXTRAS]} into $VENV (first run: a minute or two)"
+HASH="$(sha256sum "$REPO/pyproject.toml" | cut -d' ' -f1)"
+INSTALLED=""
+if [ -f "$STAMP" ] && [ "$(head -n1 "$STAMP")" = "$HASH" ]; then
+  INSTALLED="$(sed -n 2p "$STAMP")"
+fi
+WANTED="$(printf '%s\n' ${INSTALLED//,/ } ${1//,/ } | sort -u | paste -sd, -)"
+if [ ! -f "$STAMP" ] || [ "$(head -n1 "$STAMP")" != "$HASH" ] || [ "$WANTED" != "$INSTALLED" ]; then
+  echo "Installing deed-jax${WANTED:+[$WANTED]} into $VENV (first run: a minute or two)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-    -e "$REPO${EXTRAS:+[$EXTRAS]}" 2> >(grep -v "^WARNING: Location" >&2)
-  echo "$WANT" > "$STAMP"
+    -e "$REPO${WANTED:+[$WANTED]}" 2> >(grep -v "^WARNING: Location" >&2)
+  printf '%s\n%s\n' "$HASH" "$WANTED" > "$STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

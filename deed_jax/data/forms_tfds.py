@@ -16,7 +16,7 @@ from deed_jax.data import forms
 SPLIT_SIZES = {  # config name -> {split: number of examples}
     "tiny": {"train": 256, "validation": 64},
     "small": {"train": 2048, "validation": 128},
-    "base": {"train": 40_000, "validation": 500},
+    "base": {"train": 20_000, "validation": 500},
 }
 _SPLIT_SEEDS = {"train": 1_000_000_000, "validation": 2_000_000_000}
 
@@ -83,6 +83,6 @@ def prepare(name: str, config: str, data_dir: str) -> tfds.core.DatasetBuilder:
   if config not in SPLIT_SIZES:
     raise ValueError(f"Unknown config {config!r} of {name}; configs: {sorted(SPLIT_SIZES)}.")
   builder = BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")
-  with tfds.display_progress_bar(False):
-    builder.download_and_prepare()
+  tfds.disable_progress_bar()
+  builder.download_and_prepare()
   return builder

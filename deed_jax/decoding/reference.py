@@ -18,11 +18,19 @@ def greedy_at_exit(model: MultiExitEncoderDecoder, encoder_inputs: dict, exit_la
 
   After EOS a row emits pad. `max_new_tokens` must not exceed the model's `max_target_length`.
   """
+  model.check_inputs(encoder_inputs)
+  encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
+  return greedy_at_exit_encoded(model, encoder_out, encoder_mask, exit_layer, max_new_tokens)
+
+
+def greedy_at_exit_encoded(model: MultiExitEncoderDecoder, encoder_out: jax.Array,
+                           encoder_mask: jax.Array, exit_layer: jax.Array | int,
+                           max_new_tokens: int) -> jax.Array:
+  """`greedy_at_exit` from encoder states [B, S, D] and mask [B, S] computed once by the caller."""
   cfg = model.config
   if not 1 <= max_new_tokens <= cfg.max_target_length:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be in [1, max_target_length="
                      f"{cfg.max_target_length}].")
-  encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
   batch = encoder_out.shape[0]
   prefix = jnp.full((batch, max_new_tokens), cfg.pad_id, jnp.int32).at[:, 0].set(cfg.bos_id)  # [B, N]
   tokens = jnp.full((batch, max_new_tokens), cfg.pad_id, jnp.int32)  # [B, N]

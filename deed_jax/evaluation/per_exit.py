@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from deed_jax.data.pipeline import encoder_inputs
-from deed_jax.decoding.reference import greedy_at_exit
+from deed_jax.decoding.reference import greedy_at_exit_encoded
 from deed_jax.training.train_step import exit_metrics
 
 
@@ -35,8 +35,10 @@ def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int):
     losses, accuracies = exit_metrics(model, {**batch, "target_mask": mask})  # [L], [L]
     num_tokens = mask.sum()
 
+    encoder_out, encoder_mask = model.encode(encoder_inputs(batch))  # Once for all exits.
+
     def exact_at(exit_layer):
-      tokens = greedy_at_exit(model, encoder_inputs(batch), exit_layer, max_new_tokens)
+      tokens = greedy_at_exit_encoded(model, encoder_out, encoder_mask, exit_layer, max_new_tokens)
       return (exact_match(tokens, batch["targets"], batch["target_mask"]) * valid).sum(), tokens
 
     exits = jnp.arange(1, model.config.decoder_layers + 1)

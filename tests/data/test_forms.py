@@ -36,12 +36,24 @@ def test_image_shape_and_the_answer_is_drawn_in_its_row():
   assert rows_changed == {row}
 
 
+def test_only_the_asked_row_is_highlighted():
+  for seed in range(5):
+    form = forms.make_form(seed)
+    pixels = forms.render_form(form)
+    row_darkness = [255 - pixels[r * forms.CELL_HEIGHT:(r + 1) * forms.CELL_HEIGHT].mean()
+                    for r in range(forms.ROWS)]
+    asked = 1 + [label for label, _ in form.fields].index(form.question)
+    assert [r for r, d in enumerate(row_darkness) if d > 128] == [asked]
+
+
 def test_question_is_drawn_in_the_header_row():
   form = forms.make_form(11)
   other = next(label for label, _ in form.fields if label != form.question)
   diff = np.abs(forms.render_form(dataclasses.replace(form, question=other)).astype(int)
                 - forms.render_form(form).astype(int)).sum(axis=(1, 2))
-  assert {y // forms.CELL_HEIGHT for y in np.nonzero(diff)[0]} == {0}
+  rows = [label for label, _ in form.fields]
+  moved_highlight = {1 + rows.index(form.question), 1 + rows.index(other)}
+  assert {y // forms.CELL_HEIGHT for y in np.nonzero(diff)[0]} == {0} | moved_highlight
 
 
 def test_text_variant_holds_question_and_fields():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -56,45 +57,49 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, tfds_dir)
   assert len(leaves_a) == len(leaves_b) > 10
   for a, b in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  # Params moved during training (the equality above is not between two untouched inits).
-  first = _final_state(resumed)[1]
-  assert int(first["step"]) == 6
+  # Params moved after the resume (the equality above is not between two untouched states).
+  assert not np.array_equal(np.asarray(state_b["params"]["token_embedding"]),
+                            np.asarray(at_stop["params"]["token_embedding"]))
   with open(os.path.join(resumed, RESULTS_FILE)) as f:
     assert json.load(f)["step"] == 6
 
 
-def test_workdir_of_a_different_model_is_refused_and_left_untouched(tmp_path, tfds_dir):
-  workdir = str(tmp_path / "run")
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory, tfds_dir):
+  """A workdir trained for 2 steps, shared (read-only) by the tests below."""
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
   train_and_evaluate(tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2), workdir,
                      progress=False)
+  return workdir
+
+
+def _refuses_and_leaves_untouched(workdir, tfds_dir, error, **model_overrides):
   before = _tree_digest(workdir)
   other = tiny_text_config(tfds_dir, total_steps=4)
-  other.model.d_model = 48
-  with pytest.raises(ValueError, match="d_model: 32 in the workdir vs 48"):
+  other.model.update(model_overrides)
+  with pytest.raises(ValueError, match=error):
     train_and_evaluate(other, workdir, progress=False)
   assert _tree_digest(workdir) == before
 
 
-def test_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, tfds_dir):
+def test_workdir_of_a_different_model_is_refused_and_left_untouched(tmp_path, trained_workdir,
+                                                                     tfds_dir):
+  workdir = shutil.copytree(trained_workdir, tmp_path / "run")
+  _refuses_and_leaves_untouched(str(workdir), tfds_dir, "d_model: 32 in the workdir vs 48", d_model=48)
+
+
+def test_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, trained_workdir, tfds_dir):
   """Even with model_config.json removed, the stored array shapes are checked before restoring."""
-  workdir = str(tmp_path / "run")
-  train_and_evaluate(tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2), workdir,
-                     progress=False)
-  os.remove(os.path.join(workdir, checkpointing.MODEL_CONFIG_FILE))
-  before = _tree_digest(workdir)
-  other = tiny_text_config(tfds_dir, total_steps=4)
-  other.model.d_ff = 40
-  with pytest.raises(ValueError, match=r"does not fit this model: .*wi.*\(32, 48\) vs model \(32, 40\)"):
-    train_and_evaluate(other, workdir, progress=False)
-  assert _tree_digest(workdir) == before
+  workdir = shutil.copytree(trained_workdir, tmp_path / "run")
+  os.remove(workdir / checkpointing.MODEL_CONFIG_FILE)
+  _refuses_and_leaves_untouched(str(workdir), tfds_dir,
+                                r"does not fit this model: .*wi.*\(32, 48\) vs model \(32, 40\)",
+                                d_ff=40)
 
 
-def test_load_model_restores_the_trained_params(tmp_path, tfds_dir):
-  workdir = str(tmp_path / "run")
-  train_and_evaluate(tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2), workdir,
-                     progress=False)
-  model = checkpointing.load_model(workdir)
-  _, stored = _final_state(workdir)
+def test_load_model_restores_the_trained_params(tmp_path, trained_workdir):
+  model = checkpointing.load_model(trained_workdir)
+  _, stored = _final_state(trained_workdir)
   np.testing.assert_array_equal(np.asarray(model.token_embedding[...]),
                                 np.asarray(stored["params"]["token_embedding"]))
   with pytest.raises(FileNotFoundError, match="not a deed-jax workdir"):
