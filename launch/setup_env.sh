@@ -7,6 +7,7 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$REPO/.venv"
 PYTHON_BIN="${PYTHON:-python3}"
+REQUESTED="${1:-}"
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON_BIN" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
@@ -22,7 +23,7 @@ INSTALLED=""
 if [ -f "$STAMP" ] && [ "$(head -n1 "$STAMP")" = "$HASH" ]; then
   INSTALLED="$(sed -n 2p "$STAMP")"
 fi
-WANTED="$(printf '%s\n' ${INSTALLED//,/ } ${1//,/ } | sort -u | paste -sd, -)"
+WANTED="$(printf '%s\n' ${INSTALLED//,/ } ${REQUESTED//,/ } | sort -u | paste -sd, -)"
 if [ ! -f "$STAMP" ] || [ "$(head -n1 "$STAMP")" != "$HASH" ] || [ "$WANTED" != "$INSTALLED" ]; then
   echo "Installing deed-jax${WANTED:+[$WANTED]} into $VENV (first run: a minute or two)"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
