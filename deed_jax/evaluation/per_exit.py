@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from deed_jax.data.pipeline import encoder_inputs
-from deed_jax.decoding.reference import greedy_at_exit_encoded
+from deed_jax.decoding.reference import fixed_exit, greedy_with_rule
 from deed_jax.training.train_step import exit_metrics
 
 
@@ -37,8 +37,11 @@ def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int):
 
     encoder_out, encoder_mask = model.encode(encoder_inputs(batch))  # Once for all exits.
 
+    cfg = model.config
+
     def exact_at(exit_layer):
-      tokens = greedy_at_exit_encoded(model, encoder_out, encoder_mask, exit_layer, max_new_tokens)
+      tokens = greedy_with_rule(model, encoder_out, encoder_mask, fixed_exit(exit_layer), max_new_tokens,
+                                bos_id=cfg.bos_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id).tokens
       return (exact_match(tokens, batch["targets"], batch["target_mask"]) * valid).sum(), tokens
 
     exits = jnp.arange(1, model.config.decoder_layers + 1)

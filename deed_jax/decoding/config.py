@@ -1,0 +1,72 @@
+"""`DecodeConfig`: how to decode (strategy, exit rule, lengths, special ids), checked against a model.
+
+The threshold is not baked into compiled code: decoders pass it as a traced value, so sweeping it
+never recompiles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from deed_jax.models import ModelConfig
+
+STRATEGIES = ("greedy", "beam")
+EXIT_MODES = ("deed", "oracle", "copy", "static", "fixed")
+CONFIDENCES = ("max_prob", "margin", "entropy")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DecodeConfig:
+  """`exit_mode`: deed (exit at the first confident layer, skipped layers backfilled just in time),
+  oracle (every layer computed, token from the first confident one), copy (CALM: skipped layers see
+  the exited state), static (all layers), fixed (always `fixed_exit_layer`). Layers are 1-based."""
+
+  strategy: str = "greedy"
+  num_beams: int = 1
+  max_new_tokens: int = 32
+  length_penalty: float = 0.0  # t5x/HF brevity penalty exponent alpha in ((5 + len) / 6) ** alpha.
+  exit_mode: str = "deed"
+  confidence: str = "max_prob"
+  threshold: float = 0.9
+  min_exit_layer: int = 1
+  fixed_exit_layer: int | None = None
+  bos_id: int | None = None  # None: the model config's ids.
+  eos_id: int | None = None
+  pad_id: int | None = None
+
+  def __post_init__(self):
+    for name, allowed in (("strategy", STRATEGIES), ("exit_mode", EXIT_MODES),
+                          ("confidence", CONFIDENCES)):
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"DecodeConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
+    if self.num_beams < 1:
+      raise ValueError(f"DecodeConfig.num_beams={self.num_beams} must be >= 1.")
+    if self.max_new_tokens < 1:
+      raise ValueError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} must be >= 1.")
+    check_threshold(self.threshold)
+    if self.exit_mode == "fixed" and self.fixed_exit_layer is None:
+      raise ValueError("DecodeConfig.exit_mode='fixed' needs fixed_exit_layer.")
+
+  def resolve(self, model: ModelConfig) -> "DecodeConfig":
+    """Fill the special ids from `model` and check every field against it."""
+    ids = {name: getattr(model, name) if getattr(self, name) is None else getattr(self, name)
+           for name in ("bos_id", "eos_id", "pad_id")}
+    for name, value in ids.items():
+      if not 0 <= value < model.vocab_size:
+        raise ValueError(f"DecodeConfig.{name}={value} is outside the vocabulary [0, {model.vocab_size}).")
+    if self.max_new_tokens > model.max_target_length:
+      raise ValueError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} exceeds the model's "
+                       f"max_target_length={model.max_target_length} (its decoder positions).")
+    layers = model.decoder_layers
+    if not 1 <= self.min_exit_layer <= layers:
+      raise ValueError(f"DecodeConfig.min_exit_layer={self.min_exit_layer} is outside 1..{layers}.")
+    if self.fixed_exit_layer is not None and not 1 <= self.fixed_exit_layer <= layers:
+      raise ValueError(f"DecodeConfig.fixed_exit_layer={self.fixed_exit_layer} is outside 1..{layers}.")
+    return dataclasses.replace(self, **ids)
+
+
+def check_threshold(threshold: float) -> None:
+  """A threshold is a number >= 0; above 1 it never exits early (max_prob, margin, entropy <= 1)."""
+  if not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold < 0:
+    raise ValueError(f"threshold={threshold!r} must be a number >= 0 (above 1 means never exit early).")
