@@ -8,13 +8,11 @@ architecture is refused with the differing options/shapes named, and left as it 
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx

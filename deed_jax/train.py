@@ -14,9 +14,7 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import tqdm
 from absl import app, flags, logging
 from flax import nnx

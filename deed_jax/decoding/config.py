@@ -34,6 +34,7 @@ class DecodeConfig:
   bos_id: int | None = None  # None: the model config's ids.
   eos_id: int | None = None
   pad_id: int | None = None
+  backfill_chunk: int = 4  # Static block size for just-in-time backfill (and the current position).
 
   def __post_init__(self):
     for name, allowed in (("strategy", STRATEGIES), ("exit_mode", EXIT_MODES),
@@ -42,6 +43,8 @@ class DecodeConfig:
         raise ValueError(f"DecodeConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
     if self.num_beams < 1:
       raise ValueError(f"DecodeConfig.num_beams={self.num_beams} must be >= 1.")
+    if self.backfill_chunk < 1:
+      raise ValueError(f"DecodeConfig.backfill_chunk={self.backfill_chunk} must be >= 1.")
     if self.max_new_tokens < 1:
       raise ValueError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} must be >= 1.")
     check_threshold(self.threshold)

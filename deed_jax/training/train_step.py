@@ -69,13 +69,3 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ex
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return jax.jit(train_step, donate_argnums=0)
-
-
-def make_eval_step(graphdef: nnx.GraphDef):
-  """-> jitted `eval_step(params, batch) -> (exit_loss [L], exit_token_accuracy [L], num_tokens)`."""
-
-  def eval_step(params, batch):
-    losses, accuracies = exit_metrics(merge_model(graphdef, params), batch)
-    return losses, accuracies, batch["target_mask"].sum()
-
-  return jax.jit(eval_step)

@@ -82,7 +82,8 @@ def test_threshold_above_one_is_static_and_fixed_is_that_exit():
   never = greedy_reference(model, encoder_inputs, DecodeConfig(threshold=1.5, max_new_tokens=6))
   static = greedy_reference(model, encoder_inputs, DecodeConfig(exit_mode="static", max_new_tokens=6))
   np.testing.assert_array_equal(np.asarray(never.tokens), np.asarray(static.tokens))
-  np.testing.assert_array_equal(np.asarray(never.tokens), np.asarray(greedy_at_exit(model, encoder_inputs, 3, 6)))
+  np.testing.assert_array_equal(np.asarray(never.tokens),
+                                np.asarray(greedy_at_exit(model, encoder_inputs, 3, 6)))
   for k in (1, 2):
     fixed = greedy_reference(model, encoder_inputs, DecodeConfig(exit_mode="fixed", fixed_exit_layer=k,
                                                                  max_new_tokens=6))
@@ -92,7 +93,8 @@ def test_threshold_above_one_is_static_and_fixed_is_that_exit():
     assert (np.asarray(fixed.exit_layers)[live] == k).all()
   zero = greedy_reference(model, encoder_inputs, DecodeConfig(threshold=0.0, min_exit_layer=2,
                                                               max_new_tokens=6))
-  np.testing.assert_array_equal(np.asarray(zero.tokens), np.asarray(greedy_at_exit(model, encoder_inputs, 2, 6)))
+  np.testing.assert_array_equal(np.asarray(zero.tokens),
+                                np.asarray(greedy_at_exit(model, encoder_inputs, 2, 6)))
 
 
 @pytest.mark.parametrize("kwargs, message", [
