@@ -41,4 +41,6 @@ def get_config(arg: str = ""):
     config.eval_every_steps = 600
     config.checkpoint_every_steps = 300
     config.eval_batch_size = 100
+    config.decode.thresholds = [0.9, 0.99]
+    config.decode.num_examples = 200
   return config

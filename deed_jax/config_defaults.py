@@ -27,6 +27,8 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=200, end_lr_factor=0.01, weight_decay=0.01, clip_norm=1.0,
       b1=0.9, b2=0.98))
+  # Full-depth vs DEED greedy decoding after training, one example at a time ([] = skip).
+  config.decode = ml_collections.ConfigDict(dict(thresholds=[], num_examples=100))
   config.seed = 0
   config.batch_size = 32
   config.total_steps = 1000
@@ -50,7 +52,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   unknown = sorted(set(config.keys()) - known)
   if unknown:
     raise ValueError(f"Unknown config option(s) {unknown}; known: {sorted(known)}.")
-  for block in ("task", "loss", "optimizer"):
+  for block in ("task", "loss", "optimizer", "decode"):
     extra = sorted(set(config[block].keys()) - set(training_defaults()[block].keys()))
     if extra:
       raise ValueError(f"Unknown config option(s) config.{block}.{extra}; known: "
@@ -59,6 +61,9 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ValueError(f"config.loss.mode={config.loss.mode!r} is not one of {LOSS_MODES}.")
   if not 0.0 <= config.loss.label_smoothing < 1.0:
     raise ValueError(f"config.loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1).")
+  for threshold in config.decode.thresholds:
+    if not isinstance(threshold, (int, float)) or not threshold >= 0:
+      raise ValueError(f"config.decode.thresholds holds {threshold!r}; thresholds are numbers >= 0.")
   for name in ("batch_size", "eval_batch_size", "total_steps", "log_every_steps", "eval_every_steps",
                "checkpoint_every_steps", "keep_checkpoints"):
     if config[name] < 1:

@@ -9,6 +9,7 @@ checkpoint in the workdir.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -25,12 +26,13 @@ from deed_jax.config_defaults import validate
 from deed_jax.data import forms_tfds, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
 from deed_jax.evaluation.per_exit import evaluate_exits, make_eval_fn
-from deed_jax.evaluation.report import exit_table
+from deed_jax.evaluation.deed_compare import compare_decoding
+from deed_jax.evaluation.report import decoding_table, exit_table
 from deed_jax.models import MultiExitEncoderDecoder, check_token_ids
 from deed_jax.training.losses import exit_weights
 from deed_jax.training.metric_writer import MetricWriter
 from deed_jax.training.optimizer import learning_rate_schedule, make_optimizer
-from deed_jax.training.train_step import init_train_state, make_train_step
+from deed_jax.training.train_step import init_train_state, make_train_step, merge_model
 
 RESULTS_FILE = "eval_results.json"
 
@@ -164,6 +166,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return None
   results = evaluate(int(state.step))
   writer.close()
+  if config.decode.thresholds:
+    examples = itertools.islice(
+        pipeline.make_loader(eval_source, preprocess, 1, shuffle=False, seed=config.seed, num_epochs=1,
+                             drop_remainder=False), config.decode.num_examples)
+    rows = compare_decoding(merge_model(graphdef, state.params), examples, config.decode.thresholds,
+                            model_config.max_target_length)
+    _log(f"Greedy decoding, one example at a time ({config.decode.num_examples} validation "
+         f"examples):\n{decoding_table(rows)}")
+    results["decoding"] = rows
   if jax.process_index() == 0:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2)

@@ -6,7 +6,9 @@ the threshold as traced arguments: new thresholds, batch contents or weights nev
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -24,17 +26,30 @@ def _generate(graphdef, params, encoder_inputs, threshold, *, config: DecodeConf
   return greedy_decode(nnx.merge(graphdef, params), encoder_inputs, config, threshold)
 
 
-def generate(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig) -> DecodeOutput:
-  """Decode a batch. Everything a user can get wrong is checked here, before compiling."""
+def make_generate(model: MultiExitEncoderDecoder, config: DecodeConfig
+                  ) -> Callable[..., DecodeOutput]:
+  """Check `config` against the model and split the model once; -> fn(encoder_inputs, threshold=None).
+
+  Use it in loops (benchmarks, evaluation): each call then only checks the inputs and runs.
+  """
   if config.strategy != "greedy" or config.exit_mode == "copy":
     raise NotImplementedError(
         f"strategy={config.strategy!r} exit_mode={config.exit_mode!r} is not implemented yet; greedy "
         "decoding supports exit_mode deed, oracle, static and fixed.")
   config = config.resolve(model.config)
-  check_threshold(config.threshold)
-  model.check_inputs(encoder_inputs)
   graphdef, params = nnx.split(model, nnx.Param)
-  threshold = jnp.float32(config.threshold)
   # The threshold travels as a traced value: key the compiled function on the rest of the config.
-  static = config.__class__(**{**config.__dict__, "threshold": 0.0})
-  return _generate(graphdef, params, encoder_inputs, threshold, config=static)
+  static = dataclasses.replace(config, threshold=0.0)
+
+  def run(encoder_inputs: dict, threshold: float | None = None) -> DecodeOutput:
+    threshold = config.threshold if threshold is None else threshold
+    check_threshold(threshold)
+    model.check_inputs(encoder_inputs)
+    return _generate(graphdef, params, encoder_inputs, jnp.float32(threshold), config=static)
+
+  return run
+
+
+def generate(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig) -> DecodeOutput:
+  """Decode a batch. Everything a user can get wrong is checked here, before compiling."""
+  return make_generate(model, config)(encoder_inputs)

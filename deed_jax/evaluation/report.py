@@ -11,3 +11,12 @@ def exit_table(results: dict) -> str:
                                               results["exit_loss"]), start=1):
     rows.append(f"{index:>5} {100 * em:>11.1f}% {100 * acc:>9.1f}% {loss:>8.3f}")
   return "\n".join(rows)
+
+
+def decoding_table(rows: list[dict]) -> str:
+  """Full-depth vs DEED side by side (rows of `compare_decoding`)."""
+  out = [f"{'decoding':<16} {'exact match':>12} {'mean exit':>10} {'decoder ms/sample':>18} {'speedup':>8}"]
+  for row in rows:
+    out.append(f"{row['decoding']:<16} {100 * row['exact_match']:>11.1f}% {row['mean_exit_layer']:>10.2f} "
+               f"{row['decoder_ms_per_sample']:>18.2f} {row['decoder_speedup']:>7.2f}x")
+  return "\n".join(out)

@@ -1,0 +1,30 @@
+"""The full-depth vs DEED comparison that ./launch/local.sh prints."""
+
+from __future__ import annotations
+
+import numpy as np
+from flax import nnx
+
+from deed_jax.decoding.reference import greedy_at_exit
+from deed_jax.evaluation.deed_compare import compare_decoding
+from deed_jax.evaluation.report import decoding_table
+from deed_jax.models import MultiExitEncoderDecoder
+from tests.conftest import random_inputs, randomize, tiny_config
+
+
+def test_compare_decoding_rows():
+  config = tiny_config(decoder_layers=3, vocab_size=11)
+  model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=0, scale=0.5)
+  encoder_inputs, _ = random_inputs(config, batch=4)
+  # Targets = the full model's own greedy output, so full depth scores 100% by construction.
+  tokens = np.asarray(greedy_at_exit(model, encoder_inputs, 3, 6))
+  examples = [{**{k: v[b:b + 1] for k, v in encoder_inputs.items()}, "targets": tokens[b:b + 1],
+               "target_mask": (tokens[b:b + 1] != config.pad_id).astype(np.int32)} for b in range(4)]
+  rows = compare_decoding(model, examples, thresholds=[0.0, 1.5], max_new_tokens=6)
+  assert [r["decoding"] for r in rows] == ["full depth", "DEED tau=0", "DEED tau=1.5"]
+  full, always_first, never = rows
+  assert full["exact_match"] == 1.0 and full["mean_exit_layer"] == 3.0
+  assert always_first["mean_exit_layer"] == 1.0  # tau = 0: every token from the first exit.
+  assert never["exact_match"] == 1.0 and never["mean_exit_layer"] == 3.0
+  assert all(r["decoder_ms_per_sample"] > 0 for r in rows) and full["decoder_speedup"] == 1.0
+  assert "DEED tau=1.5" in decoding_table(rows)
