@@ -108,8 +108,8 @@ def greedy_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: 
         logits = model.logits(decoder.exit_features(hidden, j))  # [B, V]
         layer_conf = confidence(logits, config.confidence)  # [B]
         if config.exit_mode in ("deed", "oracle"):
-          confident = (layer_conf >= threshold) if j >= config.min_exit_layer - 1 else (layer_conf < 0)
-          confident = confident | (j == last_layer)
+          allowed = j >= config.min_exit_layer - 1
+          confident = (layer_conf >= threshold) & allowed | (j == last_layer)
         else:
           confident = jnp.full((batch,), j == last_layer)
         take = ~decided & confident
