@@ -59,6 +59,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Config: everything a user can get wrong is checked before any file is written.
   # ---------------------------------------------------------------------------------------------
   model_config = validate(config)
+  if stop_at_step is not None and not 1 <= stop_at_step <= config.total_steps:
+    raise ValueError(f"stop_at_step={stop_at_step} must be in 1..total_steps={config.total_steps}.")
   task = config.task
   tokenizer = get_tokenizer(task.tokenizer)
   if tokenizer.vocab_size > model_config.vocab_size:
@@ -132,7 +134,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Loop.
   # ---------------------------------------------------------------------------------------------
   start = int(state.step)
-  results = None
   bar = tqdm.tqdm(total=config.total_steps, initial=start, disable=not progress, desc="train",
                   dynamic_ncols=True)
   last_time, last_step = time.time(), start
