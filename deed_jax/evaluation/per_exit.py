@@ -32,11 +32,10 @@ def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int):
     model = nnx.merge(graphdef, params)
     valid = batch["valid"].astype(jnp.float32)  # [B]; 0 on rows padding the last batch
     mask = batch["target_mask"] * batch["valid"][:, None]
-    losses, accuracies = exit_metrics(model, {**batch, "target_mask": mask})  # [L], [L]
+    encoder_out, encoder_mask = model.encode(encoder_inputs(batch))  # Once for every metric and exit.
+    losses, accuracies = exit_metrics(model, {**batch, "target_mask": mask},
+                                      encoded=(encoder_out, encoder_mask))  # [L], [L]
     num_tokens = mask.sum()
-
-    encoder_out, encoder_mask = model.encode(encoder_inputs(batch))  # Once for all exits.
-
     cfg = model.config
 
     def exact_at(exit_layer):

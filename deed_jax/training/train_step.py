@@ -35,10 +35,18 @@ def merge_model(graphdef: nnx.GraphDef, params: dict) -> MultiExitEncoderDecoder
 
 
 def exit_metrics(model: MultiExitEncoderDecoder, batch: dict, label_smoothing: float = 0.0,
-                 dropout_rng: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Teacher-forced mean cross-entropy [L] and token accuracy [L] of every exit on a batch."""
-  features = model.exit_features(encoder_inputs(batch), batch["decoder_input_ids"],
-                                 dropout_rng=dropout_rng)  # [L, B, T, D]
+                 dropout_rng: jax.Array | None = None,
+                 encoded: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
+  """Teacher-forced mean cross-entropy [L] and token accuracy [L] of every exit on a batch.
+
+  `encoded` (encoder states [B, S, D], mask [B, S]) reuses an encoder pass the caller already ran.
+  """
+  if encoded is None:
+    features = model.exit_features(encoder_inputs(batch), batch["decoder_input_ids"],
+                                   dropout_rng=dropout_rng)  # [L, B, T, D]
+  else:
+    features = model.decoder(batch["decoder_input_ids"], *encoded, model.token_embedding[...],
+                             dropout_rng=dropout_rng)  # [L, B, T, D]
   return per_exit_losses(model.logits, features, batch["targets"], batch["target_mask"],
                          label_smoothing)
 
