@@ -15,10 +15,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deed_jax.decoding.config import DecodeConfig, check_threshold
-from deed_jax.decoding.greedy import GreedyOutput, greedy_decode
+from deed_jax.decoding.greedy import greedy_decode
+from deed_jax.decoding.output import DecodeOutput
 from deed_jax.models import MultiExitEncoderDecoder
-
-DecodeOutput = GreedyOutput
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config"))
@@ -32,10 +31,8 @@ def make_generate(model: MultiExitEncoderDecoder, config: DecodeConfig
 
   Use it in loops (benchmarks, evaluation): each call then only checks the inputs and runs.
   """
-  if config.strategy != "greedy" or config.exit_mode == "copy":
-    raise NotImplementedError(
-        f"strategy={config.strategy!r} exit_mode={config.exit_mode!r} is not implemented yet; greedy "
-        "decoding supports exit_mode deed, oracle, static and fixed.")
+  if config.strategy != "greedy":
+    raise NotImplementedError(f"strategy={config.strategy!r} is not implemented yet.")
   config = config.resolve(model.config)
   graphdef, params = nnx.split(model, nnx.Param)
   # The threshold travels as a traced value: key the compiled function on the rest of the config.

@@ -40,6 +40,14 @@ class TransformerLayer(nnx.Module):
     self.mlp = Mlp(config, rngs)
     self.mlp_norm = Norm(config)
 
+  def self_kv(self, x: Array) -> tuple[Array, Array]:
+    """The self-attention K/V this layer derives from its input x [B, T, D]: 2 x [B, H, T, Dh].
+
+    CALM-style state copying projects a skipped layer's K/V from another layer's output with it.
+    """
+    h = self.self_attention_norm(x) if self.pre_norm else x
+    return self.self_attention.project_kv(h)
+
   def _residual(self, norm: Norm, sublayer, x: Array, rng: Array | None) -> Array:
     if self.pre_norm:
       return x + dropout(sublayer(norm(x)), self.dropout_rate, rng)
@@ -54,13 +62,15 @@ class TransformerLayer(nnx.Module):
       cross_bias: Array | None = None,  # [B, 1, 1, S_enc]
       cache: KVCache | None = None,
       cache_index: Array | int | None = None,  # first position of this block in the cache
+      kv_input: Array | None = None,  # [B, T, D]: derive the self-attention K/V from it, not from x
       dropout_rng: Array | None = None,
   ) -> tuple[Array, KVCache | None]:
     rngs = split_rng(dropout_rng, 3)
+    kv = None if kv_input is None else self.self_kv(kv_input)
 
     def self_attend(h: Array) -> Array:
       nonlocal cache
-      k, v = self.self_attention.project_kv(h)  # [B, H, T, Dh]
+      k, v = self.self_attention.project_kv(h) if kv is None else kv  # [B, H, T, Dh]
       if cache is not None:
         start = (0, 0, cache_index, 0)
         cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),

@@ -1,0 +1,175 @@
+"""One decoding step through the multi-exit decoder, shared by greedy and beam search.
+
+At position p every decoder layer j runs only if some live row has not exited yet (one scalar for the
+whole batch, DEED.md invariant 5); each row takes its token from its own first confident layer.
+
+How a layer runs depends on the exit mode:
+- deed / oracle / static / fixed: layer j runs on the block [n_j, p] — the positions earlier steps
+  skipped at layer j (the frontier holds exactly layer j-1's output there, invariant 2) plus p — in
+  chunks of `backfill_chunk` written into the preallocated KV cache. Every feature is the full model's.
+- copy (CALM): layer j runs on p alone; for a row that exited below j, layer j's K/V at p are projected
+  from the row's exit state instead, and never recomputed.
+
+No `lax.cond` carries a KV cache: a skipped layer is a chunk `while_loop` whose predicate is false
+from the start (zero iterations, the carried cache stays in place); only the exit head (small
+operands) sits behind a `cond`. A pass-through `cond` over the cache makes XLA copy it (jax#16661).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from deed_jax.decoding.confidence import confidence
+from deed_jax.decoding.config import DecodeConfig
+from deed_jax.models import MultiExitEncoderDecoder
+from deed_jax.models.transformer import KVCache, padding_bias
+
+Array = jax.Array
+
+
+class DecoderState(NamedTuple):
+  """What the decoder keeps between steps. R rows (batch, or batch x beams); T_c = N + chunk (slack:
+  `dynamic_update_slice` clamps out-of-range starts, jax#9094)."""
+  caches: tuple[KVCache, ...]  # L x (k, v) [R, H, T_c, Dh]
+  fill: Array  # [L] int32: positions [0, fill[j]) are computed at layer j (batch-wide)
+  frontier: Array  # [R, T_c, D]: output of the deepest computed layer at each position
+
+
+class StepExit(NamedTuple):
+  """Per row, what the step emitted; rows that were not live get zeros."""
+  token: Array  # [R] int32, argmax of the exit's logits
+  log_prob: Array  # [R] float32, log-probability of `token` at the exit
+  features: Array  # [R, D] exit features (adapter, final norm) the token came from
+  exit_layer: Array  # [R] int32, 1-based
+  confidence: Array  # [R] float32
+  layers_run: Array  # [] int32, decoder layers executed for the batch
+  backfilled: Array  # [L] int32, deferred positions computed just in time per layer
+
+
+def reorder_rows(state: DecoderState, rows: Array) -> DecoderState:
+  """Beam search: row r continues the history of row rows[r] ([R] int32). Fill pointers are
+  batch-wide, so only the caches and the frontier move."""
+  take = lambda x: jnp.take(x, rows, axis=0)
+  caches = tuple(KVCache(take(c.k), take(c.v)) for c in state.caches)
+  return DecoderState(caches, state.fill, take(state.frontier))
+
+
+class ExitStep:
+  """Built once per decode call; `init_state()` and `__call__(state, position, last_token, live)`.
+
+  `encoder_out` [R, S, D] and `encoder_mask` [R, S] are per row (beam search repeats them). `config`
+  must be `resolve`d; `threshold` may be traced.
+  """
+
+  def __init__(self, model: MultiExitEncoderDecoder, encoder_out: Array, encoder_mask: Array,
+               config: DecodeConfig, threshold: Array | float):
+    cfg = model.config
+    self.model, self.config, self.threshold = model, config, threshold
+    self.decoder = model.decoder
+    self.rows = encoder_out.shape[0]
+    self.num_layers = cfg.decoder_layers
+    self.chunk = 1 if config.exit_mode == "copy" else config.backfill_chunk
+    self.cache_length = config.max_new_tokens + self.chunk
+    self.last_layer = (config.fixed_exit_layer if config.exit_mode == "fixed" else self.num_layers) - 1
+    self.cross_kv = self.decoder.cross_kv(encoder_out)  # L x 2 x [R, H, S, Dh], once per call
+    self.cross_bias = padding_bias(encoder_mask)  # [R, 1, 1, S]
+    self.embedding = model.token_embedding[...]
+    self.dtype = jnp.dtype(cfg.dtype)
+    self.d_model = cfg.d_model
+    self.cache_shape = (self.rows, cfg.num_heads, self.cache_length, cfg.resolved_head_dim)
+
+  def init_state(self) -> DecoderState:
+    zeros = lambda: jnp.zeros(self.cache_shape, self.dtype)
+    return DecoderState(
+        caches=tuple(KVCache(zeros(), zeros()) for _ in range(self.num_layers)),
+        fill=jnp.zeros((self.num_layers,), jnp.int32),
+        frontier=jnp.zeros((self.rows, self.cache_length, self.d_model), self.dtype))
+
+  def _run_layer(self, j: int, run: Array, frontier: Array, cache: KVCache, start: Array,
+                 position: Array) -> tuple[Array, KVCache]:
+    """If `run`: layer j over positions [start, position], chunk by chunk, into cache and frontier."""
+    chunk, key_positions = self.chunk, jnp.arange(self.cache_length)
+
+    def body(carry):
+      chunk_start, frontier, cache = carry
+      x = jax.lax.dynamic_slice_in_dim(frontier, chunk_start, chunk, axis=1)  # [R, C, D]
+      bias = self.decoder.self_bias(chunk_start + jnp.arange(chunk), key_positions)  # [1,1|H,C,T_c]
+      y, cache = self.decoder.layers[j](x, bias, cross_kv=self.cross_kv[j], cross_bias=self.cross_bias,
+                                        cache=cache, cache_index=chunk_start)
+      frontier = jax.lax.dynamic_update_slice_in_dim(frontier, y.astype(frontier.dtype), chunk_start,
+                                                     axis=1)
+      return chunk_start + chunk, frontier, cache
+
+    _, frontier, cache = jax.lax.while_loop(lambda c: run & (c[0] <= position), body,
+                                            (start, frontier, cache))
+    return frontier, cache
+
+  def _exit_head(self, j: int, run: Array, hidden: Array, exits: tuple) -> tuple:
+    """If `run`: exit j's confidence for rows still undecided; the confident ones take their token."""
+    config = self.config
+
+    def head(operands):
+      hidden, decided, token, log_prob, features, exit_layer, conf, exit_hidden = operands
+      layer_features = self.decoder.exit_features(hidden, j)  # [R, D]
+      logits = self.model.logits(layer_features).astype(jnp.float32)  # [R, V]
+      layer_conf = confidence(logits, config.confidence)  # [R]
+      if config.exit_mode in ("deed", "oracle", "copy"):
+        allowed = j >= config.min_exit_layer - 1
+        confident = (layer_conf >= self.threshold) & allowed | (j == self.last_layer)
+      else:
+        confident = jnp.full((self.rows,), j == self.last_layer)
+      take = ~decided & confident
+      layer_token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+      layer_log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), layer_token[:, None], -1)[:, 0]
+      pick = lambda new, old: jnp.where(take.reshape(take.shape + (1,) * (old.ndim - 1)), new, old)
+      return (hidden, decided | take, pick(layer_token, token), pick(layer_log_prob, log_prob),
+              pick(layer_features, features), pick(jnp.int32(j + 1), exit_layer),
+              pick(layer_conf, conf), pick(hidden, exit_hidden))
+
+    return jax.lax.cond(run, head, lambda operands: operands, (hidden,) + exits)[1:]
+
+  def __call__(self, state: DecoderState, position: Array, last_token: Array, live: Array
+               ) -> tuple[DecoderState, StepExit]:
+    """Decode `position` (traced []) from `last_token` [R]; rows with `live` False never force depth."""
+    config, rows, p = self.config, self.rows, position
+    x = self.decoder.embed(last_token[:, None], p[None], self.embedding)  # [R, 1, D]
+    frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x.astype(self.dtype), p, axis=1)
+    caches, fill = list(state.caches), state.fill
+    zeros_f = jnp.zeros((rows,), jnp.float32)
+    # decided, token, log_prob, features, exit_layer, confidence, exit_hidden
+    exits = (~live, jnp.zeros((rows,), jnp.int32), zeros_f, jnp.zeros((rows, self.d_model), self.dtype),
+             jnp.zeros((rows,), jnp.int32), zeros_f, jnp.zeros((rows, self.d_model), self.dtype))
+    layers_run = jnp.int32(0)
+    backfilled = jnp.zeros((self.num_layers,), jnp.int32)
+    for j in range(self.last_layer + 1):
+      decided = exits[0]
+      run = jnp.any(live) if config.exit_mode == "oracle" else jnp.any(~decided)
+      start = p if config.exit_mode == "copy" else fill[j]
+      frontier, caches[j] = self._run_layer(j, run, frontier, caches[j], start, p)
+      backfilled = backfilled.at[j].set(jnp.where(run, p - start, 0))
+      fill = fill.at[j].set(jnp.where(run, p + 1, fill[j]))
+      layers_run = layers_run + run.astype(jnp.int32)
+      hidden = jax.lax.dynamic_index_in_dim(frontier, p, axis=1, keepdims=False)  # [R, D]
+      exits = self._exit_head(j, run, hidden, exits)
+    _, token, log_prob, features, exit_layer, conf, exit_hidden = exits
+    if config.exit_mode == "copy":
+      caches = self._copy_exit_state(caches, p, exit_layer, exit_hidden)
+    out = StepExit(token, log_prob, features, exit_layer, conf, layers_run, backfilled)
+    return DecoderState(tuple(caches), fill, frontier), out
+
+  def _copy_exit_state(self, caches: list[KVCache], p: Array, exit_layer: Array, exit_hidden: Array
+                       ) -> list[KVCache]:
+    """CALM: layers above a row's exit get K/V at p projected from its exit state [R, D]."""
+    for j in range(self.num_layers):
+      copied = (exit_layer > 0) & (exit_layer < j + 1)  # [R]
+      k_copy, v_copy = self.decoder.layers[j].self_kv(exit_hidden[:, None])  # [R, H, 1, Dh]
+      new = []
+      for cached, copy in ((caches[j].k, k_copy), (caches[j].v, v_copy)):
+        current = jax.lax.dynamic_slice_in_dim(cached, p, 1, axis=2)  # [R, H, 1, Dh]
+        value = jnp.where(copied[:, None, None, None], copy.astype(cached.dtype), current)
+        new.append(jax.lax.dynamic_update_slice_in_dim(cached, value, p, axis=2))
+      caches[j] = KVCache(*new)
+    return caches
