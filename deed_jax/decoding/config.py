@@ -25,7 +25,11 @@ class DecodeConfig:
   strategy: str = "greedy"
   num_beams: int = 1
   max_new_tokens: int = 32
-  length_penalty: float = 0.0  # t5x/HF brevity penalty exponent alpha in ((5 + len) / 6) ** alpha.
+  # Beam search, as Hugging Face: a finished hypothesis scores sum_logprobs / len ** length_penalty
+  # (len counts the generated tokens, EOS included); early_stopping stops a row once it holds
+  # num_beams finished hypotheses, else when no live beam can beat the worst of them.
+  length_penalty: float = 1.0
+  early_stopping: bool = False
   exit_mode: str = "deed"
   confidence: str = "max_prob"
   threshold: float = 0.9
@@ -43,6 +47,10 @@ class DecodeConfig:
         raise ValueError(f"DecodeConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
     if self.num_beams < 1:
       raise ValueError(f"DecodeConfig.num_beams={self.num_beams} must be >= 1.")
+    if self.strategy == "greedy" and self.num_beams != 1:
+      raise ValueError(f"DecodeConfig.num_beams={self.num_beams} needs strategy='beam'.")
+    if not math.isfinite(self.length_penalty):
+      raise ValueError(f"DecodeConfig.length_penalty={self.length_penalty} must be finite.")
     if self.backfill_chunk < 1:
       raise ValueError(f"DecodeConfig.backfill_chunk={self.backfill_chunk} must be >= 1.")
     if self.max_new_tokens < 1:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deed_jax.decoding.config import DecodeConfig, check_threshold
+from deed_jax.decoding.beam import beam_decode
 from deed_jax.decoding.greedy import greedy_decode
 from deed_jax.decoding.output import DecodeOutput
 from deed_jax.models import MultiExitEncoderDecoder
@@ -22,7 +23,8 @@ from deed_jax.models import MultiExitEncoderDecoder
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config"))
 def _generate(graphdef, params, encoder_inputs, threshold, *, config: DecodeConfig) -> DecodeOutput:
-  return greedy_decode(nnx.merge(graphdef, params), encoder_inputs, config, threshold)
+  decode = beam_decode if config.strategy == "beam" else greedy_decode
+  return decode(nnx.merge(graphdef, params), encoder_inputs, config, threshold)
 
 
 def make_generate(model: MultiExitEncoderDecoder, config: DecodeConfig
@@ -31,8 +33,6 @@ def make_generate(model: MultiExitEncoderDecoder, config: DecodeConfig
 
   Use it in loops (benchmarks, evaluation): each call then only checks the inputs and runs.
   """
-  if config.strategy != "greedy":
-    raise NotImplementedError(f"strategy={config.strategy!r} is not implemented yet.")
   config = config.resolve(model.config)
   graphdef, params = nnx.split(model, nnx.Param)
   # The threshold travels as a traced value: key the compiled function on the rest of the config.

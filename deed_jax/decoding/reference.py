@@ -53,8 +53,11 @@ def fixed_exit(exit_layer: jax.Array | int, kind: str = "max_prob") -> ExitRule:
 
 def greedy_with_rule(model: MultiExitEncoderDecoder, encoder_out: jax.Array, encoder_mask: jax.Array,
                      rule: ExitRule, max_new_tokens: int, *, bos_id: int, eos_id: int,
-                     pad_id: int) -> ReferenceOutput:
-  """The naive loop, from encoder states [B, S, D] and mask [B, S] computed once by the caller."""
+                     pad_id: int, copy_states: bool = False) -> ReferenceOutput:
+  """The naive loop, from encoder states [B, S, D] and mask [B, S] computed once by the caller.
+
+  `copy_states` (CALM): a position's layers above its exit see K/V projected from its exit state.
+  """
   cfg = model.config
   if not 1 <= max_new_tokens <= cfg.max_target_length:
     raise ValueError(f"max_new_tokens={max_new_tokens} must be in [1, max_target_length="
@@ -64,23 +67,55 @@ def greedy_with_rule(model: MultiExitEncoderDecoder, encoder_out: jax.Array, enc
   out = ReferenceOutput(jnp.full((batch, n), pad_id, jnp.int32), jnp.zeros((batch, n), jnp.int32),
                         jnp.zeros((batch, n), jnp.float32))
   done = jnp.zeros((batch,), bool)  # [B]
+  exit_states = jnp.zeros((batch, n, cfg.d_model), jnp.dtype(cfg.dtype))  # [B, N, D], copy_states only
 
   def step(t, carry):
-    prefix, out, done = carry
-    features = model.decoder(prefix, encoder_out, encoder_mask, model.token_embedding[...])  # [L,B,N,D]
-    logits = model.logits(jax.lax.dynamic_index_in_dim(features, t, axis=2, keepdims=False))  # [L,B,V]
+    prefix, out, done, exit_states = carry
+    if copy_states:
+      hidden, features = _copied_state_pass(model, prefix, t, out.exit_layers, exit_states, encoder_out,
+                                            encoder_mask)  # [L, B, D] each
+    else:
+      features = model.decoder(prefix, encoder_out, encoder_mask, model.token_embedding[...])
+      features = jax.lax.dynamic_index_in_dim(features, t, axis=2, keepdims=False)  # [L, B, D]
+    logits = model.logits(features)  # [L, B, V]
     chosen, conf = rule(logits)  # [B], [B]
     token = jnp.take_along_axis(jnp.argmax(logits, axis=-1), chosen[None], axis=0)[0]  # [B]
     token = jnp.where(done, pad_id, token).astype(jnp.int32)
     out = ReferenceOutput(out.tokens.at[:, t].set(token),
                           out.exit_layers.at[:, t].set(jnp.where(done, 0, chosen + 1)),
                           out.confidences.at[:, t].set(jnp.where(done, 0.0, conf)))
+    if copy_states:
+      state = jnp.take_along_axis(hidden, chosen[None, :, None], axis=0)[0]  # [B, D]
+      exit_states = exit_states.at[:, t].set(state.astype(exit_states.dtype))
     next_index = jnp.minimum(t + 1, n - 1)  # The last step's token is not fed back.
     prefix = jnp.where(t + 1 < n, prefix.at[:, next_index].set(token), prefix)
-    return prefix, out, done | (token == eos_id)
+    return prefix, out, done | (token == eos_id), exit_states
 
-  _, out, _ = jax.lax.fori_loop(0, n, step, (prefix, out, done))
+  _, out, _, _ = jax.lax.fori_loop(0, n, step, (prefix, out, done, exit_states))
   return out
+
+
+def _copied_state_pass(model: MultiExitEncoderDecoder, prefix: jax.Array, t: jax.Array,
+                       exit_layers: jax.Array, exit_states: jax.Array, encoder_out: jax.Array,
+                       encoder_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The whole decoder over the prefix [B, N], where each earlier position's layers above its exit
+  (exit_layers [B, N], 1-based) take K/V from its exit state [B, N, D].
+
+  -> hidden states and exit features at t, [L, B, D] each. The last layer's hidden state is never
+  copied anywhere (no layer above it), so it is returned as zeros.
+  """
+  positions = jnp.arange(prefix.shape[1])
+  layer_inputs = []  # layer j's input is layer j-1's output
+
+  def kv_input_fn(j, x):  # x [B, N, D]
+    layer_inputs.append(jax.lax.dynamic_index_in_dim(x, t, axis=1, keepdims=False))
+    own_state = (positions[None, :] >= t) | (exit_layers >= j + 1)  # [B, N]
+    return jnp.where(own_state[..., None], x, exit_states.astype(x.dtype))
+
+  features = model.decoder(prefix, encoder_out, encoder_mask, model.token_embedding[...],
+                           kv_input_fn=kv_input_fn)
+  hidden = jnp.stack(layer_inputs[1:] + [jnp.zeros_like(layer_inputs[0])])  # [L, B, D]
+  return hidden, jax.lax.dynamic_index_in_dim(features, t, axis=2, keepdims=False)
 
 
 def greedy_at_exit(model: MultiExitEncoderDecoder, encoder_inputs: dict, exit_layer: jax.Array | int,
@@ -95,14 +130,13 @@ def greedy_at_exit(model: MultiExitEncoderDecoder, encoder_inputs: dict, exit_la
 
 def greedy_reference(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig,
                      threshold: jax.Array | float | None = None) -> ReferenceOutput:
-  """What greedy decoding with `config.exit_mode` in {deed, oracle, static, fixed} must produce.
+  """What greedy decoding with `config.exit_mode` must produce.
 
-  `threshold` (default `config.threshold`) may be traced. deed and oracle share the rule: the
-  first confident layer of the full model's features.
+  `threshold` (default `config.threshold`) may be traced. deed, oracle and copy share the rule: the
+  first confident layer (of the full model's features; for copy, of the copied-state model's).
   """
-  if config.strategy != "greedy" or config.exit_mode == "copy":
-    raise ValueError(f"The naive reference covers greedy deed/oracle/static/fixed decoding, not "
-                     f"strategy={config.strategy!r} exit_mode={config.exit_mode!r}.")
+  if config.strategy != "greedy":
+    raise ValueError(f"The naive reference decodes greedily, not strategy={config.strategy!r}.")
   config = config.resolve(model.config)
   if threshold is None:
     threshold = config.threshold
@@ -117,4 +151,5 @@ def greedy_reference(model: MultiExitEncoderDecoder, encoder_inputs: dict, confi
   else:
     rule = first_confident_exit(threshold, config.confidence, config.min_exit_layer)
   return greedy_with_rule(model, encoder_out, encoder_mask, rule, config.max_new_tokens,
-                          bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id)
+                          bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id,
+                          copy_states=config.exit_mode == "copy")

@@ -6,6 +6,8 @@ the pieces one by one: `embed`, `self_bias`, `cross_kv`, `layers[l]`, `exit_feat
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -63,8 +65,13 @@ class Decoder(nnx.Module):
     return self.final_norm(h) if self.config.norm_position == "pre" else h
 
   def __call__(self, token_ids: Array, encoder_out: Array, encoder_mask: Array, token_embedding: Array,
-               *, num_layers: int | None = None, dropout_rng: Array | None = None) -> Array:
-    """Full-sequence (teacher-forced) pass. Returns the features of exits 1..num_layers: [L', B, T, D]."""
+               *, num_layers: int | None = None, dropout_rng: Array | None = None,
+               kv_input_fn: Callable[[int, Array], Array] | None = None) -> Array:
+    """Full-sequence (teacher-forced) pass. Returns the features of exits 1..num_layers: [L', B, T, D].
+
+    `kv_input_fn(j, x)` (CALM's copied states, naive reference): layer j derives its self-attention
+    K/V from the returned [B, T, D] instead of its input x.
+    """
     num_layers = num_layers or self.config.decoder_layers
     rngs = split_rng(dropout_rng, num_layers + 1)
     positions = jnp.arange(token_ids.shape[1])
@@ -75,6 +82,8 @@ class Decoder(nnx.Module):
     for index in range(num_layers):
       layer = self.layers[index]
       cross_kv = layer.cross_attention.project_kv(encoder_out)
-      x, _ = layer(x, self_bias, cross_kv=cross_kv, cross_bias=cross_bias, dropout_rng=rngs[index])
+      kv_input = None if kv_input_fn is None else kv_input_fn(index, x)
+      x, _ = layer(x, self_bias, cross_kv=cross_kv, cross_bias=cross_bias, kv_input=kv_input,
+                   dropout_rng=rngs[index])
       exits.append(self.exit_features(x, index))
     return jnp.stack(exits)  # [L', B, T, D]

@@ -1,0 +1,72 @@
+"""An independent, straightforward beam search: Python lists, one row at a time, the model's full
+forward over every beam's whole prefix at each step, Hugging Face's `BeamHypotheses` rules written out.
+
+Each beam takes its log-probs from its own first confident exit (threshold > 1: the last layer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _log_softmax(z):
+  z = z - z.max(-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _add(pool, hypothesis, num_beams):
+  """HF BeamHypotheses.add: keep the num_beams best; a newcomer must beat the worst strictly."""
+  worst = min(h[0] for h in pool) if pool else None
+  if len(pool) < num_beams or hypothesis[0] > worst:
+    pool.append(hypothesis)
+    if len(pool) > num_beams:
+      pool.remove(min(pool, key=lambda h: h[0]))
+
+
+def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, length_penalty=1.0,
+                early_stopping=False, threshold=2.0, min_exit_layer=1):
+  """-> per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)]."""
+  cfg = model.config
+  k, n = num_beams, max_new_tokens
+  pools = []
+  for b in range(len(next(iter(encoder_inputs.values())))):
+    row_inputs = {name: np.repeat(value[b:b + 1], k, axis=0) for name, value in encoder_inputs.items()}
+    # (sum of log-probs, tokens, exit layers, confidences)
+    beams = [(0.0, [], [], [])] + [(-1e9, [], [], [])] * (k - 1)
+    pool, done = [], False
+    for p in range(n):
+      prefixes = np.array([[cfg.bos_id] + beam[1] for beam in beams], np.int32)  # [K, p + 1]
+      logits = np.asarray(model(row_inputs, prefixes), np.float64)[:, :, -1]  # [L, K, V]
+      log_probs = _log_softmax(logits)
+      confidences = np.exp(log_probs).max(-1)  # [L, K]
+      candidates = []
+      for i, (score, tokens, exits, confs) in enumerate(beams):
+        layer = next((l for l in range(cfg.decoder_layers)
+                      if l >= min_exit_layer - 1 and confidences[l, i] >= threshold),
+                     cfg.decoder_layers - 1)
+        for token in range(cfg.vocab_size):
+          candidates.append((score + log_probs[layer, i, token], i, token, layer + 1,
+                             confidences[layer, i]))
+      candidates.sort(key=lambda c: -c[0])  # stable: ties keep (beam, token) order
+      new_beams = []
+      for rank, (score, i, token, layer, conf) in enumerate(candidates[:2 * k]):
+        _, tokens, exits, confs = beams[i]
+        extended = (tokens + [token], exits + [layer], confs + [conf])
+        if token == cfg.eos_id:
+          if rank < k:
+            _add(pool, (score / (p + 1) ** length_penalty,) + extended, k)
+        else:
+          new_beams.append((score,) + extended)
+        if len(new_beams) == k:
+          break
+      beams = new_beams
+      if len(pool) >= k:
+        best_possible = candidates[0][0] / (p + 1) ** length_penalty
+        done = early_stopping or min(h[0] for h in pool) >= best_possible
+      if done:
+        break
+    if not done:
+      for score, tokens, exits, confs in beams:
+        _add(pool, (score / n ** length_penalty, tokens, exits, confs), k)
+    pools.append(sorted(pool, key=lambda h: -h[0]))
+  return pools
