@@ -6,6 +6,7 @@ Each beam takes its log-probs from its own first confident exit (threshold > 1: 
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 
 
@@ -23,11 +24,14 @@ def _add(pool, hypothesis, num_beams):
       pool.remove(min(pool, key=lambda h: h[0]))
 
 
-def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, length_penalty=1.0,
+def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, length_penalty=1.0,
                 early_stopping=False, threshold=2.0, min_exit_layer=1):
   """-> per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)]."""
   cfg = model.config
   k, n = num_beams, max_new_tokens
+  # Prefixes are padded to n: causal attention makes position p's logits those of the prefix alone,
+  # and one compiled forward serves every step.
+  forward = jax.jit(lambda inputs, prefix: model(inputs, prefix))
   pools = []
   for b in range(len(next(iter(encoder_inputs.values())))):
     row_inputs = {name: np.repeat(value[b:b + 1], k, axis=0) for name, value in encoder_inputs.items()}
@@ -35,8 +39,9 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, length_pena
     beams = [(0.0, [], [], [])] + [(-1e9, [], [], [])] * (k - 1)
     pool, done = [], False
     for p in range(n):
-      prefixes = np.array([[cfg.bos_id] + beam[1] for beam in beams], np.int32)  # [K, p + 1]
-      logits = np.asarray(model(row_inputs, prefixes), np.float64)[:, :, -1]  # [L, K, V]
+      prefixes = np.array([[cfg.bos_id] + beam[1] + [cfg.pad_id] * (n - 1 - p) for beam in beams],
+                          np.int32)  # [K, N]
+      logits = np.asarray(forward(row_inputs, prefixes), np.float64)[:, :, p]  # [L, K, V]
       log_probs = _log_softmax(logits)
       confidences = np.exp(log_probs).max(-1)  # [L, K]
       candidates = []
@@ -52,7 +57,7 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, length_pena
       for rank, (score, i, token, layer, conf) in enumerate(candidates[:2 * k]):
         _, tokens, exits, confs = beams[i]
         extended = (tokens + [token], exits + [layer], confs + [conf])
-        if token == cfg.eos_id:
+        if token == eos_id:
           if rank < k:
             _add(pool, (score / (p + 1) ** length_penalty,) + extended, k)
         else:

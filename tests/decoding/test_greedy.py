@@ -1,85 +1,126 @@
-"""Greedy DEED decoding (cache + just-in-time backfill) against the naive reference decoder."""
+"""Greedy decoding (deed, oracle, copy, static, fixed) against the naive reference decoders."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from deed_jax.decoding import generate as generate_module
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.generate import generate
+from deed_jax.decoding.generate import generate, make_generate
 from deed_jax.decoding.reference import greedy_reference
-from deed_jax.models import MultiExitEncoderDecoder
-from tests.conftest import random_inputs, randomize, tiny_config
+from tests.conftest import random_inputs
+from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, distinct_exits, replace,
+                                    spread_model, spread_threshold)
 
 
-def _model(encoder, seed):
-  config = tiny_config(encoder=encoder, decoder_layers=4, vocab_size=11, max_target_length=10)
-  return randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(seed)), seed=seed, scale=0.5)
+def _assert_same(out, expected):
+  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(expected.tokens))
+  np.testing.assert_array_equal(np.asarray(out.exit_layers), np.asarray(expected.exit_layers))
+  np.testing.assert_allclose(np.asarray(out.confidences), np.asarray(expected.confidences), atol=1e-5)
 
 
-def _spread_threshold(model, encoder_inputs, decode):
-  """The threshold (from confidence quantiles) under which the reference exits at the most layers."""
-  reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
-  best = None
-  for threshold in np.linspace(0.2, 0.9, 15):
-    layers = np.asarray(reference(threshold).exit_layers)
-    spread = len(set(layers[layers > 0].tolist()))
-    if best is None or spread > best[0]:
-      best = (spread, float(threshold))
-  return best[1]
+def _rows(encoder_inputs, b):
+  return {k: v[b:b + 1] for k, v in encoder_inputs.items()}
 
 
-@pytest.mark.parametrize("encoder, seed, chunk", [("text", 0, 4), ("image", 1, 2), ("text", 2, 1)])
+@pytest.mark.parametrize("encoder, seed, chunk",
+                         [case + (chunk,) for case, chunk in zip(SPREAD_SEEDS, (4, 2, 1, 3))])
 def test_deed_and_oracle_equal_the_naive_reference(encoder, seed, chunk):
-  model = _model(encoder, seed)
+  model = spread_model(encoder, seed)
   encoder_inputs, _ = random_inputs(model.config, batch=4, seed=seed)
   decode = DecodeConfig(exit_mode="deed", max_new_tokens=9, backfill_chunk=chunk)
-  threshold = _spread_threshold(model, encoder_inputs, decode)
-  decode = dataclasses.replace(decode, threshold=threshold)
-  expected = greedy_reference(model, encoder_inputs, decode)
-  for mode in ("deed", "oracle"):
-    out = generate(model, encoder_inputs, dataclasses.replace(decode, exit_mode=mode))
-    np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(expected.tokens))
-    np.testing.assert_array_equal(np.asarray(out.exit_layers), np.asarray(expected.exit_layers))
-    np.testing.assert_allclose(np.asarray(out.confidences), np.asarray(expected.confidences), atol=1e-5)
-  layers = np.asarray(expected.exit_layers)
-  assert len(set(layers[layers > 0].tolist())) >= 2
+  reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
+  threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 9))
+  expected = reference(threshold)
+  assert distinct_exits(expected.exit_layers) >= 3  # Exits really happen at many layers.
+  deed = make_generate(model, decode)
+  _assert_same(deed(encoder_inputs, threshold), expected)
+  _assert_same(generate(model, encoder_inputs, replace(decode, exit_mode="oracle", threshold=threshold)),
+               expected)
   backfilled = 0
   for b in range(4):  # Alone, a row's exits vary step to step, so skipped layers get backfilled.
-    alone = generate(model, {k: v[b:b + 1] for k, v in encoder_inputs.items()}, decode)
+    alone = deed(_rows(encoder_inputs, b), threshold)
     np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(expected.tokens)[b])
+    np.testing.assert_array_equal(np.asarray(alone.exit_layers)[0], np.asarray(expected.exit_layers)[b])
     backfilled += int(np.asarray(alone.backfilled).sum())
   assert backfilled > 0  # Skipped layers really were computed later, and tokens stayed exact.
 
 
+@pytest.mark.parametrize("encoder, seed", SPREAD_SEEDS[:2])
+def test_copy_equals_its_naive_reference(encoder, seed):
+  model = spread_model(encoder, seed)
+  encoder_inputs, _ = random_inputs(model.config, batch=4, seed=seed)
+  decode = DecodeConfig(exit_mode="copy", max_new_tokens=9)
+  reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
+  threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 9))
+  expected = reference(threshold)
+  assert distinct_exits(expected.exit_layers) >= 3
+  _assert_same(generate(model, encoder_inputs, replace(decode, threshold=threshold)), expected)
+  # Copied states are not the full model's: the copy model's confidences depart from DEED's.
+  deed = greedy_reference(model, encoder_inputs, replace(decode, exit_mode="deed"), threshold)
+  assert not np.allclose(np.asarray(deed.confidences), np.asarray(expected.confidences), atol=1e-3)
+
+
 def test_rows_decode_as_if_alone_and_static_fixed_match_reference():
-  model = _model("text", 3)
+  model = spread_model("text", 3)
   encoder_inputs, _ = random_inputs(model.config, batch=3, seed=3)
   decode = DecodeConfig(exit_mode="deed", max_new_tokens=8, threshold=0.5)
   batch = generate(model, encoder_inputs, decode)
   for b in range(3):
-    alone = generate(model, {k: v[b:b + 1] for k, v in encoder_inputs.items()}, decode)
+    alone = generate(model, _rows(encoder_inputs, b), decode)
     np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(batch.tokens)[b])
     np.testing.assert_array_equal(np.asarray(alone.exit_layers)[0], np.asarray(batch.exit_layers)[b])
-  for mode, extra in (("static", {}), ("fixed", {"fixed_exit_layer": 2}), ("deed", {"threshold": 1.5})):
-    config = dataclasses.replace(decode, exit_mode=mode, **extra)
-    reference = greedy_reference(model, encoder_inputs, dataclasses.replace(
-        config, exit_mode="static") if mode == "deed" else config)
-    np.testing.assert_array_equal(np.asarray(generate(model, encoder_inputs, config).tokens),
-                                  np.asarray(reference.tokens))
+  static = greedy_reference(model, encoder_inputs, replace(decode, exit_mode="static"))
+  np.testing.assert_array_equal(
+      np.asarray(generate(model, encoder_inputs, replace(decode, threshold=1.5)).tokens),
+      np.asarray(static.tokens))
+  for k in (1, 3):
+    config = replace(decode, exit_mode="fixed", fixed_exit_layer=k)
+    out = generate(model, encoder_inputs, config)
+    _assert_same(out, greedy_reference(model, encoder_inputs, config))
+    assert int(np.asarray(out.layers_run).max()) == k
+  out = generate(model, encoder_inputs, replace(decode, exit_mode="static"))
+  _assert_same(out, static)
+  # Scores are the emitted tokens' log-probs, summed: here recomputed from the full model's logits.
+  tokens = np.asarray(static.tokens)
+  prefix = np.concatenate([np.full((3, 1), model.config.bos_id), tokens[:, :-1]], axis=1)
+  log_probs = np.asarray(jax.nn.log_softmax(model(encoder_inputs, prefix)[-1]))  # [B, N, V]
+  picked = np.take_along_axis(log_probs, tokens[..., None], -1)[..., 0]
+  live = np.asarray(static.exit_layers) > 0
+  np.testing.assert_allclose(np.asarray(out.scores), (picked * live).sum(1), rtol=1e-5)
 
 
 def test_threshold_and_batch_contents_do_not_recompile():
-  model = _model("text", 4)
+  model = spread_model("text", 4)
   encoder_inputs, _ = random_inputs(model.config, batch=2, seed=4)
   other_inputs, _ = random_inputs(model.config, batch=2, seed=5)
+  for decode in (DecodeConfig(max_new_tokens=6),
+                 DecodeConfig(max_new_tokens=6, strategy="beam", num_beams=2)):
+    before = generate_module._generate._cache_size()
+    for threshold in (0.3, 0.6, 0.95):
+      generate(model, encoder_inputs, replace(decode, threshold=threshold))
+    generate(model, other_inputs, replace(decode, threshold=0.4))
+    assert generate_module._generate._cache_size() - before == 1
+
+
+def test_bad_inputs_fail_before_compiling():
+  model = spread_model("text", 4)
+  encoder_inputs, _ = random_inputs(model.config, batch=2, seed=4)
+  bad_ids = dict(encoder_inputs, input_ids=np.asarray(encoder_inputs["input_ids"]).copy())
+  bad_ids["input_ids"][1, 0] = 11
   before = generate_module._generate._cache_size()
-  for threshold in (0.3, 0.6, 0.95):
-    generate(model, encoder_inputs, DecodeConfig(max_new_tokens=6, threshold=threshold))
-  generate(model, other_inputs, DecodeConfig(max_new_tokens=6, threshold=0.4))
-  assert generate_module._generate._cache_size() - before == 1
+  failures = [
+      (bad_ids, DecodeConfig(max_new_tokens=6), r"11"),
+      (encoder_inputs, DecodeConfig(max_new_tokens=11), "max_new_tokens=11 exceeds"),
+      (encoder_inputs, DecodeConfig(max_new_tokens=6, exit_mode="fixed", fixed_exit_layer=5),
+       "fixed_exit_layer=5"),
+      (encoder_inputs, DecodeConfig(max_new_tokens=6, pad_id=-1), r"pad_id=-1 is outside the vocabulary"),
+  ]
+  for inputs, config, message in failures:
+    with pytest.raises(ValueError, match=message):
+      generate(model, inputs, config)
+  with pytest.raises(ValueError, match="threshold=nan"):
+    make_generate(model, DecodeConfig(max_new_tokens=6))(encoder_inputs, float("nan"))
+  assert generate_module._generate._cache_size() == before

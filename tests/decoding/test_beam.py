@@ -1,0 +1,79 @@
+"""Beam search with early exit against an independent, straightforward beam search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deed_jax.decoding.config import DecodeConfig
+from deed_jax.decoding.generate import generate, make_generate
+from tests.conftest import random_inputs
+from tests.decoding.beam_reference import beam_search
+from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, distinct_exits, replace,
+                                    spread_model)
+
+NUM_BEAMS, STEPS = 3, 8
+
+
+def _frequent_token(model, encoder_inputs):
+  """An EOS id that hypotheses actually produce mid-sequence (random models rarely emit id 2)."""
+  tokens = np.asarray(generate(model, encoder_inputs, DecodeConfig(max_new_tokens=STEPS,
+                                                                   threshold=1.5)).tokens)
+  return int(np.bincount(tokens[:, 2:].ravel()).argmax())
+
+
+def _assert_pools_equal(out, pools, pad_id):
+  """Every hypothesis of every row, best first: tokens (pad after EOS), exits, confidences, score."""
+  for b, pool in enumerate(pools):
+    assert len(pool) == NUM_BEAMS
+    for k, (score, tokens, exits, confs) in enumerate(pool):
+      n = len(tokens)
+      assert np.asarray(out.beams.tokens)[b, k].tolist() == tokens + [pad_id] * (STEPS - n), (b, k)
+      assert np.asarray(out.beams.exit_layers)[b, k].tolist() == exits + [0] * (STEPS - n), (b, k)
+      np.testing.assert_allclose(np.asarray(out.beams.confidences)[b, k, :n], confs, rtol=1e-4)
+      np.testing.assert_allclose(np.asarray(out.beams.scores)[b, k], score, rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(out.beams.tokens)[:, 0])
+  np.testing.assert_array_equal(np.asarray(out.scores), np.asarray(out.beams.scores)[:, 0])
+
+
+@pytest.mark.parametrize("encoder, seed, length_penalty, early_stopping, eos", [
+    ("text", 0, 1.0, False, "model"), ("image", 3, 0.6, False, "frequent"),
+    ("text", 2, 2.0, True, "frequent")])
+def test_full_depth_beam_equals_straightforward_beam_search(encoder, seed, length_penalty,
+                                                            early_stopping, eos):
+  model = spread_model(encoder, seed)
+  encoder_inputs, _ = random_inputs(model.config, batch=3, seed=seed)
+  eos_id = _frequent_token(model, encoder_inputs) if eos == "frequent" else model.config.eos_id
+  decode = DecodeConfig(strategy="beam", num_beams=NUM_BEAMS, max_new_tokens=STEPS, threshold=1.5,
+                        length_penalty=length_penalty, early_stopping=early_stopping, eos_id=eos_id)
+  pools = beam_search(model, encoder_inputs, num_beams=NUM_BEAMS, max_new_tokens=STEPS, eos_id=eos_id,
+                      length_penalty=length_penalty, early_stopping=early_stopping)
+  for mode in ("deed", "static"):
+    _assert_pools_equal(generate(model, encoder_inputs, replace(decode, exit_mode=mode)), pools,
+                        model.config.pad_id)
+  lengths = [len(h[1]) for pool in pools for h in pool]
+  if eos == "frequent":  # Hypotheses ended with EOS and went through the pool.
+    assert min(lengths) < STEPS
+  else:  # Rows ran to max_new_tokens and offered their live beams at the end.
+    assert max(lengths) == STEPS
+
+
+@pytest.mark.parametrize("encoder, seed", SPREAD_SEEDS[:2])
+def test_early_exit_beam_equals_straightforward_beam_search(encoder, seed):
+  model = spread_model(encoder, seed)
+  encoder_inputs, _ = random_inputs(model.config, batch=3, seed=seed)
+  eos_id = _frequent_token(model, encoder_inputs)
+  decode = DecodeConfig(strategy="beam", num_beams=NUM_BEAMS, max_new_tokens=STEPS, exit_mode="deed",
+                        length_penalty=0.8, eos_id=eos_id)
+  oracle = make_generate(model, replace(decode, exit_mode="oracle"))
+  threshold = max(confidence_quantiles(model, encoder_inputs, STEPS),
+                  key=lambda t: distinct_exits(oracle(encoder_inputs, float(t)).beams.exit_layers))
+  pools = beam_search(model, encoder_inputs, num_beams=NUM_BEAMS, max_new_tokens=STEPS, eos_id=eos_id,
+                      length_penalty=0.8, threshold=threshold)
+  assert len({e for pool in pools for h in pool for e in h[2]}) >= 3  # Exits at many layers.
+  deed = generate(model, encoder_inputs, replace(decode, threshold=float(threshold)))
+  _assert_pools_equal(deed, pools, model.config.pad_id)
+  _assert_pools_equal(oracle(encoder_inputs, float(threshold)), pools, model.config.pad_id)
+  alone = generate(model, {k: v[1:2] for k, v in encoder_inputs.items()},
+                   replace(decode, threshold=float(threshold)))
+  np.testing.assert_array_equal(np.asarray(alone.beams.tokens)[0], np.asarray(deed.beams.tokens)[1])

@@ -1,0 +1,76 @@
+"""The compiled DEED decode: no KV-cache-sized copies inside its loops."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from deed_jax.decoding import generate as generate_module
+from deed_jax.decoding.config import DecodeConfig
+from deed_jax.models import MultiExitEncoderDecoder
+from tests.conftest import random_inputs, tiny_config
+
+
+def loop_copies(hlo_text: str, shapes: tuple[str, ...]) -> dict[str, list[str]]:
+  """`copy` instructions of any of `shapes` (e.g. "f32[2,4,21,8]") outside the entry computation, by
+  where they run: "step" (the body of a while loop called from the entry: once per token) or "inner"
+  (nested loops and cond branches: per layer or per chunk)."""
+  entry = hlo_text[hlo_text.index("\nENTRY"):]
+  step_bodies = set(re.findall(r"while\(.*?body=%?([\w.\-]+)", entry[:entry.index("\n}")]))
+  found, computation = {"step": [], "inner": []}, None
+  for line in hlo_text.splitlines():
+    if not line.startswith(" ") and line.rstrip().endswith("{"):
+      computation = None if line.startswith("ENTRY") else line.split()[0].lstrip("%")
+    if computation and " copy(" in line and any(f"= {s}" in line for s in shapes):
+      found["step" if computation in step_bodies else "inner"].append(line.strip())
+  return found
+
+
+def _cache_loop(threshold, cache):
+  """Each layer's cache threaded through a `lax.cond` whose pass-through is branch 1 (XLA's fix for
+  pass-through branches, openxla/xla#46314, covers branch 0 only): XLA copies the cache there."""
+
+  def step(carry):
+    i, caches = carry
+    new = []
+    for layer, c in enumerate(caches):
+      write = lambda c, layer=layer: jax.lax.dynamic_update_slice_in_dim(
+          c, jnp.full(c.shape[:2] + (1,) + c.shape[3:], i + layer, c.dtype), i, axis=2)
+      new.append(jax.lax.cond(threshold <= layer, lambda c: c, write, c))
+    return i + 1, tuple(new)
+
+  return jax.lax.while_loop(lambda c: c[0] < 8, step, (0, (cache,) * 4))
+
+
+def test_the_check_finds_a_cache_threaded_through_cond():
+  cache = jnp.zeros((2, 4, 21, 8))
+  text = jax.jit(_cache_loop).lower(jnp.float32(2.0), cache).compile().as_text()
+  copies = loop_copies(text, ("f32[2,4,21,8]",))
+  assert copies["step"] or copies["inner"]
+
+
+def test_deed_decode_does_not_copy_the_cache_per_layer():
+  config = tiny_config(decoder_layers=4, vocab_size=11, max_target_length=20, num_heads=4)
+  model = MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
+  encoder_inputs, _ = random_inputs(config, batch=2, seed=0)
+  graphdef, params = nnx.split(model, nnx.Param)
+  for decode, rows in ((DecodeConfig(max_new_tokens=17, backfill_chunk=4), 2),
+                       (DecodeConfig(max_new_tokens=17, backfill_chunk=4, exit_mode="copy"), 2),
+                       (DecodeConfig(max_new_tokens=17, strategy="beam", num_beams=3), 6)):
+    decode = dataclasses.replace(decode.resolve(config), threshold=0.0)
+    text = generate_module._generate.lower(graphdef, params, encoder_inputs, jnp.float32(0.5),
+                                           config=decode).compile().as_text()
+    length = 17 + (1 if decode.exit_mode == "copy" else 4)
+    cache = f"f32[{rows},4,{length},{config.resolved_head_dim}]"
+    frontier = f"f32[{rows},{length},{config.d_model}]"
+    assert re.search(re.escape(cache), text)  # The shapes we look for are the real ones.
+    copies = loop_copies(text, (cache, frontier))
+    assert copies["inner"] == []  # Never per layer or per chunk.
+    if decode.strategy == "beam":  # Reordering beams moves each cache and the frontier once per step.
+      assert len(copies["step"]) <= 2 * config.decoder_layers + 1
+    else:
+      assert copies["step"] == []
