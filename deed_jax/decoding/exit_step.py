@@ -5,8 +5,9 @@ whole batch, DEED.md invariant 5); each row takes its token from its own first c
 
 How a layer runs depends on the exit mode:
 - deed / oracle / static / fixed: layer j runs on the block [n_j, p] — the positions earlier steps
-  skipped at layer j (the frontier holds exactly layer j-1's output there, invariant 2) plus p — in
-  chunks of `backfill_chunk` written into the preallocated KV cache. Every feature is the full model's.
+  skipped at layer j (the frontier holds exactly layer j-1's output there, invariant 2) plus p — as
+  chunks of `backfill_chunk` positions and then single positions, written into the preallocated KV
+  cache. Every feature is the full model's. (Only deed has blocks longer than one position.)
 - copy (CALM): layer j runs on p alone; for a row that exited below j, layer j's K/V at p are projected
   from the row's exit state instead, and never recomputed.
 
@@ -31,11 +32,10 @@ Array = jax.Array
 
 
 class DecoderState(NamedTuple):
-  """What the decoder keeps between steps. R rows (batch, or batch x beams); T_c = N + chunk (slack:
-  `dynamic_update_slice` clamps out-of-range starts, jax#9094)."""
-  caches: tuple[KVCache, ...]  # L x (k, v) [R, H, T_c, Dh]
+  """What the decoder keeps between steps. R rows (batch, or batch x beams); N = max_new_tokens."""
+  caches: tuple[KVCache, ...]  # L x (k, v) [R, H, N, Dh]
   fill: Array  # [L] int32: positions [0, fill[j]) are computed at layer j (batch-wide)
-  frontier: Array  # [R, T_c, D]: output of the deepest computed layer at each position
+  frontier: Array  # [R, N, D]: output of the deepest computed layer at each position
 
 
 class StepExit(NamedTuple):
@@ -71,8 +71,9 @@ class ExitStep:
     self.decoder = model.decoder
     self.rows = encoder_out.shape[0]
     self.num_layers = cfg.decoder_layers
-    self.chunk = 1 if config.exit_mode == "copy" else config.backfill_chunk
-    self.cache_length = config.max_new_tokens + self.chunk
+    # Only deed ever runs a layer over more than the current position (a backfill block).
+    self.chunk = config.backfill_chunk if config.exit_mode == "deed" else 1
+    self.cache_length = config.max_new_tokens
     self.last_layer = (config.fixed_exit_layer if config.exit_mode == "fixed" else self.num_layers) - 1
     self.cross_kv = self.decoder.cross_kv(encoder_out)  # L x 2 x [R, H, S, Dh], once per call
     self.cross_bias = padding_bias(encoder_mask)  # [R, 1, 1, S]
@@ -90,21 +91,29 @@ class ExitStep:
 
   def _run_layer(self, j: int, run: Array, frontier: Array, cache: KVCache, start: Array,
                  position: Array) -> tuple[Array, KVCache]:
-    """If `run`: layer j over positions [start, position], chunk by chunk, into cache and frontier."""
-    chunk, key_positions = self.chunk, jnp.arange(self.cache_length)
+    """If `run`: layer j over positions [start, position] into cache and frontier: whole chunks of
+    `chunk` positions first, then the rest one position at a time (the usual block is just the
+    current position, which then costs a one-position call)."""
+    key_positions = jnp.arange(self.cache_length)
 
-    def body(carry):
-      chunk_start, frontier, cache = carry
-      x = jax.lax.dynamic_slice_in_dim(frontier, chunk_start, chunk, axis=1)  # [R, C, D]
-      bias = self.decoder.self_bias(chunk_start + jnp.arange(chunk), key_positions)  # [1,1|H,C,T_c]
-      y, cache = self.decoder.layers[j](x, bias, cross_kv=self.cross_kv[j], cross_bias=self.cross_bias,
-                                        cache=cache, cache_index=chunk_start)
-      frontier = jax.lax.dynamic_update_slice_in_dim(frontier, y.astype(frontier.dtype), chunk_start,
-                                                     axis=1)
-      return chunk_start + chunk, frontier, cache
+    def block(width: int):
+      def body(carry):
+        block_start, frontier, cache = carry
+        x = jax.lax.dynamic_slice_in_dim(frontier, block_start, width, axis=1)  # [R, W, D]
+        bias = self.decoder.self_bias(block_start + jnp.arange(width), key_positions)  # [1,1|H,W,T]
+        y, cache = self.decoder.layers[j](x, bias, cross_kv=self.cross_kv[j],
+                                          cross_bias=self.cross_bias, cache=cache,
+                                          cache_index=block_start)
+        frontier = jax.lax.dynamic_update_slice_in_dim(frontier, y.astype(frontier.dtype), block_start,
+                                                       axis=1)
+        return block_start + width, frontier, cache
+      return body
 
-    _, frontier, cache = jax.lax.while_loop(lambda c: run & (c[0] <= position), body,
-                                            (start, frontier, cache))
+    carry = (start, frontier, cache)
+    if self.chunk > 1:  # Blocks never reach past the current position: no clamped writes (jax#9094).
+      carry = jax.lax.while_loop(lambda c: run & (c[0] + self.chunk <= position + 1), block(self.chunk),
+                                 carry)
+    _, frontier, cache = jax.lax.while_loop(lambda c: run & (c[0] <= position), block(1), carry)
     return frontier, cache
 
   def _exit_head(self, j: int, run: Array, hidden: Array, exits: tuple) -> tuple:
@@ -152,6 +161,8 @@ class ExitStep:
       backfilled = backfilled.at[j].set(jnp.where(run, p - start, 0))
       fill = fill.at[j].set(jnp.where(run, p + 1, fill[j]))
       layers_run = layers_run + run.astype(jnp.int32)
+      if config.exit_mode in ("static", "fixed") and j < self.last_layer:
+        continue  # They never exit here: no head.
       hidden = jax.lax.dynamic_index_in_dim(frontier, p, axis=1, keepdims=False)  # [R, D]
       exits = self._exit_head(j, run, hidden, exits)
     _, token, log_prob, features, exit_layer, conf, exit_hidden = exits

@@ -6,24 +6,18 @@ the median over examples of (generate time - encoder time), both jitted and meas
 
 from __future__ import annotations
 
-import time
 from typing import Iterable
 
 import jax
 import numpy as np
 from flax import nnx
 
+from deed_jax.bench.timing import timed
 from deed_jax.data.pipeline import encoder_inputs
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generate import make_generate
 from deed_jax.evaluation.per_exit import exact_match
 from deed_jax.models import MultiExitEncoderDecoder
-
-
-def _timed(fn, *args) -> tuple[object, float]:
-  start = time.perf_counter()
-  out = jax.block_until_ready(fn(*args))
-  return out, time.perf_counter() - start
 
 
 def compare_decoding(model: MultiExitEncoderDecoder, examples: Iterable[dict], thresholds: Iterable[float],
@@ -43,8 +37,8 @@ def compare_decoding(model: MultiExitEncoderDecoder, examples: Iterable[dict], t
     matches, exit_layers, decoder_seconds = [], [], []
     for example in examples:
       inputs = encoder_inputs(example)
-      out, total = _timed(run, inputs, threshold)
-      _, encoder_time = _timed(encode, params, inputs)
+      out, total = timed(run, inputs, threshold)
+      _, encoder_time = timed(encode, params, inputs)
       decoder_seconds.append(max(total - encoder_time, 0.0))
       matches.append(bool(np.asarray(exact_match(out.tokens, example["targets"],
                                                  example["target_mask"]))[0]))
