@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh test
 export JAX_PLATFORMS=cpu
-exec python -m pytest -q "$@"
+exec python -m pytest -q -n 2 "$@"  # two workers: the suite is compile-bound and single-threaded

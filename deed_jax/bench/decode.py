@@ -23,7 +23,7 @@ from flax import nnx
 
 from deed_jax.bench.timing import timed
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.generate import make_generate
+from deed_jax.decoding.generation import make_generate
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
 
 _LAYERS = flags.DEFINE_integer("decoder_layers", 12, "Decoder layers (exits).")
@@ -36,7 +36,7 @@ _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens decoded per sam
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
 _DEPTHS = flags.DEFINE_list("target_depths", ["3", "6", "9"],
                             "Mean exit depths the deed/copy thresholds are tuned to (batch 1).")
-_CHUNK = flags.DEFINE_integer("backfill_chunk", 4, "DecodeConfig.backfill_chunk for deed.")
+_CHUNK = flags.DEFINE_integer("backfill_chunk", 16, "DecodeConfig.backfill_chunk for deed.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds over all variants.")
 _FIXED = flags.DEFINE_list("fixed_layers", [], "Fixed exit layers to time (default 1..L).")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/decode.json", "Where the JSON goes.")

@@ -1,1 +1,8 @@
-"""Decoding. `reference` holds the naive decoders that the fast DEED decoder is tested against."""
+"""Decoding with step-level early exit. `reference` holds the naive decoders that the fast DEED
+decoder is tested against."""
+
+from deed_jax.decoding.config import DecodeConfig
+from deed_jax.decoding.generation import generate, make_generate
+from deed_jax.decoding.output import DecodeOutput, Hypotheses
+
+__all__ = ["DecodeConfig", "DecodeOutput", "Hypotheses", "generate", "make_generate"]

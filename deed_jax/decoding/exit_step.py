@@ -5,25 +5,25 @@ whole batch, DEED.md invariant 5); each row takes its token from its own first c
 
 How a layer runs depends on the exit mode:
 - deed / oracle / static / fixed: layer j runs on the block [n_j, p] — the positions earlier steps
-  skipped at layer j (the frontier holds exactly layer j-1's output there, invariant 2) plus p — as
-  chunks of `backfill_chunk` positions and then single positions, written into the preallocated KV
-  cache. Every feature is the full model's. (Only deed has blocks longer than one position.)
+  skipped at layer j (the frontier holds exactly layer j-1's output there, invariant 2) plus p — in
+  blocks of at most `backfill_chunk` positions written into the preallocated KV cache. Every feature
+  is the full model's. (Only deed has blocks longer than one position.)
 - copy (CALM): layer j runs on p alone; for a row that exited below j, layer j's K/V at p are projected
   from the row's exit state instead, and never recomputed.
 
-No `lax.cond` carries a KV cache: a skipped layer is a chunk `while_loop` whose predicate is false
-from the start (zero iterations, the carried cache stays in place); only the exit head (small
-operands) sits behind a `cond`. A pass-through `cond` over the cache makes XLA copy it (jax#16661).
+No `lax.cond` carries a KV cache (a pass-through `cond` makes XLA copy it, jax#16661): the deeper
+layers sit inside a `while_loop` that runs at most once, entered only if some row still needs them.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from deed_jax.decoding.confidence import confidence
+from deed_jax.decoding.confidence import confidence_from_log_probs
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.models import MultiExitEncoderDecoder
 from deed_jax.models.transformer import KVCache, padding_bias
@@ -32,10 +32,11 @@ Array = jax.Array
 
 
 class DecoderState(NamedTuple):
-  """What the decoder keeps between steps. R rows (batch, or batch x beams); N = max_new_tokens."""
-  caches: tuple[KVCache, ...]  # L x (k, v) [R, H, N, Dh]
+  """What the decoder keeps between steps. R rows (batch, or batch x beams); T_c = N + chunk (slack
+  for padded blocks: `dynamic_update_slice` clamps out-of-range starts, jax#9094)."""
+  caches: tuple[KVCache, ...]  # L x (k, v) [R, H, T_c, Dh]
   fill: Array  # [L] int32: positions [0, fill[j]) are computed at layer j (batch-wide)
-  frontier: Array  # [R, N, D]: output of the deepest computed layer at each position
+  frontier: Array  # [R, T_c, D]: output of the deepest computed layer at each position
 
 
 class StepExit(NamedTuple):
@@ -57,6 +58,12 @@ def reorder_rows(state: DecoderState, rows: Array) -> DecoderState:
   return DecoderState(caches, state.fill, take(state.frontier))
 
 
+def _run_once(predicate: Array, fn, carry):
+  """fn(carry) if predicate else carry, as a `while_loop` that runs at most once."""
+  body = lambda c: (jnp.bool_(False), fn(c[1]))
+  return jax.lax.while_loop(lambda c: c[0], body, (predicate, carry))[1]
+
+
 class ExitStep:
   """Built once per decode call; `init_state()` and `__call__(state, position, last_token, live)`.
 
@@ -73,7 +80,10 @@ class ExitStep:
     self.num_layers = cfg.decoder_layers
     # Only deed ever runs a layer over more than the current position (a backfill block).
     self.chunk = config.backfill_chunk if config.exit_mode == "deed" else 1
-    self.cache_length = config.max_new_tokens
+    # Widths for a block's last r < chunk positions: powers of two below chunk, and chunk itself.
+    self.widths = sorted({2**i for i in range(self.chunk.bit_length()) if 2**i < self.chunk}
+                         | {self.chunk}) if self.chunk > 1 else []
+    self.cache_length = config.max_new_tokens + self.chunk  # Slack for padded blocks (jax#9094).
     self.last_layer = (config.fixed_exit_layer if config.exit_mode == "fixed" else self.num_layers) - 1
     self.cross_kv = self.decoder.cross_kv(encoder_out)  # L x 2 x [R, H, S, Dh], once per call
     self.cross_bias = padding_bias(encoder_mask)  # [R, 1, 1, S]
@@ -89,11 +99,16 @@ class ExitStep:
         fill=jnp.zeros((self.num_layers,), jnp.int32),
         frontier=jnp.zeros((self.rows, self.cache_length, self.d_model), self.dtype))
 
-  def _run_layer(self, j: int, run: Array, frontier: Array, cache: KVCache, start: Array,
-                 position: Array) -> tuple[Array, KVCache]:
-    """If `run`: layer j over positions [start, position] into cache and frontier: whole chunks of
-    `chunk` positions first, then the rest one position at a time (the usual block is just the
-    current position, which then costs a one-position call)."""
+  def _run_layer(self, j: int, frontier: Array, cache: KVCache, start: Array, position: Array
+                 ) -> tuple[Array, KVCache]:
+    """Layer j over positions [start, position] into cache and frontier.
+
+    Whole blocks of `chunk` positions first; the remaining r < chunk positions then go as one call of
+    the smallest width in `self.widths` that holds them (a padded call costs far less than r
+    one-position calls; the usual block is the current position alone, a width-1 call). Padding runs
+    past `position` into the cache's slack: those positions are recomputed when their turn comes, and
+    the causal mask keeps them out of every real query's view.
+    """
     key_positions = jnp.arange(self.cache_length)
 
     def block(width: int):
@@ -109,65 +124,73 @@ class ExitStep:
         return block_start + width, frontier, cache
       return body
 
-    carry = (start, frontier, cache)
-    if self.chunk > 1:  # Blocks never reach past the current position: no clamped writes (jax#9094).
-      carry = jax.lax.while_loop(lambda c: run & (c[0] + self.chunk <= position + 1), block(self.chunk),
-                                 carry)
-    _, frontier, cache = jax.lax.while_loop(lambda c: run & (c[0] <= position), block(1), carry)
+    remaining = lambda c: position + 1 - c[0]
+    carry = jax.lax.while_loop(lambda c: remaining(c) >= self.chunk, block(self.chunk),
+                               (start, frontier, cache))
+    smaller = 0
+    for width in self.widths:  # At most one of these runs, once.
+      fits = lambda c, smaller=smaller, width=width: (remaining(c) > smaller) & (remaining(c) <= width)
+      carry = jax.lax.while_loop(fits, block(width), carry)
+      smaller = width
+    _, frontier, cache = carry
     return frontier, cache
 
-  def _exit_head(self, j: int, run: Array, hidden: Array, exits: tuple) -> tuple:
-    """If `run`: exit j's confidence for rows still undecided; the confident ones take their token."""
+  def _exit_head(self, j: int, hidden: Array, exits: tuple) -> tuple:
+    """Exit j's confidence for rows still undecided; the confident ones take their token there."""
     config = self.config
-
-    def head(operands):
-      hidden, decided, token, log_prob, features, exit_layer, conf, exit_hidden = operands
-      layer_features = self.decoder.exit_features(hidden, j)  # [R, D]
-      logits = self.model.logits(layer_features).astype(jnp.float32)  # [R, V]
-      layer_conf = confidence(logits, config.confidence)  # [R]
-      if config.exit_mode in ("deed", "oracle", "copy"):
-        allowed = j >= config.min_exit_layer - 1
-        confident = (layer_conf >= self.threshold) & allowed | (j == self.last_layer)
-      else:
-        confident = jnp.full((self.rows,), j == self.last_layer)
-      take = ~decided & confident
-      layer_token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-      layer_log_prob = jnp.take_along_axis(jax.nn.log_softmax(logits), layer_token[:, None], -1)[:, 0]
-      pick = lambda new, old: jnp.where(take.reshape(take.shape + (1,) * (old.ndim - 1)), new, old)
-      return (hidden, decided | take, pick(layer_token, token), pick(layer_log_prob, log_prob),
-              pick(layer_features, features), pick(jnp.int32(j + 1), exit_layer),
-              pick(layer_conf, conf), pick(hidden, exit_hidden))
-
-    return jax.lax.cond(run, head, lambda operands: operands, (hidden,) + exits)[1:]
+    decided, token, log_prob, features, exit_layer, conf, exit_hidden = exits
+    layer_features = self.decoder.exit_features(hidden, j)  # [R, D]
+    log_probs = jax.nn.log_softmax(self.model.logits(layer_features).astype(jnp.float32))  # [R, V]
+    layer_conf = confidence_from_log_probs(log_probs, config.confidence)  # [R]
+    if config.exit_mode in ("deed", "oracle", "copy"):
+      allowed = j >= config.min_exit_layer - 1
+      confident = (layer_conf >= self.threshold) & allowed | (j == self.last_layer)
+    else:
+      confident = jnp.full((self.rows,), j == self.last_layer)
+    take = ~decided & confident  # [R]
+    pick = lambda new, old: jnp.where(take.reshape(take.shape + (1,) * (old.ndim - 1)), new, old)
+    return (decided | take, pick(jnp.argmax(log_probs, axis=-1).astype(jnp.int32), token),
+            pick(log_probs.max(axis=-1), log_prob), pick(layer_features, features),
+            pick(jnp.int32(j + 1), exit_layer), pick(layer_conf, conf), pick(hidden, exit_hidden))
 
   def __call__(self, state: DecoderState, position: Array, last_token: Array, live: Array
                ) -> tuple[DecoderState, StepExit]:
-    """Decode `position` (traced []) from `last_token` [R]; rows with `live` False never force depth."""
+    """Decode `position` (traced []) from `last_token` [R]; rows with `live` False never force depth.
+
+    Layers j+1.. sit inside a `while_loop` that runs at most once, entered only if some row still
+    needs them: skipping the rest of the stack costs one predicate. (A `lax.cond` would copy the
+    caches it carries; on XLA:CPU a run-once loop is also cheaper.)
+    """
     config, rows, p = self.config, self.rows, position
     x = self.decoder.embed(last_token[:, None], p[None], self.embedding)  # [R, 1, D]
     frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x.astype(self.dtype), p, axis=1)
-    caches, fill = list(state.caches), state.fill
     zeros_f = jnp.zeros((rows,), jnp.float32)
     # decided, token, log_prob, features, exit_layer, confidence, exit_hidden
     exits = (~live, jnp.zeros((rows,), jnp.int32), zeros_f, jnp.zeros((rows, self.d_model), self.dtype),
              jnp.zeros((rows,), jnp.int32), zeros_f, jnp.zeros((rows, self.d_model), self.dtype))
-    layers_run = jnp.int32(0)
-    backfilled = jnp.zeros((self.num_layers,), jnp.int32)
-    for j in range(self.last_layer + 1):
-      decided = exits[0]
-      run = jnp.any(live) if config.exit_mode == "oracle" else jnp.any(~decided)
+    counters = (jnp.int32(0), jnp.zeros((self.num_layers,), jnp.int32))  # layers run, backfilled
+
+    def layers_from(j: int, carry: tuple) -> tuple:
+      frontier, caches, fill, exits, (layers_run, backfilled) = carry
       start = p if config.exit_mode == "copy" else fill[j]
-      frontier, caches[j] = self._run_layer(j, run, frontier, caches[j], start, p)
-      backfilled = backfilled.at[j].set(jnp.where(run, p - start, 0))
-      fill = fill.at[j].set(jnp.where(run, p + 1, fill[j]))
-      layers_run = layers_run + run.astype(jnp.int32)
-      if config.exit_mode in ("static", "fixed") and j < self.last_layer:
-        continue  # They never exit here: no head.
-      hidden = jax.lax.dynamic_index_in_dim(frontier, p, axis=1, keepdims=False)  # [R, D]
-      exits = self._exit_head(j, run, hidden, exits)
+      caches = list(caches)
+      frontier, caches[j] = self._run_layer(j, frontier, caches[j], start, p)
+      counters = (layers_run + 1, backfilled.at[j].set(p - start))
+      if config.exit_mode not in ("static", "fixed") or j == self.last_layer:  # Else no exit here.
+        hidden = jax.lax.dynamic_index_in_dim(frontier, p, axis=1, keepdims=False)  # [R, D]
+        exits = self._exit_head(j, hidden, exits)
+      carry = (frontier, tuple(caches), fill.at[j].set(p + 1), exits, counters)
+      if j == self.last_layer:
+        return carry
+      deeper = jnp.any(live) if config.exit_mode == "oracle" else jnp.any(~exits[0])
+      return _run_once(deeper, functools.partial(layers_from, j + 1), carry)
+
+    # The caller only steps while some row is live, so layer 1 always runs.
+    frontier, caches, fill, exits, (layers_run, backfilled) = layers_from(
+        0, (frontier, state.caches, state.fill, exits, counters))
     _, token, log_prob, features, exit_layer, conf, exit_hidden = exits
     if config.exit_mode == "copy":
-      caches = self._copy_exit_state(caches, p, exit_layer, exit_hidden)
+      caches = self._copy_exit_state(list(caches), p, exit_layer, exit_hidden)
     out = StepExit(token, log_prob, features, exit_layer, conf, layers_run, backfilled)
     return DecoderState(tuple(caches), fill, frontier), out
 

@@ -15,7 +15,7 @@ from flax import nnx
 from deed_jax.bench.timing import timed
 from deed_jax.data.pipeline import encoder_inputs
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.generate import make_generate
+from deed_jax.decoding.generation import make_generate
 from deed_jax.evaluation.per_exit import exact_match
 from deed_jax.models import MultiExitEncoderDecoder
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.generate import generate, make_generate
+from deed_jax.decoding.generation import generate, make_generate
 from tests.conftest import random_inputs
 from tests.decoding.beam_reference import beam_search
 from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, distinct_exits, replace,

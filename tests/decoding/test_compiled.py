@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from deed_jax.decoding import generate as generate_module
+from deed_jax.decoding import generation as generate_module
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.models import MultiExitEncoderDecoder
 from tests.conftest import random_inputs, tiny_config
@@ -60,11 +60,11 @@ def test_deed_decode_does_not_copy_the_cache_per_layer():
   graphdef, params = nnx.split(model, nnx.Param)
   for decode, rows in ((DecodeConfig(max_new_tokens=17, backfill_chunk=4), 2),
                        (DecodeConfig(max_new_tokens=17, backfill_chunk=4, exit_mode="copy"), 2),
-                       (DecodeConfig(max_new_tokens=17, strategy="beam", num_beams=3), 6)):
+                       (DecodeConfig(max_new_tokens=17, backfill_chunk=4, strategy="beam", num_beams=3), 6)):
     decode = dataclasses.replace(decode.resolve(config), threshold=0.0)
     text = generate_module._generate.lower(graphdef, params, encoder_inputs, jnp.float32(0.5),
                                            config=decode).compile().as_text()
-    length = 17
+    length = 17 + (4 if decode.exit_mode == "deed" else 1)
     cache = f"f32[{rows},4,{length},{config.resolved_head_dim}]"
     frontier = f"f32[{rows},{length},{config.d_model}]"
     assert re.search(re.escape(cache), text)  # The shapes we look for are the real ones.

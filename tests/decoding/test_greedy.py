@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from deed_jax.decoding import generate as generate_module
+from deed_jax.decoding import generation as generate_module
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.generate import generate, make_generate
+from deed_jax.decoding.generation import generate, make_generate
 from deed_jax.decoding.reference import greedy_reference
 from tests.conftest import random_inputs
 from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, distinct_exits, replace,
