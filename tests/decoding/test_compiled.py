@@ -7,6 +7,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import pytest
 from flax import nnx
 
 from deed_jax.decoding import generation as generate_module
@@ -53,14 +54,22 @@ def test_the_check_finds_a_cache_threaded_through_cond():
   assert copies["step"] or copies["inner"]
 
 
-def test_deed_decode_does_not_copy_the_cache_per_layer():
+@pytest.mark.parametrize("batch", [
+    2,
+    pytest.param(1, marks=pytest.mark.xfail(strict=True, reason=(
+        "Known defect: with batch 1, XLA:CPU duplicates each block's cache-update fusion (one for "
+        "the carry, one for the attention's batch-squeezed view) and copies the cache for each, "
+        "8 copies per layer inside the block loops."))),
+])
+def test_deed_decode_does_not_copy_the_cache_per_layer(batch):
   config = tiny_config(decoder_layers=4, vocab_size=11, max_target_length=20, num_heads=4)
   model = MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
-  encoder_inputs, _ = random_inputs(config, batch=2, seed=0)
+  encoder_inputs, _ = random_inputs(config, batch=batch, seed=0)
   graphdef, params = nnx.split(model, nnx.Param)
-  for decode, rows in ((DecodeConfig(max_new_tokens=17, backfill_chunk=4), 2),
-                       (DecodeConfig(max_new_tokens=17, backfill_chunk=4, exit_mode="copy"), 2),
-                       (DecodeConfig(max_new_tokens=17, backfill_chunk=4, strategy="beam", num_beams=3), 6)):
+  for decode, rows in ((DecodeConfig(max_new_tokens=17, backfill_chunk=4), batch),
+                       (DecodeConfig(max_new_tokens=17, backfill_chunk=4, exit_mode="copy"), batch),
+                       (DecodeConfig(max_new_tokens=17, backfill_chunk=4, strategy="beam", num_beams=3),
+                        3 * batch)):
     decode = dataclasses.replace(decode.resolve(config), threshold=0.0)
     text = generate_module._generate.lower(graphdef, params, encoder_inputs, jnp.float32(0.5),
                                            config=decode).compile().as_text()
