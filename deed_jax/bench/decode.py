@@ -12,6 +12,7 @@ Decoder time = generate time - encoder time. Goals checked (batch 1): fixed k / 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ from flax import nnx
 
 from deed_jax.bench.timing import timed
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.generation import make_generate
+from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
 
 _LAYERS = flags.DEFINE_integer("decoder_layers", 12, "Decoder layers (exits).")
@@ -79,22 +80,21 @@ def bench_batch(model: MultiExitEncoderDecoder, batch: int, thresholds: list[flo
   """One row per variant, timed round-robin."""
   config, layers = model.config, model.config.decoder_layers
   encoder_inputs = inputs_for(config, batch)
-  graphdef, params = nnx.split(model, nnx.Param)
-  encode = jax.jit(lambda params, inputs: nnx.merge(graphdef, params).encode(inputs))
+  encode = make_encode(model)
   base = DecodeConfig(max_new_tokens=max_new_tokens, backfill_chunk=chunk)
   variants = [("static", DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens), None)]
   variants += [(f"fixed k={k}", DecodeConfig(exit_mode="fixed", fixed_exit_layer=k,
                                              max_new_tokens=max_new_tokens), None) for k in fixed_layers]
   for mode in ("deed", "copy"):
-    variants += [(f"{mode} tau={t:.4g}", DecodeConfig(**{**base.__dict__, "exit_mode": mode}), t)
+    variants += [(f"{mode} tau={t:.4g}", dataclasses.replace(base, exit_mode=mode), t)
                  for t in thresholds]
   runs = [make_generate(model, decode) for _, decode, _ in variants]
   outputs = [run(encoder_inputs, t) for run, (_, _, t) in zip(runs, variants)]  # Compile, warm up.
-  timed(encode, params, encoder_inputs)
+  timed(encode, encoder_inputs)
   seconds = [[] for _ in variants]
   encoder_seconds = []
   for _ in range(repeats):
-    encoder_seconds.append(timed(encode, params, encoder_inputs)[1])
+    encoder_seconds.append(timed(encode, encoder_inputs)[1])
     for i, (run, (_, _, threshold)) in enumerate(zip(runs, variants)):
       seconds[i].append(timed(run, encoder_inputs, threshold)[1])
   encoder_seconds = np.asarray(encoder_seconds)  # [repeats]

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import jax
 import numpy as np
-from flax import nnx
 
 from deed_jax.bench.timing import timed
 from deed_jax.data.pipeline import encoder_inputs
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.generation import make_generate
+from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.evaluation.per_exit import exact_match
 from deed_jax.models import MultiExitEncoderDecoder
 
@@ -24,8 +22,7 @@ def compare_decoding(model: MultiExitEncoderDecoder, examples: Iterable[dict], t
                      max_new_tokens: int) -> list[dict]:
   """One row for static decoding and one per DEED threshold, over single-example batches."""
   examples = list(examples)
-  graphdef, params = nnx.split(model, nnx.Param)
-  encode = jax.jit(lambda params, inputs: nnx.merge(graphdef, params).encode(inputs))
+  encode = make_encode(model)
   variants = [("full depth", DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens), None)]
   variants += [(f"DEED tau={t:g}", DecodeConfig(exit_mode="deed", max_new_tokens=max_new_tokens), t)
                for t in thresholds]
@@ -33,12 +30,12 @@ def compare_decoding(model: MultiExitEncoderDecoder, examples: Iterable[dict], t
   for name, config, threshold in variants:
     run = make_generate(model, config)
     run(encoder_inputs(examples[0]), threshold)  # Compile.
-    encode(params, encoder_inputs(examples[0]))
+    encode(encoder_inputs(examples[0]))
     matches, exit_layers, decoder_seconds = [], [], []
     for example in examples:
       inputs = encoder_inputs(example)
       out, total = timed(run, inputs, threshold)
-      _, encoder_time = timed(encode, params, inputs)
+      _, encoder_time = timed(encode, inputs)
       decoder_seconds.append(max(total - encoder_time, 0.0))
       matches.append(bool(np.asarray(exact_match(out.tokens, example["targets"],
                                                  example["target_mask"]))[0]))
