@@ -21,7 +21,7 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from deed_jax import checkpointing
+from deed_jax import checkpoint
 from deed_jax.config_defaults import validate
 from deed_jax.data import forms_tfds, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
@@ -70,7 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   for name, value in specials.items():
     if getattr(model_config, name) != value:
       raise ValueError(f"model.{name}={getattr(model_config, name)} but the tokenizer's is {value}.")
-  checkpointer = checkpointing.Checkpointer(
+  checkpointer = checkpoint.Checkpointer(
       workdir, model_config, keep=config.keep_checkpoints,
       save_interval_steps=config.checkpoint_every_steps)
 

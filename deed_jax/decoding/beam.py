@@ -2,12 +2,12 @@
 
 Every beam is one decoder row (R = B x K) and scores its candidates with the log-probs of its own exit
 layer; the layer loop runs while any beam of an unfinished row is not confident (`ExitStep`). Each step
-(as HF's `BeamSearchScorer`): the top 2K of the K x V continuations; an EOS among the top K of them
+(as Hugging Face transformers 4.57 `generate`): the top 2K of the K x V continuations; an EOS among the top K of them
 enters the row's pool of finished hypotheses with score sum_logprobs / generated_len ** length_penalty;
 the best K others become the next beams, which reorder the KV caches and the frontier buffer. A row is
 done when its pool holds K hypotheses and either `early_stopping` or no live beam can still beat the
-worst of them (HF's heuristic: best candidate score at the current length). Rows still running at
-`max_new_tokens` add their live beams to the pool.
+worst of them (HF's heuristic, as in transformers 4.57: the best running beam's score at the current
+length). Rows still running at `max_new_tokens` add their live beams to the pool.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: De
     parent, token = pick(cand_beam), pick(cand_token)
     live = extend(parent, token, pick(cand_scores))
 
-    best_possible = _normalise(cand_scores[:, 0], p + 1, config)  # [B]
+    best_possible = _normalise(live.scores[:, 0], p + 1, config)  # [B] the best running beam (HF 4.57)
     worst_finished = jnp.min(jnp.where(valid, finished.scores, jnp.inf), axis=1)
     full = jnp.all(valid, axis=1)
     stop = full if config.early_stopping else full & (worst_finished >= best_possible)

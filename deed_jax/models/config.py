@@ -24,6 +24,12 @@ _CHOICES = {
 }
 
 
+# Options the encoder stack may set differently from the decoder (a ViT encoder under a BART decoder).
+ENCODER_OVERRIDABLE = ("d_model", "num_heads", "d_ff", "head_dim", "attention_bias", "scale_attention",
+                       "mlp_activation", "mlp_bias", "norm_type", "norm_position", "norm_eps",
+                       "embedding_norm")
+
+
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
   return (value, value) if isinstance(value, int) else tuple(value)
 
@@ -50,6 +56,11 @@ class ModelConfig:
   patch_size: int | tuple[int, int] = 16
   num_channels: int = 3
   patch_positions: str = "1d"  # "1d": one learned vector per patch (ViT); "2d": row + column vectors.
+  image_cls_token: bool = False  # ViT: a learned [CLS] vector before the patches (it gets a position).
+  # The encoder's own values of options in ENCODER_OVERRIDABLE, e.g. {"d_model": 768, "norm_eps": 1e-12}.
+  # With another d_model a learned projection maps encoder states to the decoder's width (HF's
+  # VisionEncoderDecoderModel `enc_to_dec_proj`). Stored as sorted (name, value) pairs (hashable).
+  encoder_overrides: tuple[tuple[str, Any], ...] | dict[str, Any] = ()
   # Attention and MLP.
   head_dim: int | None = None  # Defaults to d_model // num_heads (T5 sets d_kv independently).
   attention_bias: bool = True  # Biases on q/k/v/o projections (BART yes, T5 no).
@@ -83,6 +94,17 @@ class ModelConfig:
   eos_id: int = 2
 
   def __post_init__(self):
+    overrides = dict(self.encoder_overrides)
+    unknown = sorted(set(overrides) - set(ENCODER_OVERRIDABLE))
+    if unknown:
+      raise ValueError(f"ModelConfig.encoder_overrides sets {unknown}; the encoder may override only "
+                       f"{list(ENCODER_OVERRIDABLE)}.")
+    object.__setattr__(self, "encoder_overrides", tuple(sorted(overrides.items())))
+    if self.encoder == "text" and overrides.get("d_model", self.d_model) != self.d_model:
+      raise ValueError(f"encoder_overrides d_model={overrides['d_model']} differs from d_model="
+                       f"{self.d_model}, but a text encoder shares the decoder's token embedding.")
+    if overrides:
+      self.encoder_config  # pylint: disable=pointless-statement  (validates the encoder's options)
     for name, allowed in _CHOICES.items():
       value = getattr(self, name)
       if value not in allowed:
@@ -104,8 +126,22 @@ class ModelConfig:
       if h % ph or w % pw:
         raise ValueError(
             f"ModelConfig.image_size={self.image_size} is not divisible by patch_size={self.patch_size}.")
+    if self.image_cls_token and self.patch_positions != "1d":
+      raise ValueError("ModelConfig.image_cls_token needs patch_positions='1d' (the [CLS] position is "
+                       "one more row of that table).")
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ValueError(f"ModelConfig.dropout_rate={self.dropout_rate} must be in [0, 1).")
+
+  @property
+  def encoder_config(self) -> "ModelConfig":
+    """The options the encoder stack is built with (this config with the overrides applied)."""
+    if not self.encoder_overrides:
+      return self
+    return dataclasses.replace(self, encoder_overrides=(), **dict(self.encoder_overrides))
+
+  @property
+  def encoder_d_model(self) -> int:
+    return dict(self.encoder_overrides).get("d_model", self.d_model)
 
   @property
   def resolved_head_dim(self) -> int:
@@ -135,7 +171,9 @@ class ModelConfig:
 
   # Serialisation: checkpoints store the config beside the weights as JSON.
   def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
+    values = dataclasses.asdict(self)
+    values["encoder_overrides"] = dict(self.encoder_overrides)
+    return values
 
   def to_json(self) -> str:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -40,7 +40,10 @@ class PositionEmbedding(nnx.Module):
 
 
 class Encoder(nnx.Module):
-  """Text or image encoder; `__call__` returns (states [B, S, D], mask [B, S])."""
+  """Text or image encoder; `__call__` returns (states [B, S, D_enc], mask [B, S]).
+
+  Built from `config.encoder_config` (the model's options with the encoder's overrides applied).
+  """
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.config = config
@@ -49,6 +52,8 @@ class Encoder(nnx.Module):
       self.patch_embedding = param(rngs, (ph * pw * c, config.d_model), (None, "embed"),
                                    dtype=config.param_dtype)
       self.patch_bias = param(None, (config.d_model,), ("embed",), "zeros", config.param_dtype)
+      if config.image_cls_token:
+        self.cls_token = param(rngs, (config.d_model,), ("embed",), dtype=config.param_dtype)
       if config.patch_positions == "2d":  # Factorised: rows and columns of the patch grid.
         rows, cols = config.patch_grid
         self.patch_row_positions = param(rngs, (rows, config.d_model), (None, "embed"),
@@ -56,7 +61,8 @@ class Encoder(nnx.Module):
         self.patch_column_positions = param(rngs, (cols, config.d_model), (None, "embed"),
                                             dtype=config.param_dtype)
       else:
-        self.patch_positions = param(rngs, (config.num_patches, config.d_model), (None, "embed"),
+        num_positions = config.num_patches + int(config.image_cls_token)  # [CLS] comes first
+        self.patch_positions = param(rngs, (num_positions, config.d_model), (None, "embed"),
                                      dtype=config.param_dtype)
     else:
       self.positions = PositionEmbedding(config, config.max_source_length, rngs)
@@ -94,6 +100,9 @@ class Encoder(nnx.Module):
       positions = positions.reshape(cfg.num_patches, cfg.d_model)
     else:
       positions = self.patch_positions[...]
+    if cfg.image_cls_token:
+      cls = jnp.broadcast_to(self.cls_token[...].astype(jnp.float32), (b, 1, cfg.d_model))
+      x = jnp.concatenate([cls, x], axis=1)  # [B, 1 + N, D]
     return x + positions.astype(jnp.float32)
 
   def __call__(self, encoder_inputs: dict[str, Array], token_embedding: Array,

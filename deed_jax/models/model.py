@@ -33,7 +33,12 @@ class MultiExitEncoderDecoder(nnx.Module):
     self.config = config
     self.token_embedding = param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
                                  dtype=config.param_dtype)
-    self.encoder = Encoder(config, rngs)
+    self.encoder = Encoder(config.encoder_config, rngs)
+    if config.encoder_d_model != config.d_model:  # HF VisionEncoderDecoderModel's enc_to_dec_proj.
+      self.encoder_projection = param(rngs, (config.encoder_d_model, config.d_model), (None, "embed"),
+                                      dtype=config.param_dtype)
+      self.encoder_projection_bias = param(None, (config.d_model,), ("embed",), "zeros",
+                                           config.param_dtype)
     self.decoder = Decoder(config, rngs)
     if not config.tie_word_embeddings:
       self.lm_head = param(rngs, (config.d_model, config.vocab_size), ("embed", "vocab"),
@@ -66,7 +71,12 @@ class MultiExitEncoderDecoder(nnx.Module):
   # -- pieces used by training and decoding ---------------------------------------------------------
   def encode(self, encoder_inputs: dict, dropout_rng: Array | None = None) -> tuple[Array, Array]:
     """-> encoder states [B, S, D], encoder mask [B, S]."""
-    return self.encoder(encoder_inputs, self.token_embedding[...], dropout_rng)
+    states, mask = self.encoder(encoder_inputs, self.token_embedding[...], dropout_rng)  # [B, S, D_enc]
+    if self.config.encoder_d_model != self.config.d_model:
+      dtype = states.dtype
+      states = (states @ self.encoder_projection[...].astype(dtype)
+                + self.encoder_projection_bias[...].astype(dtype))  # [B, S, D]
+    return states, mask
 
   def exit_features(self, encoder_inputs: dict, decoder_input_ids: Array, *,
                     num_layers: int | None = None, dropout_rng: Array | None = None) -> Array:

@@ -1,5 +1,6 @@
 """An independent, straightforward beam search: Python lists, one row at a time, the model's full
-forward over every beam's whole prefix at each step, Hugging Face's `BeamHypotheses` rules written out.
+forward over every beam's whole prefix at each step, Hugging Face's beam rules written out (those of
+transformers 4.57's `_beam_search`, the version the conversion tests compare with).
 
 Each beam takes its log-probs from its own first confident exit (threshold > 1: the last layer).
 """
@@ -65,8 +66,8 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
         if len(new_beams) == k:
           break
       beams = new_beams
-      if len(pool) >= k:
-        best_possible = candidates[0][0] / (p + 1) ** length_penalty
+      if len(pool) >= k:  # HF 4.57: can the best running beam, at its current length, still win?
+        best_possible = beams[0][0] / (p + 1) ** length_penalty
         done = early_stopping or min(h[0] for h in pool) >= best_possible
       if done:
         break

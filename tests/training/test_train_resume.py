@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from deed_jax import checkpointing
+from deed_jax import checkpoint
 from deed_jax.train import RESULTS_FILE, train_and_evaluate
 from tests.training.configs import tiny_text_config
 
@@ -91,16 +91,16 @@ def test_workdir_of_a_different_model_is_refused_and_left_untouched(tmp_path, tr
 def test_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, trained_workdir, tfds_dir):
   """Even with model_config.json removed, the stored array shapes are checked before restoring."""
   workdir = shutil.copytree(trained_workdir, tmp_path / "run")
-  os.remove(workdir / checkpointing.MODEL_CONFIG_FILE)
+  os.remove(workdir / checkpoint.MODEL_CONFIG_FILE)
   _refuses_and_leaves_untouched(str(workdir), tfds_dir,
                                 r"does not fit this model: .*wi.*\(32, 48\) vs model \(32, 40\)",
                                 d_ff=40)
 
 
 def test_load_model_restores_the_trained_params(tmp_path, trained_workdir):
-  model = checkpointing.load_model(trained_workdir)
+  model = checkpoint.load_model(trained_workdir)
   _, stored = _final_state(trained_workdir)
   np.testing.assert_array_equal(np.asarray(model.token_embedding[...]),
                                 np.asarray(stored["params"]["token_embedding"]))
   with pytest.raises(FileNotFoundError, match="not a deed-jax workdir"):
-    checkpointing.load_model(str(tmp_path / "empty"))
+    checkpoint.load_model(str(tmp_path / "empty"))

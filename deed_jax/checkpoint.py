@@ -44,7 +44,7 @@ def check_compatible_workdir(workdir: str, config: ModelConfig) -> None:
                    "Use another --workdir; the existing checkpoint was left untouched.")
 
 
-def _path_name(path) -> str:
+def path_name(path) -> str:
   """A key path as 'a/b/0', the same for dicts, NamedTuples and lists (orbax stores all as dicts)."""
   parts = []
   for key in path:
@@ -58,7 +58,7 @@ def _path_name(path) -> str:
 def _shape_mismatches(stored: Any, target: Any) -> list[str]:
   """Leaves whose stored shape differs from the target's, or that exist on one side only."""
   def shapes(tree):
-    return {_path_name(p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_name(p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
   flat_stored, flat_target = shapes(stored), shapes(target)
   return [f"{k}: stored {flat_stored.get(k, 'missing')} vs model {flat_target.get(k, 'missing')}"
           for k in sorted(set(flat_stored) | set(flat_target))
@@ -118,16 +118,37 @@ class Checkpointer:
     self.manager.close()
 
 
+def abstract_params(config: ModelConfig):
+  """(graphdef, params as a pure dict of ShapeDtypeStructs on the first local device); allocates nothing."""
+  model = nnx.eval_shape(lambda: MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)))
+  graphdef, params = nnx.split(model, nnx.Param)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                                nnx.to_pure_dict(params))
+
+
+def flat_params(params: Any) -> dict[str, Any]:
+  """A params pure dict as {"decoder/layers/0/mlp/wi": leaf}."""
+  return {path_name(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+
+def save_params(workdir: str, config: ModelConfig, params: Any, step: int = 0) -> None:
+  """Write a workdir that holds only a model (config + params at `step`), e.g. a converted checkpoint.
+  `load_model` restores it and training can start from it."""
+  checkpointer = Checkpointer(workdir, config, async_save=False)
+  try:
+    checkpointer.save(step, {"params": params}, force=True)
+    checkpointer.wait()
+  finally:
+    checkpointer.close()
+
+
 def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder:
   """A ready model from a workdir: its `model_config.json` + the params of `step` (default newest)."""
   config = read_model_config(workdir)
   if config is None:
     raise FileNotFoundError(f"{_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
-  model = nnx.eval_shape(lambda: MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)))
-  graphdef, abstract_params = nnx.split(model, nnx.Param)
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                          nnx.to_pure_dict(abstract_params))
+  graphdef, abstract = abstract_params(config)
   checkpointer = Checkpointer(workdir, config, async_save=False)
   try:
     step = checkpointer.latest_step() if step is None else step

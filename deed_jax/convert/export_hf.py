@@ -1,0 +1,51 @@
+"""deed-jax workdir -> Hugging Face directory (`model.safetensors` + `config.json`), so a model
+fine-tuned here can be served with PyTorch. The exit adapters, which HF models lack, are written beside
+it as `deed_adapters.safetensors` (keyed by our parameter paths) with `deed_model_config.json`."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from deed_jax import checkpoint
+from deed_jax.convert import hf_files, rules
+from deed_jax.convert.families import family_for
+from deed_jax.convert.import_hf import ADAPTER_PREFIX, HF_SOURCE_FILE
+from deed_jax.convert.staging import check_empty_target, staged_directory
+
+ADAPTERS_FILE = "deed_adapters.safetensors"
+MODEL_CONFIG_FILE = "deed_model_config.json"
+
+
+def read_hf_source(workdir: str) -> dict:
+  path = os.path.join(workdir, HF_SOURCE_FILE)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: only workdirs converted from (or trained from) a Hugging "
+                            "Face checkpoint can be exported to one.")
+  with open(path) as f:
+    return json.load(f)
+
+
+def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:
+  """Write the model of `workdir` (newest step by default) as an HF directory `target` (new or empty)."""
+  check_empty_target(target)
+  source = read_hf_source(workdir)
+  hf, dtypes = source["resolved"], source["dtypes"]
+  model = checkpoint.load_model(workdir, step)
+  ours = {k: np.asarray(v) for k, v in
+          checkpoint.flat_params(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
+  tensors = rules.to_hf(family_for(hf).keymap(model.config, hf), ours)
+  adapters = {k: v for k, v in ours.items() if k.startswith(ADAPTER_PREFIX)}
+  with staged_directory(target) as staging:
+    hf_files.write_weights(staging, tensors, dtypes)
+    with open(os.path.join(staging, hf_files.CONFIG_FILE), "w") as f:
+      json.dump(source["config"], f, indent=2, sort_keys=True)  # config.json as the source wrote it
+    if adapters:
+      save_file(adapters, os.path.join(staging, ADAPTERS_FILE))
+    with open(os.path.join(staging, MODEL_CONFIG_FILE), "w") as f:
+      f.write(model.config.to_json())
+    hf_files.copy_side_files(workdir, staging)

@@ -1,0 +1,74 @@
+"""Hugging Face PyTorch directory -> deed-jax workdir (orbax checkpoint + model_config.json).
+
+The workdir is the same kind a training run writes, so `deed_jax.checkpoint.load_model` restores it
+and training can start from it. Beside it, `hf_source.json` keeps the source config.json and dtypes
+(for the way back, `export_hf`), and the tokenizer files are copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+from flax import nnx
+
+from deed_jax import checkpoint
+from deed_jax.convert import hf_files, rules
+from deed_jax.convert.families import family_for
+from deed_jax.convert.options import ConvertOptions
+from deed_jax.convert.staging import check_empty_target, staged_directory
+from deed_jax.models import ModelConfig
+from deed_jax.models.transformer import ExitAdapter
+
+HF_SOURCE_FILE = "hf_source.json"
+ADAPTER_PREFIX = "decoder/adapters/"
+
+
+def initial_adapters(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
+  """Fresh exit adapters (the identity: their output halves start at zero), by our parameter path."""
+  rngs = nnx.Rngs(seed)
+  out = {}
+  for layer in range(config.decoder_layers):
+    state = nnx.to_pure_dict(nnx.state(ExitAdapter(config, rngs), nnx.Param))
+    out.update({f"{ADAPTER_PREFIX}{layer}/{name}": np.asarray(v) for name, v in state.items()})
+  return out
+
+
+def convert_params(source: str, options: ConvertOptions = ConvertOptions()):
+  """Read an HF directory -> (ModelConfig, params pure dict of numpy arrays, source record).
+
+  The source record holds config.json as written ("config"), with HF's defaults filled in
+  ("resolved"), and each tensor's dtype ("dtypes"): what `orbax_to_hf` needs for the way back.
+  """
+  raw = hf_files.read_config(source)
+  family = family_for(raw)  # refuses an unsupported architecture before anything else
+  hf = hf_files.resolved_config(source)
+  config = family.model_config(hf, options)
+  weights, dtypes = hf_files.read_weights(source)
+  _, abstract = checkpoint.abstract_params(config)
+  shapes = {k: v.shape for k, v in checkpoint.flat_params(abstract).items()}
+  converted = rules.to_ours(family.keymap(config, hf), weights, shapes, source)
+  converted.update(initial_adapters(config, options.seed))
+  uncovered = sorted(set(shapes) - set(converted))
+  if uncovered:  # A mapping that forgets one of our parameters is a bug here, not in the checkpoint.
+    raise RuntimeError(f"The {family.__name__} mapping does not cover {uncovered}.")
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: converted[checkpoint.path_name(path)].astype(x.dtype), abstract)
+  return config, params, {"config": raw, "resolved": hf, "dtypes": dtypes}
+
+
+def hf_to_orbax(source: str, workdir: str, options: ConvertOptions = ConvertOptions()) -> ModelConfig:
+  """Convert the HF checkpoint in `source` into a new deed-jax workdir. Returns its ModelConfig.
+
+  Everything is read and checked before anything is written; `workdir` must be new or empty.
+  """
+  check_empty_target(workdir)
+  config, params, record = convert_params(source, options)
+  with staged_directory(workdir) as staging:
+    checkpoint.save_params(staging, config, params)
+    with open(os.path.join(staging, HF_SOURCE_FILE), "w") as f:
+      json.dump(record, f, indent=2, sort_keys=True)
+    hf_files.copy_side_files(source, staging)
+  return config

@@ -1,0 +1,137 @@
+"""Tiny random Hugging Face models of every supported family, built offline from configs, and inputs.
+
+Variants differ in the options the conversion has to get right: head counts, vocab sizes, pre/post
+norm, tied/untied heads, scale_embedding, activations, T5's d_kv != d_model / heads, and a ViT encoder
+narrower than its decoder (enc_to_dec_proj).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers as T
+
+IMAGE_HW = (16, 24)
+# Generation settings HF would otherwise take from the config (BART forces EOS at max length, etc.).
+PLAIN_GENERATION = dict(do_sample=False, forced_bos_token_id=None, forced_eos_token_id=None,
+                        no_repeat_ngram_size=0, repetition_penalty=1.0, min_length=0)
+
+
+def _bart_options(**overrides) -> dict:
+  values = dict(vocab_size=60, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
+                decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
+                max_position_embeddings=40, forced_eos_token_id=None, dropout=0.0)
+  values.update(overrides)
+  return values
+
+
+def _t5_options(**overrides) -> dict:
+  values = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=4, num_decoder_layers=3,
+                num_heads=4, decoder_start_token_id=0, relative_attention_num_buckets=8,
+                relative_attention_max_distance=20, dropout_rate=0.0)
+  values.update(overrides)
+  return values
+
+
+def _vision(decoder_class, decoder_width: int, **decoder_overrides):
+  vit = T.ViTConfig(hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
+                    image_size=IMAGE_HW, patch_size=8, num_channels=3)
+  # encoder_layers = decoder_layers: HF sizes a decoder-only BART's KV cache by `num_hidden_layers`,
+  # which BartConfig maps to encoder_layers.
+  decoder = decoder_class(**_bart_options(d_model=decoder_width, is_decoder=True, encoder_layers=3,
+                                          add_cross_attention=True, **decoder_overrides))
+  config = T.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit, decoder)
+  config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 2, 1, 2
+  return T.VisionEncoderDecoderModel(config)
+
+
+BUILDERS = {
+    "bart": lambda: T.BartForConditionalGeneration(T.BartConfig(**_bart_options())),
+    "bart_untied_scaled_relu": lambda: T.BartForConditionalGeneration(T.BartConfig(**_bart_options(
+        vocab_size=75, encoder_attention_heads=2, decoder_attention_heads=2, scale_embedding=True,
+        tie_word_embeddings=False, activation_function="relu"))),
+    "mbart": lambda: T.MBartForConditionalGeneration(T.MBartConfig(**_bart_options(scale_embedding=True))),
+    "mbart_8heads_gelu_new": lambda: T.MBartForConditionalGeneration(T.MBartConfig(**_bart_options(
+        encoder_attention_heads=8, decoder_attention_heads=8, activation_function="gelu_new"))),
+    "t5_v1_0": lambda: T.T5ForConditionalGeneration(T.T5Config(**_t5_options())),
+    "t5_v1_1": lambda: T.T5ForConditionalGeneration(T.T5Config(**_t5_options(
+        d_kv=6, num_heads=3, vocab_size=70, feed_forward_proj="gated-gelu", tie_word_embeddings=False))),
+    "vit_bart": lambda: _vision(T.BartConfig, 32),  # 24-wide ViT -> enc_to_dec_proj -> 32-wide BART
+    "vit_mbart_untied": lambda: _vision(T.MBartConfig, 24, tie_word_embeddings=False,
+                                        scale_embedding=True),
+}
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+  """A random model in eval mode. Every weight is random (HF zero-inits biases), so biases matter."""
+  torch.manual_seed(seed)
+  model = BUILDERS[name]().eval()
+  with torch.no_grad():
+    for tensor in model.state_dict().values():
+      if tensor.is_floating_point():
+        tensor.normal_(0.0, 0.3)
+  return model
+
+
+def is_image(model) -> bool:
+  return isinstance(model, T.VisionEncoderDecoderModel)
+
+
+def random_inputs(model, batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+  """HF-side encoder inputs: text ids with padded rows, or NCHW pixels."""
+  g = torch.Generator().manual_seed(seed)
+  if is_image(model):
+    return {"pixel_values": torch.randn(batch, 3, *IMAGE_HW, generator=g)}
+  ids = torch.randint(3, model.config.vocab_size, (batch, 9), generator=g)
+  mask = torch.ones_like(ids)
+  mask[1, 6:] = 0
+  mask[2, 3:] = 0
+  ids = torch.where(mask.bool(), ids, model.config.pad_token_id)
+  return {"input_ids": ids, "attention_mask": mask}
+
+
+def to_ours(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+  """The same inputs as deed-jax takes them (images NHWC)."""
+  if "pixel_values" in inputs:
+    return {"pixel_values": inputs["pixel_values"].permute(0, 2, 3, 1).numpy()}
+  return {k: v.numpy() for k, v in inputs.items()}
+
+
+def copy_task_batch(model, batch: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+  """A copy task: the target is the source's tokens then EOS. Images draw token i as a fixed random
+  8x8 template in patch i (left to right, top to bottom), blank after the last token."""
+  g = torch.Generator().manual_seed(seed)
+  text = model.config.get_text_config(decoder=True)
+  eos, pad = model.config.eos_token_id, model.config.pad_token_id
+  num_tokens = 6 if is_image(model) else 8  # image: one token per patch of the 2 x 3 grid
+  vocab = range(3, 13) if is_image(model) else range(3, text.vocab_size)
+  lengths = torch.randint(2, num_tokens + 1, (batch,), generator=g)
+  tokens = torch.tensor(vocab)[torch.randint(0, len(vocab), (batch, num_tokens), generator=g)]
+  real = torch.arange(num_tokens)[None, :] < lengths[:, None]  # [B, n]
+  labels = torch.full((batch, num_tokens + 1), -100)
+  labels[:, :num_tokens] = torch.where(real, tokens, -100)
+  labels[torch.arange(batch), lengths] = eos
+  if is_image(model):
+    templates = torch.randn(13, 3, 8, 8, generator=torch.Generator().manual_seed(123))
+    patches = templates[tokens] * real[:, :, None, None, None]  # [B, 6, 3, 8, 8]
+    pixels = patches.reshape(batch, 2, 3, 3, 8, 8).permute(0, 3, 1, 4, 2, 5).reshape(batch, 3, *IMAGE_HW)
+    return {"pixel_values": pixels}, labels
+  ids = torch.where(real, tokens, pad)
+  return {"input_ids": ids, "attention_mask": real.long()}, labels
+
+
+def build_trained(name: str, steps: int = 150, seed: int = 0) -> torch.nn.Module:
+  """HF's own init, then a few Adam steps on the copy task, so greedy and beam outputs depend on the
+  input, vary from token to token and end with EOS at different lengths (random weights emit one
+  token forever)."""
+  torch.manual_seed(seed)
+  model = BUILDERS[name]()
+  optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+  model.train()
+  for step in range(steps):
+    inputs, labels = copy_task_batch(model, 32, seed=1000 + step)
+    loss = model(**inputs, labels=labels).loss
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+  return model.eval()

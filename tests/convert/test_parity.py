@@ -1,0 +1,84 @@
+"""Converted models compute what the Hugging Face PyTorch models compute: logits and generated tokens."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deed_jax.decoding import DecodeConfig, generate
+from tests.convert import hf_models
+
+GENERATION_VARIANTS = ("bart", "mbart", "t5_v1_0", "t5_v1_1", "vit_bart")
+MAX_NEW_TOKENS = 10
+
+
+@pytest.mark.parametrize("name", sorted(hf_models.BUILDERS))
+def test_final_exit_logits_match_pytorch(converted, name):
+  c = converted(name)
+  inputs = hf_models.random_inputs(c.hf_model)
+  decoder_ids = torch.randint(3, c.hf_model.config.get_text_config().vocab_size, (3, 6),
+                              generator=torch.Generator().manual_seed(1))
+  with torch.no_grad():
+    expected = c.hf_model(**inputs, decoder_input_ids=decoder_ids).logits.numpy()  # [B, T, V]
+  logits = np.asarray(c.model(hf_models.to_ours(inputs), decoder_ids.numpy()))  # [L, B, T, V]
+  assert logits.shape[0] == c.model.config.decoder_layers
+  assert np.ptp(expected, axis=-1).min() > 0.1  # logits that really differ across the vocabulary
+  np.testing.assert_allclose(logits[-1], expected, rtol=0, atol=1e-4)
+  # Every exit is a distinct prediction (the adapters are the identity, the layers are not).
+  assert np.abs(logits[0] - logits[-1]).max() > 1e-2
+
+
+def _hf_generate(c, inputs, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
+  with torch.no_grad():
+    out = c.hf_model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, return_dict_in_generate=True,
+                              output_scores=True, **hf_models.PLAIN_GENERATION, **kwargs)
+  tokens = out.sequences[:, 1:].numpy()  # drop the decoder start token
+  # What HF leaves after a hypothesis' EOS is filler (EOS or pad, by version); ours is pad.
+  eos, pad = c.model.config.eos_id, c.model.config.pad_id
+  after_eos = np.cumsum(tokens == eos, axis=1) - (tokens == eos) > 0
+  tokens = np.where(after_eos, pad, tokens)
+  scores = None if out.get("sequences_scores") is None else out.sequences_scores.numpy()
+  return tokens, scores
+
+
+def _pad_to(tokens: np.ndarray, length: int, pad_id: int) -> np.ndarray:
+  return np.pad(tokens, [(0, 0), (0, length - tokens.shape[1])], constant_values=pad_id)
+
+
+@pytest.mark.parametrize("name", GENERATION_VARIANTS)
+def test_greedy_matches_hf_generate(converted, name):
+  c = converted(name, trained=True)
+  inputs, _ = hf_models.copy_task_batch(c.hf_model, 4, seed=7)
+  expected, _ = _hf_generate(c, inputs, num_beams=1)
+  out = generate(c.model, hf_models.to_ours(inputs),
+                 DecodeConfig(max_new_tokens=MAX_NEW_TOKENS, threshold=1.5))  # DEED that never exits
+  pad = c.model.config.pad_id
+  np.testing.assert_array_equal(np.asarray(out.tokens), _pad_to(expected, MAX_NEW_TOKENS, pad))
+  _check_varied(expected, c.model.config.eos_id)
+
+
+def _check_varied(tokens: np.ndarray, eos_id: int) -> None:
+  """The generations really test something: rows differ, some end with EOS before the limit."""
+  assert len({tuple(row) for row in tokens.tolist()}) > 1
+  assert (tokens[:, :-1] == eos_id).any()
+
+
+@pytest.mark.parametrize("name", GENERATION_VARIANTS)
+@pytest.mark.parametrize("length_penalty,early_stopping", [(0.6, False), (2.0, True)])
+def test_beam_matches_hf_generate(converted, name, length_penalty, early_stopping):
+  c = converted(name, trained=True)
+  inputs, _ = hf_models.copy_task_batch(c.hf_model, 3, seed=8)
+  beams = 4
+  expected, expected_scores = _hf_generate(c, inputs, num_beams=beams, num_return_sequences=beams,
+                                           length_penalty=length_penalty, early_stopping=early_stopping)
+  out = generate(c.model, hf_models.to_ours(inputs), DecodeConfig(
+      strategy="beam", num_beams=beams, max_new_tokens=MAX_NEW_TOKENS, threshold=1.5,
+      length_penalty=length_penalty, early_stopping=early_stopping))
+  pad, batch = c.model.config.pad_id, expected.shape[0] // beams
+  expected = _pad_to(expected, MAX_NEW_TOKENS, pad).reshape(batch, beams, MAX_NEW_TOKENS)
+  np.testing.assert_array_equal(np.asarray(out.beams.tokens), expected)
+  np.testing.assert_allclose(np.asarray(out.beams.scores), expected_scores.reshape(batch, beams),
+                             rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(out.tokens), expected[:, 0])
+  _check_varied(expected.reshape(batch * beams, -1), c.model.config.eos_id)
