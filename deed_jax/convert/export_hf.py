@@ -9,12 +9,12 @@ import os
 
 import numpy as np
 from flax import nnx
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
 from deed_jax import checkpoint
 from deed_jax.convert import hf_files, rules
 from deed_jax.convert.families import family_for
-from deed_jax.convert.import_hf import ADAPTER_PREFIX, HF_SOURCE_FILE
+from deed_jax.convert.import_hf import ADAPTER_PREFIX, HF_SOURCE_FILE, HF_UNUSED_FILE
 from deed_jax.convert.staging import check_empty_target, staged_directory
 
 ADAPTERS_FILE = "deed_adapters.safetensors"
@@ -39,6 +39,9 @@ def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:
   ours = {k: np.asarray(v) for k, v in
           checkpoint.flat_params(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
   tensors = rules.to_hf(family_for(hf).keymap(model.config, hf), ours)
+  unused = os.path.join(workdir, HF_UNUSED_FILE)
+  if os.path.isfile(unused):
+    tensors.update(load_file(unused))
   adapters = {k: v for k, v in ours.items() if k.startswith(ADAPTER_PREFIX)}
   with staged_directory(target) as staging:
     hf_files.write_weights(staging, tensors, dtypes)

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 
 from deed_jax import checkpoint
 from deed_jax.convert import hf_files, rules
@@ -23,7 +25,18 @@ from deed_jax.models import ModelConfig
 from deed_jax.models.transformer import ExitAdapter
 
 HF_SOURCE_FILE = "hf_source.json"
+# Source tensors the model does not use (ViT's pooler), kept so the way back reproduces every tensor.
+HF_UNUSED_FILE = "hf_unused.safetensors"
 ADAPTER_PREFIX = "decoder/adapters/"
+
+
+class ConvertedCheckpoint(NamedTuple):
+  config: ModelConfig
+  params: Any  # pure dict of numpy arrays, the structure `load_model` restores
+  # config.json as written ("config"), with HF's defaults filled in ("resolved"), and each source
+  # tensor's dtype ("dtypes"): what `orbax_to_hf` needs for the way back.
+  record: dict
+  unused: dict[str, np.ndarray]  # source tensors the mapping ignores
 
 
 def initial_adapters(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
@@ -36,12 +49,8 @@ def initial_adapters(config: ModelConfig, seed: int) -> dict[str, np.ndarray]:
   return out
 
 
-def convert_params(source: str, options: ConvertOptions = ConvertOptions()):
-  """Read an HF directory -> (ModelConfig, params pure dict of numpy arrays, source record).
-
-  The source record holds config.json as written ("config"), with HF's defaults filled in
-  ("resolved"), and each tensor's dtype ("dtypes"): what `orbax_to_hf` needs for the way back.
-  """
+def convert_params(source: str, options: ConvertOptions = ConvertOptions()) -> ConvertedCheckpoint:
+  """Read and convert an HF directory in memory; raises before returning anything if it does not fit."""
   raw = hf_files.read_config(source)
   family = family_for(raw)  # refuses an unsupported architecture before anything else
   hf = hf_files.resolved_config(source)
@@ -49,14 +58,16 @@ def convert_params(source: str, options: ConvertOptions = ConvertOptions()):
   weights, dtypes = hf_files.read_weights(source)
   _, abstract = checkpoint.abstract_params(config)
   shapes = {k: v.shape for k, v in checkpoint.flat_params(abstract).items()}
-  converted = rules.to_ours(family.keymap(config, hf), weights, shapes, source)
+  keymap = family.keymap(config, hf)
+  converted = rules.to_ours(keymap, weights, shapes, source)
   converted.update(initial_adapters(config, options.seed))
   uncovered = sorted(set(shapes) - set(converted))
   if uncovered:  # A mapping that forgets one of our parameters is a bug here, not in the checkpoint.
     raise RuntimeError(f"The {family.__name__} mapping does not cover {uncovered}.")
   params = jax.tree_util.tree_map_with_path(
       lambda path, x: converted[checkpoint.path_name(path)].astype(x.dtype), abstract)
-  return config, params, {"config": raw, "resolved": hf, "dtypes": dtypes}
+  unused = {key: weights[key] for key in keymap.ignored if key in weights}
+  return ConvertedCheckpoint(config, params, {"config": raw, "resolved": hf, "dtypes": dtypes}, unused)
 
 
 def hf_to_orbax(source: str, workdir: str, options: ConvertOptions = ConvertOptions()) -> ModelConfig:
@@ -65,10 +76,12 @@ def hf_to_orbax(source: str, workdir: str, options: ConvertOptions = ConvertOpti
   Everything is read and checked before anything is written; `workdir` must be new or empty.
   """
   check_empty_target(workdir)
-  config, params, record = convert_params(source, options)
+  converted = convert_params(source, options)
   with staged_directory(workdir) as staging:
-    checkpoint.save_params(staging, config, params)
+    checkpoint.save_params(staging, converted.config, converted.params)
     with open(os.path.join(staging, HF_SOURCE_FILE), "w") as f:
-      json.dump(record, f, indent=2, sort_keys=True)
+      json.dump(converted.record, f, indent=2, sort_keys=True)
+    if converted.unused:
+      save_file(converted.unused, os.path.join(staging, HF_UNUSED_FILE))
     hf_files.copy_side_files(source, staging)
-  return config
+  return converted.config

@@ -85,12 +85,22 @@ class SentencePieceTokenizer:
     return self._sp.decode(ids)
 
 
+# A checkpoint directory's own tokenizer files (HF names), in order of preference.
+_DIRECTORY_FILES = ("tokenizer.json", "spiece.model", "sentencepiece.bpe.model")
+
+
 def get_tokenizer(spec: str) -> Tokenizer:
-  """"byte", a path to a `tokenizer.json`, or a path to a sentencepiece `.model`."""
+  """"byte", a path to a `tokenizer.json` or a sentencepiece `.model`, or a directory holding one
+  (a Hugging Face model directory, or a workdir converted from one)."""
   if spec == "byte":
     return ByteTokenizer()
+  if os.path.isdir(spec):
+    found = [name for name in _DIRECTORY_FILES if os.path.isfile(os.path.join(spec, name))]
+    if not found:
+      raise ValueError(f"Directory {spec!r} holds none of the tokenizer files {_DIRECTORY_FILES}.")
+    spec = os.path.join(spec, found[0])
   if not os.path.exists(spec):
-    raise ValueError(f"Tokenizer {spec!r} is neither 'byte' nor an existing file.")
+    raise ValueError(f"Tokenizer {spec!r} is neither 'byte' nor an existing file or directory.")
   if spec.endswith(".json"):
     return HuggingFaceTokenizer(spec)
   if spec.endswith(".model"):
