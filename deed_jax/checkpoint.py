@@ -9,6 +9,7 @@ architecture is refused with the differing options/shapes named, and left as it 
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import grain
@@ -21,6 +22,15 @@ from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
 
 MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINT_DIR = "checkpoints"
+# Files of a Hugging Face model directory that belong with its weights: tokenizer and generation
+# settings. A converted workdir keeps them, and its source record for the way back to HF.
+HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                 "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
+                 "generation_config.json", "preprocessor_config.json")
+HF_SOURCE_FILE = "hf_source.json"  # the source config.json, resolved config and tensor dtypes
+HF_UNUSED_FILE = "hf_unused.safetensors"  # source tensors the model does not use (ViT's pooler)
+# What travels with the weights when training starts from a workdir (`init_from`).
+MODEL_SIDE_FILES = HF_SIDE_FILES + (HF_SOURCE_FILE, HF_UNUSED_FILE)
 
 
 def _config_path(workdir: str) -> epath.Path:
@@ -143,12 +153,12 @@ def save_params(workdir: str, config: ModelConfig, params: Any, step: int = 0) -
     checkpointer.close()
 
 
-def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder:
-  """A ready model from a workdir: its `model_config.json` + the params of `step` (default newest)."""
+def restore_params(workdir: str, abstract: Any, step: int | None = None) -> Any:
+  """The params of `step` (default newest) in `workdir`, restored into `abstract`'s structure, dtypes
+  and shardings. Refuses, naming them, parameters whose stored shape differs."""
   config = read_model_config(workdir)
   if config is None:
     raise FileNotFoundError(f"{_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
-  graphdef, abstract = abstract_params(config)
   checkpointer = Checkpointer(workdir, config, async_save=False)
   try:
     step = checkpointer.latest_step() if step is None else step
@@ -157,11 +167,31 @@ def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder
     stored = checkpointer.manager.item_metadata(step)["state"]
     problems = _shape_mismatches(stored["params"], abstract)
     if problems:
-      raise ValueError(f"Checkpoint {step} in {workdir} does not fit its model_config.json: "
+      raise ValueError(f"Checkpoint {step} in {workdir} does not fit the model: "
                        + "; ".join(problems[:10]))
     restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
         state=_restore_args({"params": abstract}, partial=True)))
   finally:
     checkpointer.close()
-  params = restored["state"]["params"]
-  return nnx.merge(graphdef, params)
+  return restored["state"]["params"]
+
+
+def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder:
+  """A ready model from a workdir: its `model_config.json` + the params of `step` (default newest)."""
+  config = read_model_config(workdir)
+  if config is None:
+    raise FileNotFoundError(f"{_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
+  graphdef, abstract = abstract_params(config)
+  return nnx.merge(graphdef, restore_params(workdir, abstract, step))
+
+
+def copy_model_side_files(source_workdir: str, workdir: str) -> list[str]:
+  """Copy MODEL_SIDE_FILES present in `source_workdir` (and absent in `workdir`); returns their names."""
+  copied = []
+  for name in MODEL_SIDE_FILES:
+    source, target = os.path.join(source_workdir, name), os.path.join(workdir, name)
+    if os.path.isfile(source) and not os.path.exists(target):
+      os.makedirs(workdir, exist_ok=True)
+      shutil.copyfile(source, target)
+      copied.append(name)
+  return copied

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from deed_jax import checkpoint
 from deed_jax.models import ModelConfig
 from deed_jax.training.losses import LOSS_MODES
 
@@ -23,6 +24,9 @@ def training_defaults() -> ml_collections.ConfigDict:
       max_source_length=0,  # Text encoders: input length in tokens.
   ))
   config.model = ml_collections.ConfigDict()  # ModelConfig keyword arguments.
+  # A deed-jax workdir to start from (e.g. `python -m deed_jax.convert` output): its architecture and
+  # params; config.model may then set only `dropout_rate`. "" = random initialisation.
+  config.init_from = ""
   config.loss = ml_collections.ConfigDict(dict(mode="deed", label_smoothing=0.0))
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=200, end_lr_factor=0.01, weight_decay=0.01, clip_norm=1.0,
@@ -41,9 +45,26 @@ def training_defaults() -> ml_collections.ConfigDict:
   return config
 
 
+# What a run may change about a model it starts from (`init_from`): nothing that shapes parameters.
+INIT_FROM_OVERRIDABLE = ("dropout_rate",)
+
+
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   """The `ModelConfig` a training config describes; unknown options raise naming them."""
-  return ModelConfig.from_dict(config.model.to_dict())
+  if not config.init_from:
+    return ModelConfig.from_dict(config.model.to_dict())
+  base = checkpoint.read_model_config(config.init_from)
+  if base is None:
+    raise FileNotFoundError(f"config.init_from={config.init_from!r} holds no model_config.json: it "
+                            "must be a deed-jax workdir (e.g. written by python -m deed_jax.convert).")
+  values = base.to_dict()
+  clashes = sorted(k for k, v in config.model.to_dict().items()
+                   if k not in INIT_FROM_OVERRIDABLE and values.get(k) != v)
+  if clashes:
+    raise ValueError(f"config.init_from={config.init_from!r} fixes the architecture, but config.model "
+                     f"sets {clashes} to other values; with init_from, config.model may set only "
+                     f"{list(INIT_FROM_OVERRIDABLE)}.")
+  return ModelConfig.from_dict({**values, **config.model.to_dict()})
 
 
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:

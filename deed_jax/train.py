@@ -66,7 +66,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if tokenizer.vocab_size > model_config.vocab_size:
     raise ValueError(f"The tokenizer has {tokenizer.vocab_size} ids but model.vocab_size="
                      f"{model_config.vocab_size}.")
-  specials = {"pad_id": tokenizer.pad_id, "bos_id": tokenizer.bos_id, "eos_id": tokenizer.eos_id}
+  # The decoder's start token is the model's bos_id, whatever the tokenizer calls BOS.
+  specials = {"pad_id": tokenizer.pad_id, "eos_id": tokenizer.eos_id}
   for name, value in specials.items():
     if getattr(model_config, name) != value:
       raise ValueError(f"model.{name}={getattr(model_config, name)} but the tokenizer's is {value}.")
@@ -83,7 +84,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   features = pipeline.TaskFeatures(
       encoder=model_config.encoder, source_key=task.source_key, target_key=task.target_key,
       max_source_length=task.max_source_length, max_target_length=model_config.max_target_length)
-  preprocess = pipeline.Preprocess(features, tokenizer)
+  preprocess = pipeline.Preprocess(features, tokenizer, decoder_start_id=model_config.bos_id)
   train_source = pipeline.data_source(task.dataset, task.dataset_config, "train", data_dir)
   eval_source = pipeline.data_source(task.dataset, task.dataset_config, "validation", data_dir)
   train_iter = iter(pipeline.make_loader(train_source, preprocess, config.batch_size, shuffle=True,
@@ -110,6 +111,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   if latest is not None:
     state = checkpointer.restore(latest, _abstract(state), train_iter)
     _log(f"Resumed from step {latest} in {workdir}.")
+  elif config.init_from:  # A fresh run from another workdir's model (a converted HF checkpoint).
+    params = checkpoint.restore_params(config.init_from, _abstract(state.params))
+    state = state._replace(params=params, opt_state=tx.init(params))
+    if jax.process_index() == 0:  # its tokenizer and HF origin, so this run can be exported back
+      checkpoint.copy_model_side_files(config.init_from, workdir)
+    _log(f"Initialised from {config.init_from}.")
 
   # ---------------------------------------------------------------------------------------------
   # Steps.
@@ -187,13 +194,19 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
 _STOP_AT_STEP = flags.DEFINE_integer("stop_at_step", None,
                                      "Checkpoint and stop at this step; rerun to resume.")
+_INIT_FROM = flags.DEFINE_string("init_from", None,
+                                 "Start from this workdir's model (sets config.init_from).")
 
 
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
-  results = train_and_evaluate(_CONFIG.value, _WORKDIR.value, stop_at_step=_STOP_AT_STEP.value)
+  config = _CONFIG.value
+  if _INIT_FROM.value is not None:
+    with config.unlocked():
+      config.init_from = _INIT_FROM.value
+  results = train_and_evaluate(config, _WORKDIR.value, stop_at_step=_STOP_AT_STEP.value)
   if results is None:
     print(f"Stopped at step {_STOP_AT_STEP.value}; rerun the same command to resume.")
 

@@ -14,13 +14,12 @@ import shutil
 
 import numpy as np
 
+from deed_jax import checkpoint
+
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 BIN_FILE = "pytorch_model.bin"
-# Tokenizer and generation files copied along with a checkpoint (never fetched from a hub).
-SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-              "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
-              "generation_config.json", "preprocessor_config.json")
+SIDE_FILES = checkpoint.HF_SIDE_FILES  # tokenizer and generation files, copied along
 
 
 def read_config(directory: str) -> dict:

@@ -24,9 +24,8 @@ from deed_jax.convert.staging import check_empty_target, staged_directory
 from deed_jax.models import ModelConfig
 from deed_jax.models.transformer import ExitAdapter
 
-HF_SOURCE_FILE = "hf_source.json"
-# Source tensors the model does not use (ViT's pooler), kept so the way back reproduces every tensor.
-HF_UNUSED_FILE = "hf_unused.safetensors"
+HF_SOURCE_FILE = checkpoint.HF_SOURCE_FILE
+HF_UNUSED_FILE = checkpoint.HF_UNUSED_FILE  # kept so the way back reproduces every source tensor
 ADAPTER_PREFIX = "decoder/adapters/"
 
 

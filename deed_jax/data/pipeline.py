@@ -6,7 +6,7 @@ saved beside the train state, so a resumed run sees exactly the batches it would
 Batch features (per example; batched along a leading B axis):
   image tasks: pixel_values float32 [H, W, C] in [-1, 1]
   text tasks:  input_ids int32 [S], attention_mask int32 [S]
-  both:        decoder_input_ids int32 [T] = [bos, y_1 .. y_n, pad...]
+  both:        decoder_input_ids int32 [T] = [start, y_1 .. y_n, pad...]  (start: the model's bos_id)
                targets           int32 [T] = [y_1 .. y_n, eos, pad...]
                target_mask       int32 [T] (1 on y_1 .. eos)
 """
@@ -42,11 +42,16 @@ def _pad(ids: list[int], length: int, pad_id: int) -> np.ndarray:
 
 
 class Preprocess(grain.transforms.Map):
-  """One TFDS example -> fixed-shape numpy features (see the module docstring)."""
+  """One TFDS example -> fixed-shape numpy features (see the module docstring).
 
-  def __init__(self, task: TaskFeatures, tokenizer: Tokenizer):
+  `decoder_start_id` is the model's first decoder input (ModelConfig.bos_id); it defaults to the
+  tokenizer's BOS, but converted models have their own (BART starts with EOS, T5 with pad).
+  """
+
+  def __init__(self, task: TaskFeatures, tokenizer: Tokenizer, decoder_start_id: int | None = None):
     self.task = task
     self.tokenizer = tokenizer
+    self.decoder_start_id = tokenizer.bos_id if decoder_start_id is None else decoder_start_id
 
   def map(self, example: dict) -> dict:
     task, tok = self.task, self.tokenizer
@@ -58,7 +63,7 @@ class Preprocess(grain.transforms.Map):
       features["input_ids"] = _pad(ids, task.max_source_length, tok.pad_id)
       features["attention_mask"] = _pad([1] * len(ids), task.max_source_length, 0)
     answer = tok.encode(_text(example[task.target_key]))[:task.max_target_length - 1]
-    features["decoder_input_ids"] = _pad([tok.bos_id] + answer, task.max_target_length, tok.pad_id)
+    features["decoder_input_ids"] = _pad([self.decoder_start_id] + answer, task.max_target_length, tok.pad_id)
     features["targets"] = _pad(answer + [tok.eos_id], task.max_target_length, tok.pad_id)
     features["target_mask"] = _pad([1] * (len(answer) + 1), task.max_target_length, 0)
     return features
