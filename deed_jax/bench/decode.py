@@ -22,6 +22,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
+from deed_jax.bench.depth import mean_exit, threshold_for_depth
 from deed_jax.bench.timing import timed
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_encode, make_generate
@@ -56,23 +57,6 @@ def inputs_for(config: ModelConfig, batch: int, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   ids = rng.integers(3, config.vocab_size, size=(batch, config.max_source_length)).astype(np.int32)
   return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-
-
-def _mean_exit(out) -> float:
-  layers = np.asarray(out.exit_layers)
-  return float(layers[layers > 0].mean())
-
-
-def threshold_for_depth(run, encoder_inputs: dict, depth: float, steps: int = 14) -> float:
-  """Bisect the threshold whose mean exit layer on `encoder_inputs` is closest to `depth`."""
-  low, high, best = 0.0, 1.0, None
-  for _ in range(steps):
-    mid = (low + high) / 2
-    mean = _mean_exit(run(encoder_inputs, mid))
-    if best is None or abs(mean - depth) < abs(best[1] - depth):
-      best = (mid, mean)
-    low, high = (mid, high) if mean < depth else (low, mid)
-  return best[0]
 
 
 def bench_batch(model: MultiExitEncoderDecoder, batch: int, thresholds: list[float], repeats: int,

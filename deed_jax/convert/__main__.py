@@ -14,7 +14,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Conversion moves weights; it needs no accelerator.
 
-from absl import app, flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from deed_jax.convert import ConvertOptions, hf_to_orbax, orbax_to_hf  # pylint: disable=wrong-import-position
 
@@ -32,6 +32,8 @@ _SEED = flags.DEFINE_integer("seed", 0, "Initialises the adapters.")
 
 
 def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO.
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   if (_SOURCE.value is None) == (_TO_HF.value is None):

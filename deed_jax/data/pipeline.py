@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from deed_jax.data.tokenizer import Tokenizer
+from deed_jax.models.config import IMAGE_ENCODERS
 
 ENCODER_KEYS = ("pixel_values", "input_ids", "attention_mask")
 
@@ -28,7 +29,7 @@ ENCODER_KEYS = ("pixel_values", "input_ids", "attention_mask")
 @dataclasses.dataclass(frozen=True)
 class TaskFeatures:
   """Which TFDS features feed the encoder and decoder, and the fixed lengths."""
-  encoder: str  # "image" or "text"
+  encoder: str  # "text", or an image encoder ("image", "swin")
   source_key: str  # "image" or e.g. "source"
   target_key: str  # e.g. "answer" or "target"
   max_source_length: int
@@ -56,7 +57,7 @@ class Preprocess(grain.transforms.Map):
   def map(self, example: dict) -> dict:
     task, tok = self.task, self.tokenizer
     features = {}
-    if task.encoder == "image":
+    if task.encoder in IMAGE_ENCODERS:
       features["pixel_values"] = example[task.source_key].astype(np.float32) / 127.5 - 1.0
     else:
       ids = tok.encode(_text(example[task.source_key]))[:task.max_source_length]

@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 _CHOICES = {
-    "encoder": ("text", "image"),
+    "encoder": ("text", "image", "swin"),
     "patch_positions": ("1d", "2d"),
     "norm_type": ("layernorm", "rmsnorm"),
     "norm_position": ("pre", "post"),
@@ -23,6 +23,8 @@ _CHOICES = {
     "param_dtype": ("float32", "bfloat16"),
 }
 
+
+IMAGE_ENCODERS = ("image", "swin")  # encoders that take pixel_values
 
 # Options the encoder stack may set differently from the decoder (a ViT encoder under a BART decoder).
 ENCODER_OVERRIDABLE = ("d_model", "num_heads", "d_ff", "head_dim", "attention_bias", "scale_attention",
@@ -57,6 +59,13 @@ class ModelConfig:
   num_channels: int = 3
   patch_positions: str = "1d"  # "1d": one learned vector per patch (ViT); "2d": row + column vectors.
   image_cls_token: bool = False  # ViT: a learned [CLS] vector before the patches (it gets a position).
+  # encoder="swin" (Donut): stages of windowed attention, the patch grid merged 2 x 2 between stages;
+  # stage i has swin_embed_dim * 2**i channels and swin_heads[i] heads. `encoder_layers` is unused.
+  swin_depths: tuple[int, ...] = (2, 2, 6, 2)
+  swin_heads: tuple[int, ...] = (3, 6, 12, 24)
+  swin_embed_dim: int = 96
+  swin_window_size: int = 7
+  swin_mlp_ratio: float = 4.0
   # The encoder's own values of options in ENCODER_OVERRIDABLE, e.g. {"d_model": 768, "norm_eps": 1e-12}.
   # With another d_model a learned projection maps encoder states to the decoder's width (HF's
   # VisionEncoderDecoderModel `enc_to_dec_proj`). Stored as sorted (name, value) pairs (hashable).
@@ -121,7 +130,15 @@ class ModelConfig:
     for name in ("pad_id", "bos_id", "eos_id"):
       if not 0 <= getattr(self, name) < self.vocab_size:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)} is outside [0, {self.vocab_size}).")
-    if self.encoder == "image":
+    if self.encoder == "swin":
+      if len(self.swin_depths) != len(self.swin_heads) or not self.swin_depths:
+        raise ValueError(f"ModelConfig.swin_depths={self.swin_depths} and swin_heads={self.swin_heads} "
+                         "need one entry per stage.")
+      for i, heads in enumerate(self.swin_heads):
+        if (self.swin_embed_dim * 2**i) % heads:
+          raise ValueError(f"Swin stage {i} has {self.swin_embed_dim * 2**i} channels, not divisible "
+                           f"by swin_heads[{i}]={heads}.")
+    if self.encoder in IMAGE_ENCODERS:
       (h, w), (ph, pw) = self.image_hw, self.patch_hw
       if h % ph or w % pw:
         raise ValueError(
@@ -141,6 +158,9 @@ class ModelConfig:
 
   @property
   def encoder_d_model(self) -> int:
+    """The width of the encoder's output states."""
+    if self.encoder == "swin":
+      return self.swin_embed_dim * 2 ** (len(self.swin_depths) - 1)
     return dict(self.encoder_overrides).get("d_model", self.d_model)
 
   @property
@@ -185,7 +205,7 @@ class ModelConfig:
     if unknown:
       raise ValueError(f"Unknown ModelConfig option(s) {unknown}; known options: {sorted(known)}.")
     values = dict(values)
-    for name in ("image_size", "patch_size"):  # JSON turns tuples into lists.
+    for name in ("image_size", "patch_size", "swin_depths", "swin_heads"):  # JSON turns tuples into lists.
       if isinstance(values.get(name), list):
         values[name] = tuple(values[name])
     return cls(**values)

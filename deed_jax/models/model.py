@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deed_jax.models.config import ModelConfig
+from deed_jax.models.config import IMAGE_ENCODERS, ModelConfig
 from deed_jax.models.decoder import Decoder
 from deed_jax.models.encoder import Encoder
+from deed_jax.models.swin import SwinEncoder
 from deed_jax.models.layers import param, split_rng
 
 Array = jax.Array
@@ -33,7 +34,8 @@ class MultiExitEncoderDecoder(nnx.Module):
     self.config = config
     self.token_embedding = param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
                                  dtype=config.param_dtype)
-    self.encoder = Encoder(config.encoder_config, rngs)
+    self.encoder = (SwinEncoder(config, rngs) if config.encoder == "swin"
+                    else Encoder(config.encoder_config, rngs))
     if config.encoder_d_model != config.d_model:  # HF VisionEncoderDecoderModel's enc_to_dec_proj.
       self.encoder_projection = param(rngs, (config.encoder_d_model, config.d_model), (None, "embed"),
                                       dtype=config.param_dtype)
@@ -50,8 +52,9 @@ class MultiExitEncoderDecoder(nnx.Module):
   def check_inputs(self, encoder_inputs: dict, decoder_input_ids=None) -> None:
     """Clear errors for inputs this model cannot take (shapes always; id ranges when concrete)."""
     cfg = self.config
-    expected = {"pixel_values"} if cfg.encoder == "image" else {"input_ids", "attention_mask"}
-    required = {"pixel_values"} if cfg.encoder == "image" else {"input_ids"}
+    pixels = cfg.encoder in IMAGE_ENCODERS
+    expected = {"pixel_values"} if pixels else {"input_ids", "attention_mask"}
+    required = {"pixel_values"} if pixels else {"input_ids"}
     keys = set(encoder_inputs)
     if not required <= keys or not keys <= expected:
       raise ValueError(f"encoder_inputs has keys {sorted(keys)}; a {cfg.encoder!r} encoder takes "

@@ -11,10 +11,8 @@ import numpy as np
 import torch
 import transformers as T
 
-IMAGE_HW = (16, 24)
-# Generation settings HF would otherwise take from the config (BART forces EOS at max length, etc.).
-PLAIN_GENERATION = dict(do_sample=False, forced_bos_token_id=None, forced_eos_token_id=None,
-                        no_repeat_ngram_size=0, repetition_penalty=1.0, min_length=0)
+IMAGE_HW = (16, 24)  # ViT: 8 x 8 patches, a 2 x 3 grid
+DONUT_HW = (64, 88)  # DonutSwin: 4 x 4 patches, a 16 x 22 grid
 
 
 def _bart_options(**overrides) -> dict:
@@ -45,6 +43,17 @@ def _vision(decoder_class, decoder_width: int, **decoder_overrides):
   return T.VisionEncoderDecoderModel(config)
 
 
+def _donut(decoder_width: int):
+  """DonutSwin (3 stages; a 16 x 22 patch grid, so windows pad and the second merge is odd) + mBART."""
+  swin = T.DonutSwinConfig(image_size=list(DONUT_HW), patch_size=4, embed_dim=8, depths=[2, 2, 2],
+                           num_heads=[2, 2, 4], window_size=4)
+  decoder = T.MBartConfig(**_bart_options(d_model=decoder_width, is_decoder=True, encoder_layers=3,
+                                          add_cross_attention=True))
+  config = T.VisionEncoderDecoderConfig.from_encoder_decoder_configs(swin, decoder)
+  config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 2, 1, 2
+  return T.VisionEncoderDecoderModel(config)
+
+
 BUILDERS = {
     "bart": lambda: T.BartForConditionalGeneration(T.BartConfig(**_bart_options())),
     "bart_untied_scaled_relu": lambda: T.BartForConditionalGeneration(T.BartConfig(**_bart_options(
@@ -59,6 +68,8 @@ BUILDERS = {
     "vit_bart": lambda: _vision(T.BartConfig, 32),  # 24-wide ViT -> enc_to_dec_proj -> 32-wide BART
     "vit_mbart_untied": lambda: _vision(T.MBartConfig, 24, tie_word_embeddings=False,
                                         scale_embedding=True),
+    "donut": lambda: _donut(32),  # Swin's last stage is 32 wide: no projection
+    "donut_projected": lambda: _donut(24),
 }
 
 
@@ -67,8 +78,8 @@ def build(name: str, seed: int = 0) -> torch.nn.Module:
   torch.manual_seed(seed)
   model = BUILDERS[name]().eval()
   with torch.no_grad():
-    for tensor in model.state_dict().values():
-      if tensor.is_floating_point():
+    for name, tensor in model.state_dict().items():
+      if tensor.is_floating_point() and "relative_position_index" not in name:
         tensor.normal_(0.0, 0.3)
   return model
 
@@ -77,11 +88,15 @@ def is_image(model) -> bool:
   return isinstance(model, T.VisionEncoderDecoderModel)
 
 
+def image_hw(model) -> tuple[int, int]:
+  return DONUT_HW if model.config.encoder.model_type == "donut-swin" else IMAGE_HW
+
+
 def random_inputs(model, batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
   """HF-side encoder inputs: text ids with padded rows, or NCHW pixels."""
   g = torch.Generator().manual_seed(seed)
   if is_image(model):
-    return {"pixel_values": torch.randn(batch, 3, *IMAGE_HW, generator=g)}
+    return {"pixel_values": torch.randn(batch, 3, *image_hw(model), generator=g)}
   ids = torch.randint(3, model.config.vocab_size, (batch, 9), generator=g)
   mask = torch.ones_like(ids)
   mask[1, 6:] = 0
@@ -99,7 +114,7 @@ def to_ours(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 def copy_task_batch(model, batch: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
   """A copy task: the target is the source's tokens then EOS. Images draw token i as a fixed random
-  8x8 template in patch i (left to right, top to bottom), blank after the last token."""
+  8x8 template in cell i of a 2 x 3 grid (left to right, top to bottom), blank after the last token."""
   g = torch.Generator().manual_seed(seed)
   text = model.config.get_text_config(decoder=True)
   eos, pad = model.config.eos_token_id, model.config.pad_token_id
@@ -115,15 +130,21 @@ def copy_task_batch(model, batch: int, seed: int) -> tuple[dict[str, torch.Tenso
     templates = torch.randn(13, 3, 8, 8, generator=torch.Generator().manual_seed(123))
     patches = templates[tokens] * real[:, :, None, None, None]  # [B, 6, 3, 8, 8]
     pixels = patches.reshape(batch, 2, 3, 3, 8, 8).permute(0, 3, 1, 4, 2, 5).reshape(batch, 3, *IMAGE_HW)
+    if image_hw(model) != IMAGE_HW:  # the same drawing, scaled to this model's input size
+      pixels = torch.nn.functional.interpolate(pixels, size=image_hw(model), mode="nearest")
     return {"pixel_values": pixels}, labels
   ids = torch.where(real, tokens, pad)
   return {"input_ids": ids, "attention_mask": real.long()}, labels
 
 
-def build_trained(name: str, steps: int = 150, seed: int = 0) -> torch.nn.Module:
+TRAIN_STEPS = {"donut": 300}  # the tiny Swin needs longer before its outputs depend on the image
+
+
+def build_trained(name: str, steps: int | None = None, seed: int = 0) -> torch.nn.Module:
   """HF's own init, then a few Adam steps on the copy task, so greedy and beam outputs depend on the
   input, vary from token to token and end with EOS at different lengths (random weights emit one
   token forever)."""
+  steps = TRAIN_STEPS.get(name, 150) if steps is None else steps
   torch.manual_seed(seed)
   model = BUILDERS[name]()
   optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)

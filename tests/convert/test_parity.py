@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from deed_jax.convert.parity import hf_generate, pad_to
 from deed_jax.decoding import DecodeConfig, generate
 from tests.convert import hf_models
 
-GENERATION_VARIANTS = ("bart", "mbart", "t5_v1_0", "t5_v1_1", "vit_bart")
+GENERATION_VARIANTS = ("bart", "mbart", "t5_v1_0", "t5_v1_1", "vit_bart", "donut")
 MAX_NEW_TOKENS = 10
 
 
@@ -29,21 +30,10 @@ def test_final_exit_logits_match_pytorch(converted, name):
   assert np.abs(logits[0] - logits[-1]).max() > 1e-2
 
 
-def _hf_generate(c, inputs, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
-  with torch.no_grad():
-    out = c.hf_model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, return_dict_in_generate=True,
-                              output_scores=True, **hf_models.PLAIN_GENERATION, **kwargs)
-  tokens = out.sequences[:, 1:].numpy()  # drop the decoder start token
-  # What HF leaves after a hypothesis' EOS is filler (EOS or pad, by version); ours is pad.
-  eos, pad = c.model.config.eos_id, c.model.config.pad_id
-  after_eos = np.cumsum(tokens == eos, axis=1) - (tokens == eos) > 0
-  tokens = np.where(after_eos, pad, tokens)
-  scores = None if out.get("sequences_scores") is None else out.sequences_scores.numpy()
-  return tokens, scores
-
-
-def _pad_to(tokens: np.ndarray, length: int, pad_id: int) -> np.ndarray:
-  return np.pad(tokens, [(0, 0), (0, length - tokens.shape[1])], constant_values=pad_id)
+def _hf_generate(c, inputs, **search) -> tuple[np.ndarray, np.ndarray | None]:
+  config = c.model.config
+  return hf_generate(c.hf_model, inputs, MAX_NEW_TOKENS, eos_id=config.eos_id, pad_id=config.pad_id,
+                     **search)
 
 
 @pytest.mark.parametrize("name", GENERATION_VARIANTS)
@@ -54,7 +44,7 @@ def test_greedy_matches_hf_generate(converted, name):
   out = generate(c.model, hf_models.to_ours(inputs),
                  DecodeConfig(max_new_tokens=MAX_NEW_TOKENS, threshold=1.5))  # DEED that never exits
   pad = c.model.config.pad_id
-  np.testing.assert_array_equal(np.asarray(out.tokens), _pad_to(expected, MAX_NEW_TOKENS, pad))
+  np.testing.assert_array_equal(np.asarray(out.tokens), pad_to(expected, MAX_NEW_TOKENS, pad))
   _check_varied(expected, c.model.config.eos_id)
 
 
@@ -76,7 +66,7 @@ def test_beam_matches_hf_generate(converted, name, length_penalty, early_stoppin
       strategy="beam", num_beams=beams, max_new_tokens=MAX_NEW_TOKENS, threshold=1.5,
       length_penalty=length_penalty, early_stopping=early_stopping))
   pad, batch = c.model.config.pad_id, expected.shape[0] // beams
-  expected = _pad_to(expected, MAX_NEW_TOKENS, pad).reshape(batch, beams, MAX_NEW_TOKENS)
+  expected = pad_to(expected, MAX_NEW_TOKENS, pad).reshape(batch, beams, MAX_NEW_TOKENS)
   np.testing.assert_array_equal(np.asarray(out.beams.tokens), expected)
   np.testing.assert_allclose(np.asarray(out.beams.scores), expected_scores.reshape(batch, beams),
                              rtol=1e-4)

@@ -1,0 +1,172 @@
+r"""deed-jax decoding against Hugging Face PyTorch `generate` on the same converted model (CPU).
+
+  python -m deed_jax.bench.hf_generate [--decoder_layers 6 --d_model 768 --output DIR/hf_generate.json]
+
+A random BART (6 + 6 layers, d_model 768 by default) is saved by HF, converted with
+`deed_jax.convert`, and decoded both ways: HF eager greedy and beam search (torch, KV cache, inference
+mode) against our jitted static, DEED at threshold > 1 (full depth, through the DEED machinery) and DEED
+at a threshold tuned to about half depth. Its EOS logit is pushed down so every variant emits exactly
+`max_new_tokens` tokens. Full-depth variants must give HF's tokens (checked and reported). Variants are
+timed round-robin, `--repeats` rounds; medians, and speedups as medians of per-round ratios to HF
+greedy. Times are whole `generate` calls (encoder included) per sample. Goal: our static greedy >= 2x
+faster than HF eager at batch 1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+
+from deed_jax import checkpoint
+from deed_jax.bench.depth import threshold_for_depth
+from deed_jax.bench.timing import timed
+from deed_jax.convert import hf_to_orbax
+from deed_jax.convert.parity import hf_generate, pad_to
+from deed_jax.decoding.config import DecodeConfig
+from deed_jax.decoding.generation import make_generate
+
+_LAYERS = flags.DEFINE_integer("decoder_layers", 6, "Decoder (and encoder) layers.")
+_D_MODEL = flags.DEFINE_integer("d_model", 768, "Model width.")
+_HEADS = flags.DEFINE_integer("num_heads", 12, "Attention heads.")
+_D_FF = flags.DEFINE_integer("d_ff", 3072, "MLP width.")
+_VOCAB = flags.DEFINE_integer("vocab_size", 8192, "Vocabulary.")
+_SOURCE = flags.DEFINE_integer("source_length", 32, "Encoder input length.")
+_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 32, "Tokens decoded per sample.")
+_BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
+_BEAMS = flags.DEFINE_integer("num_beams", 4, "Beams of the beam-search variants (0: none).")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds over all variants.")
+_OUTPUT = flags.DEFINE_string("output", "bench_results/hf_generate.json", "Where the JSON goes.")
+
+
+def build_hf_model(directory: str, layers: int, d_model: int, heads: int, d_ff: int, vocab: int,
+                   max_length: int):
+  """A random BART saved to `directory`, with EOS made unreachable (fixed-length outputs)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  config = transformers.BartConfig(
+      vocab_size=vocab, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
+      encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=d_ff,
+      decoder_ffn_dim=d_ff, max_position_embeddings=max_length, forced_eos_token_id=None)
+  model = transformers.BartForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    model.final_logits_bias[0, config.eos_token_id] = -1e4
+  model.save_pretrained(directory)
+  return model
+
+
+def _time_hf(hf_model, inputs, new_tokens, config, search) -> tuple[np.ndarray, float]:
+  start = time.perf_counter()
+  tokens, _ = hf_generate(hf_model, inputs, new_tokens, eos_id=config.eos_id, pad_id=config.pad_id,
+                          **search)
+  return tokens, time.perf_counter() - start
+
+
+def bench_batch(hf_model, model, batch: int, threshold: float, beams: int, repeats: int,
+                new_tokens: int) -> list[dict]:
+  import torch  # pylint: disable=g-import-not-at-top
+  config = model.config
+  rng = np.random.default_rng(batch)
+  ids = rng.integers(3, config.vocab_size, size=(batch, _SOURCE.value)).astype(np.int64)
+  ours_inputs = {"input_ids": ids.astype(np.int32), "attention_mask": np.ones_like(ids, np.int32)}
+  hf_inputs = {k: torch.from_numpy(v.astype(np.int64)) for k, v in ours_inputs.items()}
+  # (name, kind, runner, reference name for token checks)
+  variants = [("hf greedy (torch eager)", "hf", dict(num_beams=1), None)]
+  ours = [("ours static", DecodeConfig(exit_mode="static", max_new_tokens=new_tokens), 2.0),
+          ("ours deed tau>1", DecodeConfig(max_new_tokens=new_tokens), 1.5),
+          (f"ours deed tau={threshold:.3g}", DecodeConfig(max_new_tokens=new_tokens), threshold)]
+  variants += [(name, "ours", (make_generate(model, decode), t), "hf greedy (torch eager)")
+               for name, decode, t in ours]
+  if beams:
+    variants.append((f"hf beam {beams}", "hf", dict(num_beams=beams), None))
+    beam = DecodeConfig(strategy="beam", num_beams=beams, exit_mode="static", max_new_tokens=new_tokens)
+    variants.append((f"ours beam {beams} static", "ours", (make_generate(model, beam), 2.0),
+                     f"hf beam {beams}"))
+
+  def run(kind, runner):
+    if kind == "hf":
+      return _time_hf(hf_model, hf_inputs, new_tokens, config, runner)
+    out, seconds = timed(runner[0], ours_inputs, runner[1])
+    return np.asarray(out.tokens), seconds
+
+  outputs = {name: run(kind, runner)[0] for name, kind, runner, _ in variants}  # compile, warm up
+  seconds = {name: [] for name, *_ in variants}
+  for _ in range(repeats):
+    for name, kind, runner, _ in variants:
+      seconds[name].append(run(kind, runner)[1])
+  base = np.asarray(seconds["hf greedy (torch eager)"])
+  rows = []
+  for name, kind, runner, reference in variants:
+    tokens = outputs[name]
+    row = {"variant": name, "batch": batch, "ms_per_sample": 1000 * float(np.median(seconds[name])) / batch,
+           "ms_per_token": 1000 * float(np.median(seconds[name])) / (batch * new_tokens),
+           "speedup_vs_hf_greedy": float(np.median(base / np.asarray(seconds[name]))),
+           "repeats_ms": [1000 * s for s in seconds[name]]}
+    if reference is not None:
+      expected = pad_to(outputs[reference], new_tokens, config.pad_id)
+      row["same_tokens_as"] = reference
+      row["token_agreement"] = float((tokens == expected).mean())
+    if kind == "ours" and "deed" in name:
+      out = runner[0](ours_inputs, runner[1])
+      exits = np.asarray(out.exit_layers)
+      row["mean_exit_layer"] = float(exits[exits > 0].mean())
+      row["threshold"] = runner[1]
+    rows.append(row)
+  return rows
+
+
+def table(rows: list[dict]) -> str:
+  header = (f"{'batch':>5} {'variant':<26} {'ms/sample':>10} {'ms/token':>9} {'vs HF greedy':>12} "
+            f"{'exit':>5} {'tokens = reference':>18}")
+  lines = [header, "-" * len(header)]
+  for r in rows:
+    agreement = f"{r['token_agreement']:.3f}" if "token_agreement" in r else "-"
+    exit_layer = f"{r['mean_exit_layer']:.2f}" if "mean_exit_layer" in r else "-"
+    lines.append(f"{r['batch']:>5} {r['variant']:<26} {r['ms_per_sample']:>10.2f} {r['ms_per_token']:>9.3f} "
+                 f"{r['speedup_vs_hf_greedy']:>12.2f} {exit_layer:>5} {agreement:>18}")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO.
+  del argv
+  import torch  # pylint: disable=g-import-not-at-top
+  layers, new_tokens = _LAYERS.value, _NEW_TOKENS.value
+  with tempfile.TemporaryDirectory() as tmp:
+    hf_model = build_hf_model(os.path.join(tmp, "hf"), layers, _D_MODEL.value, _HEADS.value, _D_FF.value,
+                              _VOCAB.value, max(_SOURCE.value, new_tokens + 1))
+    hf_to_orbax(os.path.join(tmp, "hf"), os.path.join(tmp, "orbax"))
+    model = checkpoint.load_model(os.path.join(tmp, "orbax"))
+  probe = {"input_ids": np.random.default_rng(0).integers(3, _VOCAB.value, (1, _SOURCE.value)).astype(np.int32)}
+  oracle = make_generate(model, DecodeConfig(exit_mode="oracle", max_new_tokens=new_tokens))
+  threshold = threshold_for_depth(oracle, probe, layers / 2)
+  rows = []
+  for batch in (int(b) for b in _BATCHES.value):
+    rows += bench_batch(hf_model, model, batch, threshold, _BEAMS.value, _REPEATS.value, new_tokens)
+  static = next(r for r in rows if r["batch"] == 1 and r["variant"] == "ours static")
+  goal = {"variant": "ours static, batch 1", "measured": static["speedup_vs_hf_greedy"], "target": ">= 2.0",
+          "met": static["speedup_vs_hf_greedy"] >= 2.0}
+  print(table(rows))
+  print(f"\nGoal: our static greedy vs HF eager at batch 1: {goal['measured']:.2f}x (target >= 2): "
+        f"{'met' if goal['met'] else 'NOT met'}")
+  result = {"model": json.loads(model.config.to_json()), "max_new_tokens": new_tokens,
+            "source_length": _SOURCE.value, "repeats": _REPEATS.value, "threshold": threshold,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
+            "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "machine": platform.platform(),
+            "rows": rows, "goal": goal}
+  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
+  with open(_OUTPUT.value, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"\nwrote {_OUTPUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
