@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 from flax import nnx
@@ -19,6 +20,19 @@ from deed_jax.convert.staging import check_empty_target, staged_directory
 
 ADAPTERS_FILE = "deed_adapters.safetensors"
 MODEL_CONFIG_FILE = "deed_model_config.json"
+_ADAPTER_RESIDUAL = ("up", "up_bias", "w", "b")  # zero in an identity adapter (ExitAdapter)
+
+
+def _warn_if_last_adapter_moved(adapters: dict[str, np.ndarray], num_layers: int) -> None:
+  """HF's model has no exit adapters: it computes our last exit only while that adapter is the
+  identity (as converted). After training it usually is not, which the user should know."""
+  prefix = f"{ADAPTER_PREFIX}{num_layers - 1}/"
+  moved = max((float(np.abs(v).max()) for k, v in adapters.items()
+               if k.startswith(prefix) and k.removeprefix(prefix) in _ADAPTER_RESIDUAL), default=0.0)
+  if moved > 0:
+    warnings.warn(f"The last exit adapter is not the identity (residual weights up to {moved:.3g}); the "
+                  "exported Hugging Face model has no adapters, so its logits are the last layer's without "
+                  f"it. The adapters are in {ADAPTERS_FILE}.", stacklevel=3)
 
 
 def read_hf_source(workdir: str) -> dict:
@@ -43,6 +57,7 @@ def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:
   if os.path.isfile(unused):
     tensors.update(load_file(unused))
   adapters = {k: v for k, v in ours.items() if k.startswith(ADAPTER_PREFIX)}
+  _warn_if_last_adapter_moved(adapters, model.config.decoder_layers)
   with staged_directory(target) as staging:
     hf_files.write_weights(staging, tensors, dtypes)
     with open(os.path.join(staging, hf_files.CONFIG_FILE), "w") as f:

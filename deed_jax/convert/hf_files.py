@@ -85,7 +85,7 @@ def write_weights(directory: str, tensors: dict[str, np.ndarray], dtypes: dict[s
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
   out = {}
   for key, value in tensors.items():
-    tensor = torch.from_numpy(np.ascontiguousarray(value))
+    tensor = torch.from_numpy(np.array(value, copy=True))  # writable: torch refuses read-only arrays
     out[key] = tensor.to(getattr(torch, dtypes.get(key, str(tensor.dtype).removeprefix("torch."))))
   save_file(out, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ def test_hf_generate_benchmark_writes_its_table_and_json(tmp_path):
              "--max_new_tokens=6", "--batch_sizes=1,3", "--num_beams=2", "--repeats=1",
              f"--output={output}"]
   run = subprocess.run(command, capture_output=True, text=True, check=True,
-                       env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+                       env={**os.environ, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1"})
   assert "vs HF greedy" in run.stdout and "Goal: our static greedy" in run.stdout
   result = json.loads(output.read_text())
   rows = {(r["batch"], r["variant"]): r for r in result["rows"]}

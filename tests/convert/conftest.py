@@ -4,10 +4,16 @@ real orbax workdir on disk and loaded back once per test session."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from deed_jax import checkpoint
 from deed_jax.convert import hf_to_orbax
 from tests.convert import hf_models
+
+
+# One intra-op thread: the suite runs on 2 xdist workers, and torch's spinning OpenMP threads would
+# otherwise starve the other worker's XLA compiles (a 35 s test took 390 s that way).
+torch.set_num_threads(1)
 
 
 class Converted:

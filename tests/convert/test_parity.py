@@ -54,8 +54,13 @@ def _check_varied(tokens: np.ndarray, eos_id: int) -> None:
   assert (tokens[:, :-1] == eos_id).any()
 
 
-@pytest.mark.parametrize("name", GENERATION_VARIANTS)
-@pytest.mark.parametrize("length_penalty,early_stopping", [(0.6, False), (2.0, True)])
+# Every family with a brevity-favouring penalty; two of them also with a length-favouring one and
+# early stopping (the pool/stopping rules themselves are covered in tests/decoding/test_beam.py).
+BEAM_CASES = [(name, 0.6, False) for name in GENERATION_VARIANTS] + [
+    ("bart", 2.0, True), ("t5_v1_1", 2.0, True)]
+
+
+@pytest.mark.parametrize("name,length_penalty,early_stopping", BEAM_CASES)
 def test_beam_matches_hf_generate(converted, name, length_penalty, early_stopping):
   c = converted(name, trained=True)
   inputs, _ = hf_models.copy_task_batch(c.hf_model, 3, seed=8)

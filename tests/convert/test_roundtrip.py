@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -100,6 +101,22 @@ def test_model_changed_here_is_served_by_hf(tmp_path):
   ours = np.asarray(changed(hf_models.to_ours(inputs), decoder_ids.numpy())[-1])
   assert np.abs(expected - before).max() > 1e-2  # the export carries the change
   np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
+
+
+def test_export_warns_when_the_last_adapter_moved(tmp_path):
+  hf_models.build("bart").save_pretrained(tmp_path / "hf")
+  workdir = str(tmp_path / "orbax")
+  config = hf_to_orbax(str(tmp_path / "hf"), workdir, ConvertOptions(adapter="bottleneck"))
+  with warnings.catch_warnings(record=True) as caught:  # as converted: the identity, no warning
+    warnings.simplefilter("always")
+    orbax_to_hf(workdir, str(tmp_path / "identity"))
+  assert not [w for w in caught if "last exit adapter" in str(w.message)]
+  params = nnx.to_pure_dict(nnx.state(checkpoint.load_model(workdir), nnx.Param))
+  last = config.decoder_layers - 1
+  params["decoder"]["adapters"][last]["up_bias"] = np.full_like(params["decoder"]["adapters"][last]["up_bias"], 0.5)
+  checkpoint.save_params(workdir, config, params, step=1)
+  with pytest.warns(UserWarning, match="last exit adapter is not the identity"):
+    orbax_to_hf(workdir, str(tmp_path / "moved"))
 
 
 def jax_tree_map(fn, tree):
