@@ -129,7 +129,8 @@ class Checkpointer:
 
 
 def abstract_params(config: ModelConfig):
-  """(graphdef, params as a pure dict of ShapeDtypeStructs on the first local device); allocates nothing."""
+  """(graphdef, params: a pure dict of ShapeDtypeStructs on the first local device). Allocates
+  nothing."""
   model = nnx.eval_shape(lambda: MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)))
   graphdef, params = nnx.split(model, nnx.Param)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

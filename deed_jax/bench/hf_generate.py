@@ -129,7 +129,8 @@ def table(rows: list[dict]) -> str:
   for r in rows:
     agreement = f"{r['token_agreement']:.3f}" if "token_agreement" in r else "-"
     exit_layer = f"{r['mean_exit_layer']:.2f}" if "mean_exit_layer" in r else "-"
-    lines.append(f"{r['batch']:>5} {r['variant']:<26} {r['ms_per_sample']:>10.2f} {r['ms_per_token']:>9.3f} "
+    lines.append(f"{r['batch']:>5} {r['variant']:<26} {r['ms_per_sample']:>10.2f} "
+                 f"{r['ms_per_token']:>9.3f} "
                  f"{r['speedup_vs_hf_greedy']:>12.2f} {exit_layer:>5} {agreement:>18}")
   return "\n".join(lines)
 
@@ -145,18 +146,20 @@ def main(argv):
                               _VOCAB.value, max(_SOURCE.value, new_tokens + 1))
     hf_to_orbax(os.path.join(tmp, "hf"), os.path.join(tmp, "orbax"))
     model = checkpoint.load_model(os.path.join(tmp, "orbax"))
-  probe = {"input_ids": np.random.default_rng(0).integers(3, _VOCAB.value, (1, _SOURCE.value)).astype(np.int32)}
+  probe_ids = np.random.default_rng(0).integers(3, _VOCAB.value, (1, _SOURCE.value))
+  probe = {"input_ids": probe_ids.astype(np.int32)}
   oracle = make_generate(model, DecodeConfig(exit_mode="oracle", max_new_tokens=new_tokens))
   threshold = threshold_for_depth(oracle, probe, layers / 2)
   rows = []
   for batch in (int(b) for b in _BATCHES.value):
     rows += bench_batch(hf_model, model, batch, threshold, _BEAMS.value, _REPEATS.value, new_tokens)
-  static = next(r for r in rows if r["batch"] == 1 and r["variant"] == "ours static")
-  goal = {"variant": "ours static, batch 1", "measured": static["speedup_vs_hf_greedy"], "target": ">= 2.0",
-          "met": static["speedup_vs_hf_greedy"] >= 2.0}
+  goal_batch = 1 if any(r["batch"] == 1 for r in rows) else rows[0]["batch"]  # the goal is at batch 1
+  static = next(r for r in rows if r["batch"] == goal_batch and r["variant"] == "ours static")
+  goal = {"variant": f"ours static, batch {goal_batch}", "measured": static["speedup_vs_hf_greedy"],
+          "target": ">= 2.0", "met": static["speedup_vs_hf_greedy"] >= 2.0}
   print(table(rows))
-  print(f"\nGoal: our static greedy vs HF eager at batch 1: {goal['measured']:.2f}x (target >= 2): "
-        f"{'met' if goal['met'] else 'NOT met'}")
+  print(f"\nGoal: our static greedy vs HF eager at batch {goal_batch}: {goal['measured']:.2f}x "
+        f"(target >= 2): {'met' if goal['met'] else 'NOT met'}")
   result = {"model": json.loads(model.config.to_json()), "max_new_tokens": new_tokens,
             "source_length": _SOURCE.value, "repeats": _REPEATS.value, "threshold": threshold,
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "jax": jax.__version__,

@@ -16,7 +16,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Conversion moves weights; it ne
 
 from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from deed_jax.convert import ConvertOptions, hf_to_orbax, orbax_to_hf  # pylint: disable=wrong-import-position
+from deed_jax.convert import (  # pylint: disable=wrong-import-position
+    ConvertOptions, hf_to_orbax, orbax_to_hf)
 
 _SOURCE = flags.DEFINE_string("source", None, "Hugging Face model directory (config.json + weights).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "deed-jax workdir: written (with --source) or read.",

@@ -12,14 +12,14 @@ def test_hf_generate_benchmark_writes_its_table_and_json(tmp_path):
   output = tmp_path / "hf_generate.json"
   command = [sys.executable, "-m", "deed_jax.bench.hf_generate", "--decoder_layers=2", "--d_model=32",
              "--num_heads=4", "--d_ff=48", "--vocab_size=97", "--source_length=8",
-             "--max_new_tokens=6", "--batch_sizes=1,3", "--num_beams=2", "--repeats=1",
+             "--max_new_tokens=6", "--batch_sizes=3", "--num_beams=2", "--repeats=1",
              f"--output={output}"]
   run = subprocess.run(command, capture_output=True, text=True, check=True,
                        env={**os.environ, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1"})
   assert "vs HF greedy" in run.stdout and "Goal: our static greedy" in run.stdout
   result = json.loads(output.read_text())
   rows = {(r["batch"], r["variant"]): r for r in result["rows"]}
-  for batch in (1, 3):
+  for batch in (3,):
     assert rows[batch, "hf greedy (torch eager)"]["speedup_vs_hf_greedy"] == 1.0
     # Full depth, ours against HF: the same tokens, exactly.
     for name in ("ours static", "ours deed tau>1", "ours beam 2 static"):
@@ -27,4 +27,4 @@ def test_hf_generate_benchmark_writes_its_table_and_json(tmp_path):
     assert rows[batch, "ours deed tau>1"]["mean_exit_layer"] == 2.0
     for row in (r for (b, _), r in rows.items() if b == batch):
       assert row["ms_per_sample"] > 0 and len(row["repeats_ms"]) == 1
-  assert result["goal"]["measured"] == rows[1, "ours static"]["speedup_vs_hf_greedy"]
+  assert result["goal"]["measured"] == rows[3, "ours static"]["speedup_vs_hf_greedy"]

@@ -60,7 +60,8 @@ def test_bfloat16_source_round_trips_in_its_dtype(tmp_path):
   assert checkpoint.load_model(str(tmp_path / "orbax")).config.param_dtype == "float32"
   orbax_to_hf(str(tmp_path / "orbax"), str(tmp_path / "back"))
   _assert_same_tensors(str(tmp_path / "hf"), str(tmp_path / "back"))
-  assert load_file(str(tmp_path / "back" / "model.safetensors"))["model.shared.weight"].dtype == torch.bfloat16
+  back = load_file(str(tmp_path / "back" / "model.safetensors"))
+  assert back["model.shared.weight"].dtype == torch.bfloat16
 
 
 def test_pytorch_bin_converts_like_safetensors(tmp_path):
@@ -113,7 +114,8 @@ def test_export_warns_when_the_last_adapter_moved(tmp_path):
   assert not [w for w in caught if "last exit adapter" in str(w.message)]
   params = nnx.to_pure_dict(nnx.state(checkpoint.load_model(workdir), nnx.Param))
   last = config.decoder_layers - 1
-  params["decoder"]["adapters"][last]["up_bias"] = np.full_like(params["decoder"]["adapters"][last]["up_bias"], 0.5)
+  adapter = params["decoder"]["adapters"][last]
+  adapter["up_bias"] = np.full_like(adapter["up_bias"], 0.5)
   checkpoint.save_params(workdir, config, params, step=1)
   with pytest.warns(UserWarning, match="last exit adapter is not the identity"):
     orbax_to_hf(workdir, str(tmp_path / "moved"))

@@ -20,7 +20,8 @@ def decoder_options(hf: dict) -> dict:
   return dict(
       vocab_size=hf["vocab_size"], d_model=hf["d_model"], num_heads=hf["decoder_attention_heads"],
       d_ff=hf["decoder_ffn_dim"], decoder_layers=hf["decoder_layers"],
-      max_target_length=hf["max_position_embeddings"], mlp_activation=activation(hf, "activation_function"),
+      max_target_length=hf["max_position_embeddings"],
+      mlp_activation=activation(hf, "activation_function"),
       norm_position="pre" if is_pre_norm(hf) else "post", norm_eps=1e-5, embedding_norm=True,
       position_embedding="learned", position_offset=2, scale_embedding=bool(hf.get("scale_embedding")),
       tie_word_embeddings=hf.get("tie_word_embeddings", True), dropout_rate=hf.get("dropout", 0.0),
@@ -44,7 +45,9 @@ def stack_rules(stack: str, hf: str, num_layers: int, *, cross: bool, pre_norm: 
   rules += norm_rules(f"{stack}/embedding_norm", f"{hf}.layernorm_embedding")
   for i in range(num_layers):
     ours, theirs = f"{stack}/layers/{i}", f"{hf}.layers.{i}"
-    sublayers = [("self_attention", "self_attn")] + ([("cross_attention", "encoder_attn")] if cross else [])
+    sublayers = [("self_attention", "self_attn")]
+    if cross:
+      sublayers.append(("cross_attention", "encoder_attn"))
     for name, hf_name in sublayers:
       rules += attention_rules(f"{ours}/{name}", *(f"{theirs}.{hf_name}.{p}_proj" for p in "qkv"),
                                f"{theirs}.{hf_name}.out_proj", bias=True)

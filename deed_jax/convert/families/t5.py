@@ -57,9 +57,10 @@ def _stack_rules(stack: str, num_layers: int, config: ModelConfig) -> list[Rule]
 
 def keymap(config: ModelConfig, hf: dict) -> KeyMap:
   del hf
-  rules = head_rules(config.tie_word_embeddings, "shared.weight", ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"),
-                     "lm_head.weight")
+  rules = head_rules(config.tie_word_embeddings, "shared.weight",
+                     ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"), "lm_head.weight")
   rules += _stack_rules("encoder", config.encoder_layers, config)
   rules += _stack_rules("decoder", config.decoder_layers, config)
   # Some T5 checkpoints carry a cross-attention relative bias that T5 never uses (HF ignores it too).
-  return KeyMap(tuple(rules), ignored=("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",))
+  unused = "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"
+  return KeyMap(tuple(rules), ignored=(unused,))
