@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 from flax import nnx
 
-from deed_jax.bench.depth import mean_exit, threshold_for_depth
+from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.timing import timed
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_encode, make_generate
