@@ -186,13 +186,15 @@ def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder
   return nnx.merge(graphdef, restore_params(workdir, abstract, step))
 
 
-def copy_model_side_files(source_workdir: str, workdir: str) -> list[str]:
-  """Copy MODEL_SIDE_FILES present in `source_workdir` (and absent in `workdir`); returns their names."""
+def copy_side_files(source_dir: str, target_dir: str,
+                    names: tuple[str, ...] = MODEL_SIDE_FILES) -> list[str]:
+  """Copy the files `names` present in `source_dir` (and absent in `target_dir`); returns their names.
+  The default travels with a model between workdirs; HF directories get HF_SIDE_FILES only."""
   copied = []
-  for name in MODEL_SIDE_FILES:
-    source, target = os.path.join(source_workdir, name), os.path.join(workdir, name)
+  for name in names:
+    source, target = os.path.join(source_dir, name), os.path.join(target_dir, name)
     if os.path.isfile(source) and not os.path.exists(target):
-      os.makedirs(workdir, exist_ok=True)
+      os.makedirs(target_dir, exist_ok=True)
       shutil.copyfile(source, target)
       copied.append(name)
   return copied

@@ -115,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     params = checkpoint.restore_params(config.init_from, _abstract(state.params))
     state = state._replace(params=params, opt_state=tx.init(params))
     if jax.process_index() == 0:  # its tokenizer and HF origin, so this run can be exported back
-      checkpoint.copy_model_side_files(config.init_from, workdir)
+      checkpoint.copy_side_files(config.init_from, workdir)
     _log(f"Initialised from {config.init_from}.")
 
   # ---------------------------------------------------------------------------------------------

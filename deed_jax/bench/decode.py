@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import platform
 
-import jax
 import numpy as np
 from absl import app, flags
 from flax import nnx
 
 from deed_jax.bench.depth import threshold_for_depth
+from deed_jax.bench.report import write_result
 from deed_jax.bench.timing import timed
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_encode, make_generate
@@ -162,16 +160,10 @@ def main(argv):
   for goal in checked:
     print(f"  {goal['variant']:<16} {goal['measured']:.3f} (target {goal['target']}): "
           f"{'met' if goal['met'] else 'NOT met'}")
-  result = {
+  write_result(_OUTPUT.value, {
       "model": json.loads(model.config.to_json()),
       "max_new_tokens": _NEW_TOKENS.value, "backfill_chunk": _CHUNK.value, "repeats": _REPEATS.value,
-      "device": str(jax.devices()[0]), "jax": jax.__version__, "cpu_count": os.cpu_count(),
-      "machine": platform.platform(), "thresholds": thresholds, "rows": rows, "goals": checked,
-  }
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(result, f, indent=1)
-  print(f"\nwrote {_OUTPUT.value}")
+      "thresholds": thresholds, "rows": rows, "goals": checked})
 
 
 if __name__ == "__main__":

@@ -16,16 +16,15 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 
-import jax
 import numpy as np
 from absl import app, flags, logging
 
 from deed_jax import checkpoint
 from deed_jax.bench.depth import threshold_for_depth
+from deed_jax.bench.report import write_result
 from deed_jax.bench.timing import timed
 from deed_jax.convert import hf_to_orbax
 from deed_jax.convert.parity import hf_generate, pad_to
@@ -160,15 +159,10 @@ def main(argv):
   print(table(rows))
   print(f"\nGoal: our static greedy vs HF eager at batch {goal_batch}: {goal['measured']:.2f}x "
         f"(target >= 2): {'met' if goal['met'] else 'NOT met'}")
-  result = {"model": json.loads(model.config.to_json()), "max_new_tokens": new_tokens,
-            "source_length": _SOURCE.value, "repeats": _REPEATS.value, "threshold": threshold,
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
-            "device": str(jax.devices()[0]), "cpu_count": os.cpu_count(), "machine": platform.platform(),
-            "rows": rows, "goal": goal}
-  os.makedirs(os.path.dirname(os.path.abspath(_OUTPUT.value)), exist_ok=True)
-  with open(_OUTPUT.value, "w") as f:
-    json.dump(result, f, indent=1)
-  print(f"\nwrote {_OUTPUT.value}")
+  write_result(_OUTPUT.value, {
+      "model": json.loads(model.config.to_json()), "max_new_tokens": new_tokens,
+      "source_length": _SOURCE.value, "repeats": _REPEATS.value, "threshold": threshold,
+      "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rows": rows, "goal": goal})
 
 
 if __name__ == "__main__":

@@ -66,4 +66,4 @@ def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:
       save_file(adapters, os.path.join(staging, ADAPTERS_FILE))
     with open(os.path.join(staging, MODEL_CONFIG_FILE), "w") as f:
       f.write(model.config.to_json())
-    hf_files.copy_side_files(workdir, staging)
+    checkpoint.copy_side_files(workdir, staging, checkpoint.HF_SIDE_FILES)

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
-
-from deed_jax import checkpoint
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 BIN_FILE = "pytorch_model.bin"
-SIDE_FILES = checkpoint.HF_SIDE_FILES  # tokenizer and generation files, copied along
 
 
 def read_config(directory: str) -> dict:
@@ -88,14 +84,3 @@ def write_weights(directory: str, tensors: dict[str, np.ndarray], dtypes: dict[s
     tensor = torch.from_numpy(np.array(value, copy=True))  # writable: torch refuses read-only arrays
     out[key] = tensor.to(getattr(torch, dtypes.get(key, str(tensor.dtype).removeprefix("torch."))))
   save_file(out, os.path.join(directory, SAFETENSORS_FILE), metadata={"format": "pt"})
-
-
-def copy_side_files(source: str, target: str) -> list[str]:
-  """Copy the tokenizer/generation files present in `source` to `target`; returns their names."""
-  copied = []
-  for name in SIDE_FILES:
-    path = os.path.join(source, name)
-    if os.path.isfile(path):
-      shutil.copyfile(path, os.path.join(target, name))
-      copied.append(name)
-  return copied

@@ -82,5 +82,5 @@ def hf_to_orbax(source: str, workdir: str, options: ConvertOptions = ConvertOpti
       json.dump(converted.record, f, indent=2, sort_keys=True)
     if converted.unused:
       save_file(converted.unused, os.path.join(staging, HF_UNUSED_FILE))
-    hf_files.copy_side_files(source, staging)
+    checkpoint.copy_side_files(source, staging, checkpoint.HF_SIDE_FILES)
   return converted.config

@@ -1,0 +1,19 @@
+"""Writing a benchmark's JSON: its results plus where they were measured."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+import jax
+
+
+def write_result(path: str, result: dict) -> None:
+  """Write `result` with the machine it ran on (device, jax version, CPU count, platform) to `path`."""
+  result = {**result, "device": str(jax.devices()[0]), "jax": jax.__version__,
+            "cpu_count": os.cpu_count(), "machine": platform.platform()}
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"\nwrote {path}")
