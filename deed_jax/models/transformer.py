@@ -70,13 +70,24 @@ class TransformerLayer(nnx.Module):
 
     def self_attend(h: Array) -> Array:
       nonlocal cache
-      k, v = self.self_attention.project_kv(h) if kv is None else kv  # [B, H, T, Dh]
-      if cache is not None:
-        start = (0, 0, cache_index, 0)
-        cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
-                        jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start))
-        k, v = cache.k, cache.v
-      return self.self_attention.attend(self.self_attention.project_q(h), k, v, self_bias)
+      attention = self.self_attention
+      k, v = attention.project_kv(h) if kv is None else kv  # [B, H, T, Dh]
+      q = attention.project_q(h)
+      if cache is None:
+        return attention.attend(q, k, v, self_bias)
+      # The block attends to the cache's positions before it and to its own K/V; the cache is only
+      # read here and written once below, so XLA updates it in place (attending to the updated cache
+      # made XLA:CPU copy it at batch 1: one copy for the loop carry, one for the attention's view).
+      cache_positions = jnp.arange(cache.k.shape[2])
+      before_block = jnp.where(cache_positions < cache_index, 0.0, NEG_INF)  # [T_max]
+      block_bias = jax.lax.dynamic_slice_in_dim(self_bias, cache_index, k.shape[2], axis=-1)
+      out = attention.attend_parts(
+          q, ((cache.k, cache.v, self_bias + before_block), (k, v, block_bias)))  # [B, T, D]
+      k, v = (ordered_after(x, out) for x in (k, v))
+      start = (0, 0, cache_index, 0)
+      cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
+                      jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start))
+      return out
 
     x = self._residual(self.self_attention_norm, self_attend, x, rngs[0])
     if self.has_cross_attention:
@@ -117,6 +128,13 @@ class ExitAdapter(nnx.Module):
       return h + (x @ self.w[...].astype(self.dtype) + self.b[...].astype(self.dtype))
     hidden = jax.nn.gelu(x @ self.down[...].astype(self.dtype) + self.down_bias[...].astype(self.dtype))
     return h + (hidden @ self.up[...].astype(self.dtype) + self.up_bias[...].astype(self.dtype))
+
+
+def ordered_after(x: Array, dependency: Array) -> Array:
+  """x, made to depend on `dependency` so XLA computes it afterwards: a cache written from it is then
+  written after every read of the old cache, in place. (XLA:CPU drops `optimization_barrier` before
+  it orders buffers; x + 0 * d is not folded for floats.)"""
+  return x + 0.0 * dependency.reshape(-1)[0].astype(x.dtype)
 
 
 def causal_bias(query_positions: Array, key_positions: Array) -> Array:

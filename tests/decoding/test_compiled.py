@@ -54,13 +54,7 @@ def test_the_check_finds_a_cache_threaded_through_cond():
   assert copies["step"] or copies["inner"]
 
 
-@pytest.mark.parametrize("batch", [
-    2,
-    pytest.param(1, marks=pytest.mark.xfail(strict=True, reason=(
-        "Known defect: with batch 1, XLA:CPU duplicates each block's cache-update fusion (one for "
-        "the carry, one for the attention's batch-squeezed view) and copies the cache for each, "
-        "8 copies per layer inside the block loops."))),
-])
+@pytest.mark.parametrize("batch", [1, 2])
 def test_deed_decode_does_not_copy_the_cache_per_layer(batch):
   config = tiny_config(decoder_layers=4, vocab_size=11, max_target_length=20, num_heads=4)
   model = MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
