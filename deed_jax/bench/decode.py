@@ -8,6 +8,10 @@ variant is jitted and warmed up, then all variants are timed in turn, `--repeats
 median is reported; speedups are medians of per-round ratios to static (the machine is shared).
 Decoder time = generate time - encoder time. Goals checked (batch 1): fixed k / static within 15% of k / L, and deed's speedup
 >= 85% of its bound L / mean exit depth.
+
+The bound assumes a backfill block of m positions costs about one position (decoding is bound by
+reading the weights). The block-cost table measures that assumption on the machine at hand: the
+time of every decoder layer over a block of m positions, relative to one position.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from flax import nnx
@@ -25,6 +31,7 @@ from deed_jax.bench.timing import timed
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
+from deed_jax.models.transformer import KVCache, padding_bias
 
 _LAYERS = flags.DEFINE_integer("decoder_layers", 12, "Decoder layers (exits).")
 _D_MODEL = flags.DEFINE_integer("d_model", 512, "Model width.")
@@ -108,6 +115,48 @@ def bench_batch(model: MultiExitEncoderDecoder, batch: int, thresholds: list[flo
   return rows
 
 
+def block_costs(model: MultiExitEncoderDecoder, widths: list[int], repeats: int,
+                calls: int = 16) -> list[dict]:
+  """Median time of the decoder's layers over one block of m positions (batch 1, written into the
+  KV cache like a deed backfill), `calls` blocks per timing, relative to m = 1."""
+  config = model.config
+  graphdef, params = nnx.split(model, nnx.Param)
+  encoder_inputs = inputs_for(config, 1)
+  cache_length = max(widths) * calls
+
+  def run_blocks(params, encoder_inputs, width: int):
+    model = nnx.merge(graphdef, params)
+    decoder = model.decoder
+    encoder_out, encoder_mask = model.encode(encoder_inputs)
+    cross_kv, cross_bias = decoder.cross_kv(encoder_out), padding_bias(encoder_mask)
+    cache_shape = (1, config.num_heads, cache_length, config.resolved_head_dim)
+    caches = tuple(KVCache(jnp.zeros(cache_shape), jnp.zeros(cache_shape))
+                   for _ in range(config.decoder_layers))
+
+    def block(i, carry):  # Every layer over positions [i * width, (i + 1) * width).
+      x, caches = carry
+      caches, start = list(caches), i * width
+      bias = decoder.self_bias(start + jnp.arange(width), jnp.arange(cache_length))
+      for j, layer in enumerate(decoder.layers):
+        x, caches[j] = layer(x, bias, cross_kv=cross_kv[j], cross_bias=cross_bias, cache=caches[j],
+                             cache_index=start)
+      return x, tuple(caches)
+
+    x = jnp.ones((1, width, config.d_model), jnp.dtype(config.dtype))
+    return jax.lax.fori_loop(0, calls, block, (x, caches))[0]
+
+  runs = {w: jax.jit(run_blocks, static_argnums=2) for w in widths}
+  for w, run in runs.items():
+    timed(run, params, encoder_inputs, w)  # Compile, warm up.
+  seconds = {w: [] for w in widths}
+  for _ in range(repeats):
+    for w, run in runs.items():
+      seconds[w].append(timed(run, params, encoder_inputs, w)[1])
+  one = np.asarray(seconds[widths[0]])
+  return [{"positions": w, "ms_per_block": 1000 * float(np.median(seconds[w])) / calls,
+           "relative_to_one": float(np.median(np.asarray(seconds[w]) / one))} for w in widths]
+
+
 def goals(rows: list[dict], layers: int) -> list[dict]:
   """The speed goals at batch 1: fixed k time / static time within 15% of k / L; deed >= 85% of
   L / mean exit depth."""
@@ -155,7 +204,12 @@ def main(argv):
     rows += bench_batch(model, batch, thresholds, _REPEATS.value, fixed_layers, _CHUNK.value,
                         _NEW_TOKENS.value)
   checked = goals(rows, layers)
+  chunk = _CHUNK.value  # The block widths deed runs: powers of two up to the chunk.
+  costs = block_costs(model, sorted({2**i for i in range(chunk.bit_length())} | {chunk}),
+                      _REPEATS.value)
   print(table(rows))
+  print("\nA block of m positions through all decoder layers (batch 1), relative to one position:")
+  print("  " + "  ".join(f"m={c['positions']}: {c['relative_to_one']:.2f}" for c in costs))
   print("\nGoals (batch 1):")
   for goal in checked:
     print(f"  {goal['variant']:<16} {goal['measured']:.3f} (target {goal['target']}): "
@@ -163,7 +217,7 @@ def main(argv):
   write_result(_OUTPUT.value, {
       "model": json.loads(model.config.to_json()),
       "max_new_tokens": _NEW_TOKENS.value, "backfill_chunk": _CHUNK.value, "repeats": _REPEATS.value,
-      "thresholds": thresholds, "rows": rows, "goals": checked})
+      "thresholds": thresholds, "rows": rows, "goals": checked, "block_costs": costs})
 
 
 if __name__ == "__main__":

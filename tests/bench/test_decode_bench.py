@@ -30,6 +30,9 @@ def test_decode_benchmark_writes_its_table_and_json(tmp_path):
     assert row["speedup"] > 0 and len(row["repeats_ms"]) == 1
   assert rows["static"]["speedup"] == 1.0
   assert {g["variant"] for g in result["goals"]} == {n for n in rows if n.startswith(("fixed", "deed"))}
+  costs = result["block_costs"]  # Block widths 1 and backfill_chunk=2, relative to width 1.
+  assert [c["positions"] for c in costs] == [1, 2] and costs[0]["relative_to_one"] == 1.0
+  assert all(c["ms_per_block"] > 0 for c in costs) and "relative to one position" in run.stdout
 
 
 def test_decode_benchmark_rejects_a_bad_fixed_layer(tmp_path):
