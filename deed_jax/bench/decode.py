@@ -121,14 +121,12 @@ def block_costs(model: MultiExitEncoderDecoder, widths: list[int], repeats: int,
   KV cache like a deed backfill), `calls` blocks per timing, relative to m = 1."""
   config = model.config
   graphdef, params = nnx.split(model, nnx.Param)
-  encoder_inputs = inputs_for(config, 1)
+  encoded = make_encode(model)(inputs_for(config, 1))  # [1, S, D], [1, S]: not timed
   cache_length = max(widths) * calls
 
-  def run_blocks(params, encoder_inputs, width: int):
-    model = nnx.merge(graphdef, params)
-    decoder = model.decoder
-    encoder_out, encoder_mask = model.encode(encoder_inputs)
-    cross_kv, cross_bias = decoder.cross_kv(encoder_out), padding_bias(encoder_mask)
+  def run_blocks(params, encoded, width: int):
+    decoder = nnx.merge(graphdef, params).decoder
+    cross_kv, cross_bias = decoder.cross_kv(encoded[0]), padding_bias(encoded[1])
     cache_shape = (1, config.num_heads, cache_length, config.resolved_head_dim)
     caches = tuple(KVCache(jnp.zeros(cache_shape), jnp.zeros(cache_shape))
                    for _ in range(config.decoder_layers))
@@ -147,11 +145,11 @@ def block_costs(model: MultiExitEncoderDecoder, widths: list[int], repeats: int,
 
   runs = {w: jax.jit(run_blocks, static_argnums=2) for w in widths}
   for w, run in runs.items():
-    timed(run, params, encoder_inputs, w)  # Compile, warm up.
+    timed(run, params, encoded, w)  # Compile, warm up.
   seconds = {w: [] for w in widths}
   for _ in range(repeats):
     for w, run in runs.items():
-      seconds[w].append(timed(run, params, encoder_inputs, w)[1])
+      seconds[w].append(timed(run, params, encoded, w)[1])
   one = np.asarray(seconds[widths[0]])
   return [{"positions": w, "ms_per_block": 1000 * float(np.median(seconds[w])) / calls,
            "relative_to_one": float(np.median(np.asarray(seconds[w]) / one))} for w in widths]
