@@ -29,6 +29,7 @@ from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.report import write_result
 from deed_jax.bench.timing import timed
 from deed_jax.decoding.config import DecodeConfig
+from deed_jax.decoding.exit_step import block_widths
 from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
 from deed_jax.models.transformer import KVCache, padding_bias
@@ -202,9 +203,7 @@ def main(argv):
     rows += bench_batch(model, batch, thresholds, _REPEATS.value, fixed_layers, _CHUNK.value,
                         _NEW_TOKENS.value)
   checked = goals(rows, layers)
-  chunk = _CHUNK.value  # The block widths deed runs: powers of two up to the chunk.
-  costs = block_costs(model, sorted({2**i for i in range(chunk.bit_length())} | {chunk}),
-                      _REPEATS.value)
+  costs = block_costs(model, block_widths(_CHUNK.value), _REPEATS.value)
   print(table(rows))
   print("\nA block of m positions through all decoder layers (batch 1), relative to one position:")
   print("  " + "  ".join(f"m={c['positions']}: {c['relative_to_one']:.2f}" for c in costs))

@@ -58,6 +58,12 @@ def reorder_rows(state: DecoderState, rows: Array) -> DecoderState:
   return DecoderState(caches, state.fill, take(state.frontier))
 
 
+def block_widths(chunk: int) -> list[int]:
+  """The widths a layer call runs a deed block at: powers of two below `chunk` (for a block's last
+  r < chunk positions), and `chunk` itself."""
+  return sorted({2**i for i in range(chunk.bit_length()) if 2**i < chunk} | {chunk})
+
+
 def _run_once(predicate: Array, fn, carry):
   """fn(carry) if predicate else carry, as a `while_loop` that runs at most once."""
   body = lambda c: (jnp.bool_(False), fn(c[1]))
@@ -80,9 +86,7 @@ class ExitStep:
     self.num_layers = cfg.decoder_layers
     # Only deed ever runs a layer over more than the current position (a backfill block).
     self.chunk = config.backfill_chunk if config.exit_mode == "deed" else 1
-    # Widths for a block's last r < chunk positions: powers of two below chunk, and chunk itself.
-    self.widths = sorted({2**i for i in range(self.chunk.bit_length()) if 2**i < self.chunk}
-                         | {self.chunk}) if self.chunk > 1 else []
+    self.widths = block_widths(self.chunk) if self.chunk > 1 else []
     self.cache_length = config.max_new_tokens + self.chunk  # Slack for padded blocks (jax#9094).
     self.last_layer = (config.fixed_exit_layer if config.exit_mode == "fixed" else self.num_layers) - 1
     self.cross_kv = self.decoder.cross_kv(encoder_out)  # L x 2 x [R, H, S, Dh], once per call

@@ -115,7 +115,8 @@ class Attention(nnx.Module):
     softmax over all of them, without concatenating the keys: a KV cache is read where it lies (and
     can be updated in place afterwards) while a block attends to it and to its own new keys."""
     scores = [jnp.einsum("bhtk,bhsk->bhts", q, k).astype(jnp.float32) + bias for k, _, bias in parts]
-    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1).astype(self.dtype)  # [B, H, T, sum S_i]
+    probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)  # [B, H, T, sum of S_i]
+    probs = probs.astype(self.dtype)
     ctx, offset = 0, 0
     for (_, v, _), part_scores in zip(parts, scores):
       part_probs = jax.lax.slice_in_dim(probs, offset, offset + part_scores.shape[-1], axis=-1)
