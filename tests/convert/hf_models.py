@@ -112,15 +112,18 @@ def to_ours(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
   return {k: v.numpy() for k, v in inputs.items()}
 
 
-def copy_task_batch(model, batch: int, seed: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def copy_task_batch(model, batch: int, seed: int, lengths: tuple[int, ...] | None = None
+                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
   """A copy task: the target is the source's tokens then EOS. Images draw token i as a fixed random
-  8x8 template in cell i of a 2 x 3 grid (left to right, top to bottom), blank after the last token."""
+  8x8 template in cell i of a 2 x 3 grid (left to right, top to bottom), blank after the last token.
+  `lengths` (one per row) fixes how many tokens each row copies; by default they are random."""
   g = torch.Generator().manual_seed(seed)
   text = model.config.get_text_config(decoder=True)
   eos, pad = model.config.eos_token_id, model.config.pad_token_id
   num_tokens = 6 if is_image(model) else 8  # image: one token per patch of the 2 x 3 grid
   vocab = range(3, 13) if is_image(model) else range(3, text.vocab_size)
-  lengths = torch.randint(2, num_tokens + 1, (batch,), generator=g)
+  random_lengths = torch.randint(2, num_tokens + 1, (batch,), generator=g)
+  lengths = random_lengths if lengths is None else torch.tensor(lengths)
   tokens = torch.tensor(vocab)[torch.randint(0, len(vocab), (batch, num_tokens), generator=g)]
   real = torch.arange(num_tokens)[None, :] < lengths[:, None]  # [B, n]
   labels = torch.full((batch, num_tokens + 1), -100)
@@ -137,22 +140,98 @@ def copy_task_batch(model, batch: int, seed: int) -> tuple[dict[str, torch.Tenso
   return {"input_ids": ids, "attention_mask": real.long()}, labels
 
 
-TRAIN_STEPS = {"donut": 300}  # the tiny Swin needs longer before its outputs depend on the image
+# The rows the generation parity tests decode: one copy length each, so that a model which has learned
+# the task ends them with EOS at four different steps, all before the tests' token limit.
+PARITY_LENGTHS = (2, 6, 3, 5)
+PARITY_MAX_NEW_TOKENS = 10
 
 
-def build_trained(name: str, steps: int | None = None, seed: int = 0) -> torch.nn.Module:
-  """HF's own init, then a few Adam steps on the copy task, so greedy and beam outputs depend on the
-  input, vary from token to token and end with EOS at different lengths (random weights emit one
-  token forever)."""
-  steps = TRAIN_STEPS.get(name, 150) if steps is None else steps
+def parity_batch(model) -> dict[str, torch.Tensor]:
+  return copy_task_batch(model, len(PARITY_LENGTHS), seed=7, lengths=PARITY_LENGTHS)[0]
+
+
+# How far every decision of a trained model on the parity batch must be from flipping, in logits (greedy)
+# or log-probs (beam): float differences between PyTorch and XLA (~1e-5) then cannot flip one.
+DECISION_MARGIN = 1e-3
+# The beam settings the parity tests use; (length_penalty, early_stopping).
+PARITY_BEAMS = 4
+PARITY_BEAM_SEARCHES = ((0.6, False), (2.0, True))
+
+
+class _Jitter(T.LogitsProcessor):
+  """Adds uniform noise in [-DECISION_MARGIN, DECISION_MARGIN] to every score."""
+
+  def __init__(self, seed: int):
+    self.generator = torch.Generator().manual_seed(seed)
+
+  def __call__(self, input_ids, scores):
+    noise = torch.rand(scores.shape, generator=self.generator, dtype=scores.dtype)
+    return scores + DECISION_MARGIN * (2 * noise - 1)
+
+
+def _generate(model, inputs, **search):
+  with torch.inference_mode():
+    return model.generate(**inputs, max_new_tokens=PARITY_MAX_NEW_TOKENS, do_sample=False,
+                          return_dict_in_generate=True, output_scores=True, forced_bos_token_id=None,
+                          forced_eos_token_id=None, no_repeat_ngram_size=0, min_new_tokens=0,
+                          **search)
+
+
+def generation_problem(model, inputs: dict[str, torch.Tensor]) -> str | None:
+  """Why generations on `inputs` do not yet test decoding well (None when they do). Greedy: every row
+  ends with EOS before the limit, at >= 3 different lengths, and each token beats the runner-up by
+  DECISION_MARGIN. Beam search (each of PARITY_BEAM_SEARCHES): scores jittered by DECISION_MARGIN
+  give the same hypotheses, on three draws (a near-tie between candidates would show)."""
+  eos = model.config.eos_token_id
+  out = _generate(model, inputs, num_beams=1)
+  tokens = out.sequences[:, 1:]  # [B, n <= PARITY_MAX_NEW_TOKENS]
+  is_eos = (tokens == eos).long()
+  if not is_eos.any(1).all():
+    return f"greedy rows without EOS: {tokens.tolist()}"
+  lengths = is_eos.argmax(1) + 1  # [B] tokens up to and including the first EOS
+  if len(set(lengths.tolist())) < 3:
+    return f"too few distinct greedy lengths: {tokens.tolist()}"
+  top2 = torch.stack(out.scores, 1).topk(2, -1).values  # [B, n, 2]
+  live = torch.arange(tokens.shape[1])[None] < lengths[:, None]  # [B, n]
+  gap = (top2[..., 0] - top2[..., 1])[live].min().item()
+  if gap < DECISION_MARGIN:
+    return f"a greedy choice wins by only {gap:.2g}"
+  for length_penalty, early_stopping in PARITY_BEAM_SEARCHES:
+    search = dict(num_beams=PARITY_BEAMS, num_return_sequences=PARITY_BEAMS,
+                  length_penalty=length_penalty, early_stopping=early_stopping)
+    plain = _generate(model, inputs, **search).sequences
+    for seed in range(3):
+      jittered = _generate(model, inputs, logits_processor=T.LogitsProcessorList([_Jitter(seed)]),
+                           **search).sequences
+      if plain.shape != jittered.shape or not torch.equal(plain, jittered):
+        return f"beam search (length_penalty={length_penalty}) has a near-tie"
+  return None
+
+
+MIN_STEPS = {"donut": 300}  # the tiny Swin needs longer before its outputs depend on the image
+MAX_STEPS = 1500
+CHECK_EVERY = 25
+
+
+def build_trained(name: str, seed: int = 0) -> torch.nn.Module:
+  """HF's own init, then Adam steps on the copy task until greedy and beam outputs depend on the input,
+  vary from token to token and end with EOS at different lengths (random weights emit one token
+  forever): training goes on until `generation_problem` finds nothing wrong on the parity batch.
+  A fixed step count would not do: a few hundred Adam steps end somewhere else on another CPU."""
   torch.manual_seed(seed)
   model = BUILDERS[name]()
   optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-  model.train()
-  for step in range(steps):
+  check = parity_batch(model)
+  problem = "not trained"
+  for step in range(MAX_STEPS):
+    model.train()
     inputs, labels = copy_task_batch(model, 32, seed=1000 + step)
     loss = model(**inputs, labels=labels).loss
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-  return model.eval()
+    if step + 1 >= MIN_STEPS.get(name, 150) and (step + 1) % CHECK_EVERY == 0:
+      problem = generation_problem(model.eval(), check)
+      if problem is None:
+        return model
+  raise AssertionError(f"{name} did not learn the copy task in {MAX_STEPS} steps: {problem}")

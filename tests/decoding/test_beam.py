@@ -9,8 +9,8 @@ from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import generate, make_generate
 from tests.conftest import random_inputs
 from tests.decoding.beam_reference import beam_search
-from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, distinct_exits, replace,
-                                    spread_model)
+from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, replace, spread_model,
+                                    spread_threshold)
 
 NUM_BEAMS, STEPS = 3, 8
 
@@ -66,8 +66,8 @@ def test_early_exit_beam_equals_straightforward_beam_search(encoder, seed):
   decode = DecodeConfig(strategy="beam", num_beams=NUM_BEAMS, max_new_tokens=STEPS, exit_mode="deed",
                         length_penalty=0.8, eos_id=eos_id)
   oracle = make_generate(model, replace(decode, exit_mode="oracle"))
-  threshold = max(confidence_quantiles(model, encoder_inputs, STEPS),
-                  key=lambda t: distinct_exits(oracle(encoder_inputs, float(t)).beams.exit_layers))
+  threshold = spread_threshold(lambda t: oracle(encoder_inputs, t),
+                               confidence_quantiles(model, encoder_inputs, STEPS))
   pools = beam_search(model, encoder_inputs, num_beams=NUM_BEAMS, max_new_tokens=STEPS, eos_id=eos_id,
                       length_penalty=0.8, threshold=threshold)
   assert len({e for pool in pools for h in pool for e in h[2]}) >= 3  # Exits at many layers.

@@ -66,8 +66,12 @@ def test_copy_equals_its_naive_reference(encoder, seed):
 def test_rows_decode_as_if_alone_and_static_fixed_match_reference():
   model = spread_model("text", 3)
   encoder_inputs, _ = random_inputs(model.config, batch=3, seed=3)
-  decode = DecodeConfig(exit_mode="deed", max_new_tokens=8, threshold=0.5)
+  decode = DecodeConfig(exit_mode="deed", max_new_tokens=8)
+  reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
+  decode = replace(decode, threshold=spread_threshold(
+      reference, confidence_quantiles(model, encoder_inputs, 8)))
   batch = generate(model, encoder_inputs, decode)
+  assert distinct_exits(batch.exit_layers) >= 2  # Rows (and steps) exit at different layers.
   for b in range(3):
     alone = generate(model, _rows(encoder_inputs, b), decode)
     np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(batch.tokens)[b])

@@ -14,6 +14,7 @@ from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.reference import greedy_at_exit, greedy_reference
 from deed_jax.models import MultiExitEncoderDecoder
 from tests.conftest import random_inputs, randomize, tiny_config
+from tests.decoding.helpers import distinct_exits, spread_threshold
 
 
 def _softmax(z):
@@ -54,15 +55,16 @@ def test_first_confident_exit_matches_row_by_row_recomputation(encoder, seed):
   prefix = np.concatenate([np.full((4, 1), config.bos_id), np.asarray(static.tokens)[:, :-1]], axis=1)
   confidences = _softmax(np.asarray(model(encoder_inputs, prefix), np.float64)).max(-1)  # [L, B, N]
   # Among confidence quantiles and minimum exit layers, take the setting whose exits spread over the
-  # most layers. The threshold is traced: one compilation serves every threshold tried.
+  # most layers, with no confidence near the threshold. The threshold is traced: one compilation serves
+  # every threshold tried.
   candidates = []
   for min_exit_layer in (1, 2):
     decode = DecodeConfig(exit_mode="deed", max_new_tokens=steps, min_exit_layer=min_exit_layer)
-    reference = jax.jit(lambda threshold: greedy_reference(model, encoder_inputs, decode, threshold))
-    for threshold in np.quantile(confidences, np.linspace(0.05, 0.95, 19)):
-      out = reference(threshold)
-      layers = np.asarray(out.exit_layers)
-      candidates.append((len(set(layers[layers > 0].tolist())), float(threshold), min_exit_layer, out))
+    reference = jax.jit(lambda threshold, decode=decode: greedy_reference(model, encoder_inputs, decode,
+                                                                          threshold))
+    threshold = spread_threshold(reference, np.quantile(confidences, np.linspace(0.05, 0.95, 19)))
+    out = reference(threshold)
+    candidates.append((distinct_exits(out.exit_layers), threshold, min_exit_layer, out))
   _, threshold, min_exit_layer, out = max(candidates, key=lambda c: c[0])
   tokens, layers, confs = (np.asarray(x) for x in out)
   for b, (row_tokens, row_layers, row_confs) in enumerate(
