@@ -58,7 +58,8 @@ def test_full_depth_beam_equals_straightforward_beam_search(encoder, seed, lengt
     assert max(lengths) == STEPS
 
 
-@pytest.mark.parametrize("encoder, seed", SPREAD_SEEDS[:2])
+@pytest.mark.parametrize("encoder, seed", [SPREAD_SEEDS[0],
+                                           pytest.param(*SPREAD_SEEDS[1], marks=pytest.mark.slow)])
 def test_early_exit_beam_equals_straightforward_beam_search(encoder, seed):
   model = spread_model(encoder, seed)
   encoder_inputs, _ = random_inputs(model.config, batch=3, seed=seed)

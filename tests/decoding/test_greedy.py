@@ -25,8 +25,9 @@ def _rows(encoder_inputs, b):
   return {k: v[b:b + 1] for k, v in encoder_inputs.items()}
 
 
-@pytest.mark.parametrize("encoder, seed, chunk",
-                         [case + (chunk,) for case, chunk in zip(SPREAD_SEEDS, (4, 2, 1, 3))])
+@pytest.mark.parametrize("encoder, seed, chunk", [
+    ("text", 0, 4), ("image", 3, 2), ("image", 2, 3),  # chunk 3: padded widths 1, 2, 3
+    pytest.param("text", 2, 1, marks=pytest.mark.slow)])
 def test_deed_and_oracle_equal_the_naive_reference(encoder, seed, chunk):
   model = spread_model(encoder, seed)
   encoder_inputs, _ = random_inputs(model.config, batch=4, seed=seed)

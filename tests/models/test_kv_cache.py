@@ -13,9 +13,15 @@ from deed_jax.models.transformer import KVCache, padding_bias
 from tests.conftest import random_inputs, randomize, tiny_config
 
 
-@pytest.mark.parametrize("overrides", [{}, {"position_embedding": "relative", "norm_type": "rmsnorm"},
-                                       {"norm_position": "post", "encoder": "image"}])
-@pytest.mark.parametrize("blocks", [[1] * 7, [3, 1, 2, 1], [7]])
+OVERRIDES = [{}, {"position_embedding": "relative", "norm_type": "rmsnorm"},
+             {"norm_position": "post", "encoder": "image"}]
+BLOCKS = [[1] * 7, [3, 1, 2, 1], [7]]
+
+
+# Every option set with mixed blocks, and every block pattern with the default options, by default.
+@pytest.mark.parametrize("overrides, blocks", [
+    pytest.param(overrides, blocks, marks=[pytest.mark.slow] if overrides and blocks != BLOCKS[1] else [])
+    for overrides in OVERRIDES for blocks in BLOCKS])
 def test_blockwise_cached_decoding_equals_full_pass(overrides, blocks):
   config = tiny_config(**overrides)
   model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=7, scale=0.2)

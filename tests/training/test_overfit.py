@@ -34,7 +34,7 @@ def test_tiny_model_overfits_a_handful_of_examples():
 
   opt = ml_collections.ConfigDict(dict(learning_rate=3e-3, warmup_steps=20, end_lr_factor=0.1,
                                        weight_decay=0.0, clip_norm=1.0, b1=0.9, b2=0.98))
-  steps = 300
+  steps = 150  # memorised by step ~50 here (loss at 1% of the first); 3x that for other machines
   tx = make_optimizer(opt, steps)
   graphdef, state = init_train_state(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), tx)
   train_step = make_train_step(graphdef, tx, exit_weights("deed", config.decoder_layers))
