@@ -29,10 +29,9 @@ from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.report import write_result
 from deed_jax.bench.timing import timed
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.exit_step import block_widths
+from deed_jax.decoding.decode_step import block_widths
 from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
-from deed_jax.models.transformer import KVCache, padding_bias
 
 _LAYERS = flags.DEFINE_integer("decoder_layers", 12, "Decoder layers (exits).")
 _D_MODEL = flags.DEFINE_integer("d_model", 512, "Model width.")
@@ -127,18 +126,14 @@ def block_costs(model: MultiExitEncoderDecoder, widths: list[int], repeats: int,
 
   def run_blocks(params, encoded, width: int):
     decoder = nnx.merge(graphdef, params).decoder
-    cross_kv, cross_bias = decoder.cross_kv(encoded[0]), padding_bias(encoded[1])
-    cache_shape = (1, config.num_heads, cache_length, config.resolved_head_dim)
-    caches = tuple(KVCache(jnp.zeros(cache_shape), jnp.zeros(cache_shape))
-                   for _ in range(config.decoder_layers))
+    memory = decoder.cross_memory(*encoded)
+    caches = decoder.init_cache(1, cache_length)  # L x (k, v) [1, H, T, Dh]
 
     def block(i, carry):  # Every layer over positions [i * width, (i + 1) * width).
-      x, caches = carry
-      caches, start = list(caches), i * width
-      bias = decoder.self_bias(start + jnp.arange(width), jnp.arange(cache_length))
-      for j, layer in enumerate(decoder.layers):
-        x, caches[j] = layer(x, bias, cross_kv=cross_kv[j], cross_bias=cross_bias, cache=caches[j],
-                             cache_index=start)
+      x, caches = carry  # [1, W, D]
+      caches = list(caches)
+      for j in range(config.decoder_layers):
+        x, caches[j] = decoder.run_block(j, x, i * width, caches[j], memory)
       return x, tuple(caches)
 
     x = jnp.ones((1, width, config.d_model), jnp.dtype(config.dtype))

@@ -1,13 +1,14 @@
 """Beam search with step-level early exit, with Hugging Face's beam semantics.
 
 Every beam is one decoder row (R = B x K) and scores its candidates with the log-probs of its own exit
-layer; the layer loop runs while any beam of an unfinished row is not confident (`ExitStep`). Each step
-(as Hugging Face transformers 4.57 `generate`): the top 2K of the K x V continuations; an EOS among the top K of them
-enters the row's pool of finished hypotheses with score sum_logprobs / generated_len ** length_penalty;
-the best K others become the next beams, which reorder the KV caches and the frontier buffer. A row is
-done when its pool holds K hypotheses and either `early_stopping` or no live beam can still beat the
-worst of them (HF's heuristic, as in transformers 4.57: the best running beam's score at the current
-length). Rows still running at `max_new_tokens` add their live beams to the pool.
+layer; the layer loop runs while any beam of an unfinished row is not confident (`DecodeStep`). Each
+step (as Hugging Face transformers 4.57 `generate`): the top 2K of the K x V continuations; an EOS among
+the top K of them enters the row's pool of finished hypotheses with score
+sum_logprobs / generated_len ** length_penalty; the best K others become the next beams, which reorder
+the KV caches and the frontier buffer. A row is done when its pool holds K hypotheses and either
+`early_stopping` or no live beam can still beat the worst of them (HF's heuristic, as in transformers
+4.57: the best running beam's score at the current length). Rows still running at `max_new_tokens`
+add their live beams to the pool.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.exit_step import DecoderState, ExitStep, reorder_rows
+from deed_jax.decoding.decode_step import DecoderState, DecodeStep, reorder_rows
 from deed_jax.decoding.output import DecodeOutput, Hypotheses
 from deed_jax.models import MultiExitEncoderDecoder
 
@@ -62,12 +63,12 @@ def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: De
   batch = encoder_out.shape[0]
   rows = batch * k
   repeat = lambda x: jnp.repeat(x, k, axis=0)  # [B, ...] -> [B * K, ...], beams of a row adjacent
-  exit_step = ExitStep(model, repeat(encoder_out), repeat(encoder_mask), config, threshold)
+  decode_step = DecodeStep(model, repeat(encoder_out), repeat(encoder_mask), config, threshold)
   row_base = (jnp.arange(batch) * k)[:, None]  # [B, 1]
 
   def step(beams: _Beams) -> _Beams:
     p = beams.position
-    decoder, emitted = exit_step(beams.decoder, p, beams.last_token, repeat(~beams.done))
+    decoder, emitted = decode_step(beams.decoder, p, beams.last_token, repeat(~beams.done))
     vocab = model.config.vocab_size
     log_probs = jax.nn.log_softmax(model.logits(emitted.features).astype(jnp.float32))  # [R, V]
     candidates = beams.live.scores[:, :, None] + log_probs.reshape(batch, k, vocab)  # [B, K, V]
@@ -115,7 +116,7 @@ def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: De
       position=jnp.int32(0),
       last_token=jnp.full((rows,), config.bos_id, jnp.int32),
       done=jnp.zeros((batch,), bool),
-      decoder=exit_step.init_state(),
+      decoder=decode_step.init_state(),
       live=Hypotheses(empty(config.pad_id, jnp.int32), live_scores, empty(0, jnp.int32),
                       empty(0.0, jnp.float32)),
       finished=Hypotheses(empty(config.pad_id, jnp.int32), jnp.full((batch, k), -jnp.inf),

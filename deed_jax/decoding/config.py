@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from deed_jax.models import ModelConfig
 
 STRATEGIES = ("greedy", "beam")
@@ -77,7 +79,12 @@ class DecodeConfig:
     return dataclasses.replace(self, **ids)
 
 
-def check_threshold(threshold: float) -> None:
-  """A threshold is a number >= 0; above 1 it never exits early (max_prob, margin, entropy <= 1)."""
-  if not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold < 0:
+def check_threshold(threshold) -> float:
+  """A threshold is a real number >= 0: a Python, NumPy or (concrete) JAX scalar, not a bool. Above 1
+  it never exits early (max_prob, margin, entropy-based confidences are <= 1). -> it as a float."""
+  value = None if isinstance(threshold, bool) else np.asarray(threshold)
+  if (value is None or value.ndim != 0 or value.dtype == bool
+      or not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
+      or np.isnan(value) or value < 0):
     raise ValueError(f"threshold={threshold!r} must be a number >= 0 (above 1 means never exit early).")
+  return float(value)

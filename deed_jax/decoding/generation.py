@@ -27,24 +27,34 @@ def _generate(graphdef, params, encoder_inputs, threshold, *, config: DecodeConf
   return decode(nnx.merge(graphdef, params), encoder_inputs, config, threshold)
 
 
-def make_generate(model: MultiExitEncoderDecoder, config: DecodeConfig
-                  ) -> Callable[..., DecodeOutput]:
-  """Check `config` against the model and split the model once; -> fn(encoder_inputs, threshold=None).
+class Generate:
+  """`generate` bound to one model and one `DecodeConfig`: the config is checked and the model split
+  once, so each call only checks its inputs and runs (use it in loops: benchmarks, evaluation,
+  threshold sweeps). `run(encoder_inputs, threshold=None)`; `run.lower(...)` gives the program that
+  call compiles, for inspection (HLO text, cost analysis)."""
 
-  Use it in loops (benchmarks, evaluation): each call then only checks the inputs and runs.
-  """
-  config = config.resolve(model.config)
-  graphdef, params = nnx.split(model, nnx.Param)
-  # The threshold travels as a traced value: key the compiled function on the rest of the config.
-  static = dataclasses.replace(config, threshold=0.0)
+  def __init__(self, model: MultiExitEncoderDecoder, config: DecodeConfig):
+    self.model = model
+    self.config = config.resolve(model.config)
+    self.graphdef, self.params = nnx.split(model, nnx.Param)
+    # The threshold travels as a traced value: key the compiled function on the rest of the config.
+    self.static_config = dataclasses.replace(self.config, threshold=0.0)
 
-  def run(encoder_inputs: dict, threshold: float | None = None) -> DecodeOutput:
-    threshold = config.threshold if threshold is None else threshold
-    check_threshold(threshold)
-    model.check_inputs(encoder_inputs)
-    return _generate(graphdef, params, encoder_inputs, jnp.float32(threshold), config=static)
+  def _arguments(self, encoder_inputs: dict, threshold) -> tuple:
+    threshold = check_threshold(self.config.threshold if threshold is None else threshold)
+    self.model.check_inputs(encoder_inputs)
+    return self.graphdef, self.params, encoder_inputs, jnp.float32(threshold)
 
-  return run
+  def __call__(self, encoder_inputs: dict, threshold=None) -> DecodeOutput:
+    return _generate(*self._arguments(encoder_inputs, threshold), config=self.static_config)
+
+  def lower(self, encoder_inputs: dict, threshold=None) -> jax.stages.Lowered:
+    return _generate.lower(*self._arguments(encoder_inputs, threshold), config=self.static_config)
+
+
+def make_generate(model: MultiExitEncoderDecoder, config: DecodeConfig) -> Generate:
+  """Check `config` against the model and split the model once; -> run(encoder_inputs, threshold=None)."""
+  return Generate(model, config)
 
 
 def make_encode(model: MultiExitEncoderDecoder) -> Callable[[dict], tuple[jax.Array, jax.Array]]:

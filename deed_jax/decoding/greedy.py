@@ -1,4 +1,4 @@
-"""Greedy decoding with step-level early exit: one `lax.while_loop` over tokens around `ExitStep`.
+"""Greedy decoding with step-level early exit: one `lax.while_loop` over tokens around `DecodeStep`.
 
 Each row's token is the argmax of its own exit; a row's tokens equal those of decoding it alone.
 """
@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.exit_step import DecoderState, ExitStep
+from deed_jax.decoding.decode_step import DecoderState, DecodeStep
 from deed_jax.decoding.output import DecodeOutput
 from deed_jax.models import MultiExitEncoderDecoder
 
@@ -32,11 +32,11 @@ def greedy_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: 
   n = config.max_new_tokens
   encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
   batch = encoder_out.shape[0]
-  exit_step = ExitStep(model, encoder_out, encoder_mask, config, threshold)
+  decode_step = DecodeStep(model, encoder_out, encoder_mask, config, threshold)
 
   def step(loop: _Loop) -> _Loop:
     p, live = loop.position, ~loop.done
-    decoder, emitted = exit_step(loop.decoder, p, loop.last_token, live)
+    decoder, emitted = decode_step(loop.decoder, p, loop.last_token, live)
     token = jnp.where(live, emitted.token, config.pad_id)
     out = loop.out
     out = out._replace(tokens=out.tokens.at[:, p].set(token),
@@ -51,7 +51,7 @@ def greedy_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: 
       position=jnp.int32(0),
       last_token=jnp.full((batch,), config.bos_id, jnp.int32),
       done=jnp.zeros((batch,), bool),
-      decoder=exit_step.init_state(),
+      decoder=decode_step.init_state(),
       out=DecodeOutput(jnp.full((batch, n), config.pad_id, jnp.int32), jnp.zeros((batch,), jnp.float32),
                        jnp.zeros((batch, n), jnp.int32), jnp.zeros((batch, n), jnp.float32),
                        jnp.zeros((n,), jnp.int32), jnp.zeros((model.config.decoder_layers,), jnp.int32)))

@@ -141,7 +141,7 @@ def greedy_reference(model: MultiExitEncoderDecoder, encoder_inputs: dict, confi
   if threshold is None:
     threshold = config.threshold
   if not isinstance(threshold, jax.core.Tracer):
-    check_threshold(float(threshold))
+    check_threshold(threshold)
   model.check_inputs(encoder_inputs)
   encoder_out, encoder_mask = model.encode(encoder_inputs)
   if config.exit_mode == "static":

@@ -1,12 +1,14 @@
 """The multi-exit decoder: L layers, each followed by an exit (adapter_l -> shared final norm).
 
-The shared LM head lives in the model (it may be tied to the token embedding). Decoding code drives
-the pieces one by one: `embed`, `self_bias`, `cross_kv`, `layers[l]`, `exit_features`.
+The shared LM head lives in the model (it may be tied to the token embedding). Two ways in:
+- `__call__`: the teacher-forced pass over whole sequences (training, the naive reference);
+- the incremental seam decoding drives one layer and one block of positions at a time:
+  `init_cache`, `cross_memory` (once per call), `embed`, `run_block(j, ...)`, `exit(j, h)`.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,9 +17,16 @@ from flax import nnx
 from deed_jax.models.config import ModelConfig
 from deed_jax.models.encoder import PositionEmbedding
 from deed_jax.models.layers import Norm, RelativePositionBias, dropout, split_rng
-from deed_jax.models.transformer import ExitAdapter, TransformerLayer, causal_bias, padding_bias
+from deed_jax.models.transformer import (ExitAdapter, KVCache, TransformerLayer, causal_bias,
+                                         padding_bias)
 
 Array = jax.Array
+
+
+class CrossMemory(NamedTuple):
+  """The encoder output as every decoder layer's cross-attention reads it; built once per decode."""
+  kv: tuple[tuple[Array, Array], ...]  # L x (k, v), each [B, H, S, Dh]
+  bias: Array  # [B, 1, 1, S] additive padding bias
 
 
 class Decoder(nnx.Module):
@@ -55,13 +64,36 @@ class Decoder(nnx.Module):
       bias = bias + self.relative_bias(query_positions, key_positions)
     return bias
 
-  def cross_kv(self, encoder_out: Array) -> list[tuple[Array, Array]]:
-    """Cross-attention K/V of every layer, computed once per encoder output: L x 2 x [B, H, S, Dh]."""
-    return [layer.cross_attention.project_kv(encoder_out) for layer in self.layers]
+  def init_cache(self, rows: int, length: int) -> tuple[KVCache, ...]:
+    """Empty self-attention caches of every layer: L x (k, v) [rows, H, length, Dh], compute dtype."""
+    cfg = self.config
+    shape = (rows, cfg.num_heads, length, cfg.resolved_head_dim)
+    zeros = lambda: jnp.zeros(shape, jnp.dtype(cfg.dtype))
+    return tuple(KVCache(zeros(), zeros()) for _ in range(cfg.decoder_layers))
 
-  def exit_features(self, hidden: Array, layer_index: int) -> Array:
-    """Exit after layer `layer_index` (0-based): adapter -> shared final norm. [..., D] -> [..., D]."""
-    h = self.adapters[layer_index](hidden)
+  def cross_memory(self, encoder_out: Array, encoder_mask: Array) -> CrossMemory:
+    """encoder_out [B, S, D_enc], encoder_mask [B, S] -> every layer's cross K/V and the padding bias."""
+    return CrossMemory(tuple(layer.cross_attention.project_kv(encoder_out) for layer in self.layers),
+                       padding_bias(encoder_mask))
+
+  def run_block(self, j: int, x: Array, start: Array | int, cache: KVCache, memory: CrossMemory
+                ) -> tuple[Array, KVCache]:
+    """Layer j (0-based) over the block of positions [start, start + W): x [B, W, D] is layer j-1's
+    output there. The block attends to the cache's positions before `start` and to itself (causally),
+    and its K/V are written into the cache at `start`. -> (layer j's output [B, W, D], cache)."""
+    width, cache_length = x.shape[1], cache.k.shape[2]
+    bias = self.self_bias(start + jnp.arange(width), jnp.arange(cache_length))  # [1, 1|H, W, T]
+    return self.layers[j](x, bias, cross_kv=memory.kv[j], cross_bias=memory.bias, cache=cache,
+                          cache_index=start)
+
+  def self_kv(self, j: int, x: Array) -> tuple[Array, Array]:
+    """The self-attention K/V layer j derives from an input x [B, T, D]: 2 x [B, H, T, Dh]. (CALM's
+    copy mode gives a skipped layer K/V projected from the exit state.)"""
+    return self.layers[j].self_kv(x)
+
+  def exit(self, j: int, hidden: Array) -> Array:
+    """Exit j (0-based): the layer's output through adapter_j and the shared final norm. [..., D]."""
+    h = self.adapters[j](hidden)
     return self.final_norm(h) if self.config.norm_position == "pre" else h
 
   def __call__(self, token_ids: Array, encoder_out: Array, encoder_mask: Array, token_embedding: Array,
@@ -85,5 +117,5 @@ class Decoder(nnx.Module):
       kv_input = None if kv_input_fn is None else kv_input_fn(index, x)
       x, _ = layer(x, self_bias, cross_kv=cross_kv, cross_bias=cross_bias, kv_input=kv_input,
                    dropout_rng=rngs[index])
-      exits.append(self.exit_features(x, index))
+      exits.append(self.exit(index, x))
     return jnp.stack(exits)  # [L', B, T, D]

@@ -8,6 +8,7 @@ to (`is_stable`), so that two correct implementations cannot disagree by roundin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Callable
 
@@ -75,6 +76,22 @@ def spread_threshold(decode_fn: Callable, thresholds) -> float:
       return threshold
   raise AssertionError(f"every candidate threshold has a decision within {THRESHOLD_MARGIN}: "
                        f"{thresholds}")
+
+
+@contextlib.contextmanager
+def count_compilations():
+  """Counts the XLA compilations inside the block, from JAX's own monitoring events: `[count]`."""
+  count = [0]
+
+  def listener(event: str, duration: float, **kwargs):
+    del duration, kwargs
+    count[0] += event == "/jax/core/compile/backend_compile_duration"
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield count
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def replace(config: DecodeConfig, **changes) -> DecodeConfig:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import jax
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from deed_jax.decoding import generation as generate_module
+from deed_jax.decoding import make_generate
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.models import MultiExitEncoderDecoder
 from tests.conftest import random_inputs, tiny_config
@@ -59,14 +58,11 @@ def test_deed_decode_does_not_copy_the_cache_per_layer(batch):
   config = tiny_config(decoder_layers=4, vocab_size=11, max_target_length=20, num_heads=4)
   model = MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
   encoder_inputs, _ = random_inputs(config, batch=batch, seed=0)
-  graphdef, params = nnx.split(model, nnx.Param)
   for decode, rows in ((DecodeConfig(max_new_tokens=17, backfill_chunk=4), batch),
                        (DecodeConfig(max_new_tokens=17, backfill_chunk=4, exit_mode="copy"), batch),
                        (DecodeConfig(max_new_tokens=17, backfill_chunk=4, strategy="beam", num_beams=3),
                         3 * batch)):
-    decode = dataclasses.replace(decode.resolve(config), threshold=0.0)
-    text = generate_module._generate.lower(graphdef, params, encoder_inputs, jnp.float32(0.5),
-                                           config=decode).compile().as_text()
+    text = make_generate(model, decode).lower(encoder_inputs, 0.5).compile().as_text()
     length = 17 + (4 if decode.exit_mode == "deed" else 1)
     cache = f"f32[{rows},4,{length},{config.resolved_head_dim}]"
     frontier = f"f32[{rows},{length},{config.d_model}]"

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from deed_jax.decoding import generation as generate_module
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import generate, make_generate
 from deed_jax.decoding.reference import greedy_reference
 from tests.conftest import random_inputs
-from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, distinct_exits, replace,
-                                    spread_model, spread_threshold)
+from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, count_compilations,
+                                    distinct_exits, replace, spread_model, spread_threshold)
 
 
 def _assert_same(out, expected):
@@ -103,11 +103,15 @@ def test_threshold_and_batch_contents_do_not_recompile():
   other_inputs, _ = random_inputs(model.config, batch=2, seed=5)
   for decode in (DecodeConfig(max_new_tokens=6),
                  DecodeConfig(max_new_tokens=6, strategy="beam", num_beams=2)):
-    before = generate_module._generate._cache_size()
-    for threshold in (0.3, 0.6, 0.95):
-      generate(model, encoder_inputs, replace(decode, threshold=threshold))
-    generate(model, other_inputs, replace(decode, threshold=0.4))
-    assert generate_module._generate._cache_size() - before == 1
+    generate(model, encoder_inputs, replace(decode, threshold=0.3))  # compiles
+    with count_compilations() as compiled:
+      for threshold in (0.6, np.float32(0.95), jnp.float32(2.0)):
+        generate(model, encoder_inputs, replace(decode, threshold=threshold))
+      make_generate(model, decode)(other_inputs, threshold=0.4)
+    assert compiled[0] == 0
+    with count_compilations() as compiled:  # The count sees a compilation: a new batch size.
+      generate(model, _rows(encoder_inputs, 0), decode)
+    assert compiled[0] >= 1
 
 
 def test_bad_inputs_fail_before_compiling():
@@ -115,7 +119,6 @@ def test_bad_inputs_fail_before_compiling():
   encoder_inputs, _ = random_inputs(model.config, batch=2, seed=4)
   bad_ids = dict(encoder_inputs, input_ids=np.asarray(encoder_inputs["input_ids"]).copy())
   bad_ids["input_ids"][1, 0] = 11
-  before = generate_module._generate._cache_size()
   failures = [
       (bad_ids, DecodeConfig(max_new_tokens=6), r"11"),
       (encoder_inputs, DecodeConfig(max_new_tokens=11), "max_new_tokens=11 exceeds"),
@@ -123,9 +126,12 @@ def test_bad_inputs_fail_before_compiling():
        "fixed_exit_layer=5"),
       (encoder_inputs, DecodeConfig(max_new_tokens=6, pad_id=-1), r"pad_id=-1 is outside the vocabulary"),
   ]
-  for inputs, config, message in failures:
-    with pytest.raises(ValueError, match=message):
-      generate(model, inputs, config)
-  with pytest.raises(ValueError, match="threshold=nan"):
-    make_generate(model, DecodeConfig(max_new_tokens=6))(encoder_inputs, float("nan"))
-  assert generate_module._generate._cache_size() == before
+  with count_compilations() as compiled:
+    for inputs, config, message in failures:
+      with pytest.raises(ValueError, match=message):
+        generate(model, inputs, config)
+    run = make_generate(model, DecodeConfig(max_new_tokens=6))
+    for threshold in (float("nan"), True, -0.5, np.array([0.5]), "0.5"):
+      with pytest.raises(ValueError, match="threshold=.* must be a number >= 0"):
+        run(encoder_inputs, threshold)
+  assert compiled[0] == 0

@@ -9,7 +9,6 @@ import pytest
 from flax import nnx
 
 from deed_jax.models import MultiExitEncoderDecoder
-from deed_jax.models.transformer import KVCache, padding_bias
 from tests.conftest import random_inputs, randomize, tiny_config
 
 
@@ -29,24 +28,16 @@ def test_blockwise_cached_decoding_equals_full_pass(overrides, blocks):
   full = np.asarray(model.exit_features(encoder_inputs, decoder_ids))  # [L, B, T, D]
 
   decoder = model.decoder
-  encoder_out, encoder_mask = model.encode(encoder_inputs)
-  cross_kv = decoder.cross_kv(encoder_out)
-  cross_bias = padding_bias(encoder_mask)
-  max_length = config.max_target_length  # The cache is longer than the 7 positions decoded.
-  heads, head_dim = config.num_heads, config.resolved_head_dim
-  caches = [KVCache(jnp.zeros((2, heads, max_length, head_dim)), jnp.zeros((2, heads, max_length, head_dim)))
-            for _ in range(config.decoder_layers)]
-  key_positions = jnp.arange(max_length)
+  memory = decoder.cross_memory(*model.encode(encoder_inputs))
+  caches = list(decoder.init_cache(2, config.max_target_length))  # longer than the 7 positions decoded
   outputs, start = [], 0
   for size in blocks:
-    positions = jnp.arange(start, start + size)
-    x = decoder.embed(decoder_ids[:, start:start + size], positions, model.token_embedding[...])
-    bias = decoder.self_bias(positions, key_positions)  # [1, 1|H, size, T_max]
+    x = decoder.embed(decoder_ids[:, start:start + size], jnp.arange(start, start + size),
+                      model.token_embedding[...])  # [B, size, D]
     exits = []
-    for index, layer in enumerate(decoder.layers):
-      x, caches[index] = layer(x, bias, cross_kv=cross_kv[index], cross_bias=cross_bias,
-                               cache=caches[index], cache_index=start)
-      exits.append(decoder.exit_features(x, index))
+    for j in range(config.decoder_layers):
+      x, caches[j] = decoder.run_block(j, x, start, caches[j], memory)
+      exits.append(decoder.exit(j, x))
     outputs.append(np.stack(exits))
     start += size
   np.testing.assert_allclose(np.concatenate(outputs, axis=2), full, atol=2e-5)

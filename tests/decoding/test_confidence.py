@@ -1,0 +1,43 @@
+"""The confidence measures against hand-worked values and a NumPy float64 recomputation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deed_jax.decoding.confidence import confidence
+
+
+def _numpy_confidence(logits: np.ndarray, kind: str) -> np.ndarray:
+  z = logits.astype(np.float64)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  top = np.sort(p, axis=-1)[..., ::-1]
+  if kind == "max_prob":
+    return top[..., 0]
+  if kind == "margin":
+    return top[..., 0] - top[..., 1]
+  entropy = -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1)
+  return 1.0 - entropy / math.log(p.shape[-1])
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("max_prob", 0.5), ("margin", 0.25), ("entropy", 1.0 - 1.5 * math.log(2) / math.log(3))])
+def test_hand_worked_distribution(kind, expected):
+  logits = np.log(np.array([[0.25, 0.5, 0.25]], np.float32))  # p = (1/4, 1/2, 1/4)
+  np.testing.assert_allclose(np.asarray(confidence(logits, kind)), [expected], rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["max_prob", "margin", "entropy"])
+def test_extremes_and_random_logits(kind):
+  uniform = np.zeros((1, 8), np.float32)
+  certain = np.array([[0.0, 60.0, 0.0, 0.0]], np.float32)
+  low = {"max_prob": 1 / 8, "margin": 0.0, "entropy": 0.0}[kind]
+  np.testing.assert_allclose(np.asarray(confidence(uniform, kind)), [low], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(confidence(certain, kind)), [1.0], atol=1e-6)
+  logits = np.random.default_rng(0).normal(scale=3.0, size=(4, 5, 11)).astype(np.float32)  # [.., V]
+  ours = np.asarray(confidence(logits, kind))
+  assert ours.shape == (4, 5) and ((ours >= 0) & (ours <= 1)).all()
+  np.testing.assert_allclose(ours, _numpy_confidence(logits, kind), atol=1e-6)
