@@ -7,8 +7,16 @@ Each beam takes its log-probs from its own first confident exit (threshold > 1: 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import numpy as np
+
+
+class BeamResult(NamedTuple):
+  pools: list  # per row: [(score, tokens, exit_layers, confidences)], best first
+  layers_run: list[int]  # per step: the deepest exit among the beams of rows still running
+  row_steps: list[int]  # per row: steps run before the row was done
 
 
 def _log_softmax(z):
@@ -27,13 +35,16 @@ def _add(pool, hypothesis, num_beams):
 
 def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, length_penalty=1.0,
                 early_stopping=False, threshold=2.0, min_exit_layer=1):
-  """-> per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)]."""
+  """-> BeamResult: per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)];
+  per step, the deepest exit any beam of a still-running row took ([max_new_tokens] ints, 0 once every
+  row is done: the layers a batched decoder must run at that step, no more); per row, the steps it
+  ran before it was done."""
   cfg = model.config
   k, n = num_beams, max_new_tokens
   # Prefixes are padded to n: causal attention makes position p's logits those of the prefix alone,
   # and one compiled forward serves every step.
   forward = jax.jit(lambda inputs, prefix: model(inputs, prefix))
-  pools = []
+  pools, layers_run, row_steps = [], [0] * max_new_tokens, []
   for b in range(len(next(iter(encoder_inputs.values())))):
     row_inputs = {name: np.repeat(value[b:b + 1], k, axis=0) for name, value in encoder_inputs.items()}
     # (sum of log-probs, tokens, exit layers, confidences)
@@ -50,6 +61,7 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
         layer = next((l for l in range(cfg.decoder_layers)
                       if l >= min_exit_layer - 1 and confidences[l, i] >= threshold),
                      cfg.decoder_layers - 1)
+        layers_run[p] = max(layers_run[p], layer + 1)
         for token in range(cfg.vocab_size):
           candidates.append((score + log_probs[layer, i, token], i, token, layer + 1,
                              confidences[layer, i]))
@@ -71,8 +83,9 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
         done = early_stopping or min(h[0] for h in pool) >= best_possible
       if done:
         break
+    row_steps.append(p + 1)
     if not done:
       for score, tokens, exits, confs in beams:
         _add(pool, (score / n ** length_penalty, tokens, exits, confs), k)
     pools.append(sorted(pool, key=lambda h: -h[0]))
-  return pools
+  return BeamResult(pools, layers_run, row_steps)

@@ -49,6 +49,14 @@ def confidence_quantiles(model, encoder_inputs, max_new_tokens: int) -> np.ndarr
   return np.quantile(confidences, np.linspace(0.05, 0.95, 19))
 
 
+def frequent_token(model, encoder_inputs, steps: int) -> int:
+  """An EOS id that the full model emits mid-sequence, so rows end at different steps (random models
+  rarely emit id 2)."""
+  tokens = np.asarray(greedy_reference(model, encoder_inputs, DecodeConfig(
+      exit_mode="static", max_new_tokens=steps)).tokens)
+  return int(np.bincount(tokens[:, 2:].ravel()).argmax())
+
+
 def _decisions(out) -> tuple[np.ndarray, np.ndarray]:
   """Tokens and exit layers of a greedy output, or of every beam hypothesis."""
   out = out.beams if getattr(out, "beams", None) is not None else out
@@ -67,15 +75,17 @@ def is_stable(decode_fn: Callable, threshold: float) -> bool:
   return True
 
 
-def spread_threshold(decode_fn: Callable, thresholds) -> float:
+def spread_threshold(decode_fn: Callable, thresholds, require: Callable[[float], bool] | None = None
+                     ) -> float:
   """The stable threshold among `thresholds` whose exits (`decode_fn(threshold)`: a greedy or beam
-  output) cover the most layers. `decode_fn` should be compiled once with a traced threshold."""
+  output) cover the most layers, among those for which `require(threshold)` holds (e.g. "the deed
+  decode backfilled something"). `decode_fn` should be compiled once with a traced threshold."""
   spread = {float(t): distinct_exits(_decisions(decode_fn(float(t)))[1]) for t in thresholds}
   for threshold in sorted(spread, key=lambda t: -spread[t]):  # widest spread first
-    if is_stable(decode_fn, threshold):
+    if (require is None or require(threshold)) and is_stable(decode_fn, threshold):
       return threshold
-  raise AssertionError(f"every candidate threshold has a decision within {THRESHOLD_MARGIN}: "
-                       f"{thresholds}")
+  raise AssertionError(f"no candidate threshold is stable (no decision within {THRESHOLD_MARGIN})"
+                       f"{'' if require is None else ' and meets the requirement'}: {thresholds}")
 
 
 @contextlib.contextmanager

@@ -9,17 +9,10 @@ from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import generate, make_generate
 from tests.conftest import random_inputs
 from tests.decoding.beam_reference import beam_search
-from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, replace, spread_model,
+from tests.decoding.helpers import (confidence_quantiles, frequent_token, replace, spread_model,
                                     spread_threshold)
 
 NUM_BEAMS, STEPS = 3, 8
-
-
-def _frequent_token(model, encoder_inputs):
-  """An EOS id that hypotheses actually produce mid-sequence (random models rarely emit id 2)."""
-  tokens = np.asarray(generate(model, encoder_inputs, DecodeConfig(max_new_tokens=STEPS,
-                                                                   threshold=1.5)).tokens)
-  return int(np.bincount(tokens[:, 2:].ravel()).argmax())
 
 
 def _assert_pools_equal(out, pools, pad_id):
@@ -43,11 +36,11 @@ def test_full_depth_beam_equals_straightforward_beam_search(encoder, seed, lengt
                                                             early_stopping, eos):
   model = spread_model(encoder, seed)
   encoder_inputs, _ = random_inputs(model.config, batch=3, seed=seed)
-  eos_id = _frequent_token(model, encoder_inputs) if eos == "frequent" else model.config.eos_id
+  eos_id = frequent_token(model, encoder_inputs, STEPS) if eos == "frequent" else model.config.eos_id
   decode = DecodeConfig(strategy="beam", num_beams=NUM_BEAMS, max_new_tokens=STEPS, threshold=1.5,
                         length_penalty=length_penalty, early_stopping=early_stopping, eos_id=eos_id)
   pools = beam_search(model, encoder_inputs, num_beams=NUM_BEAMS, max_new_tokens=STEPS, eos_id=eos_id,
-                      length_penalty=length_penalty, early_stopping=early_stopping)
+                      length_penalty=length_penalty, early_stopping=early_stopping).pools
   for mode in ("deed", "static"):
     _assert_pools_equal(generate(model, encoder_inputs, replace(decode, exit_mode=mode)), pools,
                         model.config.pad_id)
@@ -58,22 +51,39 @@ def test_full_depth_beam_equals_straightforward_beam_search(encoder, seed, lengt
     assert max(lengths) == STEPS
 
 
-@pytest.mark.parametrize("encoder, seed", [SPREAD_SEEDS[0],
-                                           pytest.param(*SPREAD_SEEDS[1], marks=pytest.mark.slow)])
-def test_early_exit_beam_equals_straightforward_beam_search(encoder, seed):
+# Models and batches with several thresholds that meet the test's preconditions (`telling`).
+@pytest.mark.parametrize("encoder, seed, batch", [
+    ("image", 3, 3), pytest.param("text", 2, 4, marks=pytest.mark.slow)])
+def test_early_exit_beam_equals_straightforward_beam_search(encoder, seed, batch):
   model = spread_model(encoder, seed)
-  encoder_inputs, _ = random_inputs(model.config, batch=3, seed=seed)
-  eos_id = _frequent_token(model, encoder_inputs)
+  encoder_inputs, _ = random_inputs(model.config, batch=batch, seed=seed)
+  eos_id = frequent_token(model, encoder_inputs, STEPS)
   decode = DecodeConfig(strategy="beam", num_beams=NUM_BEAMS, max_new_tokens=STEPS, exit_mode="deed",
                         length_penalty=0.8, eos_id=eos_id)
   oracle = make_generate(model, replace(decode, exit_mode="oracle"))
+  deed_run = make_generate(model, replace(decode, threshold=0.0))
+  reference = lambda t: beam_search(model, encoder_inputs, num_beams=NUM_BEAMS, max_new_tokens=STEPS,
+                                    eos_id=eos_id, length_penalty=0.8, threshold=t)
+
+  def telling(threshold) -> bool:
+    """The deed run backfills, and at some step a row is done while the running rows' beams all exit
+    below the top layer (so a finished row could wrongly force depth)."""
+    result = reference(threshold)
+    done_beside_shallow = any(0 < depth < model.config.decoder_layers and min(result.row_steps) <= p
+                              for p, depth in enumerate(result.layers_run))
+    return done_beside_shallow and int(np.asarray(deed_run(encoder_inputs, threshold).backfilled).sum()) > 0
+
   threshold = spread_threshold(lambda t: oracle(encoder_inputs, t),
-                               confidence_quantiles(model, encoder_inputs, STEPS))
-  pools = beam_search(model, encoder_inputs, num_beams=NUM_BEAMS, max_new_tokens=STEPS, eos_id=eos_id,
-                      length_penalty=0.8, threshold=threshold)
+                               confidence_quantiles(model, encoder_inputs, STEPS), require=telling)
+  pools, layers_run, _ = reference(threshold)
   assert len({e for pool in pools for h in pool for e in h[2]}) >= 3  # Exits at many layers.
-  deed = generate(model, encoder_inputs, replace(decode, threshold=float(threshold)))
+  deed = deed_run(encoder_inputs, threshold)
   _assert_pools_equal(deed, pools, model.config.pad_id)
+  assert np.asarray(deed.backfilled).sum() > 0  # Beams, too, computed skipped layers later.
+  # The batch rule: each step runs exactly as deep as the deepest exit among the beams of rows still
+  # running; finished rows and shallower beams never force depth.
+  assert np.asarray(deed.layers_run).tolist() == layers_run
+  assert min(d for d in layers_run if d) < model.config.decoder_layers  # Some step stopped early.
   _assert_pools_equal(oracle(encoder_inputs, float(threshold)), pools, model.config.pad_id)
   alone = generate(model, {k: v[1:2] for k, v in encoder_inputs.items()},
                    replace(decode, threshold=float(threshold)))

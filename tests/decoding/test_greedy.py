@@ -12,7 +12,8 @@ from deed_jax.decoding.generation import generate, make_generate
 from deed_jax.decoding.reference import greedy_reference
 from tests.conftest import random_inputs
 from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, count_compilations,
-                                    distinct_exits, replace, spread_model, spread_threshold)
+                                    distinct_exits, frequent_token, replace, spread_model,
+                                    spread_threshold)
 
 
 def _assert_same(out, expected):
@@ -33,11 +34,15 @@ def test_deed_and_oracle_equal_the_naive_reference(encoder, seed, chunk):
   encoder_inputs, _ = random_inputs(model.config, batch=4, seed=seed)
   decode = DecodeConfig(exit_mode="deed", max_new_tokens=9, backfill_chunk=chunk)
   reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
-  threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 9))
+  deed = make_generate(model, decode)
+  backfills = lambda t: int(np.asarray(deed(encoder_inputs, t).backfilled).sum()) > 0
+  threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 9),
+                               require=backfills)
   expected = reference(threshold)
   assert distinct_exits(expected.exit_layers) >= 3  # Exits really happen at many layers.
-  deed = make_generate(model, decode)
-  _assert_same(deed(encoder_inputs, threshold), expected)
+  out = deed(encoder_inputs, threshold)
+  _assert_same(out, expected)
+  assert np.asarray(out.backfilled).sum() > 0  # The batch, too, computed skipped layers later.
   _assert_same(generate(model, encoder_inputs, replace(decode, exit_mode="oracle", threshold=threshold)),
                expected)
   backfilled = 0
@@ -62,6 +67,33 @@ def test_copy_equals_its_naive_reference(encoder, seed):
   # Copied states are not the full model's: the copy model's confidences depart from DEED's.
   deed = greedy_reference(model, encoder_inputs, replace(decode, exit_mode="deed"), threshold)
   assert not np.allclose(np.asarray(deed.confidences), np.asarray(expected.confidences), atol=1e-3)
+
+
+def test_layers_run_is_the_deepest_exit_among_rows_still_decoding():
+  """The batch rule: a step runs exactly as deep as its deepest live exit; rows that have finished
+  (emitted EOS) or exited lower never force depth."""
+  model = spread_model("text", 0)
+  encoder_inputs, _ = random_inputs(model.config, batch=4, seed=0)
+  decode = DecodeConfig(exit_mode="deed", max_new_tokens=9,
+                        eos_id=frequent_token(model, encoder_inputs, 9))  # rows end at different steps
+  layers = model.config.decoder_layers
+  run = make_generate(model, decode)
+
+  def telling(threshold) -> bool:
+    """Some step has a finished row beside live ones that all exit below the top, and some step has
+    live rows exiting at different layers."""
+    exits = np.asarray(run(encoder_inputs, threshold).exit_layers).T  # [N, B], 0: finished
+    finished_beside_shallow = ((exits == 0).any(1) & (exits.max(1) > 0) & (exits.max(1) < layers))
+    mixed = [len(set(step[step > 0].tolist())) > 1 for step in exits]
+    return bool(finished_beside_shallow.any() and any(mixed))
+
+  reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
+  threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 9),
+                               require=telling)
+  out = run(encoder_inputs, threshold)
+  _assert_same(out, reference(threshold))
+  exits = np.asarray(out.exit_layers)  # [B, N]
+  np.testing.assert_array_equal(np.asarray(out.layers_run), exits.max(0))
 
 
 def test_rows_decode_as_if_alone_and_static_fixed_match_reference():
