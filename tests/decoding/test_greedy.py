@@ -167,3 +167,45 @@ def test_bad_inputs_fail_before_compiling():
       with pytest.raises(ValueError, match="threshold=.* must be a number >= 0"):
         run(encoder_inputs, threshold)
   assert compiled[0] == 0
+
+
+def _replay_block_rule(layers_run, num_layers: int, chunk: int):
+  """The layer calls the block rule makes, replayed from the per-step depths [N]: at step p, each layer
+  j < depth runs its block [fill_j, p] as whole `chunk`-wide calls, then one call of the smallest
+  power of two (at most `chunk`) that holds the rest.
+  -> ([(first position, real positions, width)], backfilled [L])."""
+  fill, calls, backfilled = [0] * num_layers, [], np.zeros(num_layers, np.int64)
+  for p, depth in enumerate(layers_run):
+    for j in range(depth):
+      start, size = fill[j], p + 1 - fill[j]
+      backfilled[j] += size - 1
+      calls += [(start + i * chunk, chunk, chunk) for i in range(size // chunk)]
+      if size % chunk:
+        rest = size % chunk
+        calls.append((p + 1 - rest, rest, min(chunk, 1 << (rest - 1).bit_length())))
+      fill[j] = p + 1
+  return calls, backfilled
+
+
+@pytest.mark.parametrize("chunk", [5, 8, 16])
+def test_padded_blocks_stay_exact(chunk):
+  """Blocks whose last call is padded past the current position into the cache's slack, with
+  max_new_tokens = every decoder position the model has (chunk 16 > 10 positions: every padded
+  call of width 16 runs past the last position)."""
+  model = spread_model("text", 0)
+  steps = model.config.max_target_length
+  encoder_inputs, _ = random_inputs(model.config, batch=2, seed=0)
+  decode = DecodeConfig(exit_mode="deed", max_new_tokens=steps, backfill_chunk=chunk)
+  deed = make_generate(model, decode)
+  layers = model.config.decoder_layers
+  has_padding = lambda calls: any(width > real for _, real, width in calls)
+  telling = lambda t: has_padding(_replay_block_rule(np.asarray(deed(encoder_inputs, t).layers_run),
+                                                     layers, chunk)[0])
+  reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
+  threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, steps),
+                               require=telling)
+  out = deed(encoder_inputs, threshold)
+  _assert_same(out, reference(threshold))
+  calls, backfilled = _replay_block_rule(np.asarray(out.layers_run), layers, chunk)
+  np.testing.assert_array_equal(np.asarray(out.backfilled), backfilled)  # The replay is the run.
+  assert has_padding(calls)  # Some block's last call ran padded.
