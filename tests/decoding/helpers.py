@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from deed_jax.decoding.confidence import confidence
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.reference import greedy_reference
 from deed_jax.models import MultiExitEncoderDecoder
@@ -29,8 +30,9 @@ SPREAD_SEEDS = (("text", 0), ("image", 3), ("text", 2), ("image", 2))
 THRESHOLD_MARGIN = 1e-4
 
 
-def spread_model(encoder: str, seed: int) -> MultiExitEncoderDecoder:
-  config = tiny_config(encoder=encoder, decoder_layers=4, vocab_size=11, max_target_length=10)
+def spread_model(encoder: str, seed: int, **overrides) -> MultiExitEncoderDecoder:
+  config = tiny_config(encoder=encoder, decoder_layers=4, vocab_size=11, max_target_length=10,
+                       **overrides)
   return randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(seed)), seed=seed, scale=0.5)
 
 
@@ -39,13 +41,15 @@ def distinct_exits(exit_layers) -> int:
   return len(set(layers[layers > 0].tolist()))
 
 
-def confidence_quantiles(model, encoder_inputs, max_new_tokens: int) -> np.ndarray:
-  """Candidate thresholds: quantiles of every exit's max-prob along the full model's greedy output."""
+def confidence_quantiles(model, encoder_inputs, max_new_tokens: int, kind: str = "max_prob"
+                         ) -> np.ndarray:
+  """Candidate thresholds: quantiles of every exit's confidence (`kind`) along the full model's greedy
+  output."""
   static = greedy_reference(model, encoder_inputs,
                             DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens))
   tokens = np.asarray(static.tokens)
   prefix = np.concatenate([np.full((len(tokens), 1), model.config.bos_id), tokens[:, :-1]], axis=1)
-  confidences = np.asarray(jax.nn.softmax(model(encoder_inputs, prefix), axis=-1).max(-1))  # [L,B,N]
+  confidences = np.asarray(confidence(model(encoder_inputs, prefix), kind))  # [L, B, N]
   return np.quantile(confidences, np.linspace(0.05, 0.95, 19))
 
 
@@ -63,29 +67,39 @@ def _decisions(out) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(out.tokens), np.asarray(out.exit_layers)
 
 
-def is_stable(decode_fn: Callable, threshold: float) -> bool:
-  """Whether moving `threshold` by THRESHOLD_MARGIN either way changes no token and no exit: then no
+def is_stable(decode_fn: Callable, threshold: float, margin: float = THRESHOLD_MARGIN) -> bool:
+  """Whether moving `threshold` by `margin` either way changes no token and no exit: then no
   confidence compared along the way lies within the margin of it (the path, and so every confidence
   compared on it, is the same at all three thresholds)."""
   here = _decisions(decode_fn(threshold))
-  for moved in (threshold - THRESHOLD_MARGIN, threshold + THRESHOLD_MARGIN):
+  for moved in (threshold - margin, threshold + margin):
     there = _decisions(decode_fn(moved))
     if not all(np.array_equal(a, b) for a, b in zip(here, there)):
       return False
   return True
 
 
-def spread_threshold(decode_fn: Callable, thresholds, require: Callable[[float], bool] | None = None
-                     ) -> float:
+def find_threshold(decode_fn: Callable, thresholds, require: Callable[[float], bool] | None = None,
+                   margin: float = THRESHOLD_MARGIN) -> float | None:
   """The stable threshold among `thresholds` whose exits (`decode_fn(threshold)`: a greedy or beam
   output) cover the most layers, among those for which `require(threshold)` holds (e.g. "the deed
-  decode backfilled something"). `decode_fn` should be compiled once with a traced threshold."""
+  decode backfilled something"); None if there is none. `decode_fn` should be compiled once with a
+  traced threshold."""
   spread = {float(t): distinct_exits(_decisions(decode_fn(float(t)))[1]) for t in thresholds}
   for threshold in sorted(spread, key=lambda t: -spread[t]):  # widest spread first
-    if (require is None or require(threshold)) and is_stable(decode_fn, threshold):
+    if (require is None or require(threshold)) and is_stable(decode_fn, threshold, margin):
       return threshold
-  raise AssertionError(f"no candidate threshold is stable (no decision within {THRESHOLD_MARGIN})"
-                       f"{'' if require is None else ' and meets the requirement'}: {thresholds}")
+  return None
+
+
+def spread_threshold(decode_fn: Callable, thresholds, require: Callable[[float], bool] | None = None,
+                     margin: float = THRESHOLD_MARGIN) -> float:
+  """`find_threshold`, which must find one."""
+  threshold = find_threshold(decode_fn, thresholds, require, margin)
+  assert threshold is not None, (f"no candidate threshold is stable (no decision within {margin})"
+                                 f"{'' if require is None else ' and meets the requirement'}: "
+                                 f"{thresholds}")
+  return threshold
 
 
 @contextlib.contextmanager

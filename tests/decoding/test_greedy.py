@@ -7,13 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from deed_jax.decoding.confidence import confidence
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import generate, make_generate
 from deed_jax.decoding.reference import greedy_reference
 from tests.conftest import random_inputs
 from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, count_compilations,
-                                    distinct_exits, frequent_token, replace, spread_model,
-                                    spread_threshold)
+                                    distinct_exits, find_threshold, frequent_token, replace,
+                                    spread_model, spread_threshold)
 
 
 def _assert_same(out, expected):
@@ -209,3 +210,56 @@ def test_padded_blocks_stay_exact(chunk):
   calls, backfilled = _replay_block_rule(np.asarray(out.layers_run), layers, chunk)
   np.testing.assert_array_equal(np.asarray(out.backfilled), backfilled)  # The replay is the run.
   assert has_padding(calls)  # Some block's last call ran padded.
+
+
+@pytest.mark.parametrize("overrides, options", [
+    ({"position_embedding": "relative", "norm_type": "rmsnorm"}, {"confidence": "margin"}),
+    ({"norm_position": "post"}, {"confidence": "entropy"}),
+    ({}, {"min_exit_layer": 2}),
+])
+def test_deed_equals_the_naive_reference_across_model_and_exit_options(overrides, options):
+  """T5-style relative positions + RMSNorm, post-norm (BART); margin and entropy confidences; a
+  minimum exit layer. The first of the spread models with a stable threshold that backfills is tested."""
+  decode = DecodeConfig(exit_mode="deed", max_new_tokens=9, backfill_chunk=4, **options)
+  for encoder, seed in SPREAD_SEEDS:
+    model = spread_model(encoder, seed, **overrides)
+    encoder_inputs, _ = random_inputs(model.config, batch=3, seed=seed)
+    deed = make_generate(model, decode)
+    reference = jax.jit(lambda t, model=model, inputs=encoder_inputs: greedy_reference(
+        model, inputs, decode, t))
+    backfills = lambda t, inputs=encoder_inputs, deed=deed: int(
+        np.asarray(deed(inputs, t).backfilled).sum()) > 0
+    quantiles = confidence_quantiles(model, encoder_inputs, 9, decode.confidence)
+    threshold = find_threshold(reference, quantiles, require=backfills)
+    if threshold is not None:
+      break
+  assert threshold is not None, "no spread model has a stable threshold that backfills"
+  expected = reference(threshold)
+  exits = np.asarray(expected.exit_layers)
+  assert distinct_exits(exits) >= 2 and exits[exits > 0].min() >= decode.min_exit_layer
+  _assert_same(deed(encoder_inputs, threshold), expected)
+
+
+def test_bf16_deed_decisions_match_the_full_forward_within_rounding():
+  """bf16 activations round differently in a backfill block than one position at a time, so exact
+  token equality with a reference is not the claim: every decision DEED took must agree, within
+  bf16 rounding, with the full model's forward along DEED's own tokens."""
+  model = spread_model("text", 0, dtype="bfloat16")
+  encoder_inputs, _ = random_inputs(model.config, batch=3, seed=0)
+  decode = DecodeConfig(exit_mode="deed", max_new_tokens=9, backfill_chunk=4)
+  deed = make_generate(model, decode)
+  threshold = next(float(t) for t in confidence_quantiles(model, encoder_inputs, 9)[::-1]
+                   if np.asarray(deed(encoder_inputs, float(t)).backfilled).sum() > 0)
+  out = deed(encoder_inputs, threshold)
+  tokens, exits = np.asarray(out.tokens), np.asarray(out.exit_layers)  # [B, N]
+  assert distinct_exits(exits) >= 2
+  prefix = np.concatenate([np.full((3, 1), model.config.bos_id), tokens[:, :-1]], axis=1)
+  logits = np.asarray(model(encoder_inputs, prefix))  # [L, B, N, V] float32 from bf16 features
+  conf = np.asarray(confidence(logits, "max_prob"))  # [L, B, N]
+  tolerance, last = 2e-2, model.config.decoder_layers
+  for b, p in zip(*np.nonzero(exits)):
+    e = exits[b, p] - 1
+    assert e == last - 1 or conf[e, b, p] >= threshold - tolerance, (b, p)  # confident at its exit
+    assert (conf[:e, b, p] < threshold + tolerance).all(), (b, p)  # and not below it
+    assert logits[e, b, p, tokens[b, p]] >= logits[e, b, p].max() - 0.1, (b, p)  # its argmax
+    assert abs(float(np.asarray(out.confidences)[b, p]) - conf[e, b, p]) <= tolerance
