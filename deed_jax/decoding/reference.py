@@ -72,7 +72,7 @@ def greedy_with_rule(model: MultiExitEncoderDecoder, encoder_out: jax.Array, enc
   def step(t, carry):
     prefix, out, done, exit_states = carry
     if copy_states:
-      hidden, features = _copied_state_pass(model, prefix, t, out.exit_layers, exit_states, encoder_out,
+      hidden, features = copied_state_pass(model, prefix, t, out.exit_layers, exit_states, encoder_out,
                                             encoder_mask)  # [L, B, D] each
     else:
       features = model.decoder(prefix, encoder_out, encoder_mask, model.token_embedding[...])
@@ -95,7 +95,7 @@ def greedy_with_rule(model: MultiExitEncoderDecoder, encoder_out: jax.Array, enc
   return out
 
 
-def _copied_state_pass(model: MultiExitEncoderDecoder, prefix: jax.Array, t: jax.Array,
+def copied_state_pass(model: MultiExitEncoderDecoder, prefix: jax.Array, t: jax.Array,
                        exit_layers: jax.Array, exit_states: jax.Array, encoder_out: jax.Array,
                        encoder_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The whole decoder over the prefix [B, N], where each earlier position's layers above its exit

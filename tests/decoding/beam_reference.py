@@ -12,6 +12,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from deed_jax.decoding.reference import copied_state_pass
+
 
 class BeamResult(NamedTuple):
   pools: list  # per row: [(score, tokens, exit_layers, confidences)], best first
@@ -34,26 +36,41 @@ def _add(pool, hypothesis, num_beams):
 
 
 def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, length_penalty=1.0,
-                early_stopping=False, threshold=2.0, min_exit_layer=1):
+                early_stopping=False, threshold=2.0, min_exit_layer=1, copy_states=False):
   """-> BeamResult: per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)];
   per step, the deepest exit any beam of a still-running row took ([max_new_tokens] ints, 0 once every
   row is done: the layers a batched decoder must run at that step, no more); per row, the steps it
-  ran before it was done."""
+  ran before it was done.
+
+  `copy_states` (CALM's copy mode): each beam's earlier positions feed the layers above their exit
+  K/V projected from their exit state, through the naive reference's copied-state forward."""
   cfg = model.config
   k, n = num_beams, max_new_tokens
   # Prefixes are padded to n: causal attention makes position p's logits those of the prefix alone,
   # and one compiled forward serves every step.
   forward = jax.jit(lambda inputs, prefix: model(inputs, prefix))
+
+  @jax.jit
+  def copied_forward(inputs, prefix, t, exit_layers, exit_states):  # -> [L, K, V], [L, K, D] at t
+    hidden, features = copied_state_pass(model, prefix, t, exit_layers, exit_states,
+                                         *model.encode(inputs))
+    return model.logits(features), hidden
   pools, layers_run, row_steps = [], [0] * max_new_tokens, []
   for b in range(len(next(iter(encoder_inputs.values())))):
     row_inputs = {name: np.repeat(value[b:b + 1], k, axis=0) for name, value in encoder_inputs.items()}
     # (sum of log-probs, tokens, exit layers, confidences)
     beams = [(0.0, [], [], [])] + [(-1e9, [], [], [])] * (k - 1)
+    states = [np.zeros((n, cfg.d_model), np.float32)] * k  # per beam: each position's exit state
     pool, done = [], False
     for p in range(n):
       prefixes = np.array([[cfg.bos_id] + beam[1] + [cfg.pad_id] * (n - 1 - p) for beam in beams],
                           np.int32)  # [K, N]
-      logits = np.asarray(forward(row_inputs, prefixes), np.float64)[:, :, p]  # [L, K, V]
+      if copy_states:
+        exit_layers = np.array([beam[2] + [0] * (n - p) for beam in beams], np.int32)  # [K, N]
+        logits, hidden = copied_forward(row_inputs, prefixes, p, exit_layers, np.stack(states))
+        logits, hidden = np.asarray(logits, np.float64), np.asarray(hidden)  # [L, K, V], [L, K, D]
+      else:
+        logits = np.asarray(forward(row_inputs, prefixes), np.float64)[:, :, p]  # [L, K, V]
       log_probs = _log_softmax(logits)
       confidences = np.exp(log_probs).max(-1)  # [L, K]
       candidates = []
@@ -66,7 +83,7 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
           candidates.append((score + log_probs[layer, i, token], i, token, layer + 1,
                              confidences[layer, i]))
       candidates.sort(key=lambda c: -c[0])  # stable: ties keep (beam, token) order
-      new_beams = []
+      new_beams, new_states = [], []
       for rank, (score, i, token, layer, conf) in enumerate(candidates[:2 * k]):
         _, tokens, exits, confs = beams[i]
         extended = (tokens + [token], exits + [layer], confs + [conf])
@@ -75,9 +92,12 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
             _add(pool, (score / (p + 1) ** length_penalty,) + extended, k)
         else:
           new_beams.append((score,) + extended)
+          new_states.append(states[i].copy())
+          if copy_states:
+            new_states[-1][p] = hidden[layer - 1, i]
         if len(new_beams) == k:
           break
-      beams = new_beams
+      beams, states = new_beams, new_states
       if len(pool) >= k:  # HF 4.57: can the best running beam, at its current length, still win?
         best_possible = beams[0][0] / (p + 1) ** length_penalty
         done = early_stopping or min(h[0] for h in pool) >= best_possible

@@ -88,3 +88,26 @@ def test_early_exit_beam_equals_straightforward_beam_search(encoder, seed, batch
   alone = generate(model, {k: v[1:2] for k, v in encoder_inputs.items()},
                    replace(decode, threshold=float(threshold)))
   np.testing.assert_array_equal(np.asarray(alone.beams.tokens)[0], np.asarray(deed.beams.tokens)[1])
+
+
+def test_copy_mode_beam_equals_straightforward_copy_beam_search():
+  """CALM's copy mode under beam search: each beam's skipped layers see K/V projected from its own
+  exit states, which move with the beam when beams reorder."""
+  model = spread_model("text", 0)
+  encoder_inputs, _ = random_inputs(model.config, batch=2, seed=0)
+  eos_id = frequent_token(model, encoder_inputs, STEPS)
+  decode = DecodeConfig(strategy="beam", num_beams=NUM_BEAMS, max_new_tokens=STEPS, exit_mode="copy",
+                        length_penalty=0.8, eos_id=eos_id)
+  run = make_generate(model, decode)
+  threshold = spread_threshold(lambda t: run(encoder_inputs, t),
+                               confidence_quantiles(model, encoder_inputs, STEPS))
+  search = dict(num_beams=NUM_BEAMS, max_new_tokens=STEPS, eos_id=eos_id, length_penalty=0.8,
+                threshold=threshold)
+  pools = beam_search(model, encoder_inputs, copy_states=True, **search).pools
+  exits = {e for pool in pools for h in pool for e in h[2][:-1]}  # positions a later one attends to
+  assert len(exits) >= 2 and min(exits) < model.config.decoder_layers  # Some K/V really were copied.
+  _assert_pools_equal(run(encoder_inputs, threshold), pools, model.config.pad_id)
+  # Copied states are not the full model's: the same search with DEED's features scores otherwise.
+  deed_pools = beam_search(model, encoder_inputs, **search).pools
+  assert [h[0] for pool in deed_pools for h in pool] != pytest.approx(
+      [h[0] for pool in pools for h in pool], rel=1e-4)
