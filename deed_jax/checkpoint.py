@@ -1,6 +1,7 @@
 """Checkpoints: one small module over orbax-checkpoint's `CheckpointManager`.
 
-A workdir holds `model_config.json` (the architecture) and `checkpoints/<step>/` with two items:
+A workdir (layout in `deed_jax.workdir`) holds `model_config.json` (the architecture) and
+`checkpoints/<step>/` with two items:
 `state` (step, params, optimizer state) and `data` (the grain iterator's position). Saves are async,
 the newest `keep` are kept, and training resumes from the newest. A checkpoint written for another
 architecture is refused with the differing options/shapes named, and left as it is.
@@ -9,61 +10,16 @@ architecture is refused with the differing options/shapes named, and left as it 
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
-from etils import epath
 from flax import nnx
 
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
-
-MODEL_CONFIG_FILE = "model_config.json"
-CHECKPOINT_DIR = "checkpoints"
-# Files of a Hugging Face model directory that belong with its weights: tokenizer and generation
-# settings. A converted workdir keeps them, and its source record for the way back to HF.
-HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                 "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
-                 "generation_config.json", "preprocessor_config.json")
-HF_SOURCE_FILE = "hf_source.json"  # the source config.json, resolved config and tensor dtypes
-HF_UNUSED_FILE = "hf_unused.safetensors"  # source tensors the model does not use (ViT's pooler)
-# What travels with the weights when training starts from a workdir (`init_from`).
-MODEL_SIDE_FILES = HF_SIDE_FILES + (HF_SOURCE_FILE, HF_UNUSED_FILE)
-
-
-def _config_path(workdir: str) -> epath.Path:
-  return epath.Path(workdir) / MODEL_CONFIG_FILE
-
-
-def read_model_config(workdir: str) -> ModelConfig | None:
-  path = _config_path(workdir)
-  return ModelConfig.from_json(path.read_text()) if path.exists() else None
-
-
-def check_compatible_workdir(workdir: str, config: ModelConfig) -> None:
-  """Raise if `workdir` already belongs to a model of another architecture. Writes nothing."""
-  stored = read_model_config(workdir)
-  if stored is None or stored == config:
-    return
-  old, new = stored.to_dict(), config.to_dict()
-  diffs = {k: (old[k], new[k]) for k in sorted(old) if old[k] != new[k]}
-  shown = ", ".join(f"{k}: {a!r} in the workdir vs {b!r} requested" for k, (a, b) in diffs.items())
-  raise ValueError(f"Workdir {workdir} holds a checkpoint of a different model ({shown}). "
-                   "Use another --workdir; the existing checkpoint was left untouched.")
-
-
-def path_name(path) -> str:
-  """A key path as 'a/b/0', the same for dicts, NamedTuples and lists (orbax stores all as dicts)."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-  return "/".join(parts)
-
+from deed_jax.workdir import (CHECKPOINT_DIR, check_compatible_workdir, model_config_path, path_name,
+                              read_model_config)
 
 def _shape_mismatches(stored: Any, target: Any) -> list[str]:
   """Leaves whose stored shape differs from the target's, or that exist on one side only."""
@@ -101,8 +57,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
     """Async save (the manager decides by its interval unless `force`). Returns whether it saved."""
-    if jax.process_index() == 0 and not _config_path(self.workdir).exists():
-      _config_path(self.workdir).write_text(self.model_config.to_json())
+    if jax.process_index() == 0 and not model_config_path(self.workdir).exists():
+      model_config_path(self.workdir).write_text(self.model_config.to_json())
     items = {"state": ocp.args.PyTreeSave(state)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
@@ -159,7 +115,7 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None) -> Any:
   and shardings. Refuses, naming them, parameters whose stored shape differs."""
   config = read_model_config(workdir)
   if config is None:
-    raise FileNotFoundError(f"{_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
+    raise FileNotFoundError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
   checkpointer = Checkpointer(workdir, config, async_save=False)
   try:
     step = checkpointer.latest_step() if step is None else step
@@ -181,20 +137,6 @@ def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder
   """A ready model from a workdir: its `model_config.json` + the params of `step` (default newest)."""
   config = read_model_config(workdir)
   if config is None:
-    raise FileNotFoundError(f"{_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
+    raise FileNotFoundError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
   graphdef, abstract = abstract_params(config)
   return nnx.merge(graphdef, restore_params(workdir, abstract, step))
-
-
-def copy_side_files(source_dir: str, target_dir: str,
-                    names: tuple[str, ...] = MODEL_SIDE_FILES) -> list[str]:
-  """Copy the files `names` present in `source_dir` (and absent in `target_dir`); returns their names.
-  The default travels with a model between workdirs; HF directories get HF_SIDE_FILES only."""
-  copied = []
-  for name in names:
-    source, target = os.path.join(source_dir, name), os.path.join(target_dir, name)
-    if os.path.isfile(source) and not os.path.exists(target):
-      os.makedirs(target_dir, exist_ok=True)
-      shutil.copyfile(source, target)
-      copied.append(name)
-  return copied

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from deed_jax import checkpoint
+from deed_jax.workdir import read_model_config
 from deed_jax.models import ModelConfig
 from deed_jax.training.losses import LOSS_MODES
 
@@ -53,7 +53,7 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   """The `ModelConfig` a training config describes; unknown options raise naming them."""
   if not config.init_from:
     return ModelConfig.from_dict(config.model.to_dict())
-  base = checkpoint.read_model_config(config.init_from)
+  base = read_model_config(config.init_from)
   if base is None:
     raise FileNotFoundError(f"config.init_from={config.init_from!r} holds no model_config.json: it "
                             "must be a deed-jax workdir (e.g. written by python -m deed_jax.convert).")

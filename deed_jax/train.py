@@ -33,6 +33,7 @@ from deed_jax.training.losses import exit_weights
 from deed_jax.training.metric_writer import MetricWriter
 from deed_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from deed_jax.training.train_step import init_train_state, make_train_step, merge_model
+from deed_jax.workdir import copy_side_files
 
 RESULTS_FILE = "eval_results.json"
 
@@ -115,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     params = checkpoint.restore_params(config.init_from, _abstract(state.params))
     state = state._replace(params=params, opt_state=tx.init(params))
     if jax.process_index() == 0:  # its tokenizer and HF origin, so this run can be exported back
-      checkpoint.copy_side_files(config.init_from, workdir)
+      copy_side_files(config.init_from, workdir)
     _log(f"Initialised from {config.init_from}.")
 
   # ---------------------------------------------------------------------------------------------

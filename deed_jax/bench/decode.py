@@ -27,7 +27,7 @@ from flax import nnx
 
 from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.report import write_result
-from deed_jax.bench.timing import timed
+from deed_jax.timing import timed
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.decode_step import block_widths
 from deed_jax.decoding.generation import make_encode, make_generate

@@ -8,8 +8,8 @@ mode) against our jitted static, DEED at threshold > 1 (full depth, through the 
 at a threshold tuned to about half depth. Its EOS logit is pushed down so every variant emits exactly
 `max_new_tokens` tokens. Full-depth variants must give HF's tokens (checked and reported). Variants are
 timed round-robin, `--repeats` rounds; medians, and speedups as medians of per-round ratios to HF
-greedy. Times are whole `generate` calls (encoder included) per sample. Goal: our static greedy >= 2x
-faster than HF eager at batch 1.
+greedy. Times are whole `generate` calls (encoder included) per sample. The summary line is our static
+greedy against HF eager greedy at batch 1 (the smallest batch run).
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from absl import app, flags, logging
 from deed_jax import checkpoint
 from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.report import write_result
-from deed_jax.bench.timing import timed
 from deed_jax.convert import hf_to_orbax
 from deed_jax.convert.parity import hf_generate, pad_to
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_generate
+from deed_jax.timing import timed
 
 _LAYERS = flags.DEFINE_integer("decoder_layers", 6, "Decoder (and encoder) layers.")
 _D_MODEL = flags.DEFINE_integer("d_model", 768, "Model width.")
@@ -152,17 +152,17 @@ def main(argv):
   rows = []
   for batch in (int(b) for b in _BATCHES.value):
     rows += bench_batch(hf_model, model, batch, threshold, _BEAMS.value, _REPEATS.value, new_tokens)
-  goal_batch = 1 if any(r["batch"] == 1 for r in rows) else rows[0]["batch"]  # the goal is at batch 1
-  static = next(r for r in rows if r["batch"] == goal_batch and r["variant"] == "ours static")
-  goal = {"variant": f"ours static, batch {goal_batch}", "measured": static["speedup_vs_hf_greedy"],
-          "target": ">= 2.0", "met": static["speedup_vs_hf_greedy"] >= 2.0}
+  smallest = min(r["batch"] for r in rows)
+  static = next(r for r in rows if r["batch"] == smallest and r["variant"] == "ours static")
+  summary = {"variant": f"ours static, batch {smallest}",
+             "speedup_vs_hf_greedy": static["speedup_vs_hf_greedy"]}
   print(table(rows))
-  print(f"\nGoal: our static greedy vs HF eager at batch {goal_batch}: {goal['measured']:.2f}x "
-        f"(target >= 2): {'met' if goal['met'] else 'NOT met'}")
+  print(f"\nOur static greedy vs HF eager greedy at batch {smallest}: "
+        f"{summary['speedup_vs_hf_greedy']:.2f}x")
   write_result(_OUTPUT.value, {
       "model": json.loads(model.config.to_json()), "max_new_tokens": new_tokens,
       "source_length": _SOURCE.value, "repeats": _REPEATS.value, "threshold": threshold,
-      "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rows": rows, "goal": goal})
+      "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":

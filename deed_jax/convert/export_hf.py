@@ -15,11 +15,12 @@ from safetensors.numpy import load_file, save_file
 from deed_jax import checkpoint
 from deed_jax.convert import hf_files, rules
 from deed_jax.convert.families import family_for
-from deed_jax.convert.import_hf import ADAPTER_PREFIX, HF_SOURCE_FILE, HF_UNUSED_FILE
+from deed_jax.convert.import_hf import ADAPTER_PREFIX
 from deed_jax.convert.staging import check_empty_target, staged_directory
+from deed_jax.workdir import HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files
 
 ADAPTERS_FILE = "deed_adapters.safetensors"
-MODEL_CONFIG_FILE = "deed_model_config.json"
+EXPORTED_MODEL_CONFIG_FILE = "deed_model_config.json"  # our ModelConfig beside HF's config.json
 _ADAPTER_RESIDUAL = ("up", "up_bias", "w", "b")  # zero in an identity adapter (ExitAdapter)
 
 
@@ -64,6 +65,6 @@ def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:
       json.dump(source["config"], f, indent=2, sort_keys=True)  # config.json as the source wrote it
     if adapters:
       save_file(adapters, os.path.join(staging, ADAPTERS_FILE))
-    with open(os.path.join(staging, MODEL_CONFIG_FILE), "w") as f:
+    with open(os.path.join(staging, EXPORTED_MODEL_CONFIG_FILE), "w") as f:
       f.write(model.config.to_json())
-    checkpoint.copy_side_files(workdir, staging, checkpoint.HF_SIDE_FILES)
+    copy_side_files(workdir, staging, HF_SIDE_FILES)

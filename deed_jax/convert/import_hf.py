@@ -23,9 +23,9 @@ from deed_jax.convert.options import ConvertOptions
 from deed_jax.convert.staging import check_empty_target, staged_directory
 from deed_jax.models import ModelConfig
 from deed_jax.models.transformer import ExitAdapter
+from deed_jax.workdir import (HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files,
+                              path_name)
 
-HF_SOURCE_FILE = checkpoint.HF_SOURCE_FILE
-HF_UNUSED_FILE = checkpoint.HF_UNUSED_FILE  # kept so the way back reproduces every source tensor
 ADAPTER_PREFIX = "decoder/adapters/"
 
 
@@ -64,7 +64,7 @@ def convert_params(source: str, options: ConvertOptions = ConvertOptions()) -> C
   if uncovered:  # A mapping that forgets one of our parameters is a bug here, not in the checkpoint.
     raise RuntimeError(f"The {family.__name__} mapping does not cover {uncovered}.")
   params = jax.tree_util.tree_map_with_path(
-      lambda path, x: converted[checkpoint.path_name(path)].astype(x.dtype), abstract)
+      lambda path, x: converted[path_name(path)].astype(x.dtype), abstract)
   unused = {key: weights[key] for key in keymap.ignored if key in weights}
   return ConvertedCheckpoint(config, params, {"config": raw, "resolved": hf, "dtypes": dtypes}, unused)
 
@@ -82,5 +82,5 @@ def hf_to_orbax(source: str, workdir: str, options: ConvertOptions = ConvertOpti
       json.dump(converted.record, f, indent=2, sort_keys=True)
     if converted.unused:
       save_file(converted.unused, os.path.join(staging, HF_UNUSED_FILE))
-    checkpoint.copy_side_files(source, staging, checkpoint.HF_SIDE_FILES)
+    copy_side_files(source, staging, HF_SIDE_FILES)
   return converted.config

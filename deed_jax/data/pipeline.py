@@ -23,7 +23,6 @@ import tensorflow_datasets as tfds
 from deed_jax.data.tokenizer import Tokenizer
 from deed_jax.models.config import IMAGE_ENCODERS
 
-ENCODER_KEYS = ("pixel_values", "input_ids", "attention_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +89,3 @@ def make_loader(source, preprocess: Preprocess, batch_size: int, *, shuffle: boo
                                         num_epochs=num_epochs, seed=seed)
   return grain.DataLoader(data_source=source, sampler=sampler, worker_count=0,
                           operations=[preprocess, grain.transforms.Batch(batch_size, drop_remainder)])
-
-
-def encoder_inputs(batch: dict) -> dict:
-  """The encoder's part of a batch."""
-  return {k: batch[k] for k in ENCODER_KEYS if k in batch}

@@ -10,12 +10,11 @@ from typing import Iterable
 
 import numpy as np
 
-from deed_jax.bench.timing import timed
-from deed_jax.data.pipeline import encoder_inputs
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.evaluation.per_exit import exact_match
-from deed_jax.models import MultiExitEncoderDecoder
+from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
+from deed_jax.timing import timed
 
 
 def compare_decoding(model: MultiExitEncoderDecoder, examples: Iterable[dict], thresholds: Iterable[float],

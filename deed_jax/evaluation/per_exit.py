@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deed_jax.data.pipeline import encoder_inputs
 from deed_jax.decoding.reference import fixed_exit, greedy_with_rule
+from deed_jax.models import encoder_inputs
 from deed_jax.training.train_step import exit_metrics
 
 

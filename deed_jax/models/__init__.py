@@ -1,6 +1,8 @@
 """Multi-exit encoder-decoder models (Flax NNX)."""
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.model import MultiExitEncoderDecoder, check_token_ids
+from deed_jax.models.model import (ENCODER_KEYS, MultiExitEncoderDecoder, check_token_ids,
+                                   encoder_inputs)
 
-__all__ = ["ModelConfig", "MultiExitEncoderDecoder", "check_token_ids"]
+__all__ = ["ENCODER_KEYS", "ModelConfig", "MultiExitEncoderDecoder", "check_token_ids",
+           "encoder_inputs"]

@@ -15,8 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.encoder import PositionEmbedding
-from deed_jax.models.layers import Norm, RelativePositionBias, dropout, split_rng
+from deed_jax.models.layers import Norm, PositionEmbedding, RelativePositionBias, dropout, split_rng
 from deed_jax.models.transformer import (ExitAdapter, KVCache, TransformerLayer, causal_bias,
                                          padding_bias)
 

@@ -10,33 +10,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.layers import Norm, RelativePositionBias, dropout, param, sinusoidal_positions, split_rng
+from deed_jax.models.layers import Norm, PositionEmbedding, RelativePositionBias, dropout, param, split_rng
 from deed_jax.models.transformer import TransformerLayer, padding_bias
 
 Array = jax.Array
-
-
-class PositionEmbedding(nnx.Module):
-  """Absolute positions added to token embeddings: learned (with BART's offset) or sinusoidal.
-
-  With T5's relative bias there is no absolute embedding and this returns zeros.
-  """
-
-  def __init__(self, config: ModelConfig, max_length: int, rngs: nnx.Rngs):
-    self.kind = config.position_embedding
-    self.offset = config.position_offset
-    self.dim = config.d_model
-    self.max_length = max_length
-    if self.kind == "learned":
-      self.table = param(rngs, (max_length + self.offset, config.d_model), (None, "embed"),
-                         dtype=config.param_dtype)
-
-  def __call__(self, positions: Array) -> Array:  # [T] int -> [T, D] float32
-    if self.kind == "learned":
-      return self.table[...].astype(jnp.float32)[positions + self.offset]
-    if self.kind == "sinusoidal":
-      return sinusoidal_positions(positions + self.offset, self.dim)
-    return jnp.zeros(positions.shape + (self.dim,), jnp.float32)
 
 
 class Encoder(nnx.Module):

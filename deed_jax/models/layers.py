@@ -1,7 +1,7 @@
 """Transformer building blocks: params with logical axes, norms, attention with a KV-cache seam, MLP.
 
 Every parameter carries logical axis names (`embed, mlp, heads, kv, vocab`) in its `out_sharding`
-metadata; the scale-out code maps them to mesh axes by rules. Layouts follow MaxText/t5x: attention
+metadata, ready for rules that map them to mesh axes (not applied yet: training runs on one device). Layouts follow MaxText/t5x: attention
 projections are [D, H, Dh] so heads can be sharded, and K/V are kept as [B, H, T, Dh].
 """
 
@@ -127,10 +127,6 @@ class Attention(nnx.Module):
       out = out + self.o_bias[...].astype(self.dtype)
     return out
 
-  def __call__(self, x: Array, kv_input: Array, bias: Array) -> Array:
-    k, v = self.project_kv(kv_input)
-    return self.attend(self.project_q(x), k, v, bias)
-
 
 class Mlp(nnx.Module):
   """Position-wise feed-forward: gelu / relu, or their gated variants (T5 v1.1's gated-gelu)."""
@@ -212,3 +208,26 @@ class RelativePositionBias(nnx.Module):
     relative = key_positions[None, :] - query_positions[:, None]  # [T, S]
     values = self.embedding[...].astype(jnp.float32)[self._bucket(relative)]  # [T, S, H]
     return jnp.transpose(values, (2, 0, 1))[None]
+
+
+class PositionEmbedding(nnx.Module):
+  """Absolute positions added to token embeddings: learned (with BART's offset) or sinusoidal.
+
+  With T5's relative bias there is no absolute embedding and this returns zeros.
+  """
+
+  def __init__(self, config: ModelConfig, max_length: int, rngs: nnx.Rngs):
+    self.kind = config.position_embedding
+    self.offset = config.position_offset
+    self.dim = config.d_model
+    self.max_length = max_length
+    if self.kind == "learned":
+      self.table = param(rngs, (max_length + self.offset, config.d_model), (None, "embed"),
+                         dtype=config.param_dtype)
+
+  def __call__(self, positions: Array) -> Array:  # [T] int -> [T, D] float32
+    if self.kind == "learned":
+      return self.table[...].astype(jnp.float32)[positions + self.offset]
+    if self.kind == "sinusoidal":
+      return sinusoidal_positions(positions + self.offset, self.dim)
+    return jnp.zeros(positions.shape + (self.dim,), jnp.float32)

@@ -16,6 +16,15 @@ from deed_jax.models.layers import param, split_rng
 Array = jax.Array
 
 
+# The keys of a batch the encoder reads (the rest belong to the decoder and the loss).
+ENCODER_KEYS = ("pixel_values", "input_ids", "attention_mask")
+
+
+def encoder_inputs(batch: dict) -> dict:
+  """The encoder's part of a batch."""
+  return {k: batch[k] for k in ENCODER_KEYS if k in batch}
+
+
 def check_token_ids(ids, vocab_size: int, name: str) -> None:
   """Raise if concrete token ids fall outside [0, vocab_size). Traced ids are checked by the caller."""
   if isinstance(ids, jax.core.Tracer):

@@ -10,8 +10,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from deed_jax.data.pipeline import encoder_inputs
-from deed_jax.models import MultiExitEncoderDecoder
+from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
 from deed_jax.training.losses import per_exit_losses
 
 

@@ -16,7 +16,7 @@ def test_hf_generate_benchmark_writes_its_table_and_json(tmp_path):
              f"--output={output}"]
   run = subprocess.run(command, capture_output=True, text=True, check=True,
                        env={**os.environ, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1"})
-  assert "vs HF greedy" in run.stdout and "Goal: our static greedy" in run.stdout
+  assert "vs HF greedy" in run.stdout and "Our static greedy vs HF eager greedy at batch 3" in run.stdout
   result = json.loads(output.read_text())
   rows = {(r["batch"], r["variant"]): r for r in result["rows"]}
   for batch in (3,):
@@ -27,4 +27,4 @@ def test_hf_generate_benchmark_writes_its_table_and_json(tmp_path):
     assert rows[batch, "ours deed tau>1"]["mean_exit_layer"] == 2.0
     for row in (r for (b, _), r in rows.items() if b == batch):
       assert row["ms_per_sample"] > 0 and len(row["repeats_ms"]) == 1
-  assert result["goal"]["measured"] == rows[3, "ours static"]["speedup_vs_hf_greedy"]
+  assert result["summary"]["speedup_vs_hf_greedy"] == rows[3, "ours static"]["speedup_vs_hf_greedy"]

@@ -14,6 +14,7 @@ from deed_jax import checkpoint
 from deed_jax.config_defaults import model_config
 from deed_jax.convert import hf_to_orbax, orbax_to_hf
 from deed_jax.train import train_and_evaluate
+from deed_jax.workdir import read_model_config
 from tests.training.configs import tiny_text_config
 
 
@@ -44,9 +45,9 @@ def test_training_starts_from_the_converted_model_and_exports_back(tmp_path, tfd
   results = train_and_evaluate(config, workdir, progress=False)
   assert results["step"] == 2 and len(results["exit_exact_match"]) == 2
   start = checkpoint.flat_params(checkpoint.restore_params(converted, checkpoint.abstract_params(
-      checkpoint.read_model_config(converted))[1]))
+      read_model_config(converted))[1]))
   trained_model = checkpoint.load_model(workdir)
-  assert trained_model.config == checkpoint.read_model_config(converted)
+  assert trained_model.config == read_model_config(converted)
   trained = checkpoint.flat_params(checkpoint.restore_params(workdir, checkpoint.abstract_params(
       trained_model.config)[1]))
   assert sorted(trained) == sorted(start) and len(start) > 30

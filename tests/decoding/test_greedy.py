@@ -142,9 +142,9 @@ def test_threshold_and_batch_contents_do_not_recompile():
         generate(model, encoder_inputs, replace(decode, threshold=threshold))
       make_generate(model, decode)(other_inputs, threshold=0.4)
     assert compiled[0] == 0
-    with count_compilations() as compiled:  # The count sees a compilation: a new batch size.
-      generate(model, _rows(encoder_inputs, 0), decode)
-    assert compiled[0] >= 1
+  with count_compilations() as compiled:  # The count does see a compilation: a new batch size.
+    generate(model, _rows(encoder_inputs, 0), decode)
+  assert compiled[0] >= 1
 
 
 def test_bad_inputs_fail_before_compiling():
@@ -188,7 +188,7 @@ def _replay_block_rule(layers_run, num_layers: int, chunk: int):
   return calls, backfilled
 
 
-@pytest.mark.parametrize("chunk", [5, 8, 16])
+@pytest.mark.parametrize("chunk", [5, pytest.param(8, marks=pytest.mark.slow), 16])
 def test_padded_blocks_stay_exact(chunk):
   """Blocks whose last call is padded past the current position into the cache's slack, with
   max_new_tokens = every decoder position the model has (chunk 16 > 10 positions: every padded

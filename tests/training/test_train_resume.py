@@ -13,6 +13,7 @@ import pytest
 
 from deed_jax import checkpoint
 from deed_jax.train import RESULTS_FILE, train_and_evaluate
+from deed_jax.workdir import MODEL_CONFIG_FILE
 from tests.training.configs import tiny_text_config
 
 
@@ -91,7 +92,7 @@ def test_workdir_of_a_different_model_is_refused_and_left_untouched(tmp_path, tr
 def test_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, trained_workdir, tfds_dir):
   """Even with model_config.json removed, the stored array shapes are checked before restoring."""
   workdir = shutil.copytree(trained_workdir, tmp_path / "run")
-  os.remove(workdir / checkpoint.MODEL_CONFIG_FILE)
+  os.remove(workdir / MODEL_CONFIG_FILE)
   _refuses_and_leaves_untouched(str(workdir), tfds_dir,
                                 r"does not fit this model: .*wi.*\(32, 48\) vs model \(32, 40\)",
                                 d_ff=40)

@@ -1,0 +1,69 @@
+"""The workdir layout: which file holds what, the model config on disk, the side files that travel
+with a model's weights, and the names of parameter paths. No orbax here (see `deed_jax.checkpoint`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from etils import epath
+
+from deed_jax.models import ModelConfig
+
+MODEL_CONFIG_FILE = "model_config.json"
+CHECKPOINT_DIR = "checkpoints"
+# Files of a Hugging Face model directory that belong with its weights: tokenizer and generation
+# settings. A converted workdir keeps them, and its source record for the way back to HF.
+HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
+                 "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
+                 "generation_config.json", "preprocessor_config.json")
+HF_SOURCE_FILE = "hf_source.json"  # the source config.json, resolved config and tensor dtypes
+HF_UNUSED_FILE = "hf_unused.safetensors"  # source tensors the model does not use (ViT's pooler)
+# What travels with the weights when training starts from a workdir (`init_from`).
+MODEL_SIDE_FILES = HF_SIDE_FILES + (HF_SOURCE_FILE, HF_UNUSED_FILE)
+
+
+def model_config_path(workdir: str) -> epath.Path:
+  return epath.Path(workdir) / MODEL_CONFIG_FILE
+
+
+def read_model_config(workdir: str) -> ModelConfig | None:
+  path = model_config_path(workdir)
+  return ModelConfig.from_json(path.read_text()) if path.exists() else None
+
+
+def check_compatible_workdir(workdir: str, config: ModelConfig) -> None:
+  """Raise if `workdir` already belongs to a model of another architecture. Writes nothing."""
+  stored = read_model_config(workdir)
+  if stored is None or stored == config:
+    return
+  old, new = stored.to_dict(), config.to_dict()
+  diffs = {k: (old[k], new[k]) for k in sorted(old) if old[k] != new[k]}
+  shown = ", ".join(f"{k}: {a!r} in the workdir vs {b!r} requested" for k, (a, b) in diffs.items())
+  raise ValueError(f"Workdir {workdir} holds a checkpoint of a different model ({shown}). "
+                   "Use another --workdir; the existing checkpoint was left untouched.")
+
+
+def path_name(path) -> str:
+  """A key path as 'a/b/0', the same for dicts, NamedTuples and lists (orbax stores all as dicts)."""
+  parts = []
+  for key in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        parts.append(str(getattr(key, attr)))
+        break
+  return "/".join(parts)
+
+
+def copy_side_files(source_dir: str, target_dir: str,
+                    names: tuple[str, ...] = MODEL_SIDE_FILES) -> list[str]:
+  """Copy the files `names` present in `source_dir` (and absent in `target_dir`); returns their names.
+  The default travels with a model between workdirs; HF directories get HF_SIDE_FILES only."""
+  copied = []
+  for name in names:
+    source, target = os.path.join(source_dir, name), os.path.join(target_dir, name)
+    if os.path.isfile(source) and not os.path.exists(target):
+      os.makedirs(target_dir, exist_ok=True)
+      shutil.copyfile(source, target)
+      copied.append(name)
+  return copied
