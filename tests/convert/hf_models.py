@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import transformers as T
 
+from deed_jax.convert.parity import PLAIN_SEARCH
+
 IMAGE_HW = (16, 24)  # ViT: 8 x 8 patches, a 2 x 3 grid
 DONUT_HW = (64, 88)  # DonutSwin: 4 x 4 patches, a 16 x 22 grid
 
@@ -170,11 +172,10 @@ class _Jitter(T.LogitsProcessor):
 
 
 def _generate(model, inputs, **search):
+  """HF `generate` with the same search settings as `parity.hf_generate`, keeping its raw output."""
   with torch.inference_mode():
-    return model.generate(**inputs, max_new_tokens=PARITY_MAX_NEW_TOKENS, do_sample=False,
-                          return_dict_in_generate=True, output_scores=True, forced_bos_token_id=None,
-                          forced_eos_token_id=None, no_repeat_ngram_size=0, min_new_tokens=0,
-                          **search)
+    return model.generate(**inputs, max_new_tokens=PARITY_MAX_NEW_TOKENS, return_dict_in_generate=True,
+                          output_scores=True, **{**PLAIN_SEARCH, **search})
 
 
 def generation_problem(model, inputs: dict[str, torch.Tensor]) -> str | None:
