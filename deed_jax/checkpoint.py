@@ -115,7 +115,8 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None) -> Any:
   and shardings. Refuses, naming them, parameters whose stored shape differs."""
   config = read_model_config(workdir)
   if config is None:
-    raise FileNotFoundError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
+    raise FileNotFoundError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax "
+                            "workdir.")
   checkpointer = Checkpointer(workdir, config, async_save=False)
   try:
     step = checkpointer.latest_step() if step is None else step
@@ -137,6 +138,7 @@ def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder
   """A ready model from a workdir: its `model_config.json` + the params of `step` (default newest)."""
   config = read_model_config(workdir)
   if config is None:
-    raise FileNotFoundError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax workdir.")
+    raise FileNotFoundError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax "
+                            "workdir.")
   graphdef, abstract = abstract_params(config)
   return nnx.merge(graphdef, restore_params(workdir, abstract, step))

@@ -1,8 +1,9 @@
 """Transformer building blocks: params with logical axes, norms, attention with a KV-cache seam, MLP.
 
 Every parameter carries logical axis names (`embed, mlp, heads, kv, vocab`) in its `out_sharding`
-metadata, ready for rules that map them to mesh axes (not applied yet: training runs on one device). Layouts follow MaxText/t5x: attention
-projections are [D, H, Dh] so heads can be sharded, and K/V are kept as [B, H, T, Dh].
+metadata, ready for rules that map them to mesh axes (not applied yet: training runs on one device).
+Layouts follow MaxText/t5x: attention projections are [D, H, Dh] so heads can be sharded, and K/V are
+kept as [B, H, T, Dh].
 """
 
 from __future__ import annotations
