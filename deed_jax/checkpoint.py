@@ -5,6 +5,10 @@ A workdir (layout in `deed_jax.workdir`) holds `model_config.json` (the architec
 `state` (step, params, optimizer state) and `data` (the grain iterator's position). Saves are async,
 the newest `keep` are kept, and training resumes from the newest. A checkpoint written for another
 architecture is refused with the differing options/shapes named, and left as it is.
+
+Layout changes are migrated when a checkpoint is read, never by rewriting it: checkpoints written
+before the decoder owned the token embedding hold it at `token_embedding` (next to `decoder`); they
+are restored through that layout and handed back in today's (`decoder/token_embedding/embedding`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,36 @@ from flax import nnx
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
 from deed_jax.workdir import (CHECKPOINT_DIR, check_compatible_workdir, model_config_path, path_name,
                               read_model_config)
+
+_LEGACY_EMBEDDING = "token_embedding"  # the table's key beside "decoder" in legacy checkpoints
+
+
+def _is_legacy(stored: Any) -> bool:
+  """Whether a stored tree (params, or a train state holding params and optimizer moments) keeps the
+  token table in the legacy place."""
+  return any(name == _LEGACY_EMBEDDING or name.endswith("/" + _LEGACY_EMBEDDING)
+             for name in flat_params(stored))
+
+
+def _with_layout(tree: Any, legacy: bool) -> Any:
+  """`tree` with the token table moved into the legacy layout (`legacy`) or back into today's, in
+  every params-shaped dict it holds (the params and each optimizer moment). Leaves are not touched."""
+  if isinstance(tree, dict):
+    tree = dict(tree)
+    decoder = tree.get("decoder")
+    if isinstance(decoder, dict):
+      decoder = dict(decoder)
+      if legacy and isinstance(decoder.get("token_embedding"), dict):
+        tree[_LEGACY_EMBEDDING] = decoder.pop("token_embedding")["embedding"]
+      elif not legacy and _LEGACY_EMBEDDING in tree and not isinstance(tree[_LEGACY_EMBEDDING], dict):
+        decoder["token_embedding"] = {"embedding": tree.pop(_LEGACY_EMBEDDING)}
+      tree["decoder"] = decoder
+    return {k: v if k == _LEGACY_EMBEDDING else _with_layout(v, legacy) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    children = [_with_layout(v, legacy) for v in tree]
+    return type(tree)(*children) if hasattr(tree, "_fields") else type(tree)(children)
+  return tree
+
 
 def _shape_mismatches(stored: Any, target: Any) -> list[str]:
   """Leaves whose stored shape differs from the target's, or that exist on one side only."""
@@ -67,15 +101,17 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
     """Restore `step` into the structure/shardings of `abstract_state`; refuses mismatched shapes."""
     stored = self.manager.item_metadata(step)["state"]
-    problems = _shape_mismatches(stored, abstract_state)
+    legacy = _is_legacy(stored)
+    target = _with_layout(abstract_state, legacy=True) if legacy else abstract_state
+    problems = _shape_mismatches(stored, target)
     if problems:
       raise ValueError(f"Checkpoint {step} in {self.workdir} does not fit this model: "
                        + "; ".join(problems[:10]) + ". The checkpoint was left untouched.")
-    items = {"state": _restore_args(abstract_state)}
+    items = {"state": _restore_args(target)}
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"]
+    return _with_layout(restored["state"], legacy=False) if legacy else restored["state"]
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -122,16 +158,19 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None) -> Any:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint under {workdir}/{CHECKPOINT_DIR}.")
-    stored = checkpointer.manager.item_metadata(step)["state"]
-    problems = _shape_mismatches(stored["params"], abstract)
+    stored = checkpointer.manager.item_metadata(step)["state"]["params"]
+    legacy = _is_legacy(stored)
+    target = _with_layout(abstract, legacy=True) if legacy else abstract
+    problems = _shape_mismatches(stored, target)
     if problems:
       raise ValueError(f"Checkpoint {step} in {workdir} does not fit the model: "
                        + "; ".join(problems[:10]))
     restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
-        state=_restore_args({"params": abstract}, partial=True)))
+        state=_restore_args({"params": target}, partial=True)))
   finally:
     checkpointer.close()
-  return restored["state"]["params"]
+  params = restored["state"]["params"]
+  return _with_layout(params, legacy=False) if legacy else params
 
 
 def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder:

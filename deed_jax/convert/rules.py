@@ -140,7 +140,8 @@ def linear_rules(ours_weight: str, hf: str, ours_bias: str | None = None) -> lis
 def head_rules(tied: bool, embedding_key: str, embedding_aliases: tuple[str, ...],
                lm_head_key: str) -> list[Rule]:
   """The token embedding (with its tied copies) and the LM head when it is not tied."""
+  table = "decoder/token_embedding/embedding"
   if tied:
-    return [Rule("token_embedding", embedding_key, aliases=embedding_aliases + (lm_head_key,))]
-  return [Rule("token_embedding", embedding_key, aliases=embedding_aliases),
+    return [Rule(table, embedding_key, aliases=embedding_aliases + (lm_head_key,))]
+  return [Rule(table, embedding_key, aliases=embedding_aliases),
           *linear_rules("lm_head", lm_head_key.removesuffix(".weight"))]

@@ -116,7 +116,6 @@ class DecodeStep:
     self.cache_length = config.max_new_tokens + self.chunk  # Slack for padded blocks.
     self.last_layer = (config.fixed_exit_layer if config.exit_mode == "fixed" else self.num_layers) - 1
     self.memory = self.decoder.cross_memory(encoder_out, encoder_mask)  # once per call
-    self.embedding = model.token_embedding[...]  # [V, D]
     self.dtype = jnp.dtype(cfg.dtype)
     self.d_model = cfg.d_model
 
@@ -189,7 +188,7 @@ class DecodeStep:
     caches it carries; on XLA:CPU a run-once loop is also cheaper.)
     """
     config, rows, p = self.config, self.rows, position
-    x = self.decoder.embed(last_token[:, None], p[None], self.embedding)  # [R, 1, D]
+    x = self.decoder.embed(last_token[:, None], p[None])  # [R, 1, D]
     frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x.astype(self.dtype), p, axis=1)
     zeros_f = jnp.zeros((rows,), jnp.float32)
     zeros_d = jnp.zeros((rows, self.d_model), self.dtype)

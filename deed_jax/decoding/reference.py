@@ -75,7 +75,7 @@ def greedy_with_rule(model: MultiExitEncoderDecoder, encoder_out: jax.Array, enc
       hidden, features = copied_state_pass(model, prefix, t, out.exit_layers, exit_states, encoder_out,
                                             encoder_mask)  # [L, B, D] each
     else:
-      features = model.decoder(prefix, encoder_out, encoder_mask, model.token_embedding[...])
+      features = model.decoder(prefix, encoder_out, encoder_mask)
       features = jax.lax.dynamic_index_in_dim(features, t, axis=2, keepdims=False)  # [L, B, D]
     logits = model.logits(features)  # [L, B, V]
     chosen, conf = rule(logits)  # [B], [B]
@@ -112,8 +112,7 @@ def copied_state_pass(model: MultiExitEncoderDecoder, prefix: jax.Array, t: jax.
     own_state = (positions[None, :] >= t) | (exit_layers >= j + 1)  # [B, N]
     return jnp.where(own_state[..., None], x, exit_states.astype(x.dtype))
 
-  features = model.decoder(prefix, encoder_out, encoder_mask, model.token_embedding[...],
-                           kv_input_fn=kv_input_fn)
+  features = model.decoder(prefix, encoder_out, encoder_mask, kv_input_fn=kv_input_fn)
   hidden = jnp.stack(layer_inputs[1:] + [jnp.zeros_like(layer_inputs[0])])  # [L, B, D]
   return hidden, jax.lax.dynamic_index_in_dim(features, t, axis=2, keepdims=False)
 

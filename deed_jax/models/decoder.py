@@ -1,6 +1,8 @@
 """The multi-exit decoder: L layers, each followed by an exit (adapter_l -> shared final norm).
 
-The shared LM head lives in the model (it may be tied to the token embedding). Two ways in:
+The decoder owns the token embedding (a `TokenEmbedding` the model's text encoder and tied LM head
+read too, so its checkpoint path is `decoder/token_embedding/embedding`); the shared LM head lives in
+the model. Two ways in:
 - `__call__`: the teacher-forced pass over whole sequences (training, the naive reference);
 - the incremental seam decoding drives one layer and one block of positions at a time:
   `init_cache`, `cross_memory` (once per call), `embed`, `run_block(j, ...)`, `exit(j, h)`.
@@ -15,7 +17,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.layers import Norm, PositionEmbedding, RelativePositionBias, dropout, split_rng
+from deed_jax.models.layers import (Norm, PositionEmbedding, RelativePositionBias, TokenEmbedding,
+                                    dropout, split_rng)
 from deed_jax.models.transformer import (ExitAdapter, KVCache, TransformerLayer, causal_bias,
                                          padding_bias)
 
@@ -32,6 +35,7 @@ class Decoder(nnx.Module):
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.config = config
+    self.token_embedding = TokenEmbedding(config, rngs)
     self.positions = PositionEmbedding(config, config.max_target_length, rngs)
     if config.position_embedding == "relative":
       self.relative_bias = RelativePositionBias(config, bidirectional=False, rngs=rngs)
@@ -45,13 +49,10 @@ class Decoder(nnx.Module):
     if config.norm_position == "pre":
       self.final_norm = Norm(config)
 
-  def embed(self, token_ids: Array, positions: Array, token_embedding: Array) -> Array:
+  def embed(self, token_ids: Array, positions: Array) -> Array:
     """token_ids [B, T], positions [T] -> [B, T, D] in the compute dtype."""
     cfg = self.config
-    x = token_embedding[token_ids].astype(jnp.float32)
-    if cfg.scale_embedding:
-      x = x * cfg.d_model**0.5
-    x = x + self.positions(positions)
+    x = self.token_embedding.embed(token_ids) + self.positions(positions)
     if cfg.embedding_norm:
       x = self.embedding_norm(x)
     return x.astype(cfg.dtype)
@@ -95,8 +96,7 @@ class Decoder(nnx.Module):
     h = self.adapters[j](hidden)
     return self.final_norm(h) if self.config.norm_position == "pre" else h
 
-  def __call__(self, token_ids: Array, encoder_out: Array, encoder_mask: Array, token_embedding: Array,
-               *, num_layers: int | None = None, dropout_rng: Array | None = None,
+  def __call__(self, token_ids: Array, encoder_out: Array, encoder_mask: Array, *, num_layers: int | None = None, dropout_rng: Array | None = None,
                kv_input_fn: Callable[[int, Array], Array] | None = None) -> Array:
     """Full-sequence (teacher-forced) pass. Returns the features of exits 1..num_layers: [L', B, T, D].
 
@@ -106,7 +106,7 @@ class Decoder(nnx.Module):
     num_layers = num_layers or self.config.decoder_layers
     rngs = split_rng(dropout_rng, num_layers + 1)
     positions = jnp.arange(token_ids.shape[1])
-    x = dropout(self.embed(token_ids, positions, token_embedding), self.config.dropout_rate, rngs[-1])
+    x = dropout(self.embed(token_ids, positions), self.config.dropout_rate, rngs[-1])
     self_bias = self.self_bias(positions, positions)
     cross_bias = padding_bias(encoder_mask)
     exits = []

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.layers import Norm, PositionEmbedding, RelativePositionBias, dropout, param, split_rng
+from deed_jax.models.layers import (Norm, PositionEmbedding, RelativePositionBias, TokenEmbedding,
+                                    dropout, param, split_rng)
 from deed_jax.models.transformer import TransformerLayer, padding_bias
 
 Array = jax.Array
@@ -53,12 +54,8 @@ class Encoder(nnx.Module):
     if config.norm_position == "pre":
       self.final_norm = Norm(config)
 
-  def _embed_text(self, input_ids: Array, token_embedding: Array) -> Array:
-    cfg = self.config
-    x = token_embedding[input_ids].astype(jnp.float32)  # [B, S, D]
-    if cfg.scale_embedding:
-      x = x * cfg.d_model**0.5
-    return x + self.positions(jnp.arange(input_ids.shape[1]))
+  def _embed_text(self, input_ids: Array, token_embedding: TokenEmbedding) -> Array:
+    return token_embedding.embed(input_ids) + self.positions(jnp.arange(input_ids.shape[1]))  # [B,S,D]
 
   def _embed_image(self, pixel_values: Array) -> Array:
     cfg = self.config
@@ -82,7 +79,7 @@ class Encoder(nnx.Module):
       x = jnp.concatenate([cls, x], axis=1)  # [B, 1 + N, D]
     return x + positions.astype(jnp.float32)
 
-  def __call__(self, encoder_inputs: dict[str, Array], token_embedding: Array,
+  def __call__(self, encoder_inputs: dict[str, Array], token_embedding: TokenEmbedding,
                dropout_rng: Array | None = None) -> tuple[Array, Array]:
     cfg = self.config
     if cfg.encoder == "image":

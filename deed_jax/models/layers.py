@@ -211,6 +211,23 @@ class RelativePositionBias(nnx.Module):
     return jnp.transpose(values, (2, 0, 1))[None]
 
 
+class TokenEmbedding(nnx.Module):
+  """The token table [V, D] shared by the text encoder, the decoder and a tied LM head (HF's
+  `shared`): `embed` looks ids up, `attend` projects features onto the vocabulary."""
+
+  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    self.scale = config.d_model**0.5 if config.scale_embedding else None
+    self.embedding = param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
+                           dtype=config.param_dtype)
+
+  def embed(self, token_ids: Array) -> Array:  # [...] int -> [..., D] float32
+    x = self.embedding[...][token_ids].astype(jnp.float32)
+    return x if self.scale is None else x * self.scale
+
+  def attend(self, features: Array) -> Array:  # [..., D] -> [..., V] float32
+    return features.astype(jnp.float32) @ self.embedding[...].astype(jnp.float32).T
+
+
 class PositionEmbedding(nnx.Module):
   """Absolute positions added to token embeddings: learned (with BART's offset) or sinusoidal.
 

@@ -11,7 +11,7 @@ from deed_jax.models.config import IMAGE_ENCODERS, ModelConfig
 from deed_jax.models.decoder import Decoder
 from deed_jax.models.encoder import Encoder
 from deed_jax.models.swin import SwinEncoder
-from deed_jax.models.layers import param, split_rng
+from deed_jax.models.layers import TokenEmbedding, param, split_rng
 
 Array = jax.Array
 
@@ -41,8 +41,6 @@ class MultiExitEncoderDecoder(nnx.Module):
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.token_embedding = param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
-                                 dtype=config.param_dtype)
     self.encoder = (SwinEncoder(config, rngs) if config.encoder == "swin"
                     else Encoder(config.encoder_config, rngs))
     if config.encoder_d_model != config.d_model:  # HF VisionEncoderDecoderModel's enc_to_dec_proj.
@@ -56,6 +54,11 @@ class MultiExitEncoderDecoder(nnx.Module):
                            dtype=config.param_dtype)
     if config.final_logits_bias:
       self.logits_bias = param(None, (config.vocab_size,), ("vocab",), "zeros", config.param_dtype)
+
+  @property
+  def token_embedding(self) -> TokenEmbedding:
+    """The one token table (owned by the decoder; the text encoder and a tied head read it)."""
+    return self.decoder.token_embedding
 
   # -- validation -----------------------------------------------------------------------------------
   def check_inputs(self, encoder_inputs: dict, decoder_input_ids=None) -> None:
@@ -83,7 +86,7 @@ class MultiExitEncoderDecoder(nnx.Module):
   # -- pieces used by training and decoding ---------------------------------------------------------
   def encode(self, encoder_inputs: dict, dropout_rng: Array | None = None) -> tuple[Array, Array]:
     """-> encoder states [B, S, D], encoder mask [B, S]."""
-    states, mask = self.encoder(encoder_inputs, self.token_embedding[...], dropout_rng)  # [B, S, D_enc]
+    states, mask = self.encoder(encoder_inputs, self.token_embedding, dropout_rng)  # [B, S, D_enc]
     if self.config.encoder_d_model != self.config.d_model:
       dtype = states.dtype
       states = (states @ self.encoder_projection[...].astype(dtype)
@@ -96,8 +99,8 @@ class MultiExitEncoderDecoder(nnx.Module):
     self.check_inputs(encoder_inputs, decoder_input_ids)
     enc_rng, dec_rng = split_rng(dropout_rng, 2)
     encoder_out, encoder_mask = self.encode(encoder_inputs, enc_rng)
-    return self.decoder(decoder_input_ids, encoder_out, encoder_mask, self.token_embedding[...],
-                        num_layers=num_layers, dropout_rng=dec_rng)
+    return self.decoder(decoder_input_ids, encoder_out, encoder_mask, num_layers=num_layers,
+                        dropout_rng=dec_rng)
 
   def logits(self, features: Array) -> Array:
     """The shared LM head: [..., D] -> [..., V] float32."""
@@ -106,7 +109,7 @@ class MultiExitEncoderDecoder(nnx.Module):
     if cfg.tie_word_embeddings:
       if cfg.rescale_tied_output:
         h = h * cfg.d_model**-0.5
-      out = h @ self.token_embedding[...].astype(jnp.float32).T
+      out = self.token_embedding.attend(h)
     else:
       out = h @ self.lm_head[...].astype(jnp.float32)
     if cfg.final_logits_bias:

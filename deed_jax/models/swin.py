@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.layers import Attention, Mlp, Norm, param
+from deed_jax.models.layers import Attention, Mlp, Norm, TokenEmbedding, param
 
 Array = jax.Array
 _MASKED = -100.0  # Swin's additive mask between shifted-window regions
@@ -143,7 +143,7 @@ class SwinEncoder(nnx.Module):
       if i + 1 < len(config.swin_depths):
         self.merges.append(PatchMerging(config.encoder_config, stage_config[i].d_model, rngs))
 
-  def __call__(self, encoder_inputs: dict, token_embedding: Array | None = None,
+  def __call__(self, encoder_inputs: dict, token_embedding: TokenEmbedding | None = None,
                dropout_rng: Array | None = None) -> tuple[Array, Array]:
     del token_embedding, dropout_rng  # Swin has no token input; dropout is not applied in the encoder.
     cfg = self.config

@@ -44,8 +44,7 @@ def exit_metrics(model: MultiExitEncoderDecoder, batch: dict, label_smoothing: f
     features = model.exit_features(encoder_inputs(batch), batch["decoder_input_ids"],
                                    dropout_rng=dropout_rng)  # [L, B, T, D]
   else:
-    features = model.decoder(batch["decoder_input_ids"], *encoded, model.token_embedding[...],
-                             dropout_rng=dropout_rng)  # [L, B, T, D]
+    features = model.decoder(batch["decoder_input_ids"], *encoded, dropout_rng=dropout_rng)  # [L,B,T,D]
   return per_exit_losses(model.logits, features, batch["targets"], batch["target_mask"],
                          label_smoothing)
 

@@ -162,4 +162,4 @@ def test_cli_both_ways_with_the_checkpoints_own_tokenizer(tmp_path, bart_dir):
   assert (tmp_path / "back" / "tokenizer.json").read_text() == (bart_dir / "tokenizer.json").read_text()
   result = run("--workdir", str(tmp_path / "x"))  # neither --source nor --to_hf
   assert result.returncode != 0 and "exactly one of --source" in result.stderr
-  assert np.asarray(model.token_embedding[...]).shape == (60, 32)
+  assert np.asarray(model.token_embedding.embedding[...]).shape == (60, 32)

@@ -89,7 +89,7 @@ def _positions(p, cfg, length):
 
 
 def _embed_tokens(ids, params, cfg):
-  x = params["token_embedding"][ids]
+  x = params["decoder"]["token_embedding"]["embedding"][ids]
   return x * math.sqrt(cfg.d_model) if cfg.scale_embedding else x
 
 
@@ -151,7 +151,7 @@ def exit_logits(params, cfg, encoder_inputs, decoder_input_ids):
       if cfg.tie_word_embeddings:
         if cfg.rescale_tied_output:
           h = h * cfg.d_model ** -0.5
-        logits = h @ params["token_embedding"].T
+        logits = h @ params["decoder"]["token_embedding"]["embedding"].T
       else:
         logits = h @ params["lm_head"]
       if cfg.final_logits_bias:

@@ -32,8 +32,7 @@ def test_blockwise_cached_decoding_equals_full_pass(overrides, blocks):
   caches = list(decoder.init_cache(2, config.max_target_length))  # longer than the 7 positions decoded
   outputs, start = [], 0
   for size in blocks:
-    x = decoder.embed(decoder_ids[:, start:start + size], jnp.arange(start, start + size),
-                      model.token_embedding[...])  # [B, size, D]
+    x = decoder.embed(decoder_ids[:, start:start + size], jnp.arange(start, start + size))  # [B,W,D]
     exits = []
     for j in range(config.decoder_layers):
       x, caches[j] = decoder.run_block(j, x, start, caches[j], memory)

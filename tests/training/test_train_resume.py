@@ -59,8 +59,8 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, tfds_dir)
   for a, b in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Params moved after the resume (the equality above is not between two untouched states).
-  assert not np.array_equal(np.asarray(state_b["params"]["token_embedding"]),
-                            np.asarray(at_stop["params"]["token_embedding"]))
+  assert not np.array_equal(np.asarray(state_b["params"]["decoder"]["token_embedding"]["embedding"]),
+                            np.asarray(at_stop["params"]["decoder"]["token_embedding"]["embedding"]))
   with open(os.path.join(resumed, RESULTS_FILE)) as f:
     assert json.load(f)["step"] == 6
 
@@ -101,7 +101,49 @@ def test_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, trained_workdir
 def test_load_model_restores_the_trained_params(tmp_path, trained_workdir):
   model = checkpoint.load_model(trained_workdir)
   _, stored = _final_state(trained_workdir)
-  np.testing.assert_array_equal(np.asarray(model.token_embedding[...]),
-                                np.asarray(stored["params"]["token_embedding"]))
+  np.testing.assert_array_equal(np.asarray(model.token_embedding.embedding[...]),
+                                np.asarray(stored["params"]["decoder"]["token_embedding"]["embedding"]))
   with pytest.raises(FileNotFoundError, match="not a deed-jax workdir"):
     checkpoint.load_model(str(tmp_path / "empty"))
+
+
+def _in_legacy_layout(tree):
+  """A stored state as checkpoints written before the decoder owned the token table held it: the
+  table at `token_embedding` beside `decoder`, in the params and in each optimizer moment."""
+  if isinstance(tree, dict):
+    tree = {k: _in_legacy_layout(v) for k, v in tree.items()}
+    if "token_embedding" in tree.get("decoder", {}):
+      tree["decoder"] = dict(tree["decoder"])
+      tree["token_embedding"] = tree["decoder"].pop("token_embedding")["embedding"]
+    return tree
+  if isinstance(tree, (list, tuple)):
+    return type(tree)(_in_legacy_layout(v) for v in tree)
+  return tree
+
+
+def test_checkpoint_in_the_legacy_embedding_layout_restores_and_resumes(tmp_path, trained_workdir,
+                                                                        tfds_dir):
+  """A checkpoint that keeps the token table at the top level (the layout before the decoder owned
+  it) loads and resumes training exactly like the same checkpoint in today's layout."""
+  import orbax.checkpoint as ocp
+  legacy = shutil.copytree(trained_workdir, tmp_path / "legacy")
+  step, stored = _final_state(trained_workdir)
+  legacy_state = _in_legacy_layout(stored)
+  assert "token_embedding" not in legacy_state["params"]["decoder"]
+  state_dir = legacy / "checkpoints" / str(step) / "state"
+  shutil.rmtree(state_dir)
+  ocp.PyTreeCheckpointer().save(str(state_dir), legacy_state)
+  assert "token_embedding" in _final_state(str(legacy))[1]["params"]  # really legacy on disk
+
+  original, migrated = checkpoint.load_model(trained_workdir), checkpoint.load_model(str(legacy))
+  np.testing.assert_array_equal(np.asarray(migrated.token_embedding.embedding[...]),
+                                np.asarray(original.token_embedding.embedding[...]))
+
+  current = shutil.copytree(trained_workdir, tmp_path / "current")
+  for workdir in (current, legacy):
+    train_and_evaluate(tiny_text_config(tfds_dir, total_steps=3, checkpoint_every_steps=1),
+                       str(workdir), progress=False)
+  (_, from_current), (_, from_legacy) = _final_state(str(current)), _final_state(str(legacy))
+  assert jax.tree.structure(from_current) == jax.tree.structure(from_legacy)
+  for a, b in zip(jax.tree.leaves(from_current), jax.tree.leaves(from_legacy)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
