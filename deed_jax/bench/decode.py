@@ -1,23 +1,33 @@
-r"""Decoding speed by exit mode: static, fixed k = 1..L, deed and copy at several thresholds.
+r"""Decoding speed by exit mode: static, fixed k, deed and copy per confidence at several depths.
 
-  python -m deed_jax.bench.decode [--decoder_layers 12 --batch_sizes 1,8 --output DIR/decode.json]
+  python -m deed_jax.bench.decode [--decoder_layers 12 --vocab_size 32128 --batch_sizes 1,8
+                                   --confidences max_prob,state --output DIR/decode.json]
 
 A randomly initialised model (speed does not depend on what the weights learned; exit depth does, so
-the deed/copy thresholds are picked per run to reach target mean exit depths on these inputs). Each
-variant is jitted and warmed up, then all variants are timed in turn, `--repeats` rounds, and the
-median is reported; speedups are medians of per-round ratios to static (the machine is shared).
-Decoder time = generate time - encoder time. Goals checked (batch 1): fixed k / static within 15% of k / L, and deed's speedup
->= 85% of its bound L / mean exit depth.
+the deed/copy thresholds are picked per run and confidence to reach target mean exit depths on these
+inputs). Each variant is jitted and warmed up (its compile time is recorded), then all variants are
+timed in turn, `--repeats` rounds, and the median is reported; speedups are medians of per-round
+ratios to static (the machine is shared). Decoder time = generate time - encoder time.
 
-The bound assumes a backfill block of m positions costs about one position (decoding is bound by
-reading the weights). The block-cost table measures that assumption on the machine at hand: the
-time of every decoder layer over a block of m positions, relative to one position.
+The bound of a variant counts work in decoder-layer units: h is the LM head's measured cost (head +
+log-softmax over the vocabulary, one position) relative to one decoder layer at one position. Static
+costs L + h per token; a variant exiting at mean depth e that evaluates the head `heads` times per
+token costs e + h * heads: once for head-free confidences and fixed exits, at every layer it may exit
+at up to its exit for head confidences (max_prob: e (1 + h) when every layer may exit). The bound
+(L + h) / (e + h * heads) also assumes a backfill block of m positions costs about one position
+(decoding bound by reading the weights); the block-cost table measures that on the machine at hand.
+
+Goals checked at batch 1: fixed k / static within 15% of (k + h) / (L + h); deed with
+`min_exit_layer=M, threshold=0` (every token exits at M) within 15% of fixed k=M, per confidence; and
+deed's speedup >= 85% of its bound.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +38,7 @@ from flax import nnx
 from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.report import write_result
 from deed_jax.timing import timed
+from deed_jax.decoding.confidence import CONFIDENCES, needs_head
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.decode_step import block_widths
 from deed_jax.decoding.generation import make_encode, make_generate
@@ -37,7 +48,7 @@ _LAYERS = flags.DEFINE_integer("decoder_layers", 12, "Decoder layers (exits).")
 _D_MODEL = flags.DEFINE_integer("d_model", 512, "Model width.")
 _HEADS = flags.DEFINE_integer("num_heads", 8, "Attention heads.")
 _D_FF = flags.DEFINE_integer("d_ff", 2048, "MLP width.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 259, "Vocabulary (259 = the byte tokenizer).")
+_VOCAB = flags.DEFINE_integer("vocab_size", 32128, "Vocabulary (32128: T5's; 259: the byte tokenizer).")
 _SOURCE = flags.DEFINE_integer("source_length", 64, "Encoder input length.")
 _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens decoded per sample.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
@@ -46,6 +57,10 @@ _DEPTHS = flags.DEFINE_list("target_depths", ["3", "6", "9"],
 _CHUNK = flags.DEFINE_integer("backfill_chunk", 16, "DecodeConfig.backfill_chunk for deed.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds over all variants.")
 _FIXED = flags.DEFINE_list("fixed_layers", [], "Fixed exit layers to time (default 1..L).")
+_CONFIDENCES = flags.DEFINE_list("confidences", ["max_prob", "state"],
+                                 "Confidences of the deed/copy variants.")
+_MIN_EXIT = flags.DEFINE_integer("min_exit_check", 4, "Time deed with min_exit_layer=M and "
+                                 "threshold 0 (every token exits at M) against fixed k=M; 0: skip.")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/decode.json", "Where the JSON goes.")
 
 
@@ -64,54 +79,94 @@ def inputs_for(config: ModelConfig, batch: int, seed: int = 0) -> dict:
   return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
 
-def bench_batch(model: MultiExitEncoderDecoder, batch: int, thresholds: list[float], repeats: int,
-                fixed_layers: list[int], chunk: int, max_new_tokens: int) -> list[dict]:
+class Variant(NamedTuple):
+  name: str
+  decode: DecodeConfig
+  threshold: float | None
+
+
+def variants_for(layers: int, thresholds: dict[str, list[float]], fixed_layers: list[int],
+                 min_exit: int, chunk: int, max_new_tokens: int) -> list[Variant]:
+  """static; fixed k; per confidence: deed with min_exit_layer=min_exit at threshold 0, deed and copy
+  at each tuned threshold."""
+  base = DecodeConfig(max_new_tokens=max_new_tokens, backfill_chunk=chunk)
+  out = [Variant("static", dataclasses.replace(base, exit_mode="static"), None)]
+  out += [Variant(f"fixed k={k}", dataclasses.replace(base, exit_mode="fixed", fixed_exit_layer=k),
+                  None) for k in fixed_layers]
+  for confidence, values in thresholds.items():
+    decode = dataclasses.replace(base, confidence=confidence)
+    if min_exit:
+      out.append(Variant(f"deed {confidence} min={min_exit} tau=0",
+                         dataclasses.replace(decode, min_exit_layer=min_exit), 0.0))
+    for mode in ("deed", "copy"):
+      out += [Variant(f"{mode} {confidence} tau={t:.4g}", dataclasses.replace(decode, exit_mode=mode), t)
+              for t in values]
+  return out
+
+
+def heads_per_token(decode: DecodeConfig, exit_layers: np.ndarray, layers: int) -> float:
+  """Mean LM-head evaluations per emitted token [B, N] (0: not emitted): once for head-free
+  confidences and fixed exits, else one per layer that may exit, up to the token's exit."""
+  exits = exit_layers[exit_layers > 0]
+  if decode.exit_mode in ("static", "fixed") or not needs_head(decode.confidence):
+    return 1.0
+  allowed = np.cumsum(np.asarray(decode.early_exits(layers)[:-1] + (True,), np.float64))  # [L]
+  return float(allowed[exits - 1].mean())
+
+
+def bench_batch(model: MultiExitEncoderDecoder, batch: int, variants: list[Variant], repeats: int,
+                head: float) -> list[dict]:
   """One row per variant, timed round-robin."""
   config, layers = model.config, model.config.decoder_layers
   encoder_inputs = inputs_for(config, batch)
   encode = make_encode(model)
-  base = DecodeConfig(max_new_tokens=max_new_tokens, backfill_chunk=chunk)
-  variants = [("static", DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens), None)]
-  variants += [(f"fixed k={k}", DecodeConfig(exit_mode="fixed", fixed_exit_layer=k,
-                                             max_new_tokens=max_new_tokens), None) for k in fixed_layers]
-  for mode in ("deed", "copy"):
-    variants += [(f"{mode} tau={t:.4g}", dataclasses.replace(base, exit_mode=mode), t)
-                 for t in thresholds]
-  runs = [make_generate(model, decode) for _, decode, _ in variants]
-  outputs = [run(encoder_inputs, t) for run, (_, _, t) in zip(runs, variants)]  # Compile, warm up.
+  runs, outputs, first_seconds = [], [], []
+  for variant in variants:  # Compile and warm up, one at a time (the first call's time is kept).
+    run = make_generate(model, variant.decode)
+    start = time.perf_counter()
+    outputs.append(jax.block_until_ready(run(encoder_inputs, variant.threshold)))
+    first_seconds.append(time.perf_counter() - start)
+    runs.append(run)
   timed(encode, encoder_inputs)
   seconds = [[] for _ in variants]
   encoder_seconds = []
   for _ in range(repeats):
     encoder_seconds.append(timed(encode, encoder_inputs)[1])
-    for i, (run, (_, _, threshold)) in enumerate(zip(runs, variants)):
-      seconds[i].append(timed(run, encoder_inputs, threshold)[1])
+    for i, (run, variant) in enumerate(zip(runs, variants)):
+      seconds[i].append(timed(run, encoder_inputs, variant.threshold)[1])
   encoder_seconds = np.asarray(encoder_seconds)  # [repeats]
   decoder_seconds = np.maximum(np.asarray(seconds) - encoder_seconds, 1e-9)  # [variants, repeats]
   rows = []
-  for (name, decode, threshold), out, times, decoder in zip(variants, outputs, seconds,
-                                                           decoder_seconds):
+  for variant, out, times, decoder, first in zip(variants, outputs, seconds, decoder_seconds,
+                                                 first_seconds):
+    decode = variant.decode
     exit_layers = np.asarray(out.exit_layers)  # [B, N]
     tokens = int((exit_layers > 0).sum())
     steps = np.asarray(out.layers_run)
     decoder_ms = 1000 * float(np.median(decoder))
-    rows.append({
-        "variant": name, "exit_mode": decode.exit_mode, "batch": batch, "threshold": threshold,
-        "fixed_exit_layer": decode.fixed_exit_layer,
+    depth = float(exit_layers[exit_layers > 0].mean())
+    heads = heads_per_token(decode, exit_layers, layers)
+    row = {
+        "variant": variant.name, "exit_mode": decode.exit_mode, "batch": batch,
+        "confidence": None if decode.exit_mode in ("static", "fixed") else decode.confidence,
+        "threshold": variant.threshold, "fixed_exit_layer": decode.fixed_exit_layer,
+        "min_exit_layer": decode.min_exit_layer,
         "total_ms_per_sample": 1000 * float(np.median(times)) / batch,
         "decoder_ms_per_sample": decoder_ms / batch,
         "decoder_ms_per_token": decoder_ms / max(tokens, 1),
         "tokens_per_sample": tokens / batch,
-        "mean_exit_layer": float(exit_layers[exit_layers > 0].mean()),
+        "mean_exit_layer": depth,
         "mean_layers_run_per_step": float(steps[steps > 0].mean()),
+        "heads_per_token": heads,
         "backfilled_positions": int(np.asarray(out.backfilled).sum()),
+        "compile_s": max(first - float(np.median(times)), 0.0),
         # Paired with static's time in the same round, so slow spells of the machine cancel out.
         "speedup": float(np.median(decoder_seconds[0] / decoder)),
+        "bound": (layers + head) / (depth + head * heads),
         "repeats_ms": [1000 * t for t in times],
-    })
-  for row in rows:
-    row["bound"] = layers / row["mean_exit_layer"]
+    }
     row["speedup_over_bound"] = row["speedup"] / row["bound"]
+    rows.append(row)
   return rows
 
 
@@ -151,18 +206,39 @@ def block_costs(model: MultiExitEncoderDecoder, widths: list[int], repeats: int,
            "relative_to_one": float(np.median(np.asarray(seconds[w]) / one))} for w in widths]
 
 
-def goals(rows: list[dict], layers: int) -> list[dict]:
-  """The speed goals at batch 1: fixed k time / static time within 15% of k / L; deed >= 85% of
-  L / mean exit depth."""
+def head_cost(model: MultiExitEncoderDecoder, layer_ms: float, repeats: int, calls: int = 64) -> dict:
+  """The LM head and log-softmax over the vocabulary on one position (batch 1), relative to one
+  decoder layer on one position (`layer_ms`, from the block costs)."""
+  graphdef, params = nnx.split(model, nnx.Param)
+
+  def run_heads(params):
+    model = nnx.merge(graphdef, params)
+    body = lambda i, h: h + jax.nn.log_softmax(model.logits(h))[:, :model.config.d_model] * 1e-6
+    return jax.lax.fori_loop(0, calls, body, jnp.ones((1, model.config.d_model), jnp.float32))
+
+  run = jax.jit(run_heads)
+  timed(run, params)
+  ms = 1000 * float(np.median([timed(run, params)[1] for _ in range(repeats)])) / calls
+  return {"ms": ms, "layer_ms": layer_ms, "in_layers": ms / layer_ms}
+
+
+def goals(rows: list[dict], layers: int, head: float) -> list[dict]:
+  """The speed goals at batch 1 (see the module docstring)."""
   out = []
-  for row in rows:
-    if row["batch"] != 1:
-      continue
+  by_name = {row["variant"]: row for row in rows if row["batch"] == 1}
+  for row in by_name.values():
     if row["exit_mode"] == "fixed":
       k = row["fixed_exit_layer"]
+      target = 1.15 * (k + head) / (layers + head)
       ratio = 1 / row["speedup"]
-      out.append({"variant": row["variant"], "measured": ratio, "target": f"<= {1.15 * k / layers:.3f}",
-                  "met": ratio <= 1.15 * k / layers})
+      out.append({"variant": row["variant"], "measured": ratio, "target": f"<= {target:.3f}",
+                  "met": ratio <= target})
+    elif row["exit_mode"] == "deed" and row["threshold"] == 0.0 and row["min_exit_layer"] > 1:
+      fixed = by_name.get(f"fixed k={row['min_exit_layer']}")
+      if fixed is not None:
+        ratio = row["decoder_ms_per_token"] / fixed["decoder_ms_per_token"]
+        out.append({"variant": row["variant"], "measured": ratio,
+                    "target": f"<= 1.15 x {fixed['variant']}", "met": ratio <= 1.15})
     elif row["exit_mode"] == "deed":
       out.append({"variant": row["variant"], "measured": row["speedup_over_bound"], "target": ">= 0.85",
                   "met": row["speedup_over_bound"] >= 0.85})
@@ -170,14 +246,16 @@ def goals(rows: list[dict], layers: int) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-  header = (f"{'batch':>5} {'variant':<16} {'exit':>5} {'run/step':>8} {'dec ms/tok':>10} "
-            f"{'dec ms/smp':>10} {'tot ms/smp':>10} {'speedup':>8} {'bound':>6} {'sp/bound':>8}")
+  header = (f"{'batch':>5} {'variant':<28} {'exit':>5} {'run/step':>8} {'heads':>5} "
+            f"{'dec ms/tok':>10} {'tot ms/smp':>10} {'compile s':>9} {'speedup':>7} {'bound':>6} "
+            f"{'sp/bound':>8}")
   lines = [header, "-" * len(header)]
   for r in rows:
-    lines.append(f"{r['batch']:>5} {r['variant']:<16} {r['mean_exit_layer']:>5.2f} "
-                 f"{r['mean_layers_run_per_step']:>8.2f} {r['decoder_ms_per_token']:>10.3f} "
-                 f"{r['decoder_ms_per_sample']:>10.2f} {r['total_ms_per_sample']:>10.2f} "
-                 f"{r['speedup']:>8.2f} {r['bound']:>6.2f} {r['speedup_over_bound']:>8.2f}")
+    lines.append(f"{r['batch']:>5} {r['variant']:<28} {r['mean_exit_layer']:>5.2f} "
+                 f"{r['mean_layers_run_per_step']:>8.2f} {r['heads_per_token']:>5.2f} "
+                 f"{r['decoder_ms_per_token']:>10.3f} {r['total_ms_per_sample']:>10.2f} "
+                 f"{r['compile_s']:>9.2f} {r['speedup']:>7.2f} {r['bound']:>6.2f} "
+                 f"{r['speedup_over_bound']:>8.2f}")
   return "\n".join(lines)
 
 
@@ -188,28 +266,41 @@ def main(argv):
   for k in fixed_layers:
     if not 1 <= k <= layers:
       raise ValueError(f"--fixed_layers has {k}, outside 1..{layers}.")
+  for confidence in _CONFIDENCES.value:
+    if confidence not in CONFIDENCES:
+      raise ValueError(f"--confidences has {confidence!r}, not one of {CONFIDENCES}.")
+  min_exit = _MIN_EXIT.value if _MIN_EXIT.value <= layers else 0
+  if min_exit and min_exit not in fixed_layers:
+    fixed_layers = sorted(fixed_layers + [min_exit])
   model = bench_model(layers, _D_MODEL.value, _HEADS.value, _D_FF.value, _VOCAB.value,
                       _SOURCE.value, _NEW_TOKENS.value)
-  oracle = make_generate(model, DecodeConfig(exit_mode="oracle", max_new_tokens=_NEW_TOKENS.value))
-  thresholds = [threshold_for_depth(oracle, inputs_for(model.config, 1), float(d))
-                for d in _DEPTHS.value]
+  costs = block_costs(model, block_widths(_CHUNK.value), _REPEATS.value)
+  head = head_cost(model, costs[0]["ms_per_block"] / layers, _REPEATS.value)
+  thresholds = {}
+  for confidence in _CONFIDENCES.value:
+    oracle = make_generate(model, DecodeConfig(exit_mode="oracle", confidence=confidence,
+                                               max_new_tokens=_NEW_TOKENS.value))
+    thresholds[confidence] = [threshold_for_depth(oracle, inputs_for(model.config, 1), float(d))
+                              for d in _DEPTHS.value]
+  variants = variants_for(layers, thresholds, fixed_layers, min_exit, _CHUNK.value, _NEW_TOKENS.value)
   rows = []
   for batch in (int(b) for b in _BATCHES.value):
-    rows += bench_batch(model, batch, thresholds, _REPEATS.value, fixed_layers, _CHUNK.value,
-                        _NEW_TOKENS.value)
-  checked = goals(rows, layers)
-  costs = block_costs(model, block_widths(_CHUNK.value), _REPEATS.value)
+    rows += bench_batch(model, batch, variants, _REPEATS.value, head["in_layers"])
+  checked = goals(rows, layers, head["in_layers"])
   print(table(rows))
-  print("\nA block of m positions through all decoder layers (batch 1), relative to one position:")
+  print(f"\nThe LM head (V={model.config.vocab_size}, one position): {head['ms']:.3f} ms = "
+        f"{head['in_layers']:.2f} decoder layers (one layer, one position: {head['layer_ms']:.3f} ms)")
+  print("A block of m positions through all decoder layers (batch 1), relative to one position:")
   print("  " + "  ".join(f"m={c['positions']}: {c['relative_to_one']:.2f}" for c in costs))
   print("\nGoals (batch 1):")
   for goal in checked:
-    print(f"  {goal['variant']:<16} {goal['measured']:.3f} (target {goal['target']}): "
+    print(f"  {goal['variant']:<28} {goal['measured']:.3f} (target {goal['target']}): "
           f"{'met' if goal['met'] else 'NOT met'}")
   write_result(_OUTPUT.value, {
       "model": json.loads(model.config.to_json()),
       "max_new_tokens": _NEW_TOKENS.value, "backfill_chunk": _CHUNK.value, "repeats": _REPEATS.value,
-      "thresholds": thresholds, "rows": rows, "goals": checked, "block_costs": costs})
+      "thresholds": thresholds, "head_cost": head, "rows": rows, "goals": checked,
+      "block_costs": costs})
 
 
 if __name__ == "__main__":

@@ -63,15 +63,15 @@ def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: De
   batch = encoder_out.shape[0]
   rows = batch * k
   repeat = lambda x: jnp.repeat(x, k, axis=0)  # [B, ...] -> [B * K, ...], beams of a row adjacent
-  decode_step = DecodeStep(model, repeat(encoder_out), repeat(encoder_mask), config, threshold)
+  decode_step = DecodeStep(model, repeat(encoder_out), repeat(encoder_mask), config, threshold,
+                           log_probs=True)
   row_base = (jnp.arange(batch) * k)[:, None]  # [B, 1]
 
   def step(beams: _Beams) -> _Beams:
     p = beams.position
     decoder, emitted = decode_step(beams.decoder, p, beams.last_token, repeat(~beams.done))
     vocab = model.config.vocab_size
-    log_probs = jax.nn.log_softmax(model.logits(emitted.features).astype(jnp.float32))  # [R, V]
-    candidates = beams.live.scores[:, :, None] + log_probs.reshape(batch, k, vocab)  # [B, K, V]
+    candidates = beams.live.scores[:, :, None] + emitted.log_probs.reshape(batch, k, vocab)  # [B,K,V]
     cand_scores, flat = jax.lax.top_k(candidates.reshape(batch, k * vocab), 2 * k)  # [B, 2K]
     cand_beam, cand_token = flat // vocab, (flat % vocab).astype(jnp.int32)
 

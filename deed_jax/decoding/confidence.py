@@ -1,14 +1,30 @@
-"""Confidence of an exit's next-token distribution, in [0, 1]; an exit is taken when it is >= tau."""
+"""Confidence of an exit, in [0, 1]; an exit is taken when it is >= tau.
+
+Two families. Head confidences read the exit's next-token distribution, so the LM head runs at every
+layer a row may exit at: `max_prob` (top-1 probability), `margin` (top-1 minus top-2 probability,
+CALM) and `entropy` (1 - H(p) / log V). The head-free `state` confidence (CALM's hidden-state
+saturation) compares layer j's output with its input at the current position, so the head runs once
+per token, at the exit: (1 + cos(h_j, h_{j-1})) / 2, where h_0 is the token's embedding.
+"""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+HEAD_CONFIDENCES = ("max_prob", "margin", "entropy")
+HEAD_FREE = ("state",)
+CONFIDENCES = HEAD_CONFIDENCES + HEAD_FREE
+_NORM_FLOOR = 1e-12  # A zero state (never produced by a real layer) gives cos 0, not NaN.
+
+
+def needs_head(kind: str) -> bool:
+  """Whether the confidence reads the exit's logits."""
+  return kind not in HEAD_FREE
+
 
 def confidence(logits: jax.Array, kind: str) -> jax.Array:
-  """logits [..., V] -> [...]: max_prob (top-1 probability), margin (top-1 minus top-2 probability,
-  CALM) or entropy (1 - H(p) / log V)."""
+  """A head confidence from logits [..., V] -> [...]."""
   return confidence_from_log_probs(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), kind)
 
 
@@ -22,4 +38,19 @@ def confidence_from_log_probs(log_probs: jax.Array, kind: str) -> jax.Array:
   if kind == "entropy":
     entropy = -(jnp.exp(log_probs) * log_probs).sum(axis=-1)
     return 1.0 - entropy / jnp.log(log_probs.shape[-1])
-  raise ValueError(f"Unknown confidence {kind!r}.")
+  raise ValueError(f"Unknown head confidence {kind!r}.")
+
+
+def state_confidence(state: jax.Array, previous_state: jax.Array) -> jax.Array:
+  """CALM's state saturation: layer j's output and its input, [..., D] each -> [...] float32."""
+  a, b = state.astype(jnp.float32), previous_state.astype(jnp.float32)
+  norms = jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), _NORM_FLOOR)
+  return jnp.clip(0.5 * (1.0 + (a * b).sum(axis=-1) / norms), 0.0, 1.0)
+
+
+def exit_confidences(kind: str, logits: jax.Array, states: jax.Array) -> jax.Array:
+  """Every exit's confidence at once (the naive reference): logits [L, ..., V] and the layer states
+  [L + 1, ..., D] (the embedding first) -> [L, ...]."""
+  if kind == "state":
+    return state_confidence(states[1:], states[:-1])
+  return confidence(logits, kind)

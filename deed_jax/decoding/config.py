@@ -11,18 +11,21 @@ import math
 
 import numpy as np
 
+from deed_jax.decoding.confidence import CONFIDENCES
 from deed_jax.models import ModelConfig
 
 STRATEGIES = ("greedy", "beam")
 EXIT_MODES = ("deed", "oracle", "copy", "static", "fixed")
-CONFIDENCES = ("max_prob", "margin", "entropy")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DecodeConfig:
   """`exit_mode`: deed (exit at the first confident layer, skipped layers backfilled just in time),
   oracle (every layer computed, token from the first confident one), copy (CALM: skipped layers see
-  the exited state), static (all layers), fixed (always `fixed_exit_layer`). Layers are 1-based."""
+  the exited state), static (all layers), fixed (always `fixed_exit_layer`). Layers are 1-based.
+
+  An early exit can happen at a layer >= `min_exit_layer` that is in `exit_layers` (None: every
+  layer); elsewhere neither the head nor the confidence is computed. The last layer always exits."""
 
   strategy: str = "greedy"
   num_beams: int = 1
@@ -36,6 +39,7 @@ class DecodeConfig:
   confidence: str = "max_prob"
   threshold: float = 0.9
   min_exit_layer: int = 1
+  exit_layers: tuple[int, ...] | None = None
   fixed_exit_layer: int | None = None
   bos_id: int | None = None  # None: the model config's ids.
   eos_id: int | None = None
@@ -58,6 +62,13 @@ class DecodeConfig:
     if self.max_new_tokens < 1:
       raise ValueError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} must be >= 1.")
     check_threshold(self.threshold)
+    if self.exit_layers is not None:
+      layers = self.exit_layers
+      if (not isinstance(layers, (tuple, list)) or not layers
+          or any(isinstance(l, bool) or not isinstance(l, (int, np.integer)) for l in layers)):
+        raise ValueError(f"DecodeConfig.exit_layers={layers!r} must be None or a non-empty tuple of "
+                         "1-based layer numbers.")
+      object.__setattr__(self, "exit_layers", tuple(sorted({int(l) for l in layers})))
     if self.exit_mode == "fixed" and self.fixed_exit_layer is None:
       raise ValueError("DecodeConfig.exit_mode='fixed' needs fixed_exit_layer.")
 
@@ -76,7 +87,18 @@ class DecodeConfig:
       raise ValueError(f"DecodeConfig.min_exit_layer={self.min_exit_layer} is outside 1..{layers}.")
     if self.fixed_exit_layer is not None and not 1 <= self.fixed_exit_layer <= layers:
       raise ValueError(f"DecodeConfig.fixed_exit_layer={self.fixed_exit_layer} is outside 1..{layers}.")
+    if self.exit_layers is not None and not all(1 <= l <= layers for l in self.exit_layers):
+      raise ValueError(f"DecodeConfig.exit_layers={self.exit_layers} has layers outside 1..{layers}.")
     return dataclasses.replace(self, **ids)
+
+  def early_exits(self, num_layers: int) -> tuple[bool, ...]:
+    """Per layer (0-based), whether a row may exit there before the last layer: the exit modes that
+    exit early, at or above `min_exit_layer`, in `exit_layers`. The last layer always exits."""
+    if self.exit_mode not in ("deed", "oracle", "copy"):
+      return (False,) * num_layers
+    return tuple(j + 1 >= self.min_exit_layer
+                 and (self.exit_layers is None or j + 1 in self.exit_layers)
+                 for j in range(num_layers))
 
 
 def check_threshold(threshold) -> float:

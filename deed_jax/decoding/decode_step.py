@@ -2,7 +2,8 @@
 
 At position p every decoder layer j runs only if some live row has not exited yet (one scalar for the
 whole batch: the batch rule, docs/decoding.md); each row takes its token from its own first confident
-layer.
+layer. The LM head runs only where it is needed: at the layers a row may exit at for head confidences
+(max_prob, margin, entropy), and once per token, at the exits taken, for the head-free `state`.
 
 How a layer runs depends on the exit mode:
 - deed / oracle / static / fixed: layer j runs on the block [n_j, p] — the positions earlier steps
@@ -27,7 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from deed_jax.decoding.confidence import confidence_from_log_probs
+from deed_jax.decoding.confidence import confidence_from_log_probs, needs_head, state_confidence
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.models import MultiExitEncoderDecoder
 from deed_jax.models.transformer import KVCache
@@ -44,10 +45,12 @@ class DecoderState(NamedTuple):
 
 
 class ExitChoice(NamedTuple):
-  """Each row's exit at the current step, as the layers go up; a decided row keeps its choice."""
+  """Each row's exit at the current step, as the layers go up; a decided row keeps its choice.
+  (With a head-free confidence, `token`, `log_prob` and `log_probs` are filled after the stack.)"""
   decided: Array  # [R] bool: the row has its token (or is not live)
   token: Array  # [R] int32, argmax of the exit's logits
   log_prob: Array  # [R] float32, log-probability of `token` at the exit
+  log_probs: Array | None  # [R, V] float32 at the exit, kept only when asked for (beam search)
   features: Array  # [R, D] exit features (adapter, final norm) the token came from
   exit_layer: Array  # [R] int32, 1-based; 0 while undecided
   confidence: Array  # [R] float32
@@ -68,6 +71,7 @@ class StepOutput(NamedTuple):
   """Per row, what the step emitted; rows that were not live get zeros."""
   token: Array  # [R] int32, argmax of the exit's logits
   log_prob: Array  # [R] float32, log-probability of `token` at the exit
+  log_probs: Array | None  # [R, V] float32 at the exit, when the step was asked for them
   features: Array  # [R, D] exit features (adapter, final norm) the token came from
   exit_layer: Array  # [R] int32, 1-based
   confidence: Array  # [R] float32
@@ -100,13 +104,17 @@ class DecodeStep:
   `__call__(state, position, last_token, live)` per position.
 
   `encoder_out` [R, S, D] and `encoder_mask` [R, S] are per row (beam search repeats them). `config`
-  must be `resolve`d; `threshold` may be traced.
+  must be `resolve`d; `threshold` may be traced. With `log_probs` the step also emits each row's
+  log-probabilities over the vocabulary at its exit (beam search scores all continuations).
   """
 
   def __init__(self, model: MultiExitEncoderDecoder, encoder_out: Array, encoder_mask: Array,
-               config: DecodeConfig, threshold: Array | float):
+               config: DecodeConfig, threshold: Array | float, *, log_probs: bool = False):
     cfg = model.config
     self.model, self.config, self.threshold = model, config, threshold
+    self.keep_log_probs = log_probs
+    self.head_at_exits = needs_head(config.confidence)  # Else the head runs once, after the stack.
+    self.early_exits = config.early_exits(cfg.decoder_layers)
     self.decoder = model.decoder
     self.rows = encoder_out.shape[0]
     self.num_layers = cfg.decoder_layers
@@ -129,55 +137,88 @@ class DecodeStep:
                  ) -> tuple[Array, KVCache]:
     """Layer j over positions [start, position] into cache and frontier.
 
-    Whole blocks of `chunk` positions first; the remaining r < chunk positions then go as one call of
-    the smallest width in `self.widths` that holds them (a padded call costs far less than r
-    one-position calls; the usual block is the current position alone, a width-1 call). Padding runs
-    past `position` into the cache's slack: those positions are recomputed when their turn comes, and
-    the causal mask keeps them out of every real query's view.
+    The current position always runs as one width-1 call. Only deed defers positions (start <
+    position), and it asks once per layer, with the predicate of a loop that runs at most once; the
+    usual step has nothing deferred and pays just that predicate. The deferred positions [start,
+    position) run first: whole calls of `chunk` positions, then the remaining r < chunk as one call
+    of the smallest width in `self.widths` that holds them (a padded call costs far less than r
+    one-position calls). Padding runs past the deferred positions into the current one and the
+    cache's slack: the causal mask keeps padded positions out of every real query's view, their K/V
+    are overwritten when their turn comes (the current position's by the width-1 call, with the same
+    values), and the padded call leaves the frontier there as it was, since it is the width-1 call's
+    input.
     """
 
-    def block(width: int):
+    def block(width: int, deferred_only: bool = False):
       def body(carry):
         block_start, frontier, cache = carry
         x = jax.lax.dynamic_slice_in_dim(frontier, block_start, width, axis=1)  # [R, W, D]
         y, cache = self.decoder.run_block(j, x, block_start, cache, self.memory)  # [R, W, D]
+        if deferred_only:  # Padding keeps the frontier at `position` (the next call's input) as is.
+          real = block_start + jnp.arange(width) < position  # [W]
+          y = jnp.where(real[None, :, None], y.astype(x.dtype), x)
         frontier = jax.lax.dynamic_update_slice_in_dim(frontier, y.astype(frontier.dtype), block_start,
                                                        axis=1)
         return block_start + width, frontier, cache
       return body
 
-    remaining = lambda c: position + 1 - c[0]
-    carry = jax.lax.while_loop(lambda c: remaining(c) >= self.chunk, block(self.chunk),
-                               (start, frontier, cache))
-    smaller = 0
-    for width in self.widths:  # At most one of these runs, once.
-      fits = lambda c, smaller=smaller, width=width: (remaining(c) > smaller) & (remaining(c) <= width)
-      carry = jax.lax.while_loop(fits, block(width), carry)
-      smaller = width
-    _, frontier, cache = carry
+    def deferred(carry):
+      remaining = lambda c: position - c[0]  # deferred positions left
+      carry = jax.lax.while_loop(lambda c: remaining(c) >= self.chunk, block(self.chunk), carry)
+      smaller = 0
+      for width in self.widths:  # At most one of these runs, once.
+        fits = lambda c, smaller=smaller, width=width: (remaining(c) > smaller) & (remaining(c) <= width)
+        carry = jax.lax.while_loop(fits, block(width, deferred_only=True), carry)
+        smaller = width
+      return carry
+
+    carry = (start, frontier, cache)
+    if self.config.exit_mode != "deed" or j == 0:  # Nothing deferred: layer 1 runs every step.
+      _, frontier, cache = block(1)(carry)
+    else:
+      carry = _run_once(start < position, deferred, carry)
+      _, frontier, cache = block(1)((position,) + carry[1:])
     return frontier, cache
 
-  def _exit_head(self, j: int, hidden: Array, choice: ExitChoice) -> ExitChoice:
-    """Exit j's confidence for rows still undecided; the confident ones take their token there."""
-    config = self.config
+  def _log_probs(self, features: Array) -> Array:
+    """The shared head on exit features [R, D] -> log-probabilities [R, V] float32."""
+    return jax.nn.log_softmax(self.model.logits(features).astype(jnp.float32))
+
+  def _exit(self, j: int, hidden: Array, previous: Array, choice: ExitChoice) -> ExitChoice:
+    """Exit j for rows still undecided: the confident ones (all, at the last layer) take it.
+    hidden [R, D] is layer j's output at the current position, previous [R, D] its input there."""
     layer_features = self.decoder.exit(j, hidden)  # [R, D]
-    log_probs = jax.nn.log_softmax(self.model.logits(layer_features).astype(jnp.float32))  # [R, V]
-    layer_conf = confidence_from_log_probs(log_probs, config.confidence)  # [R]
-    if config.exit_mode in ("deed", "oracle", "copy"):
-      allowed = j >= config.min_exit_layer - 1
-      confident = (layer_conf >= self.threshold) & allowed | (j == self.last_layer)
+    if self.head_at_exits:
+      log_probs = self._log_probs(layer_features)  # [R, V]
+      layer_conf = confidence_from_log_probs(log_probs, self.config.confidence)  # [R]
     else:
-      confident = jnp.full((self.rows,), j == self.last_layer)
+      log_probs, layer_conf = None, state_confidence(hidden, previous)  # [R]
+    if j == self.last_layer:
+      confident = jnp.ones((self.rows,), bool)
+    else:
+      confident = layer_conf >= self.threshold
     take = ~choice.decided & confident  # [R]
     pick = lambda new, old: jnp.where(take.reshape(take.shape + (1,) * (old.ndim - 1)), new, old)
-    return ExitChoice(
+    if log_probs is not None:
+      choice = choice._replace(
+          token=pick(jnp.argmax(log_probs, axis=-1).astype(jnp.int32), choice.token),
+          log_prob=pick(log_probs.max(axis=-1), choice.log_prob),
+          log_probs=None if choice.log_probs is None else pick(log_probs, choice.log_probs))
+    return choice._replace(
         decided=choice.decided | take,
-        token=pick(jnp.argmax(log_probs, axis=-1).astype(jnp.int32), choice.token),
-        log_prob=pick(log_probs.max(axis=-1), choice.log_prob),
         features=pick(layer_features, choice.features),
         exit_layer=pick(jnp.int32(j + 1), choice.exit_layer),
         confidence=pick(layer_conf, choice.confidence),
         hidden=pick(hidden, choice.hidden))
+
+  def _head_after_stack(self, choice: ExitChoice) -> ExitChoice:
+    """Head-free confidences: the head runs once, on each row's exit features."""
+    log_probs = self._log_probs(choice.features)  # [R, V]
+    emitted = choice.exit_layer > 0  # [R] rows that were not live get zeros
+    return choice._replace(
+        token=jnp.where(emitted, jnp.argmax(log_probs, axis=-1), 0).astype(jnp.int32),
+        log_prob=jnp.where(emitted, log_probs.max(axis=-1), 0.0),
+        log_probs=log_probs if self.keep_log_probs else None)
 
   def __call__(self, state: DecoderState, position: Array, last_token: Array, live: Array
                ) -> tuple[DecoderState, StepOutput]:
@@ -193,17 +234,20 @@ class DecodeStep:
     zeros_f = jnp.zeros((rows,), jnp.float32)
     zeros_d = jnp.zeros((rows, self.d_model), self.dtype)
     zeros_i = jnp.zeros((rows,), jnp.int32)
-    choice = ExitChoice(decided=~live, token=zeros_i, log_prob=zeros_f, features=zeros_d,
-                        exit_layer=zeros_i, confidence=zeros_f, hidden=zeros_d)
+    keep = self.keep_log_probs and self.head_at_exits
+    choice = ExitChoice(decided=~live, token=zeros_i, log_prob=zeros_f,
+                        log_probs=jnp.zeros((rows, self.model.config.vocab_size)) if keep else None,
+                        features=zeros_d, exit_layer=zeros_i, confidence=zeros_f, hidden=zeros_d)
+    at_p = lambda frontier: jax.lax.dynamic_index_in_dim(frontier, p, axis=1, keepdims=False)  # [R,D]
 
     def layers_from(j: int, carry: LayerCarry) -> LayerCarry:
       start = p if config.exit_mode == "copy" else carry.fill[j]
       caches = list(carry.caches)
+      previous = at_p(carry.frontier)  # layer j's input at p
       frontier, caches[j] = self._run_layer(j, carry.frontier, caches[j], start, p)
       choice = carry.choice
-      if config.exit_mode not in ("static", "fixed") or j == self.last_layer:  # Else no exit here.
-        hidden = jax.lax.dynamic_index_in_dim(frontier, p, axis=1, keepdims=False)  # [R, D]
-        choice = self._exit_head(j, hidden, choice)
+      if self.early_exits[j] or j == self.last_layer:  # Elsewhere no exit: no head, no confidence.
+        choice = self._exit(j, at_p(frontier), previous, choice)
       carry = LayerCarry(frontier, tuple(caches), carry.fill.at[j].set(p + 1), choice,
                          carry.layers_run + 1, carry.backfilled.at[j].set(p - start))
       if j == self.last_layer:
@@ -215,10 +259,12 @@ class DecodeStep:
     top = layers_from(0, LayerCarry(frontier, state.caches, state.fill, choice, jnp.int32(0),
                                     jnp.zeros((self.num_layers,), jnp.int32)))
     choice, caches = top.choice, top.caches
+    if not self.head_at_exits:
+      choice = self._head_after_stack(choice)
     if config.exit_mode == "copy":
       caches = self._copy_exit_state(list(caches), p, choice.exit_layer, choice.hidden)
-    out = StepOutput(choice.token, choice.log_prob, choice.features, choice.exit_layer,
-                     choice.confidence, top.layers_run, top.backfilled)
+    out = StepOutput(choice.token, choice.log_prob, choice.log_probs, choice.features,
+                     choice.exit_layer, choice.confidence, top.layers_run, top.backfilled)
     return DecoderState(tuple(caches), top.fill, top.frontier), out
 
   def _copy_exit_state(self, caches: list[KVCache], p: Array, exit_layer: Array, exit_hidden: Array

@@ -14,11 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from deed_jax.decoding.config import DecodeConfig, check_threshold
-from deed_jax.decoding.confidence import confidence
+from deed_jax.decoding.confidence import exit_confidences
 from deed_jax.models import MultiExitEncoderDecoder
 
-# logits of every exit [L, B, V] -> (exit taken, 0-based [B]; its confidence [B])
-ExitRule = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
+# logits of every exit [L, B, V], layer states [L + 1, B, D] (the embedding first)
+#   -> (exit taken, 0-based [B]; its confidence [B])
+ExitRule = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
 
 class ReferenceOutput(NamedTuple):
@@ -27,15 +28,17 @@ class ReferenceOutput(NamedTuple):
   confidences: jax.Array  # [B, N] float32, the confidence at that exit; 0 after EOS
 
 
-def first_confident_exit(threshold: jax.Array | float, kind: str, min_exit_layer: int = 1) -> ExitRule:
-  """DEED's rule: the first layer >= min_exit_layer whose confidence is >= threshold, else the last."""
+def first_confident_exit(threshold: jax.Array | float, kind: str,
+                         early_exits: tuple[bool, ...] | None = None) -> ExitRule:
+  """DEED's rule: the first layer allowed to exit early (`early_exits[j]`, default all) whose
+  confidence is >= threshold, else the last."""
 
-  def rule(logits):  # [L, B, V]
-    conf = confidence(logits, kind)  # [L, B]
-    layers = jnp.arange(logits.shape[0])[:, None]  # [L, 1]
-    confident = (conf >= threshold) & (layers >= min_exit_layer - 1)
-    confident = confident | (layers == logits.shape[0] - 1)
-    chosen = jnp.argmax(confident, axis=0)  # [B] first True
+  def rule(logits, states):  # [L, B, V], [L + 1, B, D]
+    conf = exit_confidences(kind, logits, states)  # [L, B]
+    num_layers = logits.shape[0]
+    allowed = jnp.array(early_exits if early_exits is not None else (True,) * num_layers)[:, None]
+    last = (jnp.arange(num_layers) == num_layers - 1)[:, None]  # [L, 1]
+    chosen = jnp.argmax((conf >= threshold) & allowed | last, axis=0)  # [B] first True
     return chosen, jnp.take_along_axis(conf, chosen[None], axis=0)[0]
 
   return rule
@@ -44,9 +47,10 @@ def first_confident_exit(threshold: jax.Array | float, kind: str, min_exit_layer
 def fixed_exit(exit_layer: jax.Array | int, kind: str = "max_prob") -> ExitRule:
   """Always exit `exit_layer` (1-based; may be traced)."""
 
-  def rule(logits):  # [L, B, V]
+  def rule(logits, states):  # [L, B, V], [L + 1, B, D]
     chosen = jnp.full((logits.shape[1],), exit_layer - 1, jnp.int32)
-    return chosen, jnp.take_along_axis(confidence(logits, kind), chosen[None], axis=0)[0]
+    conf = exit_confidences(kind, logits, states)
+    return chosen, jnp.take_along_axis(conf, chosen[None], axis=0)[0]
 
   return rule
 
@@ -72,20 +76,21 @@ def greedy_with_rule(model: MultiExitEncoderDecoder, encoder_out: jax.Array, enc
   def step(t, carry):
     prefix, out, done, exit_states = carry
     if copy_states:
-      hidden, features = copied_state_pass(model, prefix, t, out.exit_layers, exit_states, encoder_out,
-                                            encoder_mask)  # [L, B, D] each
+      states, features = copied_state_pass(model, prefix, t, out.exit_layers, exit_states, encoder_out,
+                                           encoder_mask)  # [L + 1, B, D], [L, B, D]
     else:
-      features = model.decoder(prefix, encoder_out, encoder_mask)
-      features = jax.lax.dynamic_index_in_dim(features, t, axis=2, keepdims=False)  # [L, B, D]
+      at_t = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=2, keepdims=False)
+      features, states = map(at_t, model.decoder(prefix, encoder_out, encoder_mask,
+                                                 return_states=True))  # [L, B, D], [L + 1, B, D]
     logits = model.logits(features)  # [L, B, V]
-    chosen, conf = rule(logits)  # [B], [B]
+    chosen, conf = rule(logits, states)  # [B], [B]
     token = jnp.take_along_axis(jnp.argmax(logits, axis=-1), chosen[None], axis=0)[0]  # [B]
     token = jnp.where(done, pad_id, token).astype(jnp.int32)
     out = ReferenceOutput(out.tokens.at[:, t].set(token),
                           out.exit_layers.at[:, t].set(jnp.where(done, 0, chosen + 1)),
                           out.confidences.at[:, t].set(jnp.where(done, 0.0, conf)))
     if copy_states:
-      state = jnp.take_along_axis(hidden, chosen[None, :, None], axis=0)[0]  # [B, D]
+      state = jnp.take_along_axis(states[1:], chosen[None, :, None], axis=0)[0]  # [B, D]
       exit_states = exit_states.at[:, t].set(state.astype(exit_states.dtype))
     next_index = jnp.minimum(t + 1, n - 1)  # The last step's token is not fed back.
     prefix = jnp.where(t + 1 < n, prefix.at[:, next_index].set(token), prefix)
@@ -99,22 +104,20 @@ def copied_state_pass(model: MultiExitEncoderDecoder, prefix: jax.Array, t: jax.
                        exit_layers: jax.Array, exit_states: jax.Array, encoder_out: jax.Array,
                        encoder_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
   """The whole decoder over the prefix [B, N], where each earlier position's layers above its exit
-  (exit_layers [B, N], 1-based) take K/V from its exit state [B, N, D].
+  (exit_layers [B, N], 1-based) take K/V from its exit state [B, N, D] (its exit layer's output).
 
-  -> hidden states and exit features at t, [L, B, D] each. The last layer's hidden state is never
-  copied anywhere (no layer above it), so it is returned as zeros.
+  -> the layer states at t [L + 1, B, D] (the embedding first) and the exit features at t [L, B, D].
   """
   positions = jnp.arange(prefix.shape[1])
-  layer_inputs = []  # layer j's input is layer j-1's output
 
   def kv_input_fn(j, x):  # x [B, N, D]
-    layer_inputs.append(jax.lax.dynamic_index_in_dim(x, t, axis=1, keepdims=False))
     own_state = (positions[None, :] >= t) | (exit_layers >= j + 1)  # [B, N]
     return jnp.where(own_state[..., None], x, exit_states.astype(x.dtype))
 
-  features = model.decoder(prefix, encoder_out, encoder_mask, kv_input_fn=kv_input_fn)
-  hidden = jnp.stack(layer_inputs[1:] + [jnp.zeros_like(layer_inputs[0])])  # [L, B, D]
-  return hidden, jax.lax.dynamic_index_in_dim(features, t, axis=2, keepdims=False)
+  at_t = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=2, keepdims=False)
+  features, states = model.decoder(prefix, encoder_out, encoder_mask, kv_input_fn=kv_input_fn,
+                                   return_states=True)
+  return at_t(states), at_t(features)
 
 
 def greedy_at_exit(model: MultiExitEncoderDecoder, encoder_inputs: dict, exit_layer: jax.Array | int,
@@ -148,7 +151,8 @@ def greedy_reference(model: MultiExitEncoderDecoder, encoder_inputs: dict, confi
   elif config.exit_mode == "fixed":
     rule = fixed_exit(config.fixed_exit_layer, config.confidence)
   else:
-    rule = first_confident_exit(threshold, config.confidence, config.min_exit_layer)
+    rule = first_confident_exit(threshold, config.confidence,
+                                early_exits=config.early_exits(model.config.decoder_layers))
   return greedy_with_rule(model, encoder_out, encoder_mask, rule, config.max_new_tokens,
                           bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id,
                           copy_states=config.exit_mode == "copy")

@@ -97,8 +97,11 @@ class Decoder(nnx.Module):
     return self.final_norm(h) if self.config.norm_position == "pre" else h
 
   def __call__(self, token_ids: Array, encoder_out: Array, encoder_mask: Array, *, num_layers: int | None = None, dropout_rng: Array | None = None,
-               kv_input_fn: Callable[[int, Array], Array] | None = None) -> Array:
-    """Full-sequence (teacher-forced) pass. Returns the features of exits 1..num_layers: [L', B, T, D].
+               kv_input_fn: Callable[[int, Array], Array] | None = None, return_states: bool = False
+               ) -> Array | tuple[Array, Array]:
+    """Full-sequence (teacher-forced) pass. Returns the features of exits 1..num_layers: [L', B, T, D]
+    (and with `return_states`, the layer states [L' + 1, B, T, D]: the embedding, then each layer's
+    output, which head-free confidences and CALM's copy mode read).
 
     `kv_input_fn(j, x)` (CALM's copied states, naive reference): layer j derives its self-attention
     K/V from the returned [B, T, D] instead of its input x.
@@ -109,7 +112,7 @@ class Decoder(nnx.Module):
     x = dropout(self.embed(token_ids, positions), self.config.dropout_rate, rngs[-1])
     self_bias = self.self_bias(positions, positions)
     cross_bias = padding_bias(encoder_mask)
-    exits = []
+    exits, states = [], [x]
     for index in range(num_layers):
       layer = self.layers[index]
       cross_kv = layer.cross_attention.project_kv(encoder_out)
@@ -117,4 +120,7 @@ class Decoder(nnx.Module):
       x, _ = layer(x, self_bias, cross_kv=cross_kv, cross_bias=cross_bias, kv_input=kv_input,
                    dropout_rng=rngs[index])
       exits.append(self.exit(index, x))
+      states.append(x)
+    if return_states:
+      return jnp.stack(exits), jnp.stack(states)  # [L', B, T, D], [L' + 1, B, T, D]
     return jnp.stack(exits)  # [L', B, T, D]

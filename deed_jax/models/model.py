@@ -94,13 +94,15 @@ class MultiExitEncoderDecoder(nnx.Module):
     return states, mask
 
   def exit_features(self, encoder_inputs: dict, decoder_input_ids: Array, *,
-                    num_layers: int | None = None, dropout_rng: Array | None = None) -> Array:
-    """Teacher-forced features of exits 1..num_layers (pre-head): [L', B, T, D]."""
+                    num_layers: int | None = None, dropout_rng: Array | None = None,
+                    return_states: bool = False) -> Array | tuple[Array, Array]:
+    """Teacher-forced features of exits 1..num_layers (pre-head): [L', B, T, D] (and with
+    `return_states` the layer states [L' + 1, B, T, D], the embedding first)."""
     self.check_inputs(encoder_inputs, decoder_input_ids)
     enc_rng, dec_rng = split_rng(dropout_rng, 2)
     encoder_out, encoder_mask = self.encode(encoder_inputs, enc_rng)
     return self.decoder(decoder_input_ids, encoder_out, encoder_mask, num_layers=num_layers,
-                        dropout_rng=dec_rng)
+                        dropout_rng=dec_rng, return_states=return_states)
 
   def logits(self, features: Array) -> Array:
     """The shared LM head: [..., D] -> [..., V] float32."""

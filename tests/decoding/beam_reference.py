@@ -2,7 +2,9 @@
 forward over every beam's whole prefix at each step, Hugging Face's beam rules written out (those of
 transformers 4.57's `_beam_search`, the version the conversion tests compare with).
 
-Each beam takes its log-probs from its own first confident exit (threshold > 1: the last layer).
+Each beam takes its log-probs from its own first confident exit (threshold > 1: the last layer). The
+confidences are recomputed here in NumPy: max_prob, or CALM's state saturation (1 + cos) / 2 between a
+layer's output and its input.
 """
 
 from __future__ import annotations
@@ -35,8 +37,19 @@ def _add(pool, hypothesis, num_beams):
       pool.remove(min(pool, key=lambda h: h[0]))
 
 
+def _confidences(log_probs, states, kind):
+  """[L, K, V] log-probs and [L + 1, K, D] layer states -> [L, K]."""
+  if kind == "max_prob":
+    return np.exp(log_probs).max(-1)
+  assert kind == "state", kind
+  a, b = states[1:].astype(np.float64), states[:-1].astype(np.float64)
+  cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+  return (1.0 + cos) / 2.0
+
+
 def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, length_penalty=1.0,
-                early_stopping=False, threshold=2.0, min_exit_layer=1, copy_states=False):
+                early_stopping=False, threshold=2.0, min_exit_layer=1, exit_layers=None,
+                confidence="max_prob", copy_states=False):
   """-> BeamResult: per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)];
   per step, the deepest exit any beam of a still-running row took ([max_new_tokens] ints, 0 once every
   row is done: the layers a batched decoder must run at that step, no more); per row, the steps it
@@ -48,13 +61,19 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
   k, n = num_beams, max_new_tokens
   # Prefixes are padded to n: causal attention makes position p's logits those of the prefix alone,
   # and one compiled forward serves every step.
-  forward = jax.jit(lambda inputs, prefix: model(inputs, prefix))
+  @jax.jit
+  def forward(inputs, prefix):  # -> [L, K, N, V], [L + 1, K, N, D]
+    features, states = model.exit_features(inputs, prefix, return_states=True)
+    return model.logits(features), states
 
   @jax.jit
-  def copied_forward(inputs, prefix, t, exit_layers, exit_states):  # -> [L, K, V], [L, K, D] at t
-    hidden, features = copied_state_pass(model, prefix, t, exit_layers, exit_states,
+  def copied_forward(inputs, prefix, t, exit_layers, exit_states):  # -> [L, K, V], [L + 1, K, D] at t
+    states, features = copied_state_pass(model, prefix, t, exit_layers, exit_states,
                                          *model.encode(inputs))
-    return model.logits(features), hidden
+    return model.logits(features), states
+
+  def may_exit(layer):  # 0-based
+    return layer >= min_exit_layer - 1 and (exit_layers is None or layer + 1 in exit_layers)
   pools, layers_run, row_steps = [], [0] * max_new_tokens, []
   for b in range(len(next(iter(encoder_inputs.values())))):
     row_inputs = {name: np.repeat(value[b:b + 1], k, axis=0) for name, value in encoder_inputs.items()}
@@ -66,18 +85,18 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
       prefixes = np.array([[cfg.bos_id] + beam[1] + [cfg.pad_id] * (n - 1 - p) for beam in beams],
                           np.int32)  # [K, N]
       if copy_states:
-        exit_layers = np.array([beam[2] + [0] * (n - p) for beam in beams], np.int32)  # [K, N]
-        logits, hidden = copied_forward(row_inputs, prefixes, p, exit_layers, np.stack(states))
-        logits, hidden = np.asarray(logits, np.float64), np.asarray(hidden)  # [L, K, V], [L, K, D]
+        taken = np.array([beam[2] + [0] * (n - p) for beam in beams], np.int32)  # [K, N]
+        logits, hidden = copied_forward(row_inputs, prefixes, p, taken, np.stack(states))
+        logits, hidden = np.asarray(logits, np.float64), np.asarray(hidden)  # [L, K, V], [L+1, K, D]
       else:
-        logits = np.asarray(forward(row_inputs, prefixes), np.float64)[:, :, p]  # [L, K, V]
+        logits, hidden = forward(row_inputs, prefixes)
+        logits, hidden = np.asarray(logits, np.float64)[:, :, p], np.asarray(hidden)[:, :, p]
       log_probs = _log_softmax(logits)
-      confidences = np.exp(log_probs).max(-1)  # [L, K]
+      confidences = _confidences(log_probs, hidden, confidence)  # [L, K]
       candidates = []
       for i, (score, tokens, exits, confs) in enumerate(beams):
         layer = next((l for l in range(cfg.decoder_layers)
-                      if l >= min_exit_layer - 1 and confidences[l, i] >= threshold),
-                     cfg.decoder_layers - 1)
+                      if may_exit(l) and confidences[l, i] >= threshold), cfg.decoder_layers - 1)
         layers_run[p] = max(layers_run[p], layer + 1)
         for token in range(cfg.vocab_size):
           candidates.append((score + log_probs[layer, i, token], i, token, layer + 1,
@@ -94,7 +113,7 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
           new_beams.append((score,) + extended)
           new_states.append(states[i].copy())
           if copy_states:
-            new_states[-1][p] = hidden[layer - 1, i]
+            new_states[-1][p] = hidden[layer, i]  # the exit layer's output (1-based layer)
         if len(new_beams) == k:
           break
       beams, states = new_beams, new_states

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from deed_jax.decoding.confidence import confidence
+from deed_jax.decoding.confidence import exit_confidences
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.reference import greedy_reference
 from deed_jax.models import MultiExitEncoderDecoder
@@ -31,8 +31,8 @@ THRESHOLD_MARGIN = 1e-4
 
 
 def spread_model(encoder: str, seed: int, **overrides) -> MultiExitEncoderDecoder:
-  config = tiny_config(encoder=encoder, decoder_layers=4, vocab_size=11, max_target_length=10,
-                       **overrides)
+  config = tiny_config(**{"encoder": encoder, "decoder_layers": 4, "vocab_size": 11,
+                          "max_target_length": 10, **overrides})
   return randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(seed)), seed=seed, scale=0.5)
 
 
@@ -41,16 +41,17 @@ def distinct_exits(exit_layers) -> int:
   return len(set(layers[layers > 0].tolist()))
 
 
-def confidence_quantiles(model, encoder_inputs, max_new_tokens: int, kind: str = "max_prob"
-                         ) -> np.ndarray:
-  """Candidate thresholds: quantiles of every exit's confidence (`kind`) along the full model's greedy
-  output."""
+def confidence_quantiles(model, encoder_inputs, max_new_tokens: int, kind: str = "max_prob",
+                         count: int = 19) -> np.ndarray:
+  """Candidate thresholds: `count` quantiles of every exit's confidence (`kind`) along the full
+  model's greedy output."""
   static = greedy_reference(model, encoder_inputs,
                             DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens))
   tokens = np.asarray(static.tokens)
   prefix = np.concatenate([np.full((len(tokens), 1), model.config.bos_id), tokens[:, :-1]], axis=1)
-  confidences = np.asarray(confidence(model(encoder_inputs, prefix), kind))  # [L, B, N]
-  return np.quantile(confidences, np.linspace(0.05, 0.95, 19))
+  features, states = model.exit_features(encoder_inputs, prefix, return_states=True)
+  confidences = np.asarray(exit_confidences(kind, model.logits(features), states))  # [L, B, N]
+  return np.quantile(confidences, np.linspace(0.05, 0.95, count))
 
 
 def frequent_token(model, encoder_inputs, steps: int) -> int:
@@ -120,3 +121,26 @@ def count_compilations():
 
 def replace(config: DecodeConfig, **changes) -> DecodeConfig:
   return dataclasses.replace(config, **changes)
+
+
+def assert_same(out, expected):
+  """Greedy: tokens and exits equal, confidences within float error."""
+  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(expected.tokens))
+  np.testing.assert_array_equal(np.asarray(out.exit_layers), np.asarray(expected.exit_layers))
+  np.testing.assert_allclose(np.asarray(out.confidences), np.asarray(expected.confidences), atol=1e-5)
+
+
+def assert_pools_equal(out, pools, pad_id):
+  """Beam search: every hypothesis of every row in `pools` (the straightforward beam search's), best
+  first: tokens (pad after EOS), exits, confidences, score."""
+  steps = np.asarray(out.beams.tokens).shape[-1]
+  for b, pool in enumerate(pools):
+    assert len(pool) == np.asarray(out.beams.tokens).shape[1]
+    for k, (score, tokens, exits, confs) in enumerate(pool):
+      n = len(tokens)
+      assert np.asarray(out.beams.tokens)[b, k].tolist() == tokens + [pad_id] * (steps - n), (b, k)
+      assert np.asarray(out.beams.exit_layers)[b, k].tolist() == exits + [0] * (steps - n), (b, k)
+      np.testing.assert_allclose(np.asarray(out.beams.confidences)[b, k, :n], confs, rtol=1e-4)
+      np.testing.assert_allclose(np.asarray(out.beams.scores)[b, k], score, rtol=1e-4)
+  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(out.beams.tokens)[:, 0])
+  np.testing.assert_array_equal(np.asarray(out.scores), np.asarray(out.beams.scores)[:, 0])

@@ -9,24 +9,10 @@ from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import generate, make_generate
 from tests.conftest import random_inputs
 from tests.decoding.beam_reference import beam_search
-from tests.decoding.helpers import (confidence_quantiles, frequent_token, replace, spread_model,
-                                    spread_threshold)
+from tests.decoding.helpers import (assert_pools_equal, confidence_quantiles, frequent_token, replace,
+                                    spread_model, spread_threshold)
 
 NUM_BEAMS, STEPS = 3, 8
-
-
-def _assert_pools_equal(out, pools, pad_id):
-  """Every hypothesis of every row, best first: tokens (pad after EOS), exits, confidences, score."""
-  for b, pool in enumerate(pools):
-    assert len(pool) == NUM_BEAMS
-    for k, (score, tokens, exits, confs) in enumerate(pool):
-      n = len(tokens)
-      assert np.asarray(out.beams.tokens)[b, k].tolist() == tokens + [pad_id] * (STEPS - n), (b, k)
-      assert np.asarray(out.beams.exit_layers)[b, k].tolist() == exits + [0] * (STEPS - n), (b, k)
-      np.testing.assert_allclose(np.asarray(out.beams.confidences)[b, k, :n], confs, rtol=1e-4)
-      np.testing.assert_allclose(np.asarray(out.beams.scores)[b, k], score, rtol=1e-4)
-  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(out.beams.tokens)[:, 0])
-  np.testing.assert_array_equal(np.asarray(out.scores), np.asarray(out.beams.scores)[:, 0])
 
 
 @pytest.mark.parametrize("encoder, seed, length_penalty, early_stopping, eos", [
@@ -42,7 +28,7 @@ def test_full_depth_beam_equals_straightforward_beam_search(encoder, seed, lengt
   pools = beam_search(model, encoder_inputs, num_beams=NUM_BEAMS, max_new_tokens=STEPS, eos_id=eos_id,
                       length_penalty=length_penalty, early_stopping=early_stopping).pools
   for mode in ("deed", "static"):
-    _assert_pools_equal(generate(model, encoder_inputs, replace(decode, exit_mode=mode)), pools,
+    assert_pools_equal(generate(model, encoder_inputs, replace(decode, exit_mode=mode)), pools,
                         model.config.pad_id)
   lengths = [len(h[1]) for pool in pools for h in pool]
   if eos == "frequent":  # Hypotheses ended with EOS and went through the pool.
@@ -81,13 +67,13 @@ def test_early_exit_beam_equals_straightforward_beam_search(encoder, seed, batch
   pools, layers_run, _ = reference(threshold)
   assert len({e for pool in pools for h in pool for e in h[2]}) >= 3  # Exits at many layers.
   deed = deed_run(encoder_inputs, threshold)
-  _assert_pools_equal(deed, pools, model.config.pad_id)
+  assert_pools_equal(deed, pools, model.config.pad_id)
   assert np.asarray(deed.backfilled).sum() > 0  # Beams, too, computed skipped layers later.
   # The batch rule: each step runs exactly as deep as the deepest exit among the beams of rows still
   # running; finished rows and shallower beams never force depth.
   assert np.asarray(deed.layers_run).tolist() == layers_run
   assert min(d for d in layers_run if d) < model.config.decoder_layers  # Some step stopped early.
-  _assert_pools_equal(oracle(encoder_inputs, float(threshold)), pools, model.config.pad_id)
+  assert_pools_equal(oracle(encoder_inputs, float(threshold)), pools, model.config.pad_id)
   alone = generate(model, {k: v[1:2] for k, v in encoder_inputs.items()},
                    replace(decode, threshold=float(threshold)))
   np.testing.assert_array_equal(np.asarray(alone.beams.tokens)[0], np.asarray(deed.beams.tokens)[1])
@@ -109,7 +95,7 @@ def test_copy_mode_beam_equals_straightforward_copy_beam_search():
   pools = beam_search(model, encoder_inputs, copy_states=True, **search).pools
   exits = {e for pool in pools for h in pool for e in h[2][:-1]}  # positions a later one attends to
   assert len(exits) >= 2 and min(exits) < model.config.decoder_layers  # Some K/V really were copied.
-  _assert_pools_equal(run(encoder_inputs, threshold), pools, model.config.pad_id)
+  assert_pools_equal(run(encoder_inputs, threshold), pools, model.config.pad_id)
   # Copied states are not the full model's: the same search with DEED's features scores otherwise.
   deed_pools = beam_search(model, encoder_inputs, **search).pools
   assert [h[0] for pool in deed_pools for h in pool] != pytest.approx(

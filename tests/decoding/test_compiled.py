@@ -11,6 +11,7 @@ from flax import nnx
 
 from deed_jax.decoding import make_generate
 from deed_jax.decoding.config import DecodeConfig
+from deed_jax.decoding.decode_step import DecodeStep
 from deed_jax.models import MultiExitEncoderDecoder
 from tests.conftest import random_inputs, tiny_config
 
@@ -73,3 +74,65 @@ def test_deed_decode_does_not_copy_the_cache_per_layer(batch):
       assert len(copies["step"]) <= 2 * config.decoder_layers + 1
     else:
       assert copies["step"] == []
+
+
+@pytest.fixture
+def predicate_count(monkeypatch):
+  """Counts the control-flow predicates a step evaluates: every `while_loop` condition check and
+  every `cond`, run eagerly (under `jax.disable_jit`, JAX evaluates both in Python, so the count is
+  what the compiled loops and branches evaluate on the device). -> [count]."""
+  count = [0]
+  real_while, real_cond = jax.lax.while_loop, jax.lax.cond
+
+  def while_loop(cond_fun, body_fun, init_val):
+    def counted(value):
+      count[0] += 1
+      return cond_fun(value)
+    return real_while(counted, body_fun, init_val)
+
+  def cond(pred, *args, **kwargs):
+    count[0] += 1
+    return real_cond(pred, *args, **kwargs)
+
+  monkeypatch.setattr(jax.lax, "while_loop", while_loop)
+  monkeypatch.setattr(jax.lax, "cond", cond)
+  return count
+
+
+def _step_predicates(model, decode: DecodeConfig, thresholds, count) -> list[tuple[int, int]]:
+  """Runs one batch-2 decode step per threshold (positions 0, 1, ...) eagerly. -> per step
+  (predicates evaluated, layers run)."""
+  config = decode.resolve(model.config)
+  encoder_inputs, _ = random_inputs(model.config, batch=2, seed=0)
+  results = []
+  with jax.disable_jit():
+    encoder_out, encoder_mask = model.encode(encoder_inputs)
+    state, token, live = None, jnp.full((2,), config.bos_id, jnp.int32), jnp.ones((2,), bool)
+    for p, threshold in enumerate(thresholds):
+      step = DecodeStep(model, encoder_out, encoder_mask, config, jnp.float32(threshold))
+      state = step.init_state() if state is None else state
+      before = count[0]
+      state, out = step(state, jnp.int32(p), token, live)
+      results.append((count[0] - before, int(out.layers_run)))
+      token = out.token
+  return results
+
+
+def test_a_one_position_step_evaluates_few_predicates_per_layer(predicate_count):
+  """A step whose layers have nothing deferred (the usual step) evaluates one predicate per layer
+  for the loop that skips the deeper layers, plus the loop's exit when it was entered, plus deed's
+  "anything deferred?" check at layers 2..L; a backfilling step evaluates more (the control: the
+  count sees the block loops)."""
+  config = tiny_config(decoder_layers=4, vocab_size=11, max_target_length=20, num_heads=4)
+  model = MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
+  layers = config.decoder_layers
+  full = _step_predicates(model, DecodeConfig(max_new_tokens=8, exit_mode="static"), [2.0] * 3,
+                          predicate_count)
+  assert all(run == layers and count <= 2 * layers - 1 for count, run in full), full
+  deed = _step_predicates(model, DecodeConfig(max_new_tokens=8, backfill_chunk=4),
+                          [2.0, 0.0, 0.0, 2.0], predicate_count)
+  (all_layers, run0), (shallow, run1), _, (backfill, run3) = deed
+  assert (run0, run1, run3) == (layers, 1, layers)
+  assert all_layers <= 3 * layers - 3  # one-position step through every layer: < 3 per layer
+  assert shallow == 1  # exit at layer 1: the one predicate that skips the rest of the stack
+  assert backfill > all_layers  # layers 2..4 had positions 1, 2 deferred: the block loops ran

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from deed_jax.decoding.confidence import confidence
+from deed_jax.decoding.confidence import confidence, state_confidence
 
 
 def _numpy_confidence(logits: np.ndarray, kind: str) -> np.ndarray:
@@ -41,3 +41,16 @@ def test_extremes_and_random_logits(kind):
   ours = np.asarray(confidence(logits, kind))
   assert ours.shape == (4, 5) and ((ours >= 0) & (ours <= 1)).all()
   np.testing.assert_allclose(ours, _numpy_confidence(logits, kind), atol=1e-6)
+
+
+def test_state_confidence_is_the_mapped_cosine_of_a_layer_output_and_its_input():
+  """(1 + cos) / 2: the same direction 1, orthogonal 1/2, opposite 0; a zero state gives 1/2, not
+  NaN; scale does not matter."""
+  h = np.array([[3.0, 4.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], np.float32)
+  previous = np.array([[6.0, 8.0], [0.0, 2.0], [-2.0, -2.0], [1.0, 0.0]], np.float32)
+  np.testing.assert_allclose(np.asarray(state_confidence(h, previous)), [1.0, 0.5, 0.0, 0.5],
+                             atol=1e-6)
+  rng = np.random.default_rng(1)
+  a, b = rng.normal(size=(2, 3, 7, 16)).astype(np.float32)
+  expected = 0.5 * (1 + (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)))
+  np.testing.assert_allclose(np.asarray(state_confidence(a, b)), expected, atol=1e-6)

@@ -12,15 +12,9 @@ from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import generate, make_generate
 from deed_jax.decoding.reference import greedy_reference
 from tests.conftest import random_inputs
-from tests.decoding.helpers import (SPREAD_SEEDS, confidence_quantiles, count_compilations,
-                                    distinct_exits, find_threshold, frequent_token, replace,
-                                    spread_model, spread_threshold)
-
-
-def _assert_same(out, expected):
-  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(expected.tokens))
-  np.testing.assert_array_equal(np.asarray(out.exit_layers), np.asarray(expected.exit_layers))
-  np.testing.assert_allclose(np.asarray(out.confidences), np.asarray(expected.confidences), atol=1e-5)
+from tests.decoding.helpers import (SPREAD_SEEDS, assert_same, confidence_quantiles,
+                                    count_compilations, distinct_exits, find_threshold,
+                                    frequent_token, replace, spread_model, spread_threshold)
 
 
 def _rows(encoder_inputs, b):
@@ -42,9 +36,9 @@ def test_deed_and_oracle_equal_the_naive_reference(encoder, seed, chunk):
   expected = reference(threshold)
   assert distinct_exits(expected.exit_layers) >= 3  # Exits really happen at many layers.
   out = deed(encoder_inputs, threshold)
-  _assert_same(out, expected)
+  assert_same(out, expected)
   assert np.asarray(out.backfilled).sum() > 0  # The batch, too, computed skipped layers later.
-  _assert_same(generate(model, encoder_inputs, replace(decode, exit_mode="oracle", threshold=threshold)),
+  assert_same(generate(model, encoder_inputs, replace(decode, exit_mode="oracle", threshold=threshold)),
                expected)
   backfilled = 0
   for b in range(4):  # Alone, a row's exits vary step to step, so skipped layers get backfilled.
@@ -64,7 +58,7 @@ def test_copy_equals_its_naive_reference(encoder, seed):
   threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 9))
   expected = reference(threshold)
   assert distinct_exits(expected.exit_layers) >= 3
-  _assert_same(generate(model, encoder_inputs, replace(decode, threshold=threshold)), expected)
+  assert_same(generate(model, encoder_inputs, replace(decode, threshold=threshold)), expected)
   # Copied states are not the full model's: the copy model's confidences depart from DEED's.
   deed = greedy_reference(model, encoder_inputs, replace(decode, exit_mode="deed"), threshold)
   assert not np.allclose(np.asarray(deed.confidences), np.asarray(expected.confidences), atol=1e-3)
@@ -92,7 +86,7 @@ def test_layers_run_is_the_deepest_exit_among_rows_still_decoding():
   threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 9),
                                require=telling)
   out = run(encoder_inputs, threshold)
-  _assert_same(out, reference(threshold))
+  assert_same(out, reference(threshold))
   exits = np.asarray(out.exit_layers)  # [B, N]
   np.testing.assert_array_equal(np.asarray(out.layers_run), exits.max(0))
 
@@ -117,10 +111,10 @@ def test_rows_decode_as_if_alone_and_static_fixed_match_reference():
   for k in (1, 3):
     config = replace(decode, exit_mode="fixed", fixed_exit_layer=k)
     out = generate(model, encoder_inputs, config)
-    _assert_same(out, greedy_reference(model, encoder_inputs, config))
+    assert_same(out, greedy_reference(model, encoder_inputs, config))
     assert int(np.asarray(out.layers_run).max()) == k
   out = generate(model, encoder_inputs, replace(decode, exit_mode="static"))
-  _assert_same(out, static)
+  assert_same(out, static)
   # Scores are the emitted tokens' log-probs, summed: here recomputed from the full model's logits.
   tokens = np.asarray(static.tokens)
   prefix = np.concatenate([np.full((3, 1), model.config.bos_id), tokens[:, :-1]], axis=1)
@@ -172,18 +166,19 @@ def test_bad_inputs_fail_before_compiling():
 
 def _replay_block_rule(layers_run, num_layers: int, chunk: int):
   """The layer calls the block rule makes, replayed from the per-step depths [N]: at step p, each layer
-  j < depth runs its block [fill_j, p] as whole `chunk`-wide calls, then one call of the smallest
-  power of two (at most `chunk`) that holds the rest.
+  j < depth runs its deferred positions [fill_j, p) as whole `chunk`-wide calls, then one call of the
+  smallest power of two (at most `chunk`) that holds the rest; then p alone.
   -> ([(first position, real positions, width)], backfilled [L])."""
   fill, calls, backfilled = [0] * num_layers, [], np.zeros(num_layers, np.int64)
   for p, depth in enumerate(layers_run):
     for j in range(depth):
-      start, size = fill[j], p + 1 - fill[j]
-      backfilled[j] += size - 1
+      start, size = fill[j], p - fill[j]
+      backfilled[j] += size
       calls += [(start + i * chunk, chunk, chunk) for i in range(size // chunk)]
       if size % chunk:
         rest = size % chunk
-        calls.append((p + 1 - rest, rest, min(chunk, 1 << (rest - 1).bit_length())))
+        calls.append((p - rest, rest, min(chunk, 1 << (rest - 1).bit_length())))
+      calls.append((p, 1, 1))
       fill[j] = p + 1
   return calls, backfilled
 
@@ -206,7 +201,7 @@ def test_padded_blocks_stay_exact(chunk):
   threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, steps),
                                require=telling)
   out = deed(encoder_inputs, threshold)
-  _assert_same(out, reference(threshold))
+  assert_same(out, reference(threshold))
   calls, backfilled = _replay_block_rule(np.asarray(out.layers_run), layers, chunk)
   np.testing.assert_array_equal(np.asarray(out.backfilled), backfilled)  # The replay is the run.
   assert has_padding(calls)  # Some block's last call ran padded.
@@ -237,7 +232,7 @@ def test_deed_equals_the_naive_reference_across_model_and_exit_options(overrides
   expected = reference(threshold)
   exits = np.asarray(expected.exit_layers)
   assert distinct_exits(exits) >= 2 and exits[exits > 0].min() >= decode.min_exit_layer
-  _assert_same(deed(encoder_inputs, threshold), expected)
+  assert_same(deed(encoder_inputs, threshold), expected)
 
 
 def test_bf16_deed_decisions_match_the_full_forward_within_rounding():
