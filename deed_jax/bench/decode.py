@@ -85,10 +85,10 @@ class Variant(NamedTuple):
   threshold: float | None
 
 
-def variants_for(layers: int, thresholds: dict[str, list[float]], fixed_layers: list[int],
+def variants_for(layers: int, thresholds: dict[str, dict[str, float]], fixed_layers: list[int],
                  min_exit: int, chunk: int, max_new_tokens: int) -> list[Variant]:
   """static; fixed k; per confidence: deed with min_exit_layer=min_exit at threshold 0, deed and copy
-  at each tuned threshold."""
+  at the threshold tuned to each target depth ({depth: threshold})."""
   base = DecodeConfig(max_new_tokens=max_new_tokens, backfill_chunk=chunk)
   out = [Variant("static", dataclasses.replace(base, exit_mode="static"), None)]
   out += [Variant(f"fixed k={k}", dataclasses.replace(base, exit_mode="fixed", fixed_exit_layer=k),
@@ -99,8 +99,8 @@ def variants_for(layers: int, thresholds: dict[str, list[float]], fixed_layers: 
       out.append(Variant(f"deed {confidence} min={min_exit} tau=0",
                          dataclasses.replace(decode, min_exit_layer=min_exit), 0.0))
     for mode in ("deed", "copy"):
-      out += [Variant(f"{mode} {confidence} tau={t:.4g}", dataclasses.replace(decode, exit_mode=mode), t)
-              for t in values]
+      out += [Variant(f"{mode} {confidence} e~{depth}", dataclasses.replace(decode, exit_mode=mode), t)
+              for depth, t in values.items()]
   return out
 
 
@@ -246,12 +246,13 @@ def goals(rows: list[dict], layers: int, head: float) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-  header = (f"{'batch':>5} {'variant':<28} {'exit':>5} {'run/step':>8} {'heads':>5} "
+  header = (f"{'batch':>5} {'variant':<28} {'tau':>9} {'exit':>5} {'run/step':>8} {'heads':>5} "
             f"{'dec ms/tok':>10} {'tot ms/smp':>10} {'compile s':>9} {'speedup':>7} {'bound':>6} "
             f"{'sp/bound':>8}")
   lines = [header, "-" * len(header)]
   for r in rows:
-    lines.append(f"{r['batch']:>5} {r['variant']:<28} {r['mean_exit_layer']:>5.2f} "
+    tau = "-" if r["threshold"] is None else f"{r['threshold']:.3g}"
+    lines.append(f"{r['batch']:>5} {r['variant']:<28} {tau:>9} {r['mean_exit_layer']:>5.2f} "
                  f"{r['mean_layers_run_per_step']:>8.2f} {r['heads_per_token']:>5.2f} "
                  f"{r['decoder_ms_per_token']:>10.3f} {r['total_ms_per_sample']:>10.2f} "
                  f"{r['compile_s']:>9.2f} {r['speedup']:>7.2f} {r['bound']:>6.2f} "
@@ -280,8 +281,8 @@ def main(argv):
   for confidence in _CONFIDENCES.value:
     oracle = make_generate(model, DecodeConfig(exit_mode="oracle", confidence=confidence,
                                                max_new_tokens=_NEW_TOKENS.value))
-    thresholds[confidence] = [threshold_for_depth(oracle, inputs_for(model.config, 1), float(d))
-                              for d in _DEPTHS.value]
+    thresholds[confidence] = {d: threshold_for_depth(oracle, inputs_for(model.config, 1), float(d))
+                              for d in _DEPTHS.value}
   variants = variants_for(layers, thresholds, fixed_layers, min_exit, _CHUNK.value, _NEW_TOKENS.value)
   rows = []
   for batch in (int(b) for b in _BATCHES.value):

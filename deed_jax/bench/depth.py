@@ -10,11 +10,13 @@ def mean_exit(out) -> float:
   return float(layers[layers > 0].mean())
 
 
-def threshold_for_depth(run, encoder_inputs: dict, depth: float, steps: int = 14) -> float:
-  """Bisect the threshold whose mean exit layer on `encoder_inputs` is closest to `depth`."""
-  low, high, best = 0.0, 1.0, None
+def threshold_for_depth(run, encoder_inputs: dict, depth: float, steps: int = 20) -> float:
+  """Bisect the threshold whose mean exit layer on `encoder_inputs` is closest to `depth`, on a log
+  scale over [1e-9, 1]: a random model's max-prob confidences with a large vocabulary sit near 1 / V,
+  far below what a linear bisection resolves."""
+  low, high, best = 1e-9, 1.0, None
   for _ in range(steps):
-    mid = (low + high) / 2
+    mid = (low * high) ** 0.5
     mean = mean_exit(run(encoder_inputs, mid))
     if best is None or abs(mean - depth) < abs(best[1] - depth):
       best = (mid, mean)

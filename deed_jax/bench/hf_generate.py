@@ -9,7 +9,9 @@ at a threshold tuned to about half depth. Its EOS logit is pushed down so every 
 `max_new_tokens` tokens. Full-depth variants must give HF's tokens (checked and reported). Variants are
 timed round-robin, `--repeats` rounds; medians, and speedups as medians of per-round ratios to HF
 greedy. Times are whole `generate` calls (encoder included) per sample. The summary line is our static
-greedy against HF eager greedy at batch 1 (the smallest batch run).
+greedy against HF eager greedy at batch 1 (the smallest batch run), and our static decoder time per
+token (encoder time taken off) against the weight-streaming floor: the bytes a batch-1 token reads
+over the measured memory bandwidth (`deed_jax.bench.bandwidth`); the goal is at most 1.1x the floor.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import numpy as np
 from absl import app, flags, logging
 
 from deed_jax import checkpoint
+from deed_jax.bench.bandwidth import memory_bandwidth, static_bytes_per_token
 from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.report import write_result
 from deed_jax.convert import hf_to_orbax
 from deed_jax.convert.parity import hf_generate, pad_to
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.generation import make_generate
+from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.timing import timed
 
 _LAYERS = flags.DEFINE_integer("decoder_layers", 6, "Decoder (and encoder) layers.")
@@ -156,9 +159,27 @@ def main(argv):
   static = next(r for r in rows if r["batch"] == smallest and r["variant"] == "ours static")
   summary = {"variant": f"ours static, batch {smallest}",
              "speedup_vs_hf_greedy": static["speedup_vs_hf_greedy"]}
+  if smallest == 1:
+    encode, one = make_encode(model), {"input_ids": probe["input_ids"],
+                                        "attention_mask": np.ones_like(probe["input_ids"])}
+    timed(encode, one)
+    encoder_ms = 1000 * float(np.median([timed(encode, one)[1] for _ in range(_REPEATS.value)]))
+    bandwidth = memory_bandwidth()
+    nbytes = static_bytes_per_token(model, _SOURCE.value, new_tokens)
+    decoder_ms = (static["ms_per_sample"] - encoder_ms) / new_tokens
+    floor_ms = 1000 * nbytes / bandwidth
+    summary.update({"bytes_per_token": nbytes, "memory_bandwidth_gb_s": bandwidth / 1e9,
+                    "floor_ms_per_token": floor_ms, "encoder_ms": encoder_ms,
+                    "static_decoder_ms_per_token": decoder_ms,
+                    "static_over_floor": decoder_ms / floor_ms, "goal_over_floor": 1.1})
   print(table(rows))
   print(f"\nOur static greedy vs HF eager greedy at batch {smallest}: "
         f"{summary['speedup_vs_hf_greedy']:.2f}x")
+  if "floor_ms_per_token" in summary:
+    print(f"Weight-streaming floor: {summary['bytes_per_token'] / 1e6:.1f} MB per token at "
+          f"{summary['memory_bandwidth_gb_s']:.1f} GB/s = {summary['floor_ms_per_token']:.3f} ms/token; "
+          f"our static decoder {summary['static_decoder_ms_per_token']:.3f} ms/token = "
+          f"{summary['static_over_floor']:.2f}x the floor (goal <= 1.1x)")
   write_result(_OUTPUT.value, {
       "model": json.loads(model.config.to_json()), "max_new_tokens": new_tokens,
       "source_length": _SOURCE.value, "repeats": _REPEATS.value, "threshold": threshold,

@@ -44,7 +44,8 @@ class DecodeConfig:
   bos_id: int | None = None  # None: the model config's ids.
   eos_id: int | None = None
   pad_id: int | None = None
-  backfill_chunk: int = 16  # Most positions one layer call computes in a just-in-time backfill block.
+  # Most positions one layer call computes in a just-in-time backfill block (at most max_new_tokens).
+  backfill_chunk: int = 16
 
   def __post_init__(self):
     for name, allowed in (("strategy", STRATEGIES), ("exit_mode", EXIT_MODES),

@@ -118,8 +118,9 @@ class DecodeStep:
     self.decoder = model.decoder
     self.rows = encoder_out.shape[0]
     self.num_layers = cfg.decoder_layers
-    # Only deed ever runs a layer over more than the current position (a backfill block).
-    self.chunk = config.backfill_chunk if config.exit_mode == "deed" else 1
+    # Only deed ever runs a layer over more than the current position (a backfill block); no block
+    # is longer than the decode.
+    self.chunk = min(config.backfill_chunk, config.max_new_tokens) if config.exit_mode == "deed" else 1
     self.widths = block_widths(self.chunk) if self.chunk > 1 else []
     self.cache_length = config.max_new_tokens + self.chunk  # Slack for padded blocks.
     self.last_layer = (config.fixed_exit_layer if config.exit_mode == "fixed" else self.num_layers) - 1
@@ -133,8 +134,8 @@ class DecodeStep:
         fill=jnp.zeros((self.num_layers,), jnp.int32),
         frontier=jnp.zeros((self.rows, self.cache_length, self.d_model), self.dtype))
 
-  def _run_layer(self, j: int, frontier: Array, cache: KVCache, start: Array, position: Array
-                 ) -> tuple[Array, KVCache]:
+  def _run_layer(self, j: int, frontier: Array, cache: KVCache, start: Array, position: Array,
+                 bias: Array) -> tuple[Array, KVCache]:
     """Layer j over positions [start, position] into cache and frontier.
 
     The current position always runs as one width-1 call. Only deed defers positions (start <
@@ -149,11 +150,11 @@ class DecodeStep:
     input.
     """
 
-    def block(width: int, deferred_only: bool = False):
+    def block(width: int, deferred_only: bool = False, bias: Array | None = None):
       def body(carry):
         block_start, frontier, cache = carry
         x = jax.lax.dynamic_slice_in_dim(frontier, block_start, width, axis=1)  # [R, W, D]
-        y, cache = self.decoder.run_block(j, x, block_start, cache, self.memory)  # [R, W, D]
+        y, cache = self.decoder.run_block(j, x, block_start, cache, self.memory, bias)  # [R, W, D]
         if deferred_only:  # Padding keeps the frontier at `position` (the next call's input) as is.
           real = block_start + jnp.arange(width) < position  # [W]
           y = jnp.where(real[None, :, None], y.astype(x.dtype), x)
@@ -174,10 +175,10 @@ class DecodeStep:
 
     carry = (start, frontier, cache)
     if self.config.exit_mode != "deed" or j == 0:  # Nothing deferred: layer 1 runs every step.
-      _, frontier, cache = block(1)(carry)
+      _, frontier, cache = block(1, bias=bias)(carry)
     else:
       carry = _run_once(start < position, deferred, carry)
-      _, frontier, cache = block(1)((position,) + carry[1:])
+      _, frontier, cache = block(1, bias=bias)((position,) + carry[1:])
     return frontier, cache
 
   def _log_probs(self, features: Array) -> Array:
@@ -239,12 +240,13 @@ class DecodeStep:
                         log_probs=jnp.zeros((rows, self.model.config.vocab_size)) if keep else None,
                         features=zeros_d, exit_layer=zeros_i, confidence=zeros_f, hidden=zeros_d)
     at_p = lambda frontier: jax.lax.dynamic_index_in_dim(frontier, p, axis=1, keepdims=False)  # [R,D]
+    bias = self.decoder.block_bias(p, 1, self.cache_length)  # [1, 1|H, 1, T_c], every layer's at p
 
     def layers_from(j: int, carry: LayerCarry) -> LayerCarry:
       start = p if config.exit_mode == "copy" else carry.fill[j]
       caches = list(carry.caches)
       previous = at_p(carry.frontier)  # layer j's input at p
-      frontier, caches[j] = self._run_layer(j, carry.frontier, caches[j], start, p)
+      frontier, caches[j] = self._run_layer(j, carry.frontier, caches[j], start, p, bias)
       choice = carry.choice
       if self.early_exits[j] or j == self.last_layer:  # Elsewhere no exit: no head, no confidence.
         choice = self._exit(j, at_p(frontier), previous, choice)
@@ -262,15 +264,19 @@ class DecodeStep:
     if not self.head_at_exits:
       choice = self._head_after_stack(choice)
     if config.exit_mode == "copy":
-      caches = self._copy_exit_state(list(caches), p, choice.exit_layer, choice.hidden)
+      exited_early = jnp.any((choice.exit_layer > 0) & (choice.exit_layer < self.num_layers))
+      caches = _run_once(exited_early, functools.partial(
+          self._copy_exit_state, p=p, exit_layer=choice.exit_layer, exit_hidden=choice.hidden), caches)
     out = StepOutput(choice.token, choice.log_prob, choice.log_probs, choice.features,
                      choice.exit_layer, choice.confidence, top.layers_run, top.backfilled)
     return DecoderState(tuple(caches), top.fill, top.frontier), out
 
-  def _copy_exit_state(self, caches: list[KVCache], p: Array, exit_layer: Array, exit_hidden: Array
-                       ) -> list[KVCache]:
-    """CALM: layers above a row's exit get K/V at p projected from its exit state [R, D]."""
-    for j in range(self.num_layers):
+  def _copy_exit_state(self, caches: tuple[KVCache, ...], p: Array, exit_layer: Array,
+                       exit_hidden: Array) -> tuple[KVCache, ...]:
+    """CALM: layers above a row's exit get K/V at p projected from its exit state [R, D]. (Run only
+    when some row exited below the top; layer 1 is above no exit.)"""
+    caches = list(caches)
+    for j in range(1, self.num_layers):
       copied = (exit_layer > 0) & (exit_layer < j + 1)  # [R]
       k_copy, v_copy = self.decoder.self_kv(j, exit_hidden[:, None])  # [R, H, 1, Dh]
       new = []
@@ -279,4 +285,4 @@ class DecodeStep:
         value = jnp.where(copied[:, None, None, None], copy.astype(cached.dtype), current)
         new.append(jax.lax.dynamic_update_slice_in_dim(cached, value, p, axis=2))
       caches[j] = KVCache(*new)
-    return caches
+    return tuple(caches)

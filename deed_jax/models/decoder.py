@@ -76,13 +76,19 @@ class Decoder(nnx.Module):
     return CrossMemory(tuple(layer.cross_attention.project_kv(encoder_out) for layer in self.layers),
                        padding_bias(encoder_mask))
 
-  def run_block(self, j: int, x: Array, start: Array | int, cache: KVCache, memory: CrossMemory
-                ) -> tuple[Array, KVCache]:
+  def block_bias(self, start: Array | int, width: int, cache_length: int) -> Array:
+    """The self-attention bias of a block [start, start + W) over a cache of `cache_length`
+    positions: [1, 1|H, W, T]. The same for every layer, so a caller may build it once."""
+    return self.self_bias(start + jnp.arange(width), jnp.arange(cache_length))
+
+  def run_block(self, j: int, x: Array, start: Array | int, cache: KVCache, memory: CrossMemory,
+                bias: Array | None = None) -> tuple[Array, KVCache]:
     """Layer j (0-based) over the block of positions [start, start + W): x [B, W, D] is layer j-1's
     output there. The block attends to the cache's positions before `start` and to itself (causally),
-    and its K/V are written into the cache at `start`. -> (layer j's output [B, W, D], cache)."""
-    width, cache_length = x.shape[1], cache.k.shape[2]
-    bias = self.self_bias(start + jnp.arange(width), jnp.arange(cache_length))  # [1, 1|H, W, T]
+    and its K/V are written into the cache at `start`. `bias` is `block_bias(start, W, T)`, built
+    here when not given. -> (layer j's output [B, W, D], cache)."""
+    if bias is None:
+      bias = self.block_bias(start, x.shape[1], cache.k.shape[2])  # [1, 1|H, W, T]
     return self.layers[j](x, bias, cross_kv=memory.kv[j], cross_bias=memory.bias, cache=cache,
                           cache_index=start)
 

@@ -133,8 +133,10 @@ class ExitAdapter(nnx.Module):
 def ordered_after(x: Array, dependency: Array) -> Array:
   """x, made to depend on `dependency` so XLA computes it afterwards: a cache written from it is then
   written after every read of the old cache, in place. (XLA:CPU drops `optimization_barrier` before
-  it orders buffers; x + 0 * d is not folded for floats.)"""
-  return x + 0.0 * dependency.reshape(-1)[0].astype(x.dtype)
+  it orders buffers; x + 0 * d is not folded for floats.) A NaN or inf in `dependency` is replaced
+  first, so it cannot turn x into NaN."""
+  d = dependency.reshape(-1)[0]
+  return x + 0.0 * jnp.where(jnp.isfinite(d), d, 0.0).astype(x.dtype)
 
 
 def causal_bias(query_positions: Array, key_positions: Array) -> Array:

@@ -18,10 +18,13 @@ def test_decode_benchmark_writes_its_table_and_json(tmp_path):
   result = json.loads(output.read_text())
   rows = {row["variant"]: row for row in result["rows"]}
   assert [r["variant"] for r in result["rows"]][:4] == ["static", "fixed k=1", "fixed k=2", "fixed k=3"]
-  assert {c: len(t) for c, t in result["thresholds"].items()} == {"max_prob": 2, "state": 2}
+  assert {c: sorted(t) for c, t in result["thresholds"].items()} == {"max_prob": ["1.5", "2.5"],
+                                                                     "state": ["1.5", "2.5"]}
   for confidence in ("max_prob", "state"):  # two tuned thresholds each, and the min-exit check
-    assert sum(name.startswith(f"deed {confidence} tau=") for name in rows) == 2
-    assert sum(name.startswith(f"copy {confidence} tau=") for name in rows) == 2
+    for mode in ("deed", "copy"):
+      for depth in ("1.5", "2.5"):
+        row = rows[f"{mode} {confidence} e~{depth}"]
+        assert row["threshold"] == result["thresholds"][confidence][depth]
     at_two = rows[f"deed {confidence} min=2 tau=0"]
     assert at_two["mean_exit_layer"] == 2 and at_two["mean_layers_run_per_step"] == 2
   for k in (1, 2, 3):  # A fixed exit runs exactly k layers per step and exits there.

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from deed_jax.models import MultiExitEncoderDecoder
+from deed_jax.models.transformer import ordered_after
 from tests.conftest import random_inputs, randomize, tiny_config
 
 
@@ -40,3 +41,13 @@ def test_blockwise_cached_decoding_equals_full_pass(overrides, blocks):
     outputs.append(np.stack(exits))
     start += size
   np.testing.assert_allclose(np.concatenate(outputs, axis=2), full, atol=2e-5)
+
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf, -np.inf])
+def test_ordering_a_cache_write_after_attention_never_changes_the_values(poison):
+  """The write is made to depend on the attention output; a NaN or inf there must not leak into the
+  cache (0 * inf is NaN)."""
+  x = jnp.arange(6.0).reshape(1, 2, 3)
+  dependency = jnp.full((2, 2), poison)
+  np.testing.assert_array_equal(np.asarray(ordered_after(x, dependency)), np.asarray(x))
+  np.testing.assert_array_equal(np.asarray(ordered_after(x, jnp.full((2,), 3.5))), np.asarray(x))
