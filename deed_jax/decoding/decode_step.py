@@ -7,15 +7,15 @@ layer. The LM head runs only where it is needed: at the layers a row may exit at
 
 How a layer runs depends on the exit mode:
 - deed / oracle / static / fixed: layer j runs on the block [n_j, p] — the positions earlier steps
-  skipped at layer j (the frontier holds exactly layer j-1's output there: the block rule) plus p — in
-  blocks of at most `backfill_chunk` positions written into the preallocated KV cache. Every feature
-  is the full model's. (Only deed has blocks longer than one position.)
+  skipped at layer j (the frontier holds exactly layer j-1's output there: the block rule), in calls
+  of at most `backfill_chunk` positions, then p alone — written into the preallocated KV cache. Every
+  feature is the full model's. (Only deed ever defers positions.)
 - copy (CALM): layer j runs on p alone; for a row that exited below j, layer j's K/V at p are projected
   from the row's exit state instead, and never recomputed.
 
-No `lax.cond` carries a KV cache (a pass-through `cond` makes XLA copy it, see docs/decoding.md):
-the deeper layers sit inside a `while_loop` that runs at most once, entered only if some row still
-needs them. The model is reached only through the decoder's incremental seam (`Decoder.init_cache`,
+No `lax.cond` carries a KV cache (XLA copied the caches through every `cond` form tried, see
+docs/decoding.md): the deeper layers, and deed's deferred positions, sit inside `while_loop`s that run
+at most once, entered only when needed. The model is reached only through the decoder's incremental seam (`Decoder.init_cache`,
 `cross_memory`, `embed`, `run_block`, `exit`, and `self_kv` for copy mode) and the shared head
 (`model.logits`).
 """
