@@ -14,7 +14,7 @@ are restored through that layout and handed back in today's (`decoder/token_embe
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Callable
 
 import grain
 import jax
@@ -53,6 +53,14 @@ def _with_layout(tree: Any, legacy: bool) -> Any:
     children = [_with_layout(v, legacy) for v in tree]
     return type(tree)(*children) if hasattr(tree, "_fields") else type(tree)(children)
   return tree
+
+
+def _restore_target(stored: Any, abstract: Any) -> tuple[Any, Callable[[Any], Any]]:
+  """What to restore `stored` into, given today's `abstract` tree, and how to turn the restored tree
+  into today's layout (the identity unless the checkpoint is in the legacy one)."""
+  if not _is_legacy(stored):
+    return abstract, lambda restored: restored
+  return _with_layout(abstract, legacy=True), lambda restored: _with_layout(restored, legacy=False)
 
 
 def _shape_mismatches(stored: Any, target: Any) -> list[str]:
@@ -101,8 +109,7 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
     """Restore `step` into the structure/shardings of `abstract_state`; refuses mismatched shapes."""
     stored = self.manager.item_metadata(step)["state"]
-    legacy = _is_legacy(stored)
-    target = _with_layout(abstract_state, legacy=True) if legacy else abstract_state
+    target, to_current = _restore_target(stored, abstract_state)
     problems = _shape_mismatches(stored, target)
     if problems:
       raise ValueError(f"Checkpoint {step} in {self.workdir} does not fit this model: "
@@ -111,7 +118,7 @@ class Checkpointer:
     if data_iterator is not None:
       items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return _with_layout(restored["state"], legacy=False) if legacy else restored["state"]
+    return to_current(restored["state"])
 
   def wait(self) -> None:
     self.manager.wait_until_finished()
@@ -159,8 +166,7 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None) -> Any:
     if step is None:
       raise FileNotFoundError(f"No checkpoint under {workdir}/{CHECKPOINT_DIR}.")
     stored = checkpointer.manager.item_metadata(step)["state"]["params"]
-    legacy = _is_legacy(stored)
-    target = _with_layout(abstract, legacy=True) if legacy else abstract
+    target, to_current = _restore_target(stored, abstract)
     problems = _shape_mismatches(stored, target)
     if problems:
       raise ValueError(f"Checkpoint {step} in {workdir} does not fit the model: "
@@ -169,8 +175,7 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None) -> Any:
         state=_restore_args({"params": target}, partial=True)))
   finally:
     checkpointer.close()
-  params = restored["state"]["params"]
-  return _with_layout(params, legacy=False) if legacy else params
+  return to_current(restored["state"]["params"])
 
 
 def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder:

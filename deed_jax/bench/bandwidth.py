@@ -8,21 +8,17 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from deed_jax.checkpoint import flat_params
 from deed_jax.models import MultiExitEncoderDecoder
-from deed_jax.timing import timed
+from deed_jax.timing import median_seconds
 
 
 def memory_bandwidth(nbytes: int = 1 << 30, repeats: int = 5) -> float:
   """Read bandwidth in bytes/s: the median time of a jitted sum over `nbytes` of float32."""
   x = jnp.ones((nbytes // 4,), jnp.float32)
-  total = jax.jit(jnp.sum)
-  timed(total, x)
-  seconds = float(np.median([timed(total, x)[1] for _ in range(repeats)]))
-  return nbytes / seconds
+  return nbytes / median_seconds(jax.jit(jnp.sum), x, repeats=repeats)
 
 
 def static_bytes_per_token(model: MultiExitEncoderDecoder, source_length: int, new_tokens: int) -> int:

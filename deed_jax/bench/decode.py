@@ -37,7 +37,7 @@ from flax import nnx
 
 from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.report import write_result
-from deed_jax.timing import timed
+from deed_jax.timing import median_seconds, timed
 from deed_jax.decoding.confidence import CONFIDENCES, needs_head
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.decode_step import block_widths
@@ -216,9 +216,7 @@ def head_cost(model: MultiExitEncoderDecoder, layer_ms: float, repeats: int, cal
     body = lambda i, h: h + jax.nn.log_softmax(model.logits(h))[:, :model.config.d_model] * 1e-6
     return jax.lax.fori_loop(0, calls, body, jnp.ones((1, model.config.d_model), jnp.float32))
 
-  run = jax.jit(run_heads)
-  timed(run, params)
-  ms = 1000 * float(np.median([timed(run, params)[1] for _ in range(repeats)])) / calls
+  ms = 1000 * median_seconds(jax.jit(run_heads), params, repeats=repeats) / calls
   return {"ms": ms, "layer_ms": layer_ms, "in_layers": ms / layer_ms}
 
 

@@ -32,7 +32,7 @@ from deed_jax.convert import hf_to_orbax
 from deed_jax.convert.parity import hf_generate, pad_to
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_encode, make_generate
-from deed_jax.timing import timed
+from deed_jax.timing import median_seconds, timed
 
 _LAYERS = flags.DEFINE_integer("decoder_layers", 6, "Decoder (and encoder) layers.")
 _D_MODEL = flags.DEFINE_integer("d_model", 768, "Model width.")
@@ -162,8 +162,7 @@ def main(argv):
   if smallest == 1:
     encode, one = make_encode(model), {"input_ids": probe["input_ids"],
                                         "attention_mask": np.ones_like(probe["input_ids"])}
-    timed(encode, one)
-    encoder_ms = 1000 * float(np.median([timed(encode, one)[1] for _ in range(_REPEATS.value)]))
+    encoder_ms = 1000 * median_seconds(encode, one, repeats=_REPEATS.value)
     bandwidth = memory_bandwidth()
     nbytes = static_bytes_per_token(model, _SOURCE.value, new_tokens)
     decoder_ms = (static["ms_per_sample"] - encoder_ms) / new_tokens
