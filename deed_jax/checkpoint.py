@@ -22,8 +22,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
-from deed_jax.workdir import (CHECKPOINT_DIR, check_compatible_workdir, model_config_path, path_name,
-                              read_model_config)
+from deed_jax.workdir import (CHECKPOINT_DIR, check_compatible_workdir, filter_params,
+                              model_config_path, path_holds, path_name, read_model_config)
 
 _LEGACY_EMBEDDING = "token_embedding"  # the table's key beside "decoder" in legacy checkpoints
 
@@ -153,9 +153,14 @@ def save_params(workdir: str, config: ModelConfig, params: Any, step: int = 0) -
     checkpointer.close()
 
 
-def restore_params(workdir: str, abstract: Any, step: int | None = None) -> Any:
+def restore_params(workdir: str, abstract: Any, step: int | None = None,
+                   may_lack: tuple[str, ...] = ()) -> Any:
   """The params of `step` (default newest) in `workdir`, restored into `abstract`'s structure, dtypes
-  and shardings. Refuses, naming them, parameters whose stored shape differs."""
+  and shardings. Refuses, naming them, parameters whose stored shape differs.
+
+  Parameters under the path names `may_lack` (e.g. an exit classifier a run adds to the model it
+  starts from) may be absent from the checkpoint: they are then absent from the result too, and the
+  caller keeps their initial values."""
   config = read_model_config(workdir)
   if config is None:
     raise FileNotFoundError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax "
@@ -166,6 +171,9 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None) -> Any:
     if step is None:
       raise FileNotFoundError(f"No checkpoint under {workdir}/{CHECKPOINT_DIR}.")
     stored = checkpointer.manager.item_metadata(step)["state"]["params"]
+    if may_lack:
+      have = set(flat_params(stored))
+      abstract = filter_params(abstract, lambda p: p in have or not path_holds(p, may_lack))
     target, to_current = _restore_target(stored, abstract)
     problems = _shape_mismatches(stored, target)
     if problems:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from deed_jax.workdir import read_model_config
+from deed_jax import checkpoint
+from deed_jax.workdir import path_holds, read_model_config
 from deed_jax.models import ModelConfig
 from deed_jax.training.losses import LOSS_MODES
 
@@ -27,7 +28,12 @@ def training_defaults() -> ml_collections.ConfigDict:
   # A deed-jax workdir to start from (e.g. `python -m deed_jax.convert` output): its architecture and
   # params; config.model may then set only `dropout_rate`. "" = random initialisation.
   config.init_from = ""
-  config.loss = ml_collections.ConfigDict(dict(mode="deed", label_smoothing=0.0))
+  # exit_classifier_weight: the exit classifier's loss (models with ModelConfig.exit_classifier).
+  config.loss = ml_collections.ConfigDict(dict(mode="deed", label_smoothing=0.0,
+                                               exit_classifier_weight=1.0))
+  # Train only the parameters under these path names (e.g. ("exit_classifier",) to fit the exit
+  # classifier of a frozen model, with init_from); () = everything.
+  config.train_only = ()
   config.optimizer = ml_collections.ConfigDict(dict(
       learning_rate=1e-3, warmup_steps=200, end_lr_factor=0.01, weight_decay=0.01, clip_norm=1.0,
       b1=0.9, b2=0.98))
@@ -45,8 +51,11 @@ def training_defaults() -> ml_collections.ConfigDict:
   return config
 
 
-# What a run may change about a model it starts from (`init_from`): nothing that shapes parameters.
-INIT_FROM_OVERRIDABLE = ("dropout_rate",)
+# What a run may change about a model it starts from (`init_from`): nothing that shapes the parameters
+# it has; it may add an exit classifier (which then starts fresh).
+INIT_FROM_OVERRIDABLE = ("dropout_rate", "exit_classifier", "exit_classifier_dim")
+# Parameters a run may add to the model it starts from.
+ADDABLE_PARAMS = ("exit_classifier",)
 
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -60,6 +69,9 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   values = base.to_dict()
   clashes = sorted(k for k, v in config.model.to_dict().items()
                    if k not in INIT_FROM_OVERRIDABLE and values.get(k) != v)
+  if values.get("exit_classifier", "none") != "none":  # a classifier it has is part of its shape
+    clashes += sorted(k for k in ("exit_classifier", "exit_classifier_dim")
+                      if k in config.model and config.model[k] != values.get(k))
   if clashes:
     raise ValueError(f"config.init_from={config.init_from!r} fixes the architecture, but config.model "
                      f"sets {clashes} to other values; with init_from, config.model may set only "
@@ -82,6 +94,24 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     raise ValueError(f"config.loss.mode={config.loss.mode!r} is not one of {LOSS_MODES}.")
   if not 0.0 <= config.loss.label_smoothing < 1.0:
     raise ValueError(f"config.loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1).")
+  model = model_config(config)
+  weight = config.loss.exit_classifier_weight
+  if not weight >= 0:
+    raise ValueError(f"config.loss.exit_classifier_weight={weight} must be >= 0.")
+  if model.exit_classifier != "none" and weight == 0:
+    raise ValueError(f"config.loss.exit_classifier_weight={weight} would leave the model's exit "
+                     f"classifier (model.exit_classifier={model.exit_classifier!r}) untrained.")
+  train_only = config.train_only
+  if isinstance(train_only, str) or not all(isinstance(n, str) and n.strip("/") for n in train_only):
+    raise ValueError(f"config.train_only={train_only!r} must be a tuple of parameter path names, "
+                     "e.g. ('exit_classifier',); on the command line --config.train_only=exit_classifier "
+                     "or --config.train_only='(\"exit_classifier\", \"decoder/adapters\")'.")
+  paths = list(checkpoint.flat_params(checkpoint.abstract_params(model)[1]))
+  for name in train_only:
+    if not any(path_holds(path, [name]) for path in paths):
+      top = sorted({"/".join(p.split("/")[:2]) for p in paths})
+      raise ValueError(f"config.train_only names {name!r}, which no parameter of this model holds "
+                       f"(its parameters are under {top}).")
   for threshold in config.decode.thresholds:
     if not isinstance(threshold, (int, float)) or not threshold >= 0:
       raise ValueError(f"config.decode.thresholds holds {threshold!r}; thresholds are numbers >= 0.")
@@ -89,4 +119,4 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
                "checkpoint_every_steps", "keep_checkpoints"):
     if config[name] < 1:
       raise ValueError(f"config.{name}={config[name]} must be >= 1.")
-  return model_config(config)
+  return model

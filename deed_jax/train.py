@@ -22,7 +22,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from deed_jax import checkpoint
-from deed_jax.config_defaults import validate
+from deed_jax.config_defaults import ADDABLE_PARAMS, validate
 from deed_jax.data import forms_tfds, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
 from deed_jax.evaluation.per_exit import evaluate_exits, make_eval_fn
@@ -32,8 +32,9 @@ from deed_jax.models import MultiExitEncoderDecoder, check_token_ids
 from deed_jax.training.losses import exit_weights
 from deed_jax.training.metric_writer import MetricWriter
 from deed_jax.training.optimizer import learning_rate_schedule, make_optimizer
-from deed_jax.training.train_step import init_train_state, make_train_step, merge_model
-from deed_jax.workdir import copy_side_files
+from deed_jax.training.train_step import (init_train_state, make_train_step, merge_model,
+                                          trained_params)
+from deed_jax.workdir import copy_side_files, merge_params
 
 RESULTS_FILE = "eval_results.json"
 
@@ -100,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # ---------------------------------------------------------------------------------------------
   model = MultiExitEncoderDecoder(model_config, rngs=nnx.Rngs(config.seed))
   tx = make_optimizer(config.optimizer, config.total_steps)
-  graphdef, state = init_train_state(model, tx)
+  graphdef, state = init_train_state(model, tx, config.train_only)
   del model
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   _log(f"Model: {num_params:,} parameters, {model_config.decoder_layers} decoder exits.")
@@ -113,8 +114,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     state = checkpointer.restore(latest, _abstract(state), train_iter)
     _log(f"Resumed from step {latest} in {workdir}.")
   elif config.init_from:  # A fresh run from another workdir's model (a converted HF checkpoint).
-    params = checkpoint.restore_params(config.init_from, _abstract(state.params))
-    state = state._replace(params=params, opt_state=tx.init(params))
+    restored = checkpoint.restore_params(config.init_from, _abstract(state.params),
+                                         may_lack=ADDABLE_PARAMS)
+    params = merge_params(state.params, restored)  # an added exit classifier keeps its init
+    state = state._replace(params=params, opt_state=tx.init(trained_params(params, config.train_only)))
     if jax.process_index() == 0:  # its tokenizer and HF origin, so this run can be exported back
       copy_side_files(config.init_from, workdir)
     _log(f"Initialised from {config.init_from}.")
@@ -123,7 +126,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Steps.
   # ---------------------------------------------------------------------------------------------
   weights = exit_weights(config.loss.mode, model_config.decoder_layers)
-  train_step = make_train_step(graphdef, tx, weights, config.loss.label_smoothing)
+  train_step = make_train_step(graphdef, tx, weights, config.loss.label_smoothing,
+                               classifier_weight=config.loss.exit_classifier_weight,
+                               train_only=config.train_only)
   eval_fn = make_eval_fn(graphdef, model_config.max_target_length)
   schedule = learning_rate_schedule(config.optimizer, config.total_steps)
   writer = MetricWriter(workdir)

@@ -1,11 +1,11 @@
 r"""Decoding speed by exit mode: static, fixed k, deed and copy per confidence at several depths.
 
   python -m deed_jax.bench.decode [--decoder_layers 12 --vocab_size 32128 --batch_sizes 1,8
-                                   --confidences max_prob,state --output DIR/decode.json]
+                                   --confidences max_prob,state,classifier --output DIR/decode.json]
 
-A randomly initialised model (speed does not depend on what the weights learned; exit depth does, so
-the deed/copy thresholds are picked per run and confidence to reach target mean exit depths on these
-inputs). Each variant is jitted and warmed up (its compile time is recorded), then all variants are
+A randomly initialised model with a linear exit classifier (speed does not depend on what the
+weights learned; exit depth does, so the deed/copy thresholds are picked per run and confidence to
+reach target mean exit depths on these inputs). Each variant is jitted and warmed up (its compile time is recorded), then all variants are
 timed in turn, `--repeats` rounds, and the median is reported; speedups are medians of per-round
 ratios to static (the machine is shared). Decoder time = generate time - encoder time.
 
@@ -20,6 +20,10 @@ at up to its exit for head confidences (max_prob: e (1 + h) when every layer may
 Goals checked at batch 1: fixed k / static within 15% of (k + h) / (L + h); deed with
 `min_exit_layer=M, threshold=0` (every token exits at M) within 15% of fixed k=M, per confidence; and
 deed's speedup >= 85% of its bound.
+
+XLA's optimisation level changes both compile time and speed: the JSON records `XLA_FLAGS`, so a run
+with the default flags (what users get) and one with e.g. `--xla_backend_optimization_level=0` (the
+test suite's fast-compile setting) can be compared side by side.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ _DEPTHS = flags.DEFINE_list("target_depths", ["3", "6", "9"],
 _CHUNK = flags.DEFINE_integer("backfill_chunk", 16, "DecodeConfig.backfill_chunk for deed.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds over all variants.")
 _FIXED = flags.DEFINE_list("fixed_layers", [], "Fixed exit layers to time (default 1..L).")
-_CONFIDENCES = flags.DEFINE_list("confidences", ["max_prob", "state"],
+_CONFIDENCES = flags.DEFINE_list("confidences", ["max_prob", "state", "classifier"],
                                  "Confidences of the deed/copy variants.")
 _MIN_EXIT = flags.DEFINE_integer("min_exit_check", 4, "Time deed with min_exit_layer=M and "
                                  "threshold 0 (every token exits at M) against fixed k=M; 0: skip.")
@@ -69,7 +73,7 @@ def bench_model(layers: int, d_model: int, heads: int, d_ff: int, vocab: int, so
   """A pre-norm text encoder-decoder (2 encoder layers: the encoder is timed apart)."""
   config = ModelConfig(vocab_size=vocab, d_model=d_model, num_heads=heads, d_ff=d_ff, encoder_layers=2,
                        decoder_layers=layers, max_source_length=source_length,
-                       max_target_length=max_new_tokens, adapter="linear")
+                       max_target_length=max_new_tokens, adapter="linear", exit_classifier="linear")
   return MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
 
 

@@ -10,9 +10,11 @@ import jax
 
 
 def write_result(path: str, result: dict) -> None:
-  """Write `result` with the machine it ran on (device, jax version, CPU count, platform) to `path`."""
+  """Write `result` with the machine it ran on (device, jax version, CPU count, platform, XLA_FLAGS)
+  to `path`."""
   result = {**result, "device": str(jax.devices()[0]), "jax": jax.__version__,
-            "cpu_count": os.cpu_count(), "machine": platform.platform()}
+            "cpu_count": os.cpu_count(), "machine": platform.platform(),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     json.dump(result, f, indent=1)

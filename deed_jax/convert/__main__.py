@@ -5,7 +5,8 @@ r"""Convert a Hugging Face PyTorch checkpoint to a deed-jax workdir, or back.
 
 HF -> orbax writes OUT/model_config.json, OUT/checkpoints/0 (orbax), OUT/hf_source.json and the
 tokenizer files; `deed_jax.checkpoint.load_model(OUT)` restores the model. orbax -> HF writes
-model.safetensors + config.json (+ the exit adapters beside them). JAX runs on the CPU here.
+model.safetensors + config.json (+ the exit modules beside them, which converting that directory back
+restores). JAX runs on the CPU here.
 """
 
 from __future__ import annotations
@@ -24,9 +25,16 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "deed-jax workdir: written (with
                                required=True)
 _TO_HF = flags.DEFINE_string("to_hf", None, "Write the workdir's model as a Hugging Face directory.")
 _STEP = flags.DEFINE_integer("step", None, "With --to_hf: the checkpoint step (default: newest).")
-_ADAPTER = flags.DEFINE_enum("adapter", "bottleneck", ["none", "linear", "bottleneck"],
-                             "Exit adapters to add (they start as the identity).")
-_ADAPTER_DIM = flags.DEFINE_integer("adapter_dim", 64, "Bottleneck width of the exit adapters.")
+_ADAPTER = flags.DEFINE_enum("adapter", None, ["none", "linear", "bottleneck"],
+                             "Exit adapters to add (they start as the identity). Default: bottleneck, "
+                             "or those of a directory deed-jax exported.")
+_ADAPTER_DIM = flags.DEFINE_integer("adapter_dim", None, "Bottleneck width of the exit adapters "
+                                    "(default 64).")
+_EXIT_CLASSIFIER = flags.DEFINE_enum("exit_classifier", None, ["none", "linear", "mlp"],
+                                     "An exit classifier to add, for confidence='classifier' once "
+                                     "trained (default: none, or that of an exported directory).")
+_EXIT_CLASSIFIER_DIM = flags.DEFINE_integer("exit_classifier_dim", None,
+                                            "Hidden width of an mlp exit classifier (default 64).")
 _MAX_TARGET_LENGTH = flags.DEFINE_integer(
     "max_target_length", None, "Decoder positions (T5's relative positions need a bound; default 512).")
 _SEED = flags.DEFINE_integer("seed", 0, "Initialises the adapters.")
@@ -44,6 +52,8 @@ def main(argv):
     print(f"Wrote {_TO_HF.value} from {_WORKDIR.value}.")
     return
   options = ConvertOptions(adapter=_ADAPTER.value, adapter_dim=_ADAPTER_DIM.value,
+                           exit_classifier=_EXIT_CLASSIFIER.value,
+                           exit_classifier_dim=_EXIT_CLASSIFIER_DIM.value,
                            max_target_length=_MAX_TARGET_LENGTH.value, seed=_SEED.value)
   config = hf_to_orbax(_SOURCE.value, _WORKDIR.value, options)
   print(f"Wrote {_WORKDIR.value}: {config.encoder} encoder x {config.encoder_layers}, decoder x "

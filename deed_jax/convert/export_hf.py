@@ -1,6 +1,7 @@
 """deed-jax workdir -> Hugging Face directory (`model.safetensors` + `config.json`), so a model
-fine-tuned here can be served with PyTorch. The exit adapters, which HF models lack, are written beside
-it as `deed_adapters.safetensors` (keyed by our parameter paths) with `deed_model_config.json`."""
+fine-tuned here can be served with PyTorch. The exit modules HF models lack (adapters, exit
+classifier) are written beside it as `deed_exit_modules.safetensors` (keyed by our parameter paths)
+with `deed_model_config.json`; converting the directory back (`import_hf`) restores them."""
 
 from __future__ import annotations
 
@@ -15,12 +16,11 @@ from safetensors.numpy import load_file, save_file
 from deed_jax import checkpoint
 from deed_jax.convert import hf_files, rules
 from deed_jax.convert.families import family_for
-from deed_jax.convert.import_hf import ADAPTER_PREFIX
+from deed_jax.convert.import_hf import (ADAPTER_PREFIX, EXIT_MODULES_FILE, EXIT_PREFIXES,
+                                       EXPORTED_MODEL_CONFIG_FILE)
 from deed_jax.convert.staging import check_empty_target, staged_directory
 from deed_jax.workdir import HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files
 
-ADAPTERS_FILE = "deed_adapters.safetensors"
-EXPORTED_MODEL_CONFIG_FILE = "deed_model_config.json"  # our ModelConfig beside HF's config.json
 _ADAPTER_RESIDUAL = ("up", "up_bias", "w", "b")  # zero in an identity adapter (ExitAdapter)
 
 
@@ -33,7 +33,7 @@ def _warn_if_last_adapter_moved(adapters: dict[str, np.ndarray], num_layers: int
   if moved > 0:
     warnings.warn(f"The last exit adapter is not the identity (residual weights up to {moved:.3g}); the "
                   "exported Hugging Face model has no adapters, so its logits are the last layer's without "
-                  f"it. The adapters are in {ADAPTERS_FILE}.", stacklevel=3)
+                  f"it. The adapters are in {EXIT_MODULES_FILE}.", stacklevel=3)
 
 
 def read_hf_source(workdir: str) -> dict:
@@ -57,14 +57,14 @@ def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:
   unused = os.path.join(workdir, HF_UNUSED_FILE)
   if os.path.isfile(unused):
     tensors.update(load_file(unused))
-  adapters = {k: v for k, v in ours.items() if k.startswith(ADAPTER_PREFIX)}
-  _warn_if_last_adapter_moved(adapters, model.config.decoder_layers)
+  exit_modules = {k: v for k, v in ours.items() if k.startswith(EXIT_PREFIXES)}
+  _warn_if_last_adapter_moved(exit_modules, model.config.decoder_layers)
   with staged_directory(target) as staging:
     hf_files.write_weights(staging, tensors, dtypes)
     with open(os.path.join(staging, hf_files.CONFIG_FILE), "w") as f:
       json.dump(source["config"], f, indent=2, sort_keys=True)  # config.json as the source wrote it
-    if adapters:
-      save_file(adapters, os.path.join(staging, ADAPTERS_FILE))
+    if exit_modules:
+      save_file(exit_modules, os.path.join(staging, EXIT_MODULES_FILE))
     with open(os.path.join(staging, EXPORTED_MODEL_CONFIG_FILE), "w") as f:
       f.write(model.config.to_json())
     copy_side_files(workdir, staging, HF_SIDE_FILES)

@@ -2,18 +2,22 @@
 
 Two families. Head confidences read the exit's next-token distribution, so the LM head runs at every
 layer a row may exit at: `max_prob` (top-1 probability), `margin` (top-1 minus top-2 probability,
-CALM) and `entropy` (1 - H(p) / log V). The head-free `state` confidence (CALM's hidden-state
-saturation) compares layer j's output with its input at the current position, so the head runs once
-per token, at the exit: (1 + cos(h_j, h_{j-1})) / 2, where h_0 is the token's embedding.
+CALM) and `entropy` (1 - H(p) / log V). Head-free confidences let the head run once per token, at the
+exit: `state` (CALM's hidden-state saturation) compares layer j's output with its input at the
+current position, (1 + cos(h_j, h_{j-1})) / 2 with h_0 the token's embedding; `classifier` is the
+model's learned exit classifier (CALM's "meta" measure: the probability that the exit's token is the
+final exit's, from the exit features; `ModelConfig.exit_classifier`).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 HEAD_CONFIDENCES = ("max_prob", "margin", "entropy")
-HEAD_FREE = ("state",)
+HEAD_FREE = ("state", "classifier")
 CONFIDENCES = HEAD_CONFIDENCES + HEAD_FREE
 _NORM_FLOOR = 1e-12  # A zero state (never produced by a real layer) gives cos 0, not NaN.
 
@@ -48,9 +52,27 @@ def state_confidence(state: jax.Array, previous_state: jax.Array) -> jax.Array:
   return jnp.clip(0.5 * (1.0 + (a * b).sum(axis=-1) / norms), 0.0, 1.0)
 
 
-def exit_confidences(kind: str, logits: jax.Array, states: jax.Array) -> jax.Array:
-  """Every exit's confidence at once (the naive reference): logits [L, ..., V] and the layer states
-  [L + 1, ..., D] (the embedding first) -> [L, ...]."""
+class ExitSignals(NamedTuple):
+  """Everything an exit's confidence may read, for every exit at once (the naive references)."""
+  logits: jax.Array  # [L, ..., V]
+  states: jax.Array  # [L + 1, ..., D]: the embedding, then each layer's output
+  classifier: jax.Array | None  # [L, ...] the exit classifier's probabilities (None: no classifier)
+
+
+def exit_confidences(kind: str, signals: ExitSignals) -> jax.Array:
+  """Every exit's confidence at once: -> [L, ...]."""
   if kind == "state":
-    return state_confidence(states[1:], states[:-1])
-  return confidence(logits, kind)
+    return state_confidence(signals.states[1:], signals.states[:-1])
+  if kind == "classifier":
+    if signals.classifier is None:
+      raise ValueError("confidence='classifier' needs a model with an exit classifier.")
+    return signals.classifier
+  return confidence(signals.logits, kind)
+
+
+def exit_signals(model, features: jax.Array, states: jax.Array) -> ExitSignals:
+  """The signals of exit features [L, ..., D] and layer states [L + 1, ..., D] of `model` (a
+  MultiExitEncoderDecoder): its head's logits and, when it has one, its classifier's probabilities."""
+  classifier = (model.decoder.exit_probability(features)
+                if model.config.exit_classifier != "none" else None)
+  return ExitSignals(model.logits(features), states, classifier)

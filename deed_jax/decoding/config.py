@@ -90,6 +90,9 @@ class DecodeConfig:
       raise ValueError(f"DecodeConfig.fixed_exit_layer={self.fixed_exit_layer} is outside 1..{layers}.")
     if self.exit_layers is not None and not all(1 <= l <= layers for l in self.exit_layers):
       raise ValueError(f"DecodeConfig.exit_layers={self.exit_layers} has layers outside 1..{layers}.")
+    if self.confidence == "classifier" and model.exit_classifier == "none":
+      raise ValueError("DecodeConfig.confidence='classifier' needs a model trained with an exit "
+                       "classifier, but its ModelConfig.exit_classifier='none'.")
     return dataclasses.replace(self, **ids)
 
   def early_exits(self, num_layers: int) -> tuple[bool, ...]:

@@ -3,7 +3,8 @@
 At position p every decoder layer j runs only if some live row has not exited yet (one scalar for the
 whole batch: the batch rule, docs/decoding.md); each row takes its token from its own first confident
 layer. The LM head runs only where it is needed: at the layers a row may exit at for head confidences
-(max_prob, margin, entropy), and once per token, at the exits taken, for the head-free `state`.
+(max_prob, margin, entropy), and once per token, at the exits taken, for the head-free `state` and
+`classifier`.
 
 How a layer runs depends on the exit mode:
 - deed / oracle / static / fixed: layer j runs on the block [n_j, p] — the positions earlier steps
@@ -14,10 +15,17 @@ How a layer runs depends on the exit mode:
   from the row's exit state instead, and never recomputed.
 
 No `lax.cond` carries a KV cache (XLA copied the caches through every `cond` form tried, see
-docs/decoding.md): the deeper layers, and deed's deferred positions, sit inside `while_loop`s that run
-at most once, entered only when needed. The model is reached only through the decoder's incremental seam (`Decoder.init_cache`,
-`cross_memory`, `embed`, `run_block`, `exit`, and `self_kv` for copy mode) and the shared head
-(`model.logits`).
+docs/decoding.md): the deeper layers sit inside `while_loop`s that run at most once, entered only
+when needed. The usual step computes only the current position at every layer it visits: it runs as
+one nested run-once loop per layer (`layers_from`), whose predicate also asks that the next layer
+has nothing deferred. Where deed meets a layer with deferred positions, that chain stops and one more
+run-once loop enters the backfilling layers (`backfilling_layers`), which run the deferred blocks and
+then p. So a step that backfills nothing evaluates at most two predicates per layer it runs (each a
+device-to-host round trip on GPUs); one that backfills pays more, once.
+
+The model is reached only through the decoder's incremental seam (`Decoder.init_cache`,
+`cross_memory`, `embed`, `run_block`, `exit`, `exit_probability`, and `self_kv` for copy mode) and the
+shared head (`model.logits`).
 """
 
 from __future__ import annotations
@@ -134,52 +142,42 @@ class DecodeStep:
         fill=jnp.zeros((self.num_layers,), jnp.int32),
         frontier=jnp.zeros((self.rows, self.cache_length, self.d_model), self.dtype))
 
-  def _run_layer(self, j: int, frontier: Array, cache: KVCache, start: Array, position: Array,
-                 bias: Array) -> tuple[Array, KVCache]:
-    """Layer j over positions [start, position] into cache and frontier.
+  def _block(self, j: int, width: int, position: Array, bias: Array | None = None,
+             deferred_only: bool = False):
+    """-> body((block_start, frontier, cache)): layer j over [block_start, block_start + width) into
+    the cache and the frontier. With `deferred_only`, positions from `position` on (padding) keep
+    their frontier values: the frontier at `position` is the width-1 call's input."""
+    def body(carry):
+      block_start, frontier, cache = carry
+      x = jax.lax.dynamic_slice_in_dim(frontier, block_start, width, axis=1)  # [R, W, D]
+      y, cache = self.decoder.run_block(j, x, block_start, cache, self.memory, bias)  # [R, W, D]
+      if deferred_only:
+        real = block_start + jnp.arange(width) < position  # [W]
+        y = jnp.where(real[None, :, None], y.astype(x.dtype), x)
+      frontier = jax.lax.dynamic_update_slice_in_dim(frontier, y.astype(frontier.dtype), block_start,
+                                                     axis=1)
+      return block_start + width, frontier, cache
+    return body
 
-    The current position always runs as one width-1 call. Only deed defers positions (start <
-    position), and it asks once per layer, with the predicate of a loop that runs at most once; the
-    usual step has nothing deferred and pays just that predicate. The deferred positions [start,
-    position) run first: whole calls of `chunk` positions, then the remaining r < chunk as one call
-    of the smallest width in `self.widths` that holds them (a padded call costs far less than r
-    one-position calls). Padding runs past the deferred positions into the current one and the
-    cache's slack: the causal mask keeps padded positions out of every real query's view, their K/V
-    are overwritten when their turn comes (the current position's by the width-1 call, with the same
-    values), and the padded call leaves the frontier there as it was, since it is the width-1 call's
-    input.
-    """
-
-    def block(width: int, deferred_only: bool = False, bias: Array | None = None):
-      def body(carry):
-        block_start, frontier, cache = carry
-        x = jax.lax.dynamic_slice_in_dim(frontier, block_start, width, axis=1)  # [R, W, D]
-        y, cache = self.decoder.run_block(j, x, block_start, cache, self.memory, bias)  # [R, W, D]
-        if deferred_only:  # Padding keeps the frontier at `position` (the next call's input) as is.
-          real = block_start + jnp.arange(width) < position  # [W]
-          y = jnp.where(real[None, :, None], y.astype(x.dtype), x)
-        frontier = jax.lax.dynamic_update_slice_in_dim(frontier, y.astype(frontier.dtype), block_start,
-                                                       axis=1)
-        return block_start + width, frontier, cache
-      return body
-
-    def deferred(carry):
-      remaining = lambda c: position - c[0]  # deferred positions left
-      carry = jax.lax.while_loop(lambda c: remaining(c) >= self.chunk, block(self.chunk), carry)
-      smaller = 0
-      for width in self.widths:  # At most one of these runs, once.
-        fits = lambda c, smaller=smaller, width=width: (remaining(c) > smaller) & (remaining(c) <= width)
-        carry = jax.lax.while_loop(fits, block(width, deferred_only=True), carry)
-        smaller = width
-      return carry
-
+  def _backfill(self, j: int, frontier: Array, cache: KVCache, start: Array, position: Array
+                ) -> tuple[Array, KVCache]:
+    """deed: layer j over its deferred positions [start, position), start < position: whole calls of
+    `chunk` positions, then the remaining r < chunk as one call of the smallest width in
+    `self.widths` that holds them (a padded call costs far less than r one-position calls). Padding
+    runs past the deferred positions into the current one and the cache's slack: the causal mask
+    keeps padded positions out of every real query's view, their K/V are overwritten when their turn
+    comes (the current position's by the width-1 call, with the same values), and the frontier there
+    is left as it was."""
+    remaining = lambda c: position - c[0]  # deferred positions left
     carry = (start, frontier, cache)
-    if self.config.exit_mode != "deed" or j == 0:  # Nothing deferred: layer 1 runs every step.
-      _, frontier, cache = block(1, bias=bias)(carry)
-    else:
-      carry = _run_once(start < position, deferred, carry)
-      _, frontier, cache = block(1, bias=bias)((position,) + carry[1:])
-    return frontier, cache
+    carry = jax.lax.while_loop(lambda c: remaining(c) >= self.chunk,
+                               self._block(j, self.chunk, position), carry)
+    smaller = 0
+    for width in self.widths:  # At most one of these runs, once.
+      fits = lambda c, smaller=smaller, width=width: (remaining(c) > smaller) & (remaining(c) <= width)
+      carry = jax.lax.while_loop(fits, self._block(j, width, position, deferred_only=True), carry)
+      smaller = width
+    return carry[1], carry[2]
 
   def _log_probs(self, features: Array) -> Array:
     """The shared head on exit features [R, D] -> log-probabilities [R, V] float32."""
@@ -192,8 +190,10 @@ class DecodeStep:
     if self.head_at_exits:
       log_probs = self._log_probs(layer_features)  # [R, V]
       layer_conf = confidence_from_log_probs(log_probs, self.config.confidence)  # [R]
-    else:
+    elif self.config.confidence == "state":
       log_probs, layer_conf = None, state_confidence(hidden, previous)  # [R]
+    else:  # the learned exit classifier
+      log_probs, layer_conf = None, self.decoder.exit_probability(layer_features, j)  # [R]
     if j == self.last_layer:
       confident = jnp.ones((self.rows,), bool)
     else:
@@ -213,7 +213,7 @@ class DecodeStep:
         hidden=pick(hidden, choice.hidden))
 
   def _head_after_stack(self, choice: ExitChoice) -> ExitChoice:
-    """Head-free confidences: the head runs once, on each row's exit features."""
+    """Head-free confidences (state, classifier): the head runs once, on each row's exit features."""
     log_probs = self._log_probs(choice.features)  # [R, V]
     emitted = choice.exit_layer > 0  # [R] rows that were not live get zeros
     return choice._replace(
@@ -227,7 +227,8 @@ class DecodeStep:
 
     Layers j+1.. sit inside a `while_loop` that runs at most once, entered only if some row still
     needs them: skipping the rest of the stack costs one predicate. (A `lax.cond` would copy the
-    caches it carries; on XLA:CPU a run-once loop is also cheaper.)
+    caches it carries; on XLA:CPU a run-once loop is also cheaper.) The layout is in the module
+    docstring.
     """
     config, rows, p = self.config, self.rows, position
     x = self.decoder.embed(last_token[:, None], p[None])  # [R, 1, D]
@@ -242,24 +243,50 @@ class DecodeStep:
     at_p = lambda frontier: jax.lax.dynamic_index_in_dim(frontier, p, axis=1, keepdims=False)  # [R,D]
     bias = self.decoder.block_bias(p, 1, self.cache_length)  # [1, 1|H, 1, T_c], every layer's at p
 
-    def layers_from(j: int, carry: LayerCarry) -> LayerCarry:
+    def layer(j: int, carry: LayerCarry, backfill: bool = False) -> LayerCarry:
+      """Layer j at p (after its deferred positions, with `backfill`), then its exit."""
       start = p if config.exit_mode == "copy" else carry.fill[j]
-      caches = list(carry.caches)
       previous = at_p(carry.frontier)  # layer j's input at p
-      frontier, caches[j] = self._run_layer(j, carry.frontier, caches[j], start, p, bias)
+      frontier, cache = carry.frontier, carry.caches[j]
+      if backfill:
+        frontier, cache = self._backfill(j, frontier, cache, start, p)
+      _, frontier, cache = self._block(j, 1, p, bias)((p, frontier, cache))
       choice = carry.choice
       if self.early_exits[j] or j == self.last_layer:  # Elsewhere no exit: no head, no confidence.
         choice = self._exit(j, at_p(frontier), previous, choice)
-      carry = LayerCarry(frontier, tuple(caches), carry.fill.at[j].set(p + 1), choice,
-                         carry.layers_run + 1, carry.backfilled.at[j].set(p - start))
+      caches = carry.caches[:j] + (cache,) + carry.caches[j + 1:]
+      return LayerCarry(frontier, caches, carry.fill.at[j].set(p + 1), choice, carry.layers_run + 1,
+                        carry.backfilled.at[j].set(p - start))
+
+    def undecided(carry: LayerCarry) -> Array:
+      return jnp.any(live) if config.exit_mode == "oracle" else jnp.any(~carry.choice.decided)
+
+    def layers_from(j: int, carry: LayerCarry) -> LayerCarry:
+      """Layer j (nothing deferred there), then the deeper layers as long as some row needs them
+      and has nothing deferred: one nested run-once loop per layer."""
+      carry = layer(j, carry)
       if j == self.last_layer:
         return carry
-      deeper = jnp.any(live) if config.exit_mode == "oracle" else jnp.any(~choice.decided)
+      deeper = undecided(carry)
+      if config.exit_mode == "deed":
+        deeper = deeper & (carry.fill[j + 1] == p)
       return _run_once(deeper, functools.partial(layers_from, j + 1), carry)
+
+    def backfilling_layers(carry: LayerCarry) -> LayerCarry:
+      """deed, once `layers_from` stopped at a layer m with deferred positions while some row is
+      undecided: layers m, m+1, ... with their backfill. Deferred layers form a suffix of the stack
+      (fill never grows with depth), so every layer from m on has deferred positions. Flat: layer j
+      runs when it is next (layers_run == j) and some row is undecided."""
+      for j in range(1, self.num_layers):
+        carry = _run_once(undecided(carry) & (carry.layers_run == j),
+                          functools.partial(layer, j, backfill=True), carry)
+      return carry
 
     # The caller only steps while some row is live, so layer 1 always runs.
     top = layers_from(0, LayerCarry(frontier, state.caches, state.fill, choice, jnp.int32(0),
                                     jnp.zeros((self.num_layers,), jnp.int32)))
+    if config.exit_mode == "deed" and self.num_layers > 1:
+      top = _run_once(undecided(top), backfilling_layers, top)
     choice, caches = top.choice, top.caches
     if not self.head_at_exits:
       choice = self._head_after_stack(choice)

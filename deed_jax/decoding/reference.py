@@ -14,12 +14,12 @@ import jax
 import jax.numpy as jnp
 
 from deed_jax.decoding.config import DecodeConfig, check_threshold
-from deed_jax.decoding.confidence import exit_confidences
+from deed_jax.decoding.confidence import ExitSignals, exit_confidences, exit_signals
 from deed_jax.models import MultiExitEncoderDecoder
 
-# logits of every exit [L, B, V], layer states [L + 1, B, D] (the embedding first)
-#   -> (exit taken, 0-based [B]; its confidence [B])
-ExitRule = Callable[[jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# every exit's signals at one position (logits [L, B, V], ...) -> (exit taken, 0-based [B]; its
+# confidence [B])
+ExitRule = Callable[[ExitSignals], tuple[jax.Array, jax.Array]]
 
 
 class ReferenceOutput(NamedTuple):
@@ -33,9 +33,9 @@ def first_confident_exit(threshold: jax.Array | float, kind: str,
   """DEED's rule: the first layer allowed to exit early (`early_exits[j]`, default all) whose
   confidence is >= threshold, else the last."""
 
-  def rule(logits, states):  # [L, B, V], [L + 1, B, D]
-    conf = exit_confidences(kind, logits, states)  # [L, B]
-    num_layers = logits.shape[0]
+  def rule(signals):
+    conf = exit_confidences(kind, signals)  # [L, B]
+    num_layers = conf.shape[0]
     allowed = jnp.array(early_exits if early_exits is not None else (True,) * num_layers)[:, None]
     last = (jnp.arange(num_layers) == num_layers - 1)[:, None]  # [L, 1]
     chosen = jnp.argmax((conf >= threshold) & allowed | last, axis=0)  # [B] first True
@@ -47,9 +47,9 @@ def first_confident_exit(threshold: jax.Array | float, kind: str,
 def fixed_exit(exit_layer: jax.Array | int, kind: str = "max_prob") -> ExitRule:
   """Always exit `exit_layer` (1-based; may be traced)."""
 
-  def rule(logits, states):  # [L, B, V], [L + 1, B, D]
-    chosen = jnp.full((logits.shape[1],), exit_layer - 1, jnp.int32)
-    conf = exit_confidences(kind, logits, states)
+  def rule(signals):
+    conf = exit_confidences(kind, signals)  # [L, B]
+    chosen = jnp.full(conf.shape[1:], exit_layer - 1, jnp.int32)
     return chosen, jnp.take_along_axis(conf, chosen[None], axis=0)[0]
 
   return rule
@@ -82,8 +82,9 @@ def greedy_with_rule(model: MultiExitEncoderDecoder, encoder_out: jax.Array, enc
       at_t = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=2, keepdims=False)
       features, states = map(at_t, model.decoder(prefix, encoder_out, encoder_mask,
                                                  return_states=True))  # [L, B, D], [L + 1, B, D]
-    logits = model.logits(features)  # [L, B, V]
-    chosen, conf = rule(logits, states)  # [B], [B]
+    signals = exit_signals(model, features, states)  # logits [L, B, V], ...
+    logits = signals.logits
+    chosen, conf = rule(signals)  # [B], [B]
     token = jnp.take_along_axis(jnp.argmax(logits, axis=-1), chosen[None], axis=0)[0]  # [B]
     token = jnp.where(done, pad_id, token).astype(jnp.int32)
     out = ReferenceOutput(out.tokens.at[:, t].set(token),

@@ -33,8 +33,7 @@ def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int):
     valid = batch["valid"].astype(jnp.float32)  # [B]; 0 on rows padding the last batch
     mask = batch["target_mask"] * batch["valid"][:, None]
     encoder_out, encoder_mask = model.encode(encoder_inputs(batch))  # Once for every metric and exit.
-    losses, accuracies = exit_metrics(model, {**batch, "target_mask": mask},
-                                      encoded=(encoder_out, encoder_mask))  # [L], [L]
+    exits = exit_metrics(model, {**batch, "target_mask": mask}, encoded=(encoder_out, encoder_mask))
     num_tokens = mask.sum()
     cfg = model.config
 
@@ -43,11 +42,13 @@ def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int):
                                 bos_id=cfg.bos_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id).tokens
       return (exact_match(tokens, batch["targets"], batch["target_mask"]) * valid).sum(), tokens
 
-    exits = jnp.arange(1, model.config.decoder_layers + 1)
-    matches, tokens = jax.lax.map(exact_at, exits)  # [L], [L, B, N]
-    return {"loss_sum": losses * num_tokens, "correct_tokens": accuracies * num_tokens,
+    matches, tokens = jax.lax.map(exact_at, jnp.arange(1, cfg.decoder_layers + 1))  # [L], [L, B, N]
+    sums = {"loss_sum": exits.loss * num_tokens, "correct_tokens": exits.token_accuracy * num_tokens,
             "num_tokens": num_tokens, "exact_matches": matches, "num_examples": valid.sum(),
             "tokens": tokens}
+    if exits.classifier_accuracy is not None:
+      sums["classifier_correct"] = exits.classifier_accuracy * num_tokens
+    return sums
 
   return jax.jit(eval_batch)
 
@@ -64,7 +65,8 @@ def _pad_batch(batch: dict, batch_size: int) -> dict:
 def evaluate_exits(eval_fn, params, batches: Iterable[dict], batch_size: int,
                    decode_text=None, num_samples: int = 0) -> dict:
   """Run `eval_fn` over `batches`; -> {exit_loss, exit_token_accuracy, exit_exact_match: [L] lists,
-  num_examples, samples: [(target, prediction at each exit)]}."""
+  (exit_classifier_accuracy [L] for a model with an exit classifier), num_examples, samples:
+  [(target, prediction at each exit)]}."""
   totals, samples = None, []
   for batch in batches:
     out = jax.device_get(eval_fn(params, _pad_batch(batch, batch_size)))
@@ -77,10 +79,13 @@ def evaluate_exits(eval_fn, params, batches: Iterable[dict], batch_size: int,
   if totals is None:
     raise ValueError("The validation split yielded no batches.")
   tokens, examples = max(float(totals["num_tokens"]), 1.0), max(float(totals["num_examples"]), 1.0)
-  return {
+  results = {
       "exit_loss": (totals["loss_sum"] / tokens).tolist(),
       "exit_token_accuracy": (totals["correct_tokens"] / tokens).tolist(),
       "exit_exact_match": (totals["exact_matches"] / examples).tolist(),
       "num_examples": int(totals["num_examples"]),
       "samples": samples,
   }
+  if "classifier_correct" in totals:
+    results["exit_classifier_accuracy"] = (totals["classifier_correct"] / tokens).tolist()
+  return results

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 
 def exit_table(results: dict) -> str:
-  """Per-exit exact match, token accuracy and loss, one row per decoder exit."""
-  rows = [f"{'exit':>5} {'exact match':>12} {'token acc':>10} {'loss':>8}"]
+  """Per-exit exact match, token accuracy and loss (and the exit classifier's accuracy, when the
+  model has one), one row per decoder exit."""
+  probe = results.get("exit_classifier_accuracy")
+  rows = [f"{'exit':>5} {'exact match':>12} {'token acc':>10} {'loss':>8}"
+          + (f" {'classifier acc':>15}" if probe else "")]
   for index, (em, acc, loss) in enumerate(zip(results["exit_exact_match"],
                                               results["exit_token_accuracy"],
                                               results["exit_loss"]), start=1):
-    rows.append(f"{index:>5} {100 * em:>11.1f}% {100 * acc:>9.1f}% {loss:>8.3f}")
+    rows.append(f"{index:>5} {100 * em:>11.1f}% {100 * acc:>9.1f}% {loss:>8.3f}"
+                + (f" {100 * probe[index - 1]:>14.1f}%" if probe else ""))
   return "\n".join(rows)
 
 

@@ -19,6 +19,7 @@ _CHOICES = {
     "position_embedding": ("learned", "sinusoidal", "relative"),
     "mlp_activation": ("gelu", "gelu_tanh", "relu", "gated-gelu", "gated-relu"),
     "adapter": ("none", "linear", "bottleneck"),
+    "exit_classifier": ("none", "linear", "mlp"),
     "dtype": ("float32", "bfloat16", "float16"),
     "param_dtype": ("float32", "bfloat16"),
 }
@@ -94,6 +95,11 @@ class ModelConfig:
   # Exits.
   adapter: str = "bottleneck"
   adapter_dim: int = 64
+  # A learned probe per exit for DecodeConfig(confidence="classifier"): "linear" (sigmoid(f w + b)
+  # on the exit features f) or "mlp" (one ReLU layer of exit_classifier_dim units first); "none": no
+  # parameters.
+  exit_classifier: str = "none"
+  exit_classifier_dim: int = 64
   # Regularisation and numerics.
   dropout_rate: float = 0.0
   dtype: str = "float32"  # Compute dtype; logits are always float32.
@@ -118,7 +124,8 @@ class ModelConfig:
       value = getattr(self, name)
       if value not in allowed:
         raise ValueError(f"ModelConfig.{name}={value!r} is not one of {allowed}.")
-    for name in ("vocab_size", "d_model", "num_heads", "d_ff", "decoder_layers", "max_target_length"):
+    for name in ("vocab_size", "d_model", "num_heads", "d_ff", "decoder_layers", "max_target_length",
+                 "exit_classifier_dim"):
       if getattr(self, name) < 1:
         raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1.")
     if self.encoder_layers < 0:

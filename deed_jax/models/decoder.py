@@ -19,8 +19,8 @@ from flax import nnx
 from deed_jax.models.config import ModelConfig
 from deed_jax.models.layers import (Norm, PositionEmbedding, RelativePositionBias, TokenEmbedding,
                                     dropout, split_rng)
-from deed_jax.models.transformer import (ExitAdapter, KVCache, TransformerLayer, causal_bias,
-                                         padding_bias)
+from deed_jax.models.transformer import (ExitAdapter, ExitClassifier, KVCache, TransformerLayer,
+                                         causal_bias, padding_bias)
 
 Array = jax.Array
 
@@ -45,6 +45,8 @@ class Decoder(nnx.Module):
         TransformerLayer(config, cross_attention=True, rngs=rngs) for _ in range(config.decoder_layers)
     ])
     self.adapters = nnx.List([ExitAdapter(config, rngs) for _ in range(config.decoder_layers)])
+    if config.exit_classifier != "none":
+      self.exit_classifier = ExitClassifier(config, rngs)
     # Pre-norm stacks end in a norm, shared by every exit; post-norm stacks (BART) have none.
     if config.norm_position == "pre":
       self.final_norm = Norm(config)
@@ -101,6 +103,13 @@ class Decoder(nnx.Module):
     """Exit j (0-based): the layer's output through adapter_j and the shared final norm. [..., D]."""
     h = self.adapters[j](hidden)
     return self.final_norm(h) if self.config.norm_position == "pre" else h
+
+  def exit_probability(self, features: Array, layer: int | None = None) -> Array:
+    """The exit classifier's confidence from exit features: exit `layer` (0-based) [..., D] -> [...],
+    or every exit's [L, ..., D] -> [L, ...] (float32). Needs `exit_classifier` in the config."""
+    if self.config.exit_classifier == "none":
+      raise ValueError("This model has no exit classifier (ModelConfig.exit_classifier='none').")
+    return self.exit_classifier(features, layer)
 
   def __call__(self, token_ids: Array, encoder_out: Array, encoder_mask: Array, *, num_layers: int | None = None, dropout_rng: Array | None = None,
                kv_input_fn: Callable[[int, Array], Array] | None = None, return_states: bool = False

@@ -1,8 +1,13 @@
-"""The train state and the jitted train/eval steps (pure functions over `nnx.split` state)."""
+"""The train state and the jitted train/eval steps (pure functions over `nnx.split` state).
+
+`train_only` (parameter path names, e.g. ("exit_classifier",)) trains a subset of the model: the
+gradient is taken with respect to that subset alone, the optimizer state covers only it, and every
+other parameter stays bit-identical (a frozen model's exit classifier trained afterwards).
+"""
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -11,13 +16,29 @@ import optax
 from flax import nnx
 
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
-from deed_jax.training.losses import per_exit_losses
+from deed_jax.training.losses import exit_classifier_losses, per_exit_losses
+from deed_jax.workdir import filter_params, merge_params, path_holds
 
 
 class TrainState(NamedTuple):
   step: jax.Array  # int32 []
   params: Any  # pure dict of arrays (nnx.to_pure_dict of the model's Params)
-  opt_state: Any
+  opt_state: Any  # of the trained params only (`trained_params`)
+
+
+class ExitMetrics(NamedTuple):
+  """Teacher-forced metrics of every exit on a batch."""
+  loss: jax.Array  # [L] mean cross-entropy
+  token_accuracy: jax.Array  # [L]
+  classifier_loss: jax.Array | None  # [L] binary cross-entropy of the exit classifier (None: none)
+  classifier_accuracy: jax.Array | None  # [L]
+
+
+def trained_params(params: dict, train_only: Sequence[str] = ()) -> dict:
+  """The part of `params` a run trains: the subtrees named in `train_only`, or all when empty."""
+  if not train_only:
+    return params
+  return filter_params(params, lambda path: path_holds(path, train_only))
 
 
 def split_model(model: MultiExitEncoderDecoder) -> tuple[nnx.GraphDef, dict]:
@@ -35,43 +56,65 @@ def merge_model(graphdef: nnx.GraphDef, params: dict) -> MultiExitEncoderDecoder
 
 def exit_metrics(model: MultiExitEncoderDecoder, batch: dict, label_smoothing: float = 0.0,
                  dropout_rng: jax.Array | None = None,
-                 encoded: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
-  """Teacher-forced mean cross-entropy [L] and token accuracy [L] of every exit on a batch.
+                 encoded: tuple[jax.Array, jax.Array] | None = None) -> ExitMetrics:
+  """Teacher-forced metrics of every exit on a batch (and of its exit classifier, if any).
 
   `encoded` (encoder states [B, S, D], mask [B, S]) reuses an encoder pass the caller already ran.
+  The classifier reads the exit features through `stop_gradient`: its loss trains the classifier
+  alone and never moves the model it judges.
   """
   if encoded is None:
     features = model.exit_features(encoder_inputs(batch), batch["decoder_input_ids"],
                                    dropout_rng=dropout_rng)  # [L, B, T, D]
   else:
     features = model.decoder(batch["decoder_input_ids"], *encoded, dropout_rng=dropout_rng)  # [L,B,T,D]
-  return per_exit_losses(model.logits, features, batch["targets"], batch["target_mask"],
-                         label_smoothing)
+  losses, accuracies, predictions = per_exit_losses(
+      model.logits, features, batch["targets"], batch["target_mask"], label_smoothing)
+  if model.config.exit_classifier == "none":
+    return ExitMetrics(losses, accuracies, None, None)
+  logits = model.decoder.exit_classifier.logit(jax.lax.stop_gradient(features))  # [L, B, T]
+  return ExitMetrics(losses, accuracies,
+                     *exit_classifier_losses(logits, predictions, batch["target_mask"]))
 
 
-def init_train_state(model: MultiExitEncoderDecoder, tx: optax.GradientTransformation
-                     ) -> tuple[nnx.GraphDef, TrainState]:
+def total_loss(metrics: ExitMetrics, exit_weights: jax.Array, classifier_weight: float) -> jax.Array:
+  """The training objective: weighted exit losses (`losses.exit_weights`), plus the classifier's
+  binary cross-entropy averaged over the exits below the last, times `classifier_weight`."""
+  loss = jnp.sum(exit_weights * metrics.loss)
+  if metrics.classifier_loss is not None and metrics.classifier_loss.shape[0] > 1:
+    loss = loss + classifier_weight * jnp.mean(metrics.classifier_loss[:-1])
+  return loss
+
+
+def init_train_state(model: MultiExitEncoderDecoder, tx: optax.GradientTransformation,
+                     train_only: Sequence[str] = ()) -> tuple[nnx.GraphDef, TrainState]:
   graphdef, params = split_model(model)
-  return graphdef, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  return graphdef, TrainState(jnp.zeros((), jnp.int32), params,
+                              tx.init(trained_params(params, train_only)))
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, exit_weights: np.ndarray,
-                    label_smoothing: float = 0.0):
+                    label_smoothing: float = 0.0, *, classifier_weight: float = 0.0,
+                    train_only: Sequence[str] = ()):
   """-> jitted `step(state, batch, rng) -> (state, metrics)`; the state's buffers are donated."""
   weights = jnp.asarray(exit_weights)  # [L]
 
-  def loss_fn(params, batch, rng):
-    model = merge_model(graphdef, params)
-    losses, accuracies = exit_metrics(model, batch, label_smoothing, dropout_rng=rng)
-    return jnp.sum(weights * losses), (losses, accuracies)
+  def loss_fn(trained, params, batch, rng):
+    model = merge_model(graphdef, merge_params(params, trained))
+    metrics = exit_metrics(model, batch, label_smoothing, dropout_rng=rng)
+    return total_loss(metrics, weights, classifier_weight), metrics
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
-    (loss, (losses, accuracies)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, jax.random.fold_in(rng, state.step))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "exit_loss": losses, "exit_token_accuracy": accuracies,
+    trained = trained_params(state.params, train_only)
+    (loss, exits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        trained, state.params, batch, jax.random.fold_in(rng, state.step))
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    params = merge_params(state.params, optax.apply_updates(trained, updates))
+    metrics = {"loss": loss, "exit_loss": exits.loss, "exit_token_accuracy": exits.token_accuracy,
                "grad_norm": optax.global_norm(grads)}
+    if exits.classifier_loss is not None:
+      metrics.update(exit_classifier_loss=exits.classifier_loss,
+                     exit_classifier_accuracy=exits.classifier_accuracy)
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return jax.jit(train_step, donate_argnums=0)

@@ -15,8 +15,9 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 from deed_jax import checkpoint
-from deed_jax.convert import ConvertOptions, convert_params, hf_to_orbax, orbax_to_hf
-from deed_jax.convert.export_hf import ADAPTERS_FILE
+from deed_jax.convert import (ConversionError, ConvertOptions, convert_params, hf_to_orbax,
+                              orbax_to_hf)
+from deed_jax.convert.import_hf import EXIT_MODULES_FILE
 from tests.convert import hf_models
 
 
@@ -37,7 +38,7 @@ def test_hf_orbax_hf_reproduces_every_tensor(converted, name, tmp_path):
   assert _assert_same_tensors(c.hf_dir, str(tmp_path / "hf")) > 20
   with open(os.path.join(c.hf_dir, "config.json")) as f, open(tmp_path / "hf" / "config.json") as g:
     assert json.load(g) == json.load(f)
-  adapters = load_numpy(str(tmp_path / "hf" / ADAPTERS_FILE))
+  adapters = load_numpy(str(tmp_path / "hf" / EXIT_MODULES_FILE))
   assert len(adapters) == 4 * c.model.config.decoder_layers  # bottleneck: down, down_bias, up, up_bias
   # HF loads the exported directory exactly as it loads the source directory. (Compared with a reload
   # of the source, not the in-memory model: transformers 4.57 reloads an untied-head BART it saved
@@ -119,6 +120,38 @@ def test_export_warns_when_the_last_adapter_moved(tmp_path):
   checkpoint.save_params(workdir, config, params, step=1)
   with pytest.warns(UserWarning, match="last exit adapter is not the identity"):
     orbax_to_hf(workdir, str(tmp_path / "moved"))
+
+
+def test_exit_modules_come_back_when_an_exported_directory_is_converted_again(tmp_path):
+  """Trained exit modules (every adapter and an mlp exit classifier changed here) survive
+  orbax -> HF -> orbax bit for bit, with every HF tensor; asking for other exit modules than the
+  exported directory holds is refused before anything is written."""
+  hf_models.build("bart").save_pretrained(tmp_path / "hf")
+  workdir = str(tmp_path / "orbax")
+  config = hf_to_orbax(str(tmp_path / "hf"), workdir,
+                       ConvertOptions(exit_classifier="mlp", exit_classifier_dim=8))
+  assert config.exit_classifier == "mlp" and config.adapter == "bottleneck"
+  params = nnx.to_pure_dict(nnx.state(checkpoint.load_model(workdir), nnx.Param))
+  rng = np.random.default_rng(0)
+  changed = jax_tree_map(lambda x: np.asarray(x) + rng.standard_normal(x.shape).astype(x.dtype), params)
+  checkpoint.save_params(workdir, config, changed, step=1)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # the last adapter moved (tested above)
+    orbax_to_hf(workdir, str(tmp_path / "exported"))
+  exported = load_numpy(str(tmp_path / "exported" / EXIT_MODULES_FILE))
+  assert {k.split("/")[1] for k in exported} == {"adapters", "exit_classifier"}
+  again = str(tmp_path / "again")
+  assert hf_to_orbax(str(tmp_path / "exported"), again) == config
+  expected = checkpoint.flat_params(changed)
+  restored = checkpoint.flat_params(nnx.to_pure_dict(nnx.state(checkpoint.load_model(again),
+                                                               nnx.Param)))
+  assert sorted(restored) == sorted(expected)
+  for key, value in expected.items():
+    np.testing.assert_array_equal(np.asarray(restored[key]), value, err_msg=key)
+  with pytest.raises(ConversionError, match="exit_classifier='linear' was asked for.*'mlp'"):
+    hf_to_orbax(str(tmp_path / "exported"), str(tmp_path / "refused"),
+                ConvertOptions(exit_classifier="linear"))
+  assert not os.path.exists(tmp_path / "refused")
 
 
 def jax_tree_map(fn, tree):

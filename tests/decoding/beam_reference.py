@@ -3,8 +3,8 @@ forward over every beam's whole prefix at each step, Hugging Face's beam rules w
 transformers 4.57's `_beam_search`, the version the conversion tests compare with).
 
 Each beam takes its log-probs from its own first confident exit (threshold > 1: the last layer). The
-confidences are recomputed here in NumPy: max_prob, or CALM's state saturation (1 + cos) / 2 between a
-layer's output and its input.
+confidences are recomputed here in NumPy float64: max_prob, CALM's state saturation (1 + cos) / 2
+between a layer's output and its input, or the exit classifier written out from its parameters.
 """
 
 from __future__ import annotations
@@ -37,10 +37,25 @@ def _add(pool, hypothesis, num_beams):
       pool.remove(min(pool, key=lambda h: h[0]))
 
 
-def _confidences(log_probs, states, kind):
-  """[L, K, V] log-probs and [L + 1, K, D] layer states -> [L, K]."""
+def classifier_probabilities(model, features):
+  """The exit classifier of `model` on exit features [L, ..., D], in NumPy float64 -> [L, ...]."""
+  probe = model.decoder.exit_classifier
+  x = np.asarray(features, np.float64)
+  weight = lambda name: np.asarray(getattr(probe, name)[...], np.float64)
+  layers = range(x.shape[0])
+  if model.config.exit_classifier == "mlp":
+    x = np.stack([np.maximum(x[l] @ weight("hidden")[l] + weight("hidden_bias")[l], 0.0)
+                  for l in layers])
+  logit = np.stack([x[l] @ weight("kernel")[l] + weight("bias")[l] for l in layers])
+  return 1.0 / (1.0 + np.exp(-logit))
+
+
+def _confidences(log_probs, states, features, kind, model):
+  """[L, K, V] log-probs, [L + 1, K, D] layer states, [L, K, D] exit features -> [L, K]."""
   if kind == "max_prob":
     return np.exp(log_probs).max(-1)
+  if kind == "classifier":
+    return classifier_probabilities(model, features)
   assert kind == "state", kind
   a, b = states[1:].astype(np.float64), states[:-1].astype(np.float64)
   cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
@@ -62,15 +77,15 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
   # Prefixes are padded to n: causal attention makes position p's logits those of the prefix alone,
   # and one compiled forward serves every step.
   @jax.jit
-  def forward(inputs, prefix):  # -> [L, K, N, V], [L + 1, K, N, D]
+  def forward(inputs, prefix):  # -> [L, K, N, V], [L + 1, K, N, D], [L, K, N, D]
     features, states = model.exit_features(inputs, prefix, return_states=True)
-    return model.logits(features), states
+    return model.logits(features), states, features
 
   @jax.jit
-  def copied_forward(inputs, prefix, t, exit_layers, exit_states):  # -> [L, K, V], [L + 1, K, D] at t
+  def copied_forward(inputs, prefix, t, exit_layers, exit_states):  # -> the same at t
     states, features = copied_state_pass(model, prefix, t, exit_layers, exit_states,
                                          *model.encode(inputs))
-    return model.logits(features), states
+    return model.logits(features), states, features
 
   def may_exit(layer):  # 0-based
     return layer >= min_exit_layer - 1 and (exit_layers is None or layer + 1 in exit_layers)
@@ -86,13 +101,12 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
                           np.int32)  # [K, N]
       if copy_states:
         taken = np.array([beam[2] + [0] * (n - p) for beam in beams], np.int32)  # [K, N]
-        logits, hidden = copied_forward(row_inputs, prefixes, p, taken, np.stack(states))
-        logits, hidden = np.asarray(logits, np.float64), np.asarray(hidden)  # [L, K, V], [L+1, K, D]
-      else:
-        logits, hidden = forward(row_inputs, prefixes)
-        logits, hidden = np.asarray(logits, np.float64)[:, :, p], np.asarray(hidden)[:, :, p]
-      log_probs = _log_softmax(logits)
-      confidences = _confidences(log_probs, hidden, confidence)  # [L, K]
+        logits, hidden, features = map(np.asarray, copied_forward(row_inputs, prefixes, p, taken,
+                                                                  np.stack(states)))
+      else:  # [L, K, V], [L + 1, K, D], [L, K, D] at p
+        logits, hidden, features = (np.asarray(x)[:, :, p] for x in forward(row_inputs, prefixes))
+      log_probs = _log_softmax(logits.astype(np.float64))
+      confidences = _confidences(log_probs, hidden, features, confidence, model)  # [L, K]
       candidates = []
       for i, (score, tokens, exits, confs) in enumerate(beams):
         layer = next((l for l in range(cfg.decoder_layers)

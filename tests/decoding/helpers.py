@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from deed_jax.decoding.confidence import exit_confidences
+from deed_jax.decoding.confidence import exit_confidences, exit_signals
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.reference import greedy_reference
 from deed_jax.models import MultiExitEncoderDecoder
@@ -50,8 +50,27 @@ def confidence_quantiles(model, encoder_inputs, max_new_tokens: int, kind: str =
   tokens = np.asarray(static.tokens)
   prefix = np.concatenate([np.full((len(tokens), 1), model.config.bos_id), tokens[:, :-1]], axis=1)
   features, states = model.exit_features(encoder_inputs, prefix, return_states=True)
-  confidences = np.asarray(exit_confidences(kind, model.logits(features), states))  # [L, B, N]
+  confidences = np.asarray(exit_confidences(kind, exit_signals(model, features, states)))  # [L,B,N]
   return np.quantile(confidences, np.linspace(0.05, 0.95, count))
+
+
+def spread_probe(model, encoder_inputs, max_new_tokens: int, spread: float = 1.5):
+  """Rescale the model's exit classifier so that, along the full model's greedy output, every exit's
+  logit has mean 0 and std `spread`: a random probe is dominated by its per-exit bias (features vary
+  little between tokens of a random model), which would make every token exit at the same layer.
+  -> the model (changed in place)."""
+  static = greedy_reference(model, encoder_inputs,
+                            DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens))
+  tokens = np.asarray(static.tokens)
+  prefix = np.concatenate([np.full((len(tokens), 1), model.config.bos_id), tokens[:, :-1]], axis=1)
+  probe = model.decoder.exit_classifier
+  logits = np.asarray(probe.logit(model.exit_features(encoder_inputs, prefix)))  # [L, B, N]
+  bias = np.asarray(probe.bias[...])  # [L]
+  centred = logits - bias[:, None, None]
+  scale = spread / centred.std(axis=(1, 2))  # [L]
+  probe.kernel[...] = probe.kernel[...] * scale[:, None]
+  probe.bias[...] = -centred.mean(axis=(1, 2)) * scale
+  return model
 
 
 def frequent_token(model, encoder_inputs, steps: int) -> int:

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from deed_jax.decoding.confidence import confidence, state_confidence
+from tests.decoding.beam_reference import classifier_probabilities
+from tests.decoding.helpers import spread_model
 
 
 def _numpy_confidence(logits: np.ndarray, kind: str) -> np.ndarray:
@@ -54,3 +56,25 @@ def test_state_confidence_is_the_mapped_cosine_of_a_layer_output_and_its_input()
   a, b = rng.normal(size=(2, 3, 7, 16)).astype(np.float32)
   expected = 0.5 * (1 + (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)))
   np.testing.assert_allclose(np.asarray(state_confidence(a, b)), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("probe", ["linear", "mlp"])
+def test_exit_classifier_is_the_probe_written_out_in_numpy(probe):
+  """Every exit's probability at once ([L, ...] features) and one exit's (the decoder's per-layer
+  path) equal sigmoid(relu(f W_j + c_j) w_j + b_j) (mlp) / sigmoid(f w_j + b_j) (linear) in float64."""
+  model = spread_model("text", 0, exit_classifier=probe, exit_classifier_dim=5)
+  layers, d = model.config.decoder_layers, model.config.d_model
+  features = np.random.default_rng(0).normal(size=(layers, 3, 2, d)).astype(np.float32)  # [L, B, T, D]
+  expected = classifier_probabilities(model, features)  # [L, B, T]
+  assert expected.std() > 0.05  # the randomized probe separates inputs: a real check
+  np.testing.assert_allclose(np.asarray(model.decoder.exit_probability(features)), expected,
+                             rtol=1e-5, atol=1e-6)
+  for j in range(layers):
+    np.testing.assert_allclose(np.asarray(model.decoder.exit_probability(features[j], j)),
+                               expected[j], rtol=1e-5, atol=1e-6)
+
+
+def test_exit_classifier_refuses_a_model_without_one():
+  model = spread_model("text", 0)
+  with pytest.raises(ValueError, match="no exit classifier"):
+    model.decoder.exit_probability(np.zeros((model.config.d_model,), np.float32), 0)

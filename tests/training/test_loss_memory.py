@@ -24,7 +24,7 @@ def _memory(num_exits: int) -> tuple[int, int]:
   mask = jnp.ones((B, T))
 
   def scanned(features, head):
-    losses, _ = per_exit_losses(lambda h: h @ head, features, targets, mask)
+    losses, _, _ = per_exit_losses(lambda h: h @ head, features, targets, mask)
     return losses.sum()
 
   def all_at_once(features, head):  # The naive way: [L, B, T, V] logits in one piece.

@@ -74,7 +74,7 @@ def test_label_smoothing_matches_hand_computation():
   targets = np.roll(decoder_ids, -1, axis=1)
   mask = np.ones_like(targets)
   batch = {**encoder_inputs, "decoder_input_ids": decoder_ids, "targets": targets, "target_mask": mask}
-  losses, _ = exit_metrics(model, batch, label_smoothing=0.1)
+  losses = exit_metrics(model, batch, label_smoothing=0.1).loss
   expected = _hand_cross_entropies(np.asarray(model(encoder_inputs, decoder_ids)), targets, mask, 0.1)
   np.testing.assert_allclose(np.asarray(losses), expected, rtol=1e-5)
 
