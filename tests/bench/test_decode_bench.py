@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -18,9 +19,11 @@ def test_decode_benchmark_writes_its_table_and_json(tmp_path):
   result = json.loads(output.read_text())
   rows = {row["variant"]: row for row in result["rows"]}
   assert [r["variant"] for r in result["rows"]][:4] == ["static", "fixed k=1", "fixed k=2", "fixed k=3"]
-  assert {c: sorted(t) for c, t in result["thresholds"].items()} == {"max_prob": ["1.5", "2.5"],
-                                                                     "state": ["1.5", "2.5"]}
-  for confidence in ("max_prob", "state"):  # two tuned thresholds each, and the min-exit check
+  confidences = ("max_prob", "state", "classifier")  # the default --confidences
+  assert {c: sorted(t) for c, t in result["thresholds"].items()} == {
+      c: ["1.5", "2.5"] for c in confidences}
+  assert result["xla_flags"] == os.environ.get("XLA_FLAGS", "")
+  for confidence in confidences:  # two tuned thresholds each, and the min-exit check
     for mode in ("deed", "copy"):
       for depth in ("1.5", "2.5"):
         row = rows[f"{mode} {confidence} e~{depth}"]
