@@ -21,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from deed_jax.errors import MissingPathError, UserError
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
 from deed_jax.workdir import (CHECKPOINT_DIR, check_compatible_workdir, filter_params,
                               model_config_path, path_holds, path_name, read_model_config)
@@ -112,7 +113,7 @@ class Checkpointer:
     target, to_current = _restore_target(stored, abstract_state)
     problems = _shape_mismatches(stored, target)
     if problems:
-      raise ValueError(f"Checkpoint {step} in {self.workdir} does not fit this model: "
+      raise UserError(f"Checkpoint {step} in {self.workdir} does not fit this model: "
                        + "; ".join(problems[:10]) + ". The checkpoint was left untouched.")
     items = {"state": _restore_args(target)}
     if data_iterator is not None:
@@ -163,13 +164,13 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None,
   caller keeps their initial values."""
   config = read_model_config(workdir)
   if config is None:
-    raise FileNotFoundError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax "
+    raise MissingPathError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax "
                             "workdir.")
   checkpointer = Checkpointer(workdir, config, async_save=False)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
-      raise FileNotFoundError(f"No checkpoint under {workdir}/{CHECKPOINT_DIR}.")
+      raise MissingPathError(f"No checkpoint under {workdir}/{CHECKPOINT_DIR}.")
     stored = checkpointer.manager.item_metadata(step)["state"]["params"]
     if may_lack:
       have = set(flat_params(stored))
@@ -177,7 +178,7 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None,
     target, to_current = _restore_target(stored, abstract)
     problems = _shape_mismatches(stored, target)
     if problems:
-      raise ValueError(f"Checkpoint {step} in {workdir} does not fit the model: "
+      raise UserError(f"Checkpoint {step} in {workdir} does not fit the model: "
                        + "; ".join(problems[:10]))
     restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
         state=_restore_args({"params": target}, partial=True)))
@@ -190,7 +191,7 @@ def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder
   """A ready model from a workdir: its `model_config.json` + the params of `step` (default newest)."""
   config = read_model_config(workdir)
   if config is None:
-    raise FileNotFoundError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax "
+    raise MissingPathError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax "
                             "workdir.")
   graphdef, abstract = abstract_params(config)
   return nnx.merge(graphdef, restore_params(workdir, abstract, step))

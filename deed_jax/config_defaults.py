@@ -5,12 +5,35 @@ Task configs under `configs/` start from `training_defaults()` and override what
 
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from deed_jax import checkpoint
+from deed_jax.errors import MissingPathError, UserError
 from deed_jax.workdir import path_holds, read_model_config
 from deed_jax.models import ModelConfig
 from deed_jax.training.losses import LOSS_MODES
+
+
+# ModelConfig annotations -> the type a `--config.model.<field>` flag is parsed as (object: a Python
+# literal, for fields that take an int or a pair, or a dict).
+_FLAG_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "int | None": int,
+               "tuple[int, ...]": tuple}
+
+
+def model_placeholders() -> ml_collections.ConfigDict:
+  """Every ModelConfig field, unset (None) until a config file or a `--config.model.<field>=...`
+  flag sets it, so the command line reaches fields a config file leaves alone."""
+  return ml_collections.ConfigDict({
+      field.name: placeholder(_FLAG_TYPES.get(field.type, object))
+      for field in dataclasses.fields(ModelConfig)})
+
+
+def model_options(config: ml_collections.ConfigDict) -> dict:
+  """The ModelConfig options a training config sets (its unset placeholders left out)."""
+  return {k: v for k, v in config.model.to_dict().items() if v is not None}
 
 
 def training_defaults() -> ml_collections.ConfigDict:
@@ -24,7 +47,7 @@ def training_defaults() -> ml_collections.ConfigDict:
       target_key="answer",
       max_source_length=0,  # Text encoders: input length in tokens.
   ))
-  config.model = ml_collections.ConfigDict()  # ModelConfig keyword arguments.
+  config.model = model_placeholders()  # ModelConfig keyword arguments; unset (None): its defaults.
   # A deed-jax workdir to start from (e.g. `python -m deed_jax.convert` output): its architecture and
   # params; config.model may then set only `dropout_rate`. "" = random initialisation.
   config.init_from = ""
@@ -60,23 +83,24 @@ ADDABLE_PARAMS = ("exit_classifier",)
 
 def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   """The `ModelConfig` a training config describes; unknown options raise naming them."""
+  options = model_options(config)
   if not config.init_from:
-    return ModelConfig.from_dict(config.model.to_dict())
+    return ModelConfig.from_dict(options)
   base = read_model_config(config.init_from)
   if base is None:
-    raise FileNotFoundError(f"config.init_from={config.init_from!r} holds no model_config.json: it "
+    raise MissingPathError(f"config.init_from={config.init_from!r} holds no model_config.json: it "
                             "must be a deed-jax workdir (e.g. written by python -m deed_jax.convert).")
   values = base.to_dict()
-  clashes = sorted(k for k, v in config.model.to_dict().items()
+  clashes = sorted(k for k, v in options.items()
                    if k not in INIT_FROM_OVERRIDABLE and values.get(k) != v)
   if values.get("exit_classifier", "none") != "none":  # a classifier it has is part of its shape
     clashes += sorted(k for k in ("exit_classifier", "exit_classifier_dim")
-                      if k in config.model and config.model[k] != values.get(k))
+                      if k in options and options[k] != values.get(k))
   if clashes:
-    raise ValueError(f"config.init_from={config.init_from!r} fixes the architecture, but config.model "
+    raise UserError(f"config.init_from={config.init_from!r} fixes the architecture, but config.model "
                      f"sets {clashes} to other values; with init_from, config.model may set only "
                      f"{list(INIT_FROM_OVERRIDABLE)}.")
-  return ModelConfig.from_dict({**values, **config.model.to_dict()})
+  return ModelConfig.from_dict({**values, **options})
 
 
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:
@@ -84,39 +108,39 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   known = set(training_defaults().keys())
   unknown = sorted(set(config.keys()) - known)
   if unknown:
-    raise ValueError(f"Unknown config option(s) {unknown}; known: {sorted(known)}.")
+    raise UserError(f"Unknown config option(s) {unknown}; known: {sorted(known)}.")
   for block in ("task", "loss", "optimizer", "decode"):
     extra = sorted(set(config[block].keys()) - set(training_defaults()[block].keys()))
     if extra:
-      raise ValueError(f"Unknown config option(s) config.{block}.{extra}; known: "
+      raise UserError(f"Unknown config option(s) config.{block}.{extra}; known: "
                        f"{sorted(training_defaults()[block].keys())}.")
   if config.loss.mode not in LOSS_MODES:
-    raise ValueError(f"config.loss.mode={config.loss.mode!r} is not one of {LOSS_MODES}.")
+    raise UserError(f"config.loss.mode={config.loss.mode!r} is not one of {LOSS_MODES}.")
   if not 0.0 <= config.loss.label_smoothing < 1.0:
-    raise ValueError(f"config.loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1).")
+    raise UserError(f"config.loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1).")
   model = model_config(config)
   weight = config.loss.exit_classifier_weight
   if not weight >= 0:
-    raise ValueError(f"config.loss.exit_classifier_weight={weight} must be >= 0.")
+    raise UserError(f"config.loss.exit_classifier_weight={weight} must be >= 0.")
   if model.exit_classifier != "none" and weight == 0:
-    raise ValueError(f"config.loss.exit_classifier_weight={weight} would leave the model's exit "
+    raise UserError(f"config.loss.exit_classifier_weight={weight} would leave the model's exit "
                      f"classifier (model.exit_classifier={model.exit_classifier!r}) untrained.")
   train_only = config.train_only
   if isinstance(train_only, str) or not all(isinstance(n, str) and n.strip("/") for n in train_only):
-    raise ValueError(f"config.train_only={train_only!r} must be a tuple of parameter path names, "
+    raise UserError(f"config.train_only={train_only!r} must be a tuple of parameter path names, "
                      "e.g. ('exit_classifier',); on the command line --config.train_only=exit_classifier "
                      "or --config.train_only='(\"exit_classifier\", \"decoder/adapters\")'.")
   paths = list(checkpoint.flat_params(checkpoint.abstract_params(model)[1]))
   for name in train_only:
     if not any(path_holds(path, [name]) for path in paths):
       top = sorted({"/".join(p.split("/")[:2]) for p in paths})
-      raise ValueError(f"config.train_only names {name!r}, which no parameter of this model holds "
+      raise UserError(f"config.train_only names {name!r}, which no parameter of this model holds "
                        f"(its parameters are under {top}).")
   for threshold in config.decode.thresholds:
     if not isinstance(threshold, (int, float)) or not threshold >= 0:
-      raise ValueError(f"config.decode.thresholds holds {threshold!r}; thresholds are numbers >= 0.")
+      raise UserError(f"config.decode.thresholds holds {threshold!r}; thresholds are numbers >= 0.")
   for name in ("batch_size", "eval_batch_size", "total_steps", "log_every_steps", "eval_every_steps",
                "checkpoint_every_steps", "keep_checkpoints"):
     if config[name] < 1:
-      raise ValueError(f"config.{name}={config[name]} must be >= 1.")
+      raise UserError(f"config.{name}={config[name]} must be >= 1.")
   return model

@@ -17,14 +17,15 @@ import time
 import jax
 import ml_collections
 import tqdm
-from absl import app, flags, logging
+from absl import flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from deed_jax import checkpoint
+from deed_jax import checkpoint, cli
 from deed_jax.config_defaults import ADDABLE_PARAMS, validate
 from deed_jax.data import forms_tfds, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
+from deed_jax.errors import UserError
 from deed_jax.evaluation.per_exit import evaluate_exits, make_eval_fn
 from deed_jax.evaluation.deed_compare import compare_decoding
 from deed_jax.evaluation.report import decoding_table, exit_table
@@ -62,17 +63,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # ---------------------------------------------------------------------------------------------
   model_config = validate(config)
   if stop_at_step is not None and not 1 <= stop_at_step <= config.total_steps:
-    raise ValueError(f"stop_at_step={stop_at_step} must be in 1..total_steps={config.total_steps}.")
+    raise UserError(f"stop_at_step={stop_at_step} must be in 1..total_steps={config.total_steps}.")
   task = config.task
   tokenizer = get_tokenizer(task.tokenizer)
   if tokenizer.vocab_size > model_config.vocab_size:
-    raise ValueError(f"The tokenizer has {tokenizer.vocab_size} ids but model.vocab_size="
+    raise UserError(f"The tokenizer has {tokenizer.vocab_size} ids but model.vocab_size="
                      f"{model_config.vocab_size}.")
   # The decoder's start token is the model's bos_id, whatever the tokenizer calls BOS.
   specials = {"pad_id": tokenizer.pad_id, "eos_id": tokenizer.eos_id}
   for name, value in specials.items():
     if getattr(model_config, name) != value:
-      raise ValueError(f"model.{name}={getattr(model_config, name)} but the tokenizer's is {value}.")
+      raise UserError(f"model.{name}={getattr(model_config, name)} but the tokenizer's is {value}.")
   checkpointer = checkpoint.Checkpointer(
       workdir, model_config, keep=config.keep_checkpoints,
       save_interval_steps=config.checkpoint_every_steps)
@@ -220,4 +221,4 @@ def main(argv):
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
   jax.config.config_with_absl()
-  app.run(main)
+  cli.run(main)

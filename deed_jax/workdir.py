@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 
 from etils import epath
 
+from deed_jax.errors import UserError
 from deed_jax.models import ModelConfig
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -41,7 +42,7 @@ def check_compatible_workdir(workdir: str, config: ModelConfig) -> None:
   old, new = stored.to_dict(), config.to_dict()
   diffs = {k: (old[k], new[k]) for k in sorted(old) if old[k] != new[k]}
   shown = ", ".join(f"{k}: {a!r} in the workdir vs {b!r} requested" for k, (a, b) in diffs.items())
-  raise ValueError(f"Workdir {workdir} holds a checkpoint of a different model ({shown}). "
+  raise UserError(f"Workdir {workdir} holds a checkpoint of a different model ({shown}). "
                    "Use another --workdir; the existing checkpoint was left untouched.")
 
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Set up .venv/ (with the test and convert extras) and run the test suite on the CPU.
+# Set up .venv/ (with the test, convert and pytorch extras) and run the test suite on the CPU.
 #   usage: ./tests/run.sh [pytest args]      e.g. -m slow, -k convert
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source launch/setup_env.sh test,convert
+source launch/setup_env.sh test,convert,pytorch
 export JAX_PLATFORMS=cpu
 # The suite is compile-bound: LLVM's -O0 codegen compiles ~35% faster and the tests run tiny models.
 # (Benchmarks and launch scripts keep XLA's default optimisation.)

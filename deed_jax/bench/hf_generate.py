@@ -22,9 +22,9 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from deed_jax import checkpoint
+from deed_jax import checkpoint, cli
 from deed_jax.bench.bandwidth import memory_bandwidth, static_bytes_per_token
 from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.report import write_result
@@ -186,4 +186,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

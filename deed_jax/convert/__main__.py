@@ -15,10 +15,12 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Conversion moves weights; it needs no accelerator.
 
-from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
+from absl import flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from deed_jax import cli  # pylint: disable=wrong-import-position
 from deed_jax.convert import (  # pylint: disable=wrong-import-position
     ConvertOptions, hf_to_orbax, orbax_to_hf)
+from deed_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 _SOURCE = flags.DEFINE_string("source", None, "Hugging Face model directory (config.json + weights).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "deed-jax workdir: written (with --source) or read.",
@@ -44,9 +46,9 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO.
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    raise UserError(f"Unexpected arguments: {argv[1:]}")
   if (_SOURCE.value is None) == (_TO_HF.value is None):
-    raise app.UsageError("Give exactly one of --source (HF -> orbax) and --to_hf (orbax -> HF).")
+    raise UserError("Give exactly one of --source (HF -> orbax) and --to_hf (orbax -> HF).")
   if _TO_HF.value:
     orbax_to_hf(_WORKDIR.value, _TO_HF.value, _STEP.value)
     print(f"Wrote {_TO_HF.value} from {_WORKDIR.value}.")
@@ -61,4 +63,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

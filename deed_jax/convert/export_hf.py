@@ -19,6 +19,7 @@ from deed_jax.convert.families import family_for
 from deed_jax.convert.import_hf import (ADAPTER_PREFIX, EXIT_MODULES_FILE, EXIT_PREFIXES,
                                        EXPORTED_MODEL_CONFIG_FILE)
 from deed_jax.convert.staging import check_empty_target, staged_directory
+from deed_jax.errors import MissingPathError
 from deed_jax.workdir import HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files
 
 _ADAPTER_RESIDUAL = ("up", "up_bias", "w", "b")  # zero in an identity adapter (ExitAdapter)
@@ -39,7 +40,7 @@ def _warn_if_last_adapter_moved(adapters: dict[str, np.ndarray], num_layers: int
 def read_hf_source(workdir: str) -> dict:
   path = os.path.join(workdir, HF_SOURCE_FILE)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f"{path} not found: only workdirs converted from (or trained from) a Hugging "
+    raise MissingPathError(f"{path} not found: only workdirs converted from (or trained from) a Hugging "
                             "Face checkpoint can be exported to one.")
   with open(path) as f:
     return json.load(f)

@@ -12,6 +12,8 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from deed_jax.errors import UserError
+
 Shape = tuple[int, ...]
 
 
@@ -70,7 +72,7 @@ class KeyMap:
   ignored: tuple[str, ...] = ()  # HF keys that carry no weights we use (HF ignores them too)
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
   """A checkpoint that does not fit the declared mapping; the message lists every problem."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tensorflow_datasets as tfds
 
 from deed_jax.data import forms
+from deed_jax.errors import UserError
 
 SPLIT_SIZES = {  # config name -> {split: number of examples}
     "tiny": {"train": 256, "validation": 64},
@@ -79,9 +80,9 @@ BUILDERS = {"forms_vqa": FormsVqa, "forms_text": FormsText}
 def prepare(name: str, config: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """Generate the dataset into `data_dir` unless it is already there (idempotent)."""
   if name not in BUILDERS:
-    raise ValueError(f"Unknown dataset {name!r}; embedded datasets: {sorted(BUILDERS)}.")
+    raise UserError(f"Unknown dataset {name!r}; embedded datasets: {sorted(BUILDERS)}.")
   if config not in SPLIT_SIZES:
-    raise ValueError(f"Unknown config {config!r} of {name}; configs: {sorted(SPLIT_SIZES)}.")
+    raise UserError(f"Unknown config {config!r} of {name}; configs: {sorted(SPLIT_SIZES)}.")
   builder = BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")
   tfds.disable_progress_bar()
   builder.download_and_prepare()

@@ -5,7 +5,8 @@ saved beside the train state, so a resumed run sees exactly the batches it would
 
 Batch features (per example; batched along a leading B axis):
   image tasks: pixel_values float32 [H, W, C] in [-1, 1]
-  text tasks:  input_ids int32 [S], attention_mask int32 [S]
+  text tasks:  input_ids int32 [S], attention_mask int32 [S]  (the tokenizer's `encode_source`: with
+               the special tokens a pretrained model saw around its sources)
   both:        decoder_input_ids int32 [T] = [start, y_1 .. y_n, pad...]  (start: the model's bos_id)
                targets           int32 [T] = [y_1 .. y_n, eos, pad...]
                target_mask       int32 [T] (1 on y_1 .. eos)
@@ -21,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from deed_jax.data.tokenizer import Tokenizer
+from deed_jax.errors import UserError
 from deed_jax.models.config import IMAGE_ENCODERS
 
 
@@ -52,6 +54,8 @@ class Preprocess(grain.transforms.Map):
     self.task = task
     self.tokenizer = tokenizer
     self.decoder_start_id = tokenizer.bos_id if decoder_start_id is None else decoder_start_id
+    if self.decoder_start_id is None:
+      raise UserError("The tokenizer has no BOS token; give the decoder start id (the model's bos_id).")
 
   def map(self, example: dict) -> dict:
     task, tok = self.task, self.tokenizer
@@ -59,7 +63,7 @@ class Preprocess(grain.transforms.Map):
     if task.encoder in IMAGE_ENCODERS:
       features["pixel_values"] = example[task.source_key].astype(np.float32) / 127.5 - 1.0
     else:
-      ids = tok.encode(_text(example[task.source_key]))[:task.max_source_length]
+      ids = tok.encode_source(_text(example[task.source_key]), task.max_source_length)
       features["input_ids"] = _pad(ids, task.max_source_length, tok.pad_id)
       features["attention_mask"] = _pad([1] * len(ids), task.max_source_length, 0)
     answer = tok.encode(_text(example[task.target_key]))[:task.max_target_length - 1]

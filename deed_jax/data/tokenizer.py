@@ -1,22 +1,29 @@
 """Tokenizers: a built-in byte-level one, and adapters for real tokenizers loaded from local files.
 
-Every tokenizer exposes `vocab_size`, `pad_id`, `bos_id`, `eos_id`, `encode(text) -> list[int]` and
-`decode(ids) -> str`; nothing is ever fetched from a hub.
+Every tokenizer exposes `vocab_size`, `pad_id`, `bos_id` (None when it has none, like T5's), `eos_id`,
+`encode(text) -> list[int]` (the text's own tokens: decoder targets), `encode_source(text,
+max_length) -> list[int]` (an encoder input, with the special tokens the model saw in pretraining:
+BART's `<s> ... </s>`, T5's `... </s>`) and `decode(ids) -> str`; nothing is ever fetched from a hub.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Protocol, Sequence
+
+from deed_jax.errors import UserError
 
 
 class Tokenizer(Protocol):
   vocab_size: int
   pad_id: int
-  bos_id: int
+  bos_id: int | None
   eos_id: int
 
   def encode(self, text: str) -> list[int]: ...
+
+  def encode_source(self, text: str, max_length: int) -> list[int]: ...
 
   def decode(self, ids: Sequence[int]) -> str: ...
 
@@ -31,6 +38,10 @@ class ByteTokenizer:
   def encode(self, text: str) -> list[int]:
     return [b + self._offset for b in text.encode("utf-8")]
 
+  def encode_source(self, text: str, max_length: int) -> list[int]:
+    """The bytes alone (models trained here see no special tokens around their sources)."""
+    return self.encode(text)[:max_length]
+
   def decode(self, ids: Sequence[int]) -> str:
     """Stops at the first EOS; skips pad/bos."""
     out = bytearray()
@@ -44,26 +55,58 @@ class ByteTokenizer:
 
 
 class HuggingFaceTokenizer:
-  """A `tokenizer.json` read with the `tokenizers` package (installed with the convert extra)."""
+  """A `tokenizer.json` read with the `tokenizers` package, as `transformers` reads it: the special
+  tokens named by the `tokenizer_config.json` / `special_tokens_map.json` beside it (else `<pad>`,
+  `<s>`, `</s>`; BOS may be absent, as in T5), and the file's post-processor adding the special
+  tokens around an encoder input."""
 
-  def __init__(self, path: str, pad: str = "<pad>", bos: str = "<s>", eos: str = "</s>"):
-    from tokenizers import Tokenizer as _HfTokenizer  # Optional dependency.
+  def __init__(self, path: str, pad: str | None = None, bos: str | None = None, eos: str | None = None):
+    from tokenizers import Tokenizer as _HfTokenizer  # pylint: disable=g-import-not-at-top
     self._tok = _HfTokenizer.from_file(path)
     self.vocab_size = self._tok.get_vocab_size()
-    ids = {name: self._tok.token_to_id(token) for name, token in (("pad", pad), ("bos", bos), ("eos", eos))}
-    missing = [name for name, i in ids.items() if i is None]
+    named = _special_tokens(os.path.dirname(path))
+    tokens = {"pad": pad or named.get("pad_token", "<pad>"), "bos": bos or named.get("bos_token", "<s>"),
+              "eos": eos or named.get("eos_token", "</s>")}
+    ids = {name: self._tok.token_to_id(token) for name, token in tokens.items()}
+    missing = [f"{name} ({tokens[name]!r})" for name in ("pad", "eos") if ids[name] is None]
     if missing:
-      raise ValueError(f"{path} has no token for {missing}; pass the special tokens explicitly.")
+      raise UserError(f"{path} has no token for {missing}; pass the special tokens explicitly.")
     self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
+    processor = self._tok.post_processor
+    self._source_specials = 0 if processor is None else processor.num_special_tokens_to_add(False)
 
   def encode(self, text: str) -> list[int]:
     return self._tok.encode(text, add_special_tokens=False).ids
+
+  def encode_source(self, text: str, max_length: int) -> list[int]:
+    """The text truncated so that it fits `max_length` with its special tokens, then the
+    post-processor's special tokens added (as transformers does with truncation=True)."""
+    encoding = self._tok.encode(text, add_special_tokens=False)
+    encoding.truncate(max(max_length - self._source_specials, 0))
+    return self._tok.post_process(encoding).ids
 
   def decode(self, ids: Sequence[int]) -> str:
     ids = [int(i) for i in ids]
     if self.eos_id in ids:
       ids = ids[:ids.index(self.eos_id)]
     return self._tok.decode(ids, skip_special_tokens=True)
+
+
+def _special_tokens(directory: str) -> dict[str, str]:
+  """{"pad_token": "<pad>", ...} as transformers' tokenizer files beside a tokenizer.json name them
+  (tokenizer_config.json, then special_tokens_map.json); {} when there are none."""
+  out = {}
+  for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+    path = os.path.join(directory, name)
+    if os.path.isfile(path):
+      with open(path) as f:
+        values = json.load(f)
+      for key in ("pad_token", "bos_token", "eos_token"):
+        value = values.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+          out[key] = value
+  return out
 
 
 class SentencePieceTokenizer:
@@ -77,6 +120,10 @@ class SentencePieceTokenizer:
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
+
+  def encode_source(self, text: str, max_length: int) -> list[int]:
+    """The pieces and EOS, as transformers' sentencepiece tokenizers (T5's) end a source."""
+    return self.encode(text)[:max(max_length - 1, 0)] + [self.eos_id]
 
   def decode(self, ids: Sequence[int]) -> str:
     ids = [int(i) for i in ids]
@@ -97,12 +144,12 @@ def get_tokenizer(spec: str) -> Tokenizer:
   if os.path.isdir(spec):
     found = [name for name in _DIRECTORY_FILES if os.path.isfile(os.path.join(spec, name))]
     if not found:
-      raise ValueError(f"Directory {spec!r} holds none of the tokenizer files {_DIRECTORY_FILES}.")
+      raise UserError(f"Directory {spec!r} holds none of the tokenizer files {_DIRECTORY_FILES}.")
     spec = os.path.join(spec, found[0])
   if not os.path.exists(spec):
-    raise ValueError(f"Tokenizer {spec!r} is neither 'byte' nor an existing file or directory.")
+    raise UserError(f"Tokenizer {spec!r} is neither 'byte' nor an existing file or directory.")
   if spec.endswith(".json"):
     return HuggingFaceTokenizer(spec)
   if spec.endswith(".model"):
     return SentencePieceTokenizer(spec)
-  raise ValueError(f"Tokenizer file {spec!r}: expected a tokenizer.json or a sentencepiece .model.")
+  raise UserError(f"Tokenizer file {spec!r}: expected a tokenizer.json or a sentencepiece .model.")

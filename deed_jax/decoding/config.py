@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from deed_jax.decoding.confidence import CONFIDENCES
+from deed_jax.errors import UserError
 from deed_jax.models import ModelConfig
 
 STRATEGIES = ("greedy", "beam")
@@ -51,27 +52,27 @@ class DecodeConfig:
     for name, allowed in (("strategy", STRATEGIES), ("exit_mode", EXIT_MODES),
                           ("confidence", CONFIDENCES)):
       if getattr(self, name) not in allowed:
-        raise ValueError(f"DecodeConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
+        raise UserError(f"DecodeConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
     if self.num_beams < 1:
-      raise ValueError(f"DecodeConfig.num_beams={self.num_beams} must be >= 1.")
+      raise UserError(f"DecodeConfig.num_beams={self.num_beams} must be >= 1.")
     if self.strategy == "greedy" and self.num_beams != 1:
-      raise ValueError(f"DecodeConfig.num_beams={self.num_beams} needs strategy='beam'.")
+      raise UserError(f"DecodeConfig.num_beams={self.num_beams} needs strategy='beam'.")
     if not math.isfinite(self.length_penalty):
-      raise ValueError(f"DecodeConfig.length_penalty={self.length_penalty} must be finite.")
+      raise UserError(f"DecodeConfig.length_penalty={self.length_penalty} must be finite.")
     if self.backfill_chunk < 1:
-      raise ValueError(f"DecodeConfig.backfill_chunk={self.backfill_chunk} must be >= 1.")
+      raise UserError(f"DecodeConfig.backfill_chunk={self.backfill_chunk} must be >= 1.")
     if self.max_new_tokens < 1:
-      raise ValueError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} must be >= 1.")
+      raise UserError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} must be >= 1.")
     check_threshold(self.threshold)
     if self.exit_layers is not None:
       layers = self.exit_layers
       if (not isinstance(layers, (tuple, list)) or not layers
           or any(isinstance(l, bool) or not isinstance(l, (int, np.integer)) for l in layers)):
-        raise ValueError(f"DecodeConfig.exit_layers={layers!r} must be None or a non-empty tuple of "
+        raise UserError(f"DecodeConfig.exit_layers={layers!r} must be None or a non-empty tuple of "
                          "1-based layer numbers.")
       object.__setattr__(self, "exit_layers", tuple(sorted({int(l) for l in layers})))
     if self.exit_mode == "fixed" and self.fixed_exit_layer is None:
-      raise ValueError("DecodeConfig.exit_mode='fixed' needs fixed_exit_layer.")
+      raise UserError("DecodeConfig.exit_mode='fixed' needs fixed_exit_layer.")
 
   def resolve(self, model: ModelConfig) -> "DecodeConfig":
     """Fill the special ids from `model` and check every field against it."""
@@ -79,19 +80,19 @@ class DecodeConfig:
            for name in ("bos_id", "eos_id", "pad_id")}
     for name, value in ids.items():
       if not 0 <= value < model.vocab_size:
-        raise ValueError(f"DecodeConfig.{name}={value} is outside the vocabulary [0, {model.vocab_size}).")
+        raise UserError(f"DecodeConfig.{name}={value} is outside the vocabulary [0, {model.vocab_size}).")
     if self.max_new_tokens > model.max_target_length:
-      raise ValueError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} exceeds the model's "
+      raise UserError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} exceeds the model's "
                        f"max_target_length={model.max_target_length} (its decoder positions).")
     layers = model.decoder_layers
     if not 1 <= self.min_exit_layer <= layers:
-      raise ValueError(f"DecodeConfig.min_exit_layer={self.min_exit_layer} is outside 1..{layers}.")
+      raise UserError(f"DecodeConfig.min_exit_layer={self.min_exit_layer} is outside 1..{layers}.")
     if self.fixed_exit_layer is not None and not 1 <= self.fixed_exit_layer <= layers:
-      raise ValueError(f"DecodeConfig.fixed_exit_layer={self.fixed_exit_layer} is outside 1..{layers}.")
+      raise UserError(f"DecodeConfig.fixed_exit_layer={self.fixed_exit_layer} is outside 1..{layers}.")
     if self.exit_layers is not None and not all(1 <= l <= layers for l in self.exit_layers):
-      raise ValueError(f"DecodeConfig.exit_layers={self.exit_layers} has layers outside 1..{layers}.")
+      raise UserError(f"DecodeConfig.exit_layers={self.exit_layers} has layers outside 1..{layers}.")
     if self.confidence == "classifier" and model.exit_classifier == "none":
-      raise ValueError("DecodeConfig.confidence='classifier' needs a model trained with an exit "
+      raise UserError("DecodeConfig.confidence='classifier' needs a model trained with an exit "
                        "classifier, but its ModelConfig.exit_classifier='none'.")
     return dataclasses.replace(self, **ids)
 
@@ -112,5 +113,5 @@ def check_threshold(threshold) -> float:
   if (value is None or value.ndim != 0 or value.dtype == bool
       or not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
       or np.isnan(value) or value < 0):
-    raise ValueError(f"threshold={threshold!r} must be a number >= 0 (above 1 means never exit early).")
+    raise UserError(f"threshold={threshold!r} must be a number >= 0 (above 1 means never exit early).")
   return float(value)

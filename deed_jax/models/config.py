@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Any
 
+from deed_jax.errors import UserError
+
 _CHOICES = {
     "encoder": ("text", "image", "swin"),
     "patch_positions": ("1d", "2d"),
@@ -112,49 +114,49 @@ class ModelConfig:
     overrides = dict(self.encoder_overrides)
     unknown = sorted(set(overrides) - set(ENCODER_OVERRIDABLE))
     if unknown:
-      raise ValueError(f"ModelConfig.encoder_overrides sets {unknown}; the encoder may override only "
+      raise UserError(f"ModelConfig.encoder_overrides sets {unknown}; the encoder may override only "
                        f"{list(ENCODER_OVERRIDABLE)}.")
     object.__setattr__(self, "encoder_overrides", tuple(sorted(overrides.items())))
     if self.encoder == "text" and overrides.get("d_model", self.d_model) != self.d_model:
-      raise ValueError(f"encoder_overrides d_model={overrides['d_model']} differs from d_model="
+      raise UserError(f"encoder_overrides d_model={overrides['d_model']} differs from d_model="
                        f"{self.d_model}, but a text encoder shares the decoder's token embedding.")
     if overrides:
       self.encoder_config  # pylint: disable=pointless-statement  (validates the encoder's options)
     for name, allowed in _CHOICES.items():
       value = getattr(self, name)
       if value not in allowed:
-        raise ValueError(f"ModelConfig.{name}={value!r} is not one of {allowed}.")
+        raise UserError(f"ModelConfig.{name}={value!r} is not one of {allowed}.")
     for name in ("vocab_size", "d_model", "num_heads", "d_ff", "decoder_layers", "max_target_length",
                  "exit_classifier_dim"):
       if getattr(self, name) < 1:
-        raise ValueError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1.")
+        raise UserError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1.")
     if self.encoder_layers < 0:
-      raise ValueError(f"ModelConfig.encoder_layers={self.encoder_layers} must be >= 0.")
+      raise UserError(f"ModelConfig.encoder_layers={self.encoder_layers} must be >= 0.")
     if self.head_dim is None and self.d_model % self.num_heads:
-      raise ValueError(
+      raise UserError(
           f"ModelConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
           "set head_dim explicitly.")
     for name in ("pad_id", "bos_id", "eos_id"):
       if not 0 <= getattr(self, name) < self.vocab_size:
-        raise ValueError(f"ModelConfig.{name}={getattr(self, name)} is outside [0, {self.vocab_size}).")
+        raise UserError(f"ModelConfig.{name}={getattr(self, name)} is outside [0, {self.vocab_size}).")
     if self.encoder == "swin":
       if len(self.swin_depths) != len(self.swin_heads) or not self.swin_depths:
-        raise ValueError(f"ModelConfig.swin_depths={self.swin_depths} and swin_heads={self.swin_heads} "
+        raise UserError(f"ModelConfig.swin_depths={self.swin_depths} and swin_heads={self.swin_heads} "
                          "need one entry per stage.")
       for i, heads in enumerate(self.swin_heads):
         if (self.swin_embed_dim * 2**i) % heads:
-          raise ValueError(f"Swin stage {i} has {self.swin_embed_dim * 2**i} channels, not divisible "
+          raise UserError(f"Swin stage {i} has {self.swin_embed_dim * 2**i} channels, not divisible "
                            f"by swin_heads[{i}]={heads}.")
     if self.encoder in IMAGE_ENCODERS:
       (h, w), (ph, pw) = self.image_hw, self.patch_hw
       if h % ph or w % pw:
-        raise ValueError(
+        raise UserError(
             f"ModelConfig.image_size={self.image_size} is not divisible by patch_size={self.patch_size}.")
     if self.image_cls_token and self.patch_positions != "1d":
-      raise ValueError("ModelConfig.image_cls_token needs patch_positions='1d' (the [CLS] position is "
+      raise UserError("ModelConfig.image_cls_token needs patch_positions='1d' (the [CLS] position is "
                        "one more row of that table).")
     if not 0.0 <= self.dropout_rate < 1.0:
-      raise ValueError(f"ModelConfig.dropout_rate={self.dropout_rate} must be in [0, 1).")
+      raise UserError(f"ModelConfig.dropout_rate={self.dropout_rate} must be in [0, 1).")
 
   @property
   def encoder_config(self) -> "ModelConfig":
@@ -210,7 +212,7 @@ class ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-      raise ValueError(f"Unknown ModelConfig option(s) {unknown}; known options: {sorted(known)}.")
+      raise UserError(f"Unknown ModelConfig option(s) {unknown}; known options: {sorted(known)}.")
     values = dict(values)
     for name in ("image_size", "patch_size", "swin_depths", "swin_heads"):  # JSON turns tuples into lists.
       if isinstance(values.get(name), list):

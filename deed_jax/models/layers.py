@@ -34,7 +34,7 @@ def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: LogicalAxes, init
     value = jnp.ones(shape, jnp.float32)
   else:
     raise ValueError(f"Unknown init {init!r}.")
-  return nnx.Param(value.astype(dtype), sharding_names=axes, eager_sharding=False)
+  return nnx.Param(value.astype(dtype), out_sharding=axes, eager_sharding=False)
 
 
 def dropout(x: Array, rate: float, rng: Array | None) -> Array:

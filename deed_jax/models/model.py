@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from deed_jax.errors import UserError
 from deed_jax.models.config import IMAGE_ENCODERS, ModelConfig
 from deed_jax.models.decoder import Decoder
 from deed_jax.models.encoder import Encoder
@@ -32,7 +33,7 @@ def check_token_ids(ids, vocab_size: int, name: str) -> None:
   ids = np.asarray(ids)
   if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
     bad = ids[(ids < 0) | (ids >= vocab_size)]
-    raise ValueError(f"{name} holds token id(s) {sorted(set(bad.tolist()))[:8]} outside the vocabulary "
+    raise UserError(f"{name} holds token id(s) {sorted(set(bad.tolist()))[:8]} outside the vocabulary "
                      f"[0, {vocab_size}).")
 
 
@@ -69,17 +70,17 @@ class MultiExitEncoderDecoder(nnx.Module):
     required = {"pixel_values"} if pixels else {"input_ids"}
     keys = set(encoder_inputs)
     if not required <= keys or not keys <= expected:
-      raise ValueError(f"encoder_inputs has keys {sorted(keys)}; a {cfg.encoder!r} encoder takes "
+      raise UserError(f"encoder_inputs has keys {sorted(keys)}; a {cfg.encoder!r} encoder takes "
                        f"{sorted(expected)} (required: {sorted(required)}).")
     if cfg.encoder == "text":
       length = encoder_inputs["input_ids"].shape[1]
       if cfg.position_embedding != "relative" and length > cfg.max_source_length:
-        raise ValueError(f"input_ids length {length} exceeds max_source_length={cfg.max_source_length}.")
+        raise UserError(f"input_ids length {length} exceeds max_source_length={cfg.max_source_length}.")
       check_token_ids(encoder_inputs["input_ids"], cfg.vocab_size, "input_ids")
     if decoder_input_ids is not None:
       length = decoder_input_ids.shape[1]
       if length > cfg.max_target_length:
-        raise ValueError(
+        raise UserError(
             f"decoder_input_ids length {length} exceeds max_target_length={cfg.max_target_length}.")
       check_token_ids(decoder_input_ids, cfg.vocab_size, "decoder_input_ids")
 

@@ -111,7 +111,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ex
     updates, opt_state = tx.update(grads, state.opt_state, trained)
     params = merge_params(state.params, optax.apply_updates(trained, updates))
     metrics = {"loss": loss, "exit_loss": exits.loss, "exit_token_accuracy": exits.token_accuracy,
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.tree.norm(grads)}
     if exits.classifier_loss is not None:
       metrics.update(exit_classifier_loss=exits.classifier_loss,
                      exit_classifier_accuracy=exits.classifier_accuracy)

@@ -7,6 +7,22 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+
+from deed_jax.bench.decode import layer_units
+
+
+def test_layer_units_replay_the_deed_schedule():
+  """Steps running 1, 1, 3, 3 layers with chunk 2: step 2 backfills positions 0, 1 at layers 2 and 3
+  (one block of 2 each, then position 2) and step 3 nothing; a block of m costs cost[m] one-position
+  calls."""
+  steps = np.array([1, 1, 3, 3])
+  assert layer_units(steps, 2, None) == 1 + 1 + (1 + 2 + 2) + 3
+  cost = {1: 1.0, 2: 1.5}
+  assert layer_units(steps, 2, cost) == 1 + 1 + (1 + 2.5 + 2.5) + 3
+  # Steps 0..4 at 1 layer, then 2 layers: layer 2 backfills positions 0..4 (chunks of 2, then 1).
+  assert layer_units(np.array([1, 1, 1, 1, 1, 2]), 2, cost) == 5 + 1 + (2 * 1.5 + 1.0 + 1.0)
+
 
 def test_decode_benchmark_writes_its_table_and_json(tmp_path):
   output = tmp_path / "decode.json"
@@ -48,6 +64,9 @@ def test_decode_benchmark_writes_its_table_and_json(tmp_path):
   deed_checks = {n for n in rows if n.startswith("deed") and "min=" not in n}
   assert {g["variant"] for g in result["goals"]} == ({n for n in rows if n.startswith("fixed")}
                                                      | deed_checks | {n for n in rows if "min=" in n})
+  for row in result["rows"]:  # with measured block costs (all >= 1) the bound can only be lower
+    if row["exit_mode"] == "deed":
+      assert 0 < row["bound_with_block_costs"] <= row["bound"] + 1e-9
   costs = result["block_costs"]  # Block widths 1 and backfill_chunk=2, relative to width 1.
   assert [c["positions"] for c in costs] == [1, 2] and costs[0]["relative_to_one"] == 1.0
   assert all(c["ms_per_block"] > 0 for c in costs) and "relative to one position" in run.stdout

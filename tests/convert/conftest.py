@@ -4,11 +4,16 @@ real orbax workdir on disk and loaded back once per test session."""
 from __future__ import annotations
 
 import pytest
-import torch
 
-from deed_jax import checkpoint
-from deed_jax.convert import hf_to_orbax
-from tests.convert import hf_models
+# The conversion tests build their reference models with PyTorch `transformers`: without the convert
+# and pytorch extras they are skipped (everything else runs).
+torch = pytest.importorskip("torch", reason="the conversion tests need PyTorch (pip install -e "
+                            "'.[convert,pytorch]')")
+pytest.importorskip("transformers", reason="the conversion tests need transformers (the convert extra)")
+
+from deed_jax import checkpoint  # pylint: disable=wrong-import-position
+from deed_jax.convert import hf_to_orbax  # pylint: disable=wrong-import-position
+from tests.convert import hf_models  # pylint: disable=wrong-import-position
 
 
 # One intra-op thread: the suite runs on 2 xdist workers, and torch's spinning OpenMP threads would

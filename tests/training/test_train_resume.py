@@ -22,8 +22,11 @@ def _final_state(workdir):
   import orbax.checkpoint as ocp
   path = os.path.join(workdir, "checkpoints")
   step = max(int(p) for p in os.listdir(path) if p.isdigit())
-  restored = ocp.PyTreeCheckpointer().restore(os.path.join(path, str(step), "state"))
-  return step, restored
+  item = os.path.join(path, str(step), "state")
+  checkpointer = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          checkpointer.metadata(item).item_metadata.tree)
+  return step, checkpointer.restore(item, restore_args=as_numpy)
 
 
 def _tree_digest(directory):

@@ -1,0 +1,40 @@
+"""Running a deed-jax command: absl's `app.run`, with user errors printed as one line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from absl import app
+
+from deed_jax.errors import USER_ERRORS
+
+
+def _fail(message: str) -> None:
+  print(f"error: {' '.join(message.split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`app.run(main)`; a `UserError` or `MissingPathError` prints `error: <message>` on one line of
+  stderr and exits with status 2, without a traceback (other exceptions are bugs and keep theirs).
+  So does a `--config.<path>=...` override naming an option the config does not have (ml_collections
+  raises AttributeError while absl parses the flags, before `main` runs)."""
+  started = False
+
+  def checked(argv):
+    nonlocal started
+    started = True
+    try:
+      return main(argv)
+    except USER_ERRORS as e:
+      _fail(str(e))
+
+  try:
+    app.run(checked)
+  except (AttributeError, KeyError) as e:
+    if started:
+      raise
+    name = str(e).strip("\"'")
+    flags = [arg for arg in sys.argv[1:] if arg.startswith("--config") and name in arg]
+    _fail(f"{flags[0] if flags else name}: the config has no option {name!r}.")
