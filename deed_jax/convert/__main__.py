@@ -18,9 +18,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # Conversion moves weights; it ne
 from absl import flags, logging  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from deed_jax import cli  # pylint: disable=wrong-import-position
+from deed_jax.errors import UserError  # pylint: disable=wrong-import-position
+
 from deed_jax.convert import (  # pylint: disable=wrong-import-position
     ConvertOptions, hf_to_orbax, orbax_to_hf)
-from deed_jax.errors import UserError  # pylint: disable=wrong-import-position
 
 _SOURCE = flags.DEFINE_string("source", None, "Hugging Face model directory (config.json + weights).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "deed-jax workdir: written (with --source) or read.",

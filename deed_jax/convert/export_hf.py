@@ -11,10 +11,9 @@ import warnings
 
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
 from deed_jax import checkpoint
-from deed_jax.convert import hf_files, rules
+from deed_jax.convert import hf_files, rules, safetensors_io
 from deed_jax.convert.families import family_for
 from deed_jax.convert.import_hf import (ADAPTER_PREFIX, EXIT_MODULES_FILE, EXIT_PREFIXES,
                                        EXPORTED_MODEL_CONFIG_FILE)
@@ -57,7 +56,7 @@ def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:
   tensors = rules.to_hf(family_for(hf).keymap(model.config, hf), ours)
   unused = os.path.join(workdir, HF_UNUSED_FILE)
   if os.path.isfile(unused):
-    tensors.update(load_file(unused))
+    tensors.update(safetensors_io.read(unused)[0])
   exit_modules = {k: v for k, v in ours.items() if k.startswith(EXIT_PREFIXES)}
   _warn_if_last_adapter_moved(exit_modules, model.config.decoder_layers)
   with staged_directory(target) as staging:
@@ -65,7 +64,7 @@ def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:
     with open(os.path.join(staging, hf_files.CONFIG_FILE), "w") as f:
       json.dump(source["config"], f, indent=2, sort_keys=True)  # config.json as the source wrote it
     if exit_modules:
-      save_file(exit_modules, os.path.join(staging, EXIT_MODULES_FILE))
+      safetensors_io.write(os.path.join(staging, EXIT_MODULES_FILE), exit_modules)
     with open(os.path.join(staging, EXPORTED_MODEL_CONFIG_FILE), "w") as f:
       f.write(model.config.to_json())
     copy_side_files(workdir, staging, HF_SIDE_FILES)

@@ -33,7 +33,11 @@ def read_config(directory: str) -> dict:
 def resolved_config(directory: str) -> dict:
   """config.json with HF's defaults filled in (nested configs of an encoder-decoder included), as HF's
   own config class reads it. config.json itself omits values equal to the defaults."""
-  import transformers  # pylint: disable=g-import-not-at-top
+  try:
+    import transformers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise UserError("Converting a Hugging Face checkpoint needs transformers (the convert extra: "
+                    "pip install -e '.[convert]').") from e
   return transformers.AutoConfig.from_pretrained(directory, local_files_only=True).to_dict()
 
 

@@ -17,10 +17,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
 from deed_jax import checkpoint
-from deed_jax.convert import hf_files, rules
+from deed_jax.convert import hf_files, rules, safetensors_io
 from deed_jax.convert.families import family_for
 from deed_jax.convert.options import ConvertOptions
 from deed_jax.convert.rules import ConversionError
@@ -68,7 +67,7 @@ def exported_exit_modules(source: str) -> tuple[ModelConfig, dict[str, np.ndarra
     return None
   with open(config_path) as f:
     config = ModelConfig.from_json(f.read())
-  return config, load_file(modules_path) if os.path.isfile(modules_path) else {}
+  return config, safetensors_io.read(modules_path)[0] if os.path.isfile(modules_path) else {}
 
 
 def convert_params(source: str, options: ConvertOptions = ConvertOptions()) -> ConvertedCheckpoint:
@@ -116,6 +115,6 @@ def hf_to_orbax(source: str, workdir: str, options: ConvertOptions = ConvertOpti
     with open(os.path.join(staging, HF_SOURCE_FILE), "w") as f:
       json.dump(converted.record, f, indent=2, sort_keys=True)
     if converted.unused:
-      save_file(converted.unused, os.path.join(staging, HF_UNUSED_FILE))
+      safetensors_io.write(os.path.join(staging, HF_UNUSED_FILE), converted.unused)
     copy_side_files(source, staging, HF_SIDE_FILES)
   return converted.config

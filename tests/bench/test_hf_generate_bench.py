@@ -7,6 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytest.importorskip("torch", reason="the HF-vs-deed-jax benchmark runs PyTorch (the pytorch extra)")
+pytest.importorskip("transformers", reason="the HF-vs-deed-jax benchmark needs the convert extra")
+
 
 def test_hf_generate_benchmark_writes_its_table_and_json(tmp_path):
   output = tmp_path / "hf_generate.json"
