@@ -45,8 +45,8 @@ def _torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError("Reading a pytorch_model.bin needs PyTorch (the pytorch extra: pip install -e "
-                      "'.[convert,pytorch]'); model.safetensors checkpoints convert without it.") from e
+    raise UserError("Reading a pytorch_model.bin needs PyTorch (the pytorch extra: pip install -e "
+                    "'.[convert,pytorch]'); model.safetensors checkpoints convert without it.") from e
   return torch
 
 

@@ -41,14 +41,20 @@ def distinct_exits(exit_layers) -> int:
   return len(set(layers[layers > 0].tolist()))
 
 
+def full_model_prefix(model, encoder_inputs, max_new_tokens: int) -> np.ndarray:
+  """The decoder inputs [B, N] of the full model's greedy output (BOS, then its tokens but the last):
+  teacher-forcing them reproduces every exit along that decode."""
+  static = greedy_reference(model, encoder_inputs,
+                            DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens))
+  tokens = np.asarray(static.tokens)
+  return np.concatenate([np.full((len(tokens), 1), model.config.bos_id), tokens[:, :-1]], axis=1)
+
+
 def confidence_quantiles(model, encoder_inputs, max_new_tokens: int, kind: str = "max_prob",
                          count: int = 19) -> np.ndarray:
   """Candidate thresholds: `count` quantiles of every exit's confidence (`kind`) along the full
   model's greedy output."""
-  static = greedy_reference(model, encoder_inputs,
-                            DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens))
-  tokens = np.asarray(static.tokens)
-  prefix = np.concatenate([np.full((len(tokens), 1), model.config.bos_id), tokens[:, :-1]], axis=1)
+  prefix = full_model_prefix(model, encoder_inputs, max_new_tokens)
   features, states = model.exit_features(encoder_inputs, prefix, return_states=True)
   confidences = np.asarray(exit_confidences(kind, exit_signals(model, features, states)))  # [L,B,N]
   return np.quantile(confidences, np.linspace(0.05, 0.95, count))
@@ -59,10 +65,7 @@ def spread_probe(model, encoder_inputs, max_new_tokens: int, spread: float = 1.5
   logit has mean 0 and std `spread`: a random probe is dominated by its per-exit bias (features vary
   little between tokens of a random model), which would make every token exit at the same layer.
   -> the model (changed in place)."""
-  static = greedy_reference(model, encoder_inputs,
-                            DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens))
-  tokens = np.asarray(static.tokens)
-  prefix = np.concatenate([np.full((len(tokens), 1), model.config.bos_id), tokens[:, :-1]], axis=1)
+  prefix = full_model_prefix(model, encoder_inputs, max_new_tokens)
   probe = model.decoder.exit_classifier
   logits = np.asarray(probe.logit(model.exit_features(encoder_inputs, prefix)))  # [L, B, N]
   bias = np.asarray(probe.bias[...])  # [L]

@@ -14,6 +14,7 @@ from flax import nnx
 
 from deed_jax import checkpoint
 from deed_jax.decoding import DecodeConfig, make_generate
+from deed_jax.decoding.reference import greedy_reference
 from deed_jax.models import MultiExitEncoderDecoder
 from deed_jax.train import train_and_evaluate
 from deed_jax.training.losses import exit_weights
@@ -140,7 +141,6 @@ def test_a_classifier_fitted_afterwards_on_a_trained_workdir_decodes(tmp_path, t
   assert not np.array_equal(np.asarray(model.decoder.exit_classifier.kernel[...]),
                             np.asarray(fresh.kernel[...]))  # trained, not the initial values
 
-  from deed_jax.decoding.reference import greedy_reference
   inputs = {"input_ids": np.array([[70, 71, 72, 2, 0], [80, 81, 2, 0, 0]], np.int32)}
   inputs["attention_mask"] = (inputs["input_ids"] > 0).astype(np.int32)
   decode = DecodeConfig(max_new_tokens=6, confidence="classifier", threshold=0.5)
