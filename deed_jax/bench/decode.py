@@ -154,6 +154,7 @@ def bench_batch(model: MultiExitEncoderDecoder, batch: int, variants: list[Varia
     start = time.perf_counter()
     outputs.append(jax.block_until_ready(run(encoder_inputs, variant.threshold)))
     first_seconds.append(time.perf_counter() - start)
+    print(f"batch {batch}: {variant.name} compiled and run in {first_seconds[-1]:.1f} s", flush=True)
     runs.append(run)
   timed(encode, encoder_inputs)
   seconds = [[] for _ in variants]
@@ -309,6 +310,8 @@ def main(argv):
                       _SOURCE.value, _NEW_TOKENS.value)
   costs = block_costs(model, block_widths(_CHUNK.value), _REPEATS.value)
   head = head_cost(model, costs[0]["ms_per_block"] / layers, _REPEATS.value)
+  print(f"head {head['in_layers']:.2f} layers; blocks relative to one position: "
+        + ", ".join(f"m={c['positions']}: {c['relative_to_one']:.2f}" for c in costs), flush=True)
   thresholds = {}
   for confidence in _CONFIDENCES.value:
     oracle = make_generate(model, DecodeConfig(exit_mode="oracle", confidence=confidence,

@@ -1,6 +1,7 @@
-r"""deed-jax decoding against Hugging Face PyTorch `generate` on the same converted model (CPU).
+r"""deed-jax decoding against Hugging Face PyTorch `generate` on the same converted model.
 
-  python -m deed_jax.bench.hf_generate [--decoder_layers 6 --d_model 768 --output DIR/hf_generate.json]
+  python -m deed_jax.bench.hf_generate [--decoder_layers 6 --d_model 768 --torch_device cuda
+                                        --output DIR/hf_generate.json]
 
 A random BART (6 + 6 layers, d_model 768 by default) is saved by HF, converted with
 `deed_jax.convert`, and decoded both ways: HF eager greedy and beam search (torch, KV cache, inference
@@ -12,6 +13,9 @@ greedy. Times are whole `generate` calls (encoder included) per sample. The summ
 greedy against HF eager greedy at batch 1 (the smallest batch run), and our static decoder time per
 token (encoder time taken off) against the weight-streaming floor: the bytes a batch-1 token reads
 over the measured memory bandwidth (`deed_jax.bench.bandwidth`); the goal is at most 1.1x the floor.
+
+PyTorch runs on `--torch_device` (by default CUDA when torch sees a GPU, else the CPU) and JAX on its
+default backend: on a GPU machine both run on the GPU. The JSON records both devices.
 """
 
 from __future__ import annotations
@@ -44,6 +48,8 @@ _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 32, "Tokens decoded per sam
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
 _BEAMS = flags.DEFINE_integer("num_beams", 4, "Beams of the beam-search variants (0: none).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds over all variants.")
+_TORCH_DEVICE = flags.DEFINE_string("torch_device", None,
+                                    "Device of the PyTorch model (default: cuda when available, else cpu).")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/hf_generate.json", "Where the JSON goes.")
 
 
@@ -72,13 +78,13 @@ def _time_hf(hf_model, inputs, new_tokens, config, search) -> tuple[np.ndarray, 
 
 
 def bench_batch(hf_model, model, batch: int, threshold: float, beams: int, repeats: int,
-                new_tokens: int) -> list[dict]:
+                new_tokens: int, torch_device: str) -> list[dict]:
   import torch  # pylint: disable=g-import-not-at-top
   config = model.config
   rng = np.random.default_rng(batch)
   ids = rng.integers(3, config.vocab_size, size=(batch, _SOURCE.value)).astype(np.int64)
   ours_inputs = {"input_ids": ids.astype(np.int32), "attention_mask": np.ones_like(ids, np.int32)}
-  hf_inputs = {k: torch.from_numpy(v.astype(np.int64)) for k, v in ours_inputs.items()}
+  hf_inputs = {k: torch.from_numpy(v.astype(np.int64)).to(torch_device) for k, v in ours_inputs.items()}
   # (name, kind, runner, reference name for token checks)
   variants = [("hf greedy (torch eager)", "hf", dict(num_beams=1), None)]
   ours = [("ours static", DecodeConfig(exit_mode="static", max_new_tokens=new_tokens), 2.0),
@@ -143,18 +149,21 @@ def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
   layers, new_tokens = _LAYERS.value, _NEW_TOKENS.value
+  torch_device = _TORCH_DEVICE.value or ("cuda" if torch.cuda.is_available() else "cpu")
   with tempfile.TemporaryDirectory() as tmp:
     hf_model = build_hf_model(os.path.join(tmp, "hf"), layers, _D_MODEL.value, _HEADS.value, _D_FF.value,
                               _VOCAB.value, max(_SOURCE.value, new_tokens + 1))
     hf_to_orbax(os.path.join(tmp, "hf"), os.path.join(tmp, "orbax"))
     model = checkpoint.load_model(os.path.join(tmp, "orbax"))
+  hf_model = hf_model.to(torch_device)
   probe_ids = np.random.default_rng(0).integers(3, _VOCAB.value, (1, _SOURCE.value))
   probe = {"input_ids": probe_ids.astype(np.int32)}
   oracle = make_generate(model, DecodeConfig(exit_mode="oracle", max_new_tokens=new_tokens))
   threshold = threshold_for_depth(oracle, probe, layers / 2)
   rows = []
   for batch in (int(b) for b in _BATCHES.value):
-    rows += bench_batch(hf_model, model, batch, threshold, _BEAMS.value, _REPEATS.value, new_tokens)
+    rows += bench_batch(hf_model, model, batch, threshold, _BEAMS.value, _REPEATS.value, new_tokens,
+                        torch_device)
   smallest = min(r["batch"] for r in rows)
   static = next(r for r in rows if r["batch"] == smallest and r["variant"] == "ours static")
   summary = {"variant": f"ours static, batch {smallest}",
@@ -182,7 +191,8 @@ def main(argv):
   write_result(_OUTPUT.value, {
       "model": json.loads(model.config.to_json()), "max_new_tokens": new_tokens,
       "source_length": _SOURCE.value, "repeats": _REPEATS.value, "threshold": threshold,
-      "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "rows": rows, "summary": summary})
+      "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "torch_device": torch_device,
+      "rows": rows, "summary": summary})
 
 
 if __name__ == "__main__":

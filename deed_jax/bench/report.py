@@ -6,13 +6,16 @@ import json
 import os
 import platform
 
+import flax
 import jax
 
 
 def write_result(path: str, result: dict) -> None:
   """Write `result` with the machine it ran on (device, jax version, CPU count, platform, XLA_FLAGS)
   to `path`."""
-  result = {**result, "device": str(jax.devices()[0]), "jax": jax.__version__,
+  result = {**result, "device": str(jax.devices()[0]),
+            "device_kind": jax.devices()[0].device_kind, "jax": jax.__version__,
+            "flax": flax.__version__,
             "cpu_count": os.cpu_count(), "machine": platform.platform(),
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -22,12 +22,12 @@ def hf_generate(hf_model, inputs: dict, max_new_tokens: int, *, eos_id: int, pad
   with torch.inference_mode():
     out = hf_model.generate(**inputs, max_new_tokens=max_new_tokens, return_dict_in_generate=True,
                             output_scores=True, **{**PLAIN_SEARCH, **search})
-  tokens = out.sequences[:, 1:].numpy()  # drop the decoder start token
+  tokens = out.sequences[:, 1:].cpu().numpy()  # drop the decoder start token
   # What HF leaves after a hypothesis' EOS is filler (EOS or pad, by version); ours is pad.
   is_eos = tokens == eos_id
   tokens = np.where(np.cumsum(is_eos, axis=1) - is_eos > 0, pad_id, tokens)
   scores = out.get("sequences_scores")
-  return tokens, None if scores is None else scores.numpy()
+  return tokens, None if scores is None else scores.cpu().numpy()
 
 
 def pad_to(tokens: np.ndarray, length: int, pad_id: int) -> np.ndarray:

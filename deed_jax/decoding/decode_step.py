@@ -66,8 +66,12 @@ class ExitChoice(NamedTuple):
 
 
 class LayerCarry(NamedTuple):
-  """What flows up the layer stack within one step."""
+  """What flows up the layer stack within one step. The state at the current position also travels
+  on its own (`current`): a layer reads its input at p from there, so the one-position path only
+  ever writes the frontier, which lets XLA update it in place without copying it (reading it back
+  from the frontier made XLA:CPU copy the whole frontier twice per layer)."""
   frontier: Array  # [R, T_c, D]
+  current: Array  # [R, 1, D]: the deepest computed layer's output at the current position
   caches: tuple[KVCache, ...]  # L x (k, v) [R, H, T_c, Dh]
   fill: Array  # [L] int32
   choice: ExitChoice
@@ -142,15 +146,14 @@ class DecodeStep:
         fill=jnp.zeros((self.num_layers,), jnp.int32),
         frontier=jnp.zeros((self.rows, self.cache_length, self.d_model), self.dtype))
 
-  def _block(self, j: int, width: int, position: Array, bias: Array | None = None,
-             deferred_only: bool = False):
-    """-> body((block_start, frontier, cache)): layer j over [block_start, block_start + width) into
-    the cache and the frontier. With `deferred_only`, positions from `position` on (padding) keep
-    their frontier values: the frontier at `position` is the width-1 call's input."""
+  def _block(self, j: int, width: int, position: Array, deferred_only: bool = False):
+    """-> body((block_start, frontier, cache)): deed's backfill, layer j over [block_start,
+    block_start + width) into the cache and the frontier. With `deferred_only`, positions from
+    `position` on (padding) keep their frontier values (at `position`: layer j's input there)."""
     def body(carry):
       block_start, frontier, cache = carry
       x = jax.lax.dynamic_slice_in_dim(frontier, block_start, width, axis=1)  # [R, W, D]
-      y, cache = self.decoder.run_block(j, x, block_start, cache, self.memory, bias)  # [R, W, D]
+      y, cache = self.decoder.run_block(j, x, block_start, cache, self.memory)  # [R, W, D]
       if deferred_only:
         real = block_start + jnp.arange(width) < position  # [W]
         y = jnp.where(real[None, :, None], y.astype(x.dtype), x)
@@ -231,8 +234,8 @@ class DecodeStep:
     docstring.
     """
     config, rows, p = self.config, self.rows, position
-    x = self.decoder.embed(last_token[:, None], p[None])  # [R, 1, D]
-    frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x.astype(self.dtype), p, axis=1)
+    x = self.decoder.embed(last_token[:, None], p[None]).astype(self.dtype)  # [R, 1, D]
+    frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x, p, axis=1)
     zeros_f = jnp.zeros((rows,), jnp.float32)
     zeros_d = jnp.zeros((rows, self.d_model), self.dtype)
     zeros_i = jnp.zeros((rows,), jnp.int32)
@@ -240,23 +243,23 @@ class DecodeStep:
     choice = ExitChoice(decided=~live, token=zeros_i, log_prob=zeros_f,
                         log_probs=jnp.zeros((rows, self.model.config.vocab_size)) if keep else None,
                         features=zeros_d, exit_layer=zeros_i, confidence=zeros_f, hidden=zeros_d)
-    at_p = lambda frontier: jax.lax.dynamic_index_in_dim(frontier, p, axis=1, keepdims=False)  # [R,D]
     bias = self.decoder.block_bias(p, 1, self.cache_length)  # [1, 1|H, 1, T_c], every layer's at p
 
     def layer(j: int, carry: LayerCarry, backfill: bool = False) -> LayerCarry:
       """Layer j at p (after its deferred positions, with `backfill`), then its exit."""
       start = p if config.exit_mode == "copy" else carry.fill[j]
-      previous = at_p(carry.frontier)  # layer j's input at p
       frontier, cache = carry.frontier, carry.caches[j]
-      if backfill:
+      if backfill:  # Leaves the frontier at p (layer j's input there) as it was.
         frontier, cache = self._backfill(j, frontier, cache, start, p)
-      _, frontier, cache = self._block(j, 1, p, bias)((p, frontier, cache))
+      hidden, cache = self.decoder.run_block(j, carry.current, p, cache, self.memory, bias)  # [R,1,D]
+      hidden = hidden.astype(self.dtype)
+      frontier = jax.lax.dynamic_update_slice_in_dim(frontier, hidden, p, axis=1)
       choice = carry.choice
       if self.early_exits[j] or j == self.last_layer:  # Elsewhere no exit: no head, no confidence.
-        choice = self._exit(j, at_p(frontier), previous, choice)
+        choice = self._exit(j, hidden[:, 0], carry.current[:, 0], choice)
       caches = carry.caches[:j] + (cache,) + carry.caches[j + 1:]
-      return LayerCarry(frontier, caches, carry.fill.at[j].set(p + 1), choice, carry.layers_run + 1,
-                        carry.backfilled.at[j].set(p - start))
+      return LayerCarry(frontier, hidden, caches, carry.fill.at[j].set(p + 1), choice,
+                        carry.layers_run + 1, carry.backfilled.at[j].set(p - start))
 
     def undecided(carry: LayerCarry) -> Array:
       return jnp.any(live) if config.exit_mode == "oracle" else jnp.any(~carry.choice.decided)
@@ -283,7 +286,7 @@ class DecodeStep:
       return carry
 
     # The caller only steps while some row is live, so layer 1 always runs.
-    top = layers_from(0, LayerCarry(frontier, state.caches, state.fill, choice, jnp.int32(0),
+    top = layers_from(0, LayerCarry(frontier, x, state.caches, state.fill, choice, jnp.int32(0),
                                     jnp.zeros((self.num_layers,), jnp.int32)))
     if config.exit_mode == "deed" and self.num_layers > 1:
       top = _run_once(undecided(top), backfilling_layers, top)
