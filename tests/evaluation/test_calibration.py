@@ -1,0 +1,93 @@
+"""Learn-then-Test calibration: p-values worked by hand, the fixed sequence, and its guarantee checked
+by simulation (seeded, so the same on every machine)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from deed_jax.errors import UserError
+from deed_jax.evaluation import calibration
+
+
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+  return sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+def test_p_values_by_hand():
+  # No loss in 10 examples against eps 0.3: Hoeffding exp(-10 KL(0 || 0.3)) = 0.7 ** 10; Bentkus
+  # e * P(Bin(10, 0.3) = 0) = e * 0.7 ** 10; the smaller is Hoeffding's.
+  assert calibration.hoeffding_p_value(0.0, 10, 0.3) == pytest.approx(0.7**10)
+  assert calibration.bentkus_p_value(0.0, 10, 0.3) == pytest.approx(math.e * 0.7**10)
+  assert calibration.p_value(0.0, 10, 0.3) == pytest.approx(0.7**10)
+  # Risk 0.1: KL(0.1 || 0.3) = 0.1 ln(1/3) + 0.9 ln(9/7) = 0.11632 -> 0.3125; Bentkus
+  # e * (0.7 ** 10 + 10 * 0.3 * 0.7 ** 9) = 0.4059.
+  kl = 0.1 * math.log(0.1 / 0.3) + 0.9 * math.log(0.9 / 0.7)
+  assert calibration.hoeffding_p_value(0.1, 10, 0.3) == pytest.approx(math.exp(-10 * kl))
+  assert calibration.hoeffding_p_value(0.1, 10, 0.3) == pytest.approx(0.3125, abs=1e-4)
+  assert calibration.bentkus_p_value(0.1, 10, 0.3) == pytest.approx(math.e * _binomial_cdf(1, 10, 0.3))
+  assert calibration.bentkus_p_value(0.1, 10, 0.3) == pytest.approx(0.4059, abs=1e-4)
+  # With many examples Bentkus' bound is the smaller: 1000 examples, risk 0.03 against 0.05.
+  assert calibration.p_value(0.03, 1000, 0.05) == pytest.approx(math.e * _binomial_cdf(30, 1000, 0.05))
+  assert calibration.p_value(0.03, 1000, 0.05) < calibration.hoeffding_p_value(0.03, 1000, 0.05)
+  assert calibration.p_value(0.06, 1000, 0.05) == 1.0  # above eps: never rejected
+
+
+def test_fixed_sequence_stops_at_the_first_failure():
+  n = 100
+  full = np.ones(n)
+  right, wrong = np.ones(n), np.r_[np.zeros(30), np.ones(n - 30)]  # risk 0 and 0.3
+  # Safest first: 0.9 and 0.7 lose nothing (p = 0.95 ** 100 = 0.006 <= 0.1), 0.5 loses 30 points
+  # and is not rejected, so 0.3 is never tested although it loses nothing either.
+  result = calibration.calibrate(full, {0.3: right, 0.5: wrong, 0.7: right, 0.9: right},
+                                 max_drop=5.0, delta=0.1)
+  assert result.threshold == 0.7
+  assert [row["threshold"] for row in result.tested] == [0.9, 0.7, 0.5]
+  assert [row["rejected"] for row in result.tested] == [True, True, False]
+  assert result.tested[0]["p_value"] == pytest.approx(0.95**100)
+  assert result.tested[2]["risk"] == pytest.approx(0.3)
+  assert "0.7" in result.guarantee() and "100 examples" in result.guarantee()
+  # Gains do not offset losses: an example that gets better does not pay for one that got worse.
+  mixed = calibration.calibrate(np.r_[np.ones(50), np.zeros(50)], {0.5: np.r_[np.zeros(50), np.ones(50)]},
+                                max_drop=5.0, delta=0.1)
+  assert mixed.tested[0]["risk"] == pytest.approx(0.5) and mixed.threshold is None
+  assert "No threshold" in mixed.guarantee()
+
+
+def test_the_guarantee_holds_by_simulation():
+  """Draw many calibration splits where a threshold's true risk is exactly eps (the null holds): it
+  must be chosen in at most a delta fraction of them. Where the true risk is well below eps it should
+  be chosen almost always (the test has power)."""
+  rng = np.random.default_rng(0)
+  n, eps, delta, trials = 200, 0.1, 0.1, 2000
+  full = np.ones(n)
+  chosen_at_null = chosen_when_safe = 0
+  for _ in range(trials):
+    at_null = (rng.random(n) >= eps).astype(float)  # each example lost with probability eps
+    safe = (rng.random(n) >= 0.02).astype(float)
+    result = calibration.calibrate(full, {0.9: full, 0.5: safe, 0.4: at_null}, 100 * eps, delta)
+    chosen_at_null += result.threshold == 0.4
+    chosen_when_safe += result.threshold in (0.4, 0.5)
+  assert chosen_at_null / trials <= delta
+  assert chosen_when_safe / trials >= 0.95
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(max_drop=-1.0, delta=0.1), "max_drop must be in"),
+    (dict(max_drop=1.0, delta=0.0), "delta must be in"),
+    (dict(max_drop=1.0, delta=1.5), "delta must be in"),
+])
+def test_bad_settings(kwargs, message):
+  with pytest.raises(UserError, match=message):
+    calibration.calibrate(np.ones(4), {0.5: np.ones(4)}, **kwargs)
+
+
+def test_bad_thresholds_and_shapes():
+  with pytest.raises(UserError, match="1.5"):
+    calibration.calibrate(np.ones(4), {1.5: np.ones(4)}, 1.0, 0.1)
+  with pytest.raises(UserError, match=r"\(3,\)"):
+    calibration.calibrate(np.ones(4), {0.5: np.ones(3)}, 1.0, 0.1)
+  with pytest.raises(UserError, match="at least one example"):
+    calibration.calibrate(np.ones(0), {0.5: np.ones(0)}, 1.0, 0.1)
