@@ -12,6 +12,7 @@ from ml_collections.config_dict import placeholder
 
 from deed_jax import checkpoint
 from deed_jax.errors import MissingPathError, UserError
+from deed_jax.evaluation import metrics
 from deed_jax.workdir import path_holds, read_model_config
 from deed_jax.models import ModelConfig
 from deed_jax.training.losses import LOSS_MODES
@@ -46,6 +47,9 @@ def training_defaults() -> ml_collections.ConfigDict:
       source_key="image",
       target_key="answer",
       max_source_length=0,  # Text encoders: input length in tokens.
+      # The task metric of the decoding comparison, on decoded strings (deed_jax.evaluation.metrics):
+      # exact_match | anls | vqa_accuracy | cer | bleu.
+      metric="exact_match",
   ))
   config.model = model_placeholders()  # ModelConfig keyword arguments; unset (None): its defaults.
   # A deed-jax workdir to start from (e.g. `python -m deed_jax.convert` output): its architecture and
@@ -136,6 +140,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
       top = sorted({"/".join(p.split("/")[:2]) for p in paths})
       raise UserError(f"config.train_only names {name!r}, which no parameter of this model holds "
                        f"(its parameters are under {top}).")
+  metrics.check_metric(config.task.metric, "config.task.metric")
   for threshold in config.decode.thresholds:
     if not isinstance(threshold, (int, float)) or not threshold >= 0:
       raise UserError(f"config.decode.thresholds holds {threshold!r}; thresholds are numbers >= 0.")

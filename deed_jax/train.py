@@ -186,7 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         pipeline.make_loader(eval_source, preprocess, 1, shuffle=False, seed=config.seed, num_epochs=1,
                              drop_remainder=False), config.decode.num_examples)
     rows = compare_decoding(merge_model(graphdef, state.params), examples, config.decode.thresholds,
-                            model_config.max_target_length)
+                            model_config.max_target_length, config.task.metric, tokenizer.decode)
     _log(f"Greedy decoding, one example at a time ({config.decode.num_examples} validation "
          f"examples):\n{decoding_table(rows)}")
     results["decoding"] = rows

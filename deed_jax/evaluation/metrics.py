@@ -148,15 +148,23 @@ METRICS: dict[str, Callable[[str, Answers], float]] = {
 CORPUS_METRICS = {"bleu": bleu}
 
 
+def check_metric(name: str, where: str = "metric") -> None:
+  """A clear error, naming `where` it came from, for a metric we do not have."""
+  if name not in METRICS and name not in CORPUS_METRICS:
+    raise UserError(f"Unknown {where} {name!r}; known: {sorted(METRICS) + sorted(CORPUS_METRICS)}.")
+
+
 def metric_fn(name: str) -> Callable[[str, Answers], float]:
-  """The per-example metric called `name`; a clear error for names we do not have."""
+  """The per-example metric called `name`."""
+  check_metric(name)
   if name not in METRICS:
-    raise UserError(f"Unknown metric {name!r}; known: {sorted(METRICS) + sorted(CORPUS_METRICS)}.")
+    raise UserError(f"{name!r} is scored over a whole split (corpus_score), not per example.")
   return METRICS[name]
 
 
 def corpus_score(name: str, predictions: Sequence[str], answers: Sequence[Answers]) -> float:
   """The metric `name` over a split, 0..100 (per-example metrics averaged)."""
+  check_metric(name)
   if name in CORPUS_METRICS:
     return CORPUS_METRICS[name](predictions, answers)
   fn = metric_fn(name)

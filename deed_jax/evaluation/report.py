@@ -19,8 +19,13 @@ def exit_table(results: dict) -> str:
 
 def decoding_table(rows: list[dict]) -> str:
   """Full-depth vs DEED side by side (rows of `compare_decoding`)."""
-  out = [f"{'decoding':<16} {'exact match':>12} {'mean exit':>10} {'decoder ms/sample':>18} {'speedup':>8}"]
+  name = rows[0].get("metric_name") if rows else None
+  task = name is not None and name != "exact_match"  # exact match on strings: the column already there
+  out = [f"{'decoding':<16} {'exact match':>12}" + (f" {name:>12}" if task else "")
+         + f" {'mean exit':>10} {'decoder ms/sample':>18} {'speedup':>8}"]
   for row in rows:
-    out.append(f"{row['decoding']:<16} {100 * row['exact_match']:>11.1f}% {row['mean_exit_layer']:>10.2f} "
-               f"{row['decoder_ms_per_sample']:>18.2f} {row['decoder_speedup']:>7.2f}x")
+    out.append(f"{row['decoding']:<16} {100 * row['exact_match']:>11.1f}%"
+               + (f" {row['metric']:>12.1f}" if task else "")
+               + f" {row['mean_exit_layer']:>10.2f} {row['decoder_ms_per_sample']:>18.2f} "
+               f"{row['decoder_speedup']:>7.2f}x")
   return "\n".join(out)

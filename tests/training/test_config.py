@@ -38,6 +38,10 @@ def test_unknown_options_are_named_and_nothing_is_written(tmp_path):
   with pytest.raises(ValueError, match=r"config.optimizer.\['momentum'\]"):
     train_and_evaluate(config, str(workdir), progress=False)
   config = tiny_text_config(str(tmp_path / "tfds"))
+  config.task.metric = "rouge"
+  with pytest.raises(ValueError, match=r"Unknown config.task.metric 'rouge'; known: \['anls'"):
+    train_and_evaluate(config, str(workdir), progress=False)
+  config = tiny_text_config(str(tmp_path / "tfds"))
   config.batch_size = 0
   with pytest.raises(ValueError, match="config.batch_size=0"):
     train_and_evaluate(config, str(workdir), progress=False)
