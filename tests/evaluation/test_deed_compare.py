@@ -14,14 +14,20 @@ from deed_jax.models import MultiExitEncoderDecoder
 from tests.conftest import random_inputs, randomize, tiny_config
 
 
-def test_compare_decoding_rows():
+def _model_and_examples(seed: int):
+  """A random 3-exit model and 4 single-example batches whose targets are the full model's own greedy
+  output (so full depth scores 100% by construction). -> model, encoder inputs, targets [4, 6], examples."""
   config = tiny_config(decoder_layers=3, vocab_size=11)
-  model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=0, scale=0.5)
+  model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=seed, scale=0.5)
   encoder_inputs, _ = random_inputs(config, batch=4)
-  # Targets = the full model's own greedy output, so full depth scores 100% by construction.
   tokens = np.asarray(greedy_at_exit(model, encoder_inputs, 3, 6))
   examples = [{**{k: v[b:b + 1] for k, v in encoder_inputs.items()}, "targets": tokens[b:b + 1],
                "target_mask": (tokens[b:b + 1] != config.pad_id).astype(np.int32)} for b in range(4)]
+  return model, encoder_inputs, tokens, examples
+
+
+def test_compare_decoding_rows():
+  model, _, _, examples = _model_and_examples(seed=0)
   rows = compare_decoding(model, examples, thresholds=[0.0, 1.5], max_new_tokens=6)
   assert [r["decoding"] for r in rows] == ["full depth", "DEED tau=0", "DEED tau=1.5"]
   full, always_first, never = rows
@@ -33,12 +39,8 @@ def test_compare_decoding_rows():
 
 
 def test_compare_decoding_scores_the_task_metric_on_strings():
-  config = tiny_config(decoder_layers=3, vocab_size=11)
-  model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=1, scale=0.5)
-  encoder_inputs, _ = random_inputs(config, batch=4)
-  tokens = np.asarray(greedy_at_exit(model, encoder_inputs, 3, 6))
-  examples = [{**{k: v[b:b + 1] for k, v in encoder_inputs.items()}, "targets": tokens[b:b + 1],
-               "target_mask": (tokens[b:b + 1] != config.pad_id).astype(np.int32)} for b in range(4)]
+  model, encoder_inputs, tokens, examples = _model_and_examples(seed=1)
+  config = model.config
 
   def decode_text(ids) -> str:  # ids -> letters, stopping at EOS, skipping pad and BOS
     out = []
