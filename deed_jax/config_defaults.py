@@ -41,7 +41,7 @@ def training_defaults() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = ml_collections.ConfigDict(dict(
       dataset="forms_vqa",  # An embedded TFDS builder (deed_jax.data.forms_tfds.BUILDERS).
-      dataset_config="base",  # Its size config: tiny | small | base.
+      dataset_config="base",  # Its config: size tiny | small | base, plain or with "_normalised".
       data_dir="",  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets).
       tokenizer="byte",  # "byte", or a local tokenizer.json / sentencepiece .model.
       source_key="image",

@@ -18,6 +18,18 @@ with the highlight it reached 0.97 token accuracy after 600 steps. The answer st
 glyph by glyph from the pixels.
 
 The same form can be written as text (`form_as_text`) for the text-to-text variant of the task.
+
+Two styles. `plain`: the answer is the value as drawn; a model learns to read it so well that its
+first decoder exit is as good as its last (the local run reached 100% exact match at every exit),
+which hides what early exits trade. `normalised` makes some answers need more than copying glyphs in
+order: a date drawn "Jan 9, 2025" is answered "2025-01-09" (month name to digits, the day padded, the
+parts reordered), a name drawn "Norma Fisher" is answered "Fisher, Norma", a phone number drawn
+"475 693 8242" is answered "4756938242"; other fields are read as drawn, and three questions in four
+(when the form has such a field) ask for one of these. Where the output must jump around in the
+drawn text, or its position no longer lines up with the drawn one, shallow exits fail more often.
+Trial runs of the local config (1200 steps): with zero-padded days ("Jan 09 2025") and one question
+in two on these fields, exit 1 reached 84% exact match against 98% at the last exit; as above
+(unpadded days, three in four), 79.0% against 96.2%.
 """
 
 from __future__ import annotations
@@ -57,17 +69,38 @@ FIELD_GENERATORS = {
 }
 
 
+STYLES = ("plain", "normalised")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+NORMALISED_LABELS = ("date", "name", "phone")
+
+
+def drawn_and_answer(label: str, value: str, style: str) -> tuple[str, str]:
+  """How a field's value is drawn and how it is answered. `value` is faker's: a date as YYYY-MM-DD,
+  a name as "First [Middle] Last", a phone number as ###-###-####."""
+  if style == "plain" or label not in NORMALISED_LABELS:
+    return value, value
+  if label == "date":
+    year, month, day = value.split("-")
+    return f"{MONTHS[int(month) - 1]} {int(day)}, {year}", value
+  if label == "name":
+    *first, last = value.split()
+    return value, f"{last}, {' '.join(first)}"
+  return value.replace("-", " "), value.replace("-", "")  # phone
+
+
 @dataclasses.dataclass(frozen=True)
 class Form:
-  fields: tuple[tuple[str, str], ...]  # (label, value) in the order drawn
+  fields: tuple[tuple[str, str], ...]  # (label, faker's value) in the order drawn
   question: str  # the label asked for
+  style: str = "plain"
 
   @property
   def answer(self) -> str:
-    return dict(self.fields)[self.question]
+    return drawn_and_answer(self.question, dict(self.fields)[self.question], self.style)[1]
 
   def lines(self) -> list[str]:
-    return [f"? {self.question}"] + [f"{label:<{LABEL_WIDTH}}: {value}" for label, value in self.fields]
+    drawn = [(label, drawn_and_answer(label, value, self.style)[0]) for label, value in self.fields]
+    return [f"? {self.question}"] + [f"{label:<{LABEL_WIDTH}}: {value}" for label, value in drawn]
 
 
 @functools.cache
@@ -75,19 +108,29 @@ def _faker() -> Faker:
   return Faker("en_US")
 
 
-def make_form(seed: int) -> Form:
-  """A form fully determined by `seed` (labels, their order, values and the question)."""
+def make_form(seed: int, style: str = "plain") -> Form:
+  """A form fully determined by `seed` and `style` (labels, their order, values and the question).
+  Values whose drawn form or answer is longer than MAX_VALUE_LENGTH are redrawn."""
+  if style not in STYLES:
+    raise ValueError(f"Unknown form style {style!r}; styles: {STYLES}.")
   rng = random.Random(seed)
   faker = _faker()
   faker.seed_instance(seed)
   labels = rng.sample(sorted(FIELD_GENERATORS), FIELDS_PER_FORM)
   fields = []
+  fits = lambda label, value: value.isascii() and all(
+      len(v) <= MAX_VALUE_LENGTH for v in drawn_and_answer(label, value, style))
   for label in labels:
     value = FIELD_GENERATORS[label](faker)
-    while len(value) > MAX_VALUE_LENGTH or not value.isascii():
+    while not fits(label, value):
       value = FIELD_GENERATORS[label](faker)
     fields.append((label, value))
-  return Form(tuple(fields), question=rng.choice(labels))
+  question = rng.choice(labels)
+  if style == "normalised":
+    hard = [label for label in labels if label in NORMALISED_LABELS]
+    if hard and rng.random() < 0.75:
+      question = rng.choice(hard)
+  return Form(tuple(fields), question=question, style=style)
 
 
 @functools.cache

@@ -3,8 +3,9 @@
 `forms_vqa`: image (PNG bytes of the rendered form, question drawn in its header row), question, answer.
 `forms_text`: the same forms written as one line of text (`source`) and the answer (`target`).
 
-Example i of a split is `make_form(split_seed + i)`, so splits are reproducible and disjoint.
-Builder configs set the sizes: `tiny` for tests, `base` for the local training run.
+Example i of a split is `make_form(split_seed + i, style)`, so splits are reproducible and disjoint.
+Builder configs set the size (`tiny` for tests, `base` for the local training run) and the form style
+(`base`: plain answers; `base_normalised`: some answers normalised, see `deed_jax.data.forms`).
 """
 
 from __future__ import annotations
@@ -14,28 +15,32 @@ import tensorflow_datasets as tfds
 from deed_jax.data import forms
 from deed_jax.errors import UserError
 
-SPLIT_SIZES = {  # config name -> {split: number of examples}
+SIZES = {  # size -> {split: number of examples}
     "tiny": {"train": 256, "validation": 64},
     "small": {"train": 2048, "validation": 128},
     "base": {"train": 20_000, "validation": 500},
 }
+# Builder config name -> (size, form style): "base" is the plain style, "base_normalised" the
+# normalised one (see deed_jax.data.forms).
+CONFIGS = {**{size: (size, "plain") for size in SIZES},
+           **{f"{size}_normalised": (size, "normalised") for size in SIZES}}
 _SPLIT_SEEDS = {"train": 1_000_000_000, "validation": 2_000_000_000}
 
 
 class _FormsBuilder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
-  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in SPLIT_SIZES]
+  BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in CONFIGS]
   DEFAULT_CONFIG_NAME = "base"
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is generated locally.
-    return {split: self._generate_examples(split, size)
-            for split, size in SPLIT_SIZES[self.builder_config.name].items()}
+    size, style = CONFIGS[self.builder_config.name]
+    return {split: self._generate_examples(split, count, style) for split, count in SIZES[size].items()}
 
-  def _generate_examples(self, split: str, size: int):
-    for index in range(size):
-      form = forms.make_form(_SPLIT_SEEDS[split] + index)
+  def _generate_examples(self, split: str, count: int, style: str):
+    for index in range(count):
+      form = forms.make_form(_SPLIT_SEEDS[split] + index, style)
       yield index, self._example(form)
 
   def _example(self, form: forms.Form) -> dict:
@@ -81,8 +86,8 @@ def prepare(name: str, config: str, data_dir: str) -> tfds.core.DatasetBuilder:
   """Generate the dataset into `data_dir` unless it is already there (idempotent)."""
   if name not in BUILDERS:
     raise UserError(f"Unknown dataset {name!r}; embedded datasets: {sorted(BUILDERS)}.")
-  if config not in SPLIT_SIZES:
-    raise UserError(f"Unknown config {config!r} of {name}; configs: {sorted(SPLIT_SIZES)}.")
+  if config not in CONFIGS:
+    raise UserError(f"Unknown config {config!r} of {name}; configs: {sorted(CONFIGS)}.")
   builder = BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")
   tfds.disable_progress_bar()
   builder.download_and_prepare()

@@ -61,3 +61,34 @@ def test_text_variant_holds_question_and_fields():
   text = forms.form_as_text(form)
   assert text.startswith(f"? {form.question} | ")
   assert all(value in text for _, value in form.fields)
+
+
+def test_normalised_answers_by_hand():
+  style = "normalised"
+  assert forms.drawn_and_answer("date", "2021-03-05", style) == ("Mar 5, 2021", "2021-03-05")
+  assert forms.drawn_and_answer("date", "1999-12-31", style) == ("Dec 31, 1999", "1999-12-31")
+  assert forms.drawn_and_answer("name", "Norma Fisher", style) == ("Norma Fisher", "Fisher, Norma")
+  assert forms.drawn_and_answer("name", "Ann M Lee", style) == ("Ann M Lee", "Lee, Ann M")
+  assert forms.drawn_and_answer("phone", "475-693-8242", style) == ("475 693 8242", "4756938242")
+  assert forms.drawn_and_answer("city", "Lake Dana", style) == ("Lake Dana", "Lake Dana")
+  assert forms.drawn_and_answer("date", "2021-03-05", "plain") == ("2021-03-05", "2021-03-05")
+
+
+def test_normalised_forms_draw_one_value_and_answer_another():
+  many = [forms.make_form(seed, "normalised") for seed in range(400)]
+  asked = [f.question for f in many]
+  # Three questions in four go to a normalised field when the form has one.
+  with_hard = [f for f in many if set(dict(f.fields)) & set(forms.NORMALISED_LABELS)]
+  share = np.mean([f.question in forms.NORMALISED_LABELS for f in with_hard])
+  assert 0.7 < share < 0.95 and set(asked) - set(forms.NORMALISED_LABELS)  # plain fields asked too
+  for form in many:
+    drawn_row = form.lines()[1 + [label for label, _ in form.fields].index(form.question)]
+    drawn = drawn_row.split(": ", 1)[1]
+    assert 1 <= len(form.answer) <= forms.MAX_VALUE_LENGTH
+    assert all(len(line) <= forms.COLUMNS for line in form.lines())
+    if form.question in forms.NORMALISED_LABELS:
+      assert form.answer != drawn  # the answer is not a copy of what is drawn
+    else:
+      assert form.answer == drawn
+  # The plain style is the default.
+  assert forms.make_form(0) == forms.make_form(0, "plain")

@@ -28,7 +28,7 @@ TEXT_TASK = pipeline.TaskFeatures("text", "source", "target", SOURCE_LENGTH, TAR
 
 def test_prepared_splits_have_the_configured_sizes(data_dir):
   for name in forms_tfds.BUILDERS:
-    for split, size in forms_tfds.SPLIT_SIZES["tiny"].items():
+    for split, size in forms_tfds.SIZES["tiny"].items():
       assert len(pipeline.data_source(name, "tiny", split, data_dir)) == size
 
 
