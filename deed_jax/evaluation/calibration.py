@@ -38,10 +38,8 @@ def bernoulli_kl(a: float, b: float) -> float:
 
 
 def hoeffding_p_value(risk: float, n: int, eps: float) -> float:
-  if risk >= eps or eps >= 1.0:
+  if risk >= eps or eps >= 1.0:  # risk >= 0, so below this 0 <= risk < eps < 1
     return 1.0
-  if eps <= 0.0:
-    return 0.0 if risk < eps else 1.0
   return math.exp(-n * bernoulli_kl(risk, eps))
 
 
@@ -72,9 +70,6 @@ class Calibration:
             f"examples), threshold {self.threshold:g} loses at most {self.max_drop:g} points of the metric "
             f"against full depth in expectation (Learn-then-Test, Hoeffding-Bentkus p-values, "
             f"fixed-sequence testing over {len(self.tested)} thresholds tested).")
-
-  def to_json(self) -> dict:
-    return {**dataclasses.asdict(self), "tested": list(self.tested), "guarantee": self.guarantee()}
 
 
 def check_settings(max_drop: float, delta: float) -> None:

@@ -16,7 +16,8 @@ Per-example metrics return a score in [0, 1] (reports show them as 0..100):
 Corpus metrics score a whole split at once: `bleu(predictions, references)` is sacrebleu's corpus
 BLEU (0..100), imported when called.
 
-`METRICS` names the metrics a task config may ask for (`metric_fn(name)` refuses others).
+`METRICS` (per example) and `CORPUS_METRICS` name the metrics a task config may ask for;
+`check_metric(name)` refuses others.
 """
 
 from __future__ import annotations
