@@ -41,5 +41,5 @@ def get_config(arg: str = ""):
   config.checkpoint_every_steps = 300 if runlocal else 2000
   if runlocal:
     config.eval_batch_size = 100
-    config.decode.update(dict(thresholds=[0.9, 0.99], num_examples=200))
+    config.decode.update(dict(thresholds=(0.9, 0.99), num_examples=200))
   return config

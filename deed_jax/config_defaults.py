@@ -11,6 +11,7 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from deed_jax import checkpoint
+from deed_jax.data import datasets
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation import metrics
 from deed_jax.workdir import path_holds, read_model_config
@@ -40,9 +41,14 @@ def model_options(config: ml_collections.ConfigDict) -> dict:
 def training_defaults() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.task = ml_collections.ConfigDict(dict(
-      dataset="forms_vqa",  # An embedded TFDS builder (deed_jax.data.forms_tfds.BUILDERS).
-      dataset_config="base",  # Its config: size tiny | small | base, plain or with "_normalised".
+      # A TFDS builder of deed_jax.data.datasets: an embedded forms task (forms_vqa, forms_text) or
+      # one over VQA files on disk (docvqa, stvqa: they need manual_dir).
+      dataset="forms_vqa",
+      # Its config. Forms: size tiny | small | base, plain or with "_normalised". VQA builders: the
+      # image size and fit, "<height>x<width>_pad|resize" (deed_jax.data.vqa_tfds).
+      dataset_config="base",
       data_dir="",  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets).
+      manual_dir="",  # The folder holding a VQA dataset's own files (docvqa, stvqa).
       tokenizer="byte",  # "byte", or a local tokenizer.json / sentencepiece .model.
       source_key="image",
       target_key="answer",
@@ -50,6 +56,9 @@ def training_defaults() -> ml_collections.ConfigDict:
       # The task metric of the decoding comparison, on decoded strings (deed_jax.evaluation.metrics):
       # exact_match | anls | vqa_accuracy | cer | bleu.
       metric="exact_match",
+      # The feature holding every reference answer the metric compares with (VQA builders: "answers");
+      # "" = the target text is the only answer.
+      answers_key="",
   ))
   config.model = model_placeholders()  # ModelConfig keyword arguments; unset (None): its defaults.
   # A deed-jax workdir to start from (e.g. `python -m deed_jax.convert` output): its architecture and
@@ -65,7 +74,7 @@ def training_defaults() -> ml_collections.ConfigDict:
       learning_rate=1e-3, warmup_steps=200, end_lr_factor=0.01, weight_decay=0.01, clip_norm=1.0,
       b1=0.9, b2=0.98))
   # Full-depth vs DEED greedy decoding after training, one example at a time ([] = skip).
-  config.decode = ml_collections.ConfigDict(dict(thresholds=[], num_examples=100))
+  config.decode = ml_collections.ConfigDict(dict(thresholds=(), num_examples=100))
   config.seed = 0
   config.batch_size = 32
   config.total_steps = 1000
@@ -107,6 +116,16 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
   return ModelConfig.from_dict({**values, **options})
 
 
+def validate_task(task: ml_collections.ConfigDict) -> None:
+  """Check a config's task block: its dataset (and manual_dir) and metric. Writes nothing."""
+  unknown = sorted(set(task.keys()) - set(training_defaults().task.keys()))
+  if unknown:
+    raise UserError(f"Unknown config option(s) config.task.{unknown}; known: "
+                     f"{sorted(training_defaults().task.keys())}.")
+  datasets.check(task.dataset, task.dataset_config, task.get("manual_dir", ""))
+  metrics.check_metric(task.metric, "config.task.metric")
+
+
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   """Check a training config before anything is built or written. Returns its ModelConfig."""
   known = set(training_defaults().keys())
@@ -140,7 +159,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
       top = sorted({"/".join(p.split("/")[:2]) for p in paths})
       raise UserError(f"config.train_only names {name!r}, which no parameter of this model holds "
                        f"(its parameters are under {top}).")
-  metrics.check_metric(config.task.metric, "config.task.metric")
+  validate_task(config.task)
   for threshold in config.decode.thresholds:
     if not isinstance(threshold, (int, float)) or not threshold >= 0:
       raise UserError(f"config.decode.thresholds holds {threshold!r}; thresholds are numbers >= 0.")

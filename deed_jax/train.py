@@ -9,7 +9,6 @@ checkpoint in the workdir.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import time
@@ -23,19 +22,20 @@ from ml_collections import config_flags
 
 from deed_jax import checkpoint, cli
 from deed_jax.config_defaults import ADDABLE_PARAMS, validate
-from deed_jax.data import forms_tfds, pipeline
+from deed_jax.data import datasets, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
 from deed_jax.errors import UserError
 from deed_jax.evaluation.per_exit import evaluate_exits, make_eval_fn
-from deed_jax.evaluation.deed_compare import compare_decoding
-from deed_jax.evaluation.report import decoding_table, exit_table
+from deed_jax.evaluation.report import exit_table, settings_table
+from deed_jax.evaluation.sweep import Setting, decode_settings, stack_examples, summarise
 from deed_jax.models import MultiExitEncoderDecoder, check_token_ids
 from deed_jax.training.losses import exit_weights
 from deed_jax.training.metric_writer import MetricWriter
 from deed_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from deed_jax.training.train_step import (init_train_state, make_train_step, merge_model,
                                           trained_params)
-from deed_jax.workdir import copy_side_files, merge_params
+from deed_jax.workdir import (TRAIN_CONFIG_FILE, copy_side_files, merge_params, read_json,
+                              write_json)
 
 RESULTS_FILE = "eval_results.json"
 
@@ -77,19 +77,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointer = checkpoint.Checkpointer(
       workdir, model_config, keep=config.keep_checkpoints,
       save_interval_steps=config.checkpoint_every_steps)
+  if jax.process_index() == 0 and read_json(workdir, TRAIN_CONFIG_FILE) is None:
+    # The config the run started with: its task, for `python -m deed_jax.evaluate`.
+    os.makedirs(workdir, exist_ok=True)
+    write_json(workdir, TRAIN_CONFIG_FILE, config.to_dict())
 
   # ---------------------------------------------------------------------------------------------
   # Input: the embedded TFDS dataset (generated once), read by grain.
   # ---------------------------------------------------------------------------------------------
   data_dir = os.path.expanduser(task.data_dir or "~/tensorflow_datasets")
   _log(f"Dataset {task.dataset}/{task.dataset_config} in {data_dir} (generated on first use).")
-  forms_tfds.prepare(task.dataset, task.dataset_config, data_dir)
+  datasets.prepare(task.dataset, task.dataset_config, data_dir, task.manual_dir)
   features = pipeline.TaskFeatures(
       encoder=model_config.encoder, source_key=task.source_key, target_key=task.target_key,
       max_source_length=task.max_source_length, max_target_length=model_config.max_target_length)
   preprocess = pipeline.Preprocess(features, tokenizer, decoder_start_id=model_config.bos_id)
-  train_source = pipeline.data_source(task.dataset, task.dataset_config, "train", data_dir)
-  eval_source = pipeline.data_source(task.dataset, task.dataset_config, "validation", data_dir)
+  train_source = pipeline.data_source(task.dataset, task.dataset_config, "train", data_dir,
+                                      task.manual_dir)
+  eval_source = pipeline.data_source(task.dataset, task.dataset_config, "validation", data_dir,
+                                     task.manual_dir)
   train_iter = iter(pipeline.make_loader(train_source, preprocess, config.batch_size, shuffle=True,
                                          seed=config.seed, num_epochs=None, drop_remainder=True))
 
@@ -182,13 +188,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   results = evaluate(int(state.step))
   writer.close()
   if config.decode.thresholds:
-    examples = itertools.islice(
-        pipeline.make_loader(eval_source, preprocess, 1, shuffle=False, seed=config.seed, num_epochs=1,
-                             drop_remainder=False), config.decode.num_examples)
-    rows = compare_decoding(merge_model(graphdef, state.params), examples, config.decode.thresholds,
-                            model_config.max_target_length, config.task.metric, tokenizer.decode)
-    _log(f"Greedy decoding, one example at a time ({config.decode.num_examples} validation "
-         f"examples):\n{decoding_table(rows)}")
+    examples, answers = pipeline.read_examples(eval_source, preprocess, config.decode.num_examples,
+                                               task.answers_key)
+    settings = [Setting("static")] + [Setting("deed", threshold=t) for t in config.decode.thresholds]
+    runs = decode_settings(merge_model(graphdef, state.params), [stack_examples([e]) for e in examples],
+                           settings, model_config.max_target_length)
+    rows = summarise(runs, task.metric, tokenizer.decode, answers)
+    _log(f"Greedy decoding, one example at a time ({len(examples)} validation examples):\n"
+         f"{settings_table(rows)}")
     results["decoding"] = rows
   if jax.process_index() == 0:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:

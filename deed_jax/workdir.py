@@ -3,6 +3,7 @@ with a model's weights, and the names of parameter paths. No orbax here (see `de
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from typing import Any, Callable, Iterable
@@ -14,6 +15,11 @@ from deed_jax.models import ModelConfig
 
 MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINT_DIR = "checkpoints"
+TRAIN_CONFIG_FILE = "train_config.json"  # the training config a run started with (its task, for evaluation)
+EVALUATION_DIR = "evaluation"  # python -m deed_jax.evaluate: report.json, report.md, plots
+# The decoding settings chosen for this model by calibration (python -m deed_jax.evaluate
+# --calibrate): what `deed_jax.decoding.workdir_decode_config` starts from.
+DECODE_CONFIG_FILE = "decode_config.json"
 # Files of a Hugging Face model directory that belong with its weights: tokenizer and generation
 # settings. A converted workdir keeps them, and its source record for the way back to HF.
 HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
@@ -32,6 +38,20 @@ def model_config_path(workdir: str) -> epath.Path:
 def read_model_config(workdir: str) -> ModelConfig | None:
   path = model_config_path(workdir)
   return ModelConfig.from_json(path.read_text()) if path.exists() else None
+
+
+def read_json(workdir: str, name: str) -> Any | None:
+  """The JSON file `name` of `workdir`, or None when it has none."""
+  path = epath.Path(workdir) / name
+  return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_json(workdir: str, name: str, value: Any) -> None:
+  """Write `value` to `workdir/name` whole: into a sibling first, then renamed over it."""
+  path = epath.Path(workdir) / name
+  partial = path.parent / f".{name}.partial"
+  partial.write_text(json.dumps(value, indent=2))
+  partial.rename(path)
 
 
 def check_compatible_workdir(workdir: str, config: ModelConfig) -> None:

@@ -58,8 +58,8 @@ def rngs():
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
   """Both embedded datasets, `tiny` builds, prepared once per test session."""
-  from deed_jax.data import forms_tfds
+  from deed_jax.data import datasets, forms_tfds
   path = str(tmp_path_factory.mktemp("tfds"))
   for name in forms_tfds.BUILDERS:
-    forms_tfds.prepare(name, "tiny", path)
+    datasets.prepare(name, "tiny", path)
   return path

@@ -67,3 +67,11 @@ def test_convert_refuses_bad_arguments_in_one_line(tmp_path, args, expected):
           .replace("=S", f"={tmp_path}") for a in args]
   _one_line_error(_run("deed_jax.convert", *args), *expected)
   assert not (tmp_path / "out").exists() and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--workdir=/nonexistent/run"], ["/nonexistent/run"]),
+    (["--workdir=/nonexistent/run", "--thresholds=0.5,high"], ["--thresholds=0.5,high"]),
+])
+def test_evaluate_refuses_bad_input_in_one_line(args, expected):
+  _one_line_error(_run("deed_jax.evaluate", *args), *expected)

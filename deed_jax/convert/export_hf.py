@@ -17,7 +17,7 @@ from deed_jax.convert import hf_files, rules, safetensors_io
 from deed_jax.convert.families import family_for
 from deed_jax.convert.import_hf import (ADAPTER_PREFIX, EXIT_MODULES_FILE, EXIT_PREFIXES,
                                        EXPORTED_MODEL_CONFIG_FILE)
-from deed_jax.convert.staging import check_empty_target, staged_directory
+from deed_jax.staging import check_empty_target, staged_directory
 from deed_jax.errors import MissingPathError
 from deed_jax.workdir import HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files
 

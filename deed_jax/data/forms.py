@@ -72,6 +72,8 @@ FIELD_GENERATORS = {
 STYLES = ("plain", "normalised")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 NORMALISED_LABELS = ("date", "name", "phone")
+# In the normalised style, the share of questions that ask for a rewritten field when the form has one.
+HARD_QUESTION_SHARE = 0.9
 
 
 def drawn_and_answer(label: str, value: str, style: str) -> tuple[str, str]:
@@ -128,7 +130,7 @@ def make_form(seed: int, style: str = "plain") -> Form:
   question = rng.choice(labels)
   if style == "normalised":
     hard = [label for label in labels if label in NORMALISED_LABELS]
-    if hard and rng.random() < 0.75:
+    if hard and rng.random() < HARD_QUESTION_SHARE:
       question = rng.choice(hard)
   return Form(tuple(fields), question=question, style=style)
 

@@ -19,8 +19,8 @@ import dataclasses
 import grain
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 
+from deed_jax.data import datasets
 from deed_jax.data.tokenizer import Tokenizer
 from deed_jax.errors import UserError
 from deed_jax.models.config import IMAGE_ENCODERS
@@ -77,9 +77,17 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-def data_source(name: str, config: str, split: str, data_dir: str):
-  """The prepared split as a random-access source (`tfds.data_source`)."""
-  return tfds.data_source(f"{name}/{config}", split=split, data_dir=data_dir)
+def data_source(name: str, config: str, split: str, data_dir: str, manual_dir: str = ""):
+  """The prepared split as a random-access source (`as_data_source` of its TFDS builder)."""
+  return datasets.builder(name, config, data_dir, manual_dir).as_data_source(split=split)
+
+
+def answers(example: dict, key: str) -> list[str]:
+  """The reference answers of a raw example: the strings under `key` (one text, or a sequence)."""
+  value = example[key]
+  if isinstance(value, (bytes, str)):
+    return [_text(value)]
+  return [_text(v) for v in np.asarray(value).reshape(-1)]
 
 
 def make_loader(source, preprocess: Preprocess, batch_size: int, *, shuffle: bool, seed: int,
@@ -93,3 +101,24 @@ def make_loader(source, preprocess: Preprocess, batch_size: int, *, shuffle: boo
                                         num_epochs=num_epochs, seed=seed)
   return grain.DataLoader(data_source=source, sampler=sampler, worker_count=0,
                           operations=[preprocess, grain.transforms.Batch(batch_size, drop_remainder)])
+
+
+def pad_rows(batch: dict, size: int) -> dict:
+  """`batch` with its last row repeated up to `size` rows (a short last batch keeps the shapes a
+  jitted function was compiled for)."""
+  rows = len(next(iter(batch.values())))
+  if rows >= size:
+    return batch
+  return {k: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[-1:], size - rows, axis=0)])
+          for k, v in batch.items()}
+
+
+def read_examples(source, preprocess: Preprocess, count: int, answers_key: str = ""
+                  ) -> tuple[list[dict], list[list[str]]]:
+  """The first `count` examples of `source` (0: all) in order, preprocessed (no batch axis), and each
+  one's reference answers (the strings under `answers_key`; "" = its target text). For evaluation,
+  where the metric needs every answer an example has, not only the trained target."""
+  count = len(source) if count == 0 else min(count, len(source))
+  raw = [source[i] for i in range(count)]
+  key = answers_key or preprocess.task.target_key
+  return [preprocess.map(example) for example in raw], [answers(example, key) for example in raw]

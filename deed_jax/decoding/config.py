@@ -14,6 +14,7 @@ import numpy as np
 from deed_jax.decoding.confidence import CONFIDENCES
 from deed_jax.errors import UserError
 from deed_jax.models import ModelConfig
+from deed_jax.workdir import DECODE_CONFIG_FILE, read_json
 
 STRATEGIES = ("greedy", "beam")
 EXIT_MODES = ("deed", "oracle", "copy", "static", "fixed")
@@ -115,3 +116,15 @@ def check_threshold(threshold) -> float:
       or np.isnan(value) or value < 0):
     raise UserError(f"threshold={threshold!r} must be a number >= 0 (above 1 means never exit early).")
   return float(value)
+
+
+# The fields a calibrated workdir stores for decoding (deed_jax.workdir.DECODE_CONFIG_FILE).
+STORED_FIELDS = ("exit_mode", "confidence", "threshold")
+
+
+def workdir_decode_config(workdir: str, **overrides) -> DecodeConfig:
+  """The decoding settings calibration chose for `workdir` (`python -m deed_jax.evaluate --calibrate`
+  stores exit mode, confidence and threshold in its decode_config.json), with `overrides` on top;
+  DecodeConfig's defaults where the workdir was never calibrated."""
+  stored = read_json(workdir, DECODE_CONFIG_FILE) or {}
+  return DecodeConfig(**{**{k: stored[k] for k in STORED_FIELDS if k in stored}, **overrides})

@@ -147,6 +147,7 @@ METRICS: dict[str, Callable[[str, Answers], float]] = {
     "cer": lambda prediction, answers: cer(prediction, _as_list(answers)[0]),
 }
 CORPUS_METRICS = {"bleu": bleu}
+LOWER_IS_BETTER = frozenset({"cer"})  # an error rate: a drop in quality is a rise in it
 
 
 def check_metric(name: str, where: str = "metric") -> None:

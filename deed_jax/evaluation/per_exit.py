@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from deed_jax.data.pipeline import pad_rows
 from deed_jax.decoding.reference import fixed_exit, greedy_with_rule
 from deed_jax.models import encoder_inputs
 from deed_jax.training.train_step import exit_metrics
@@ -56,8 +57,7 @@ def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int):
 def _pad_batch(batch: dict, batch_size: int) -> dict:
   """Pad a short last batch to `batch_size` rows (marked invalid) so shapes stay static."""
   rows = len(batch["targets"])
-  padded = {k: np.concatenate([v, np.repeat(v[-1:], batch_size - rows, axis=0)]) if rows < batch_size
-            else v for k, v in batch.items()}
+  padded = dict(pad_rows(batch, batch_size))
   padded["valid"] = (np.arange(batch_size) < rows).astype(np.int32)
   return padded
 

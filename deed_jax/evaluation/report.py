@@ -17,15 +17,22 @@ def exit_table(results: dict) -> str:
   return "\n".join(rows)
 
 
-def decoding_table(rows: list[dict]) -> str:
-  """Full-depth vs DEED side by side (rows of `compare_decoding`)."""
-  name = rows[0].get("metric_name") if rows else None
-  task = name is not None and name != "exact_match"  # exact match on strings: the column already there
-  out = [f"{'decoding':<16} {'exact match':>12}" + (f" {name:>12}" if task else "")
-         + f" {'mean exit':>10} {'decoder ms/sample':>18} {'speedup':>8}"]
+def settings_table(rows: list[dict]) -> str:
+  """Decoding settings side by side (rows of `deed_jax.evaluation.sweep.summarise`): the task metric,
+  token exact match when the metric is another, mean exit layer, latency and speedup over static."""
+  name = rows[0]["metric_name"] if rows else "exact_match"
+  other = name != "exact_match"  # exact match is then a column of its own
+  timed = bool(rows) and "decoder_ms_per_sample" in rows[0]
+  out = [f"{'setting':<18} {name:>12}" + (f" {'exact match':>12}" if other else "")
+         + f" {'mean exit':>10}"
+         + (f" {'decoder ms/sample':>18} {'total ms/sample':>16} {'speedup':>8}" if timed else "")]
   for row in rows:
-    out.append(f"{row['decoding']:<16} {100 * row['exact_match']:>11.1f}%"
-               + (f" {row['metric']:>12.1f}" if task else "")
-               + f" {row['mean_exit_layer']:>10.2f} {row['decoder_ms_per_sample']:>18.2f} "
-               f"{row['decoder_speedup']:>7.2f}x")
+    line = (f"{row['setting']:<18} {row['metric']:>12.1f}"
+            + (f" {100 * row['exact_match']:>11.1f}%" if other else "")
+            + f" {row['mean_exit_layer']:>10.2f}")
+    if timed:
+      speedup = row.get("decoder_speedup")
+      line += (f" {row['decoder_ms_per_sample']:>18.3f} {row['total_ms_per_sample']:>16.3f} "
+               + (f"{speedup:>7.2f}x" if speedup is not None else f"{'':>8}"))
+    out.append(line)
   return "\n".join(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from deed_jax.data import forms, forms_tfds, pipeline
+from deed_jax.data import datasets, forms, forms_tfds, pipeline
 from deed_jax.data.tokenizer import ByteTokenizer
 
 
@@ -79,7 +79,7 @@ def test_pipeline_is_deterministic_and_resumable(data_dir):
 
 def test_unknown_dataset_or_config_is_refused(tmp_path):
   with pytest.raises(ValueError, match="'forms_audio'"):
-    forms_tfds.prepare("forms_audio", "tiny", str(tmp_path))
+    datasets.prepare("forms_audio", "tiny", str(tmp_path))
   with pytest.raises(ValueError, match="'huge'"):
-    forms_tfds.prepare("forms_vqa", "huge", str(tmp_path))
+    datasets.prepare("forms_vqa", "huge", str(tmp_path))
   assert not any(tmp_path.iterdir())

@@ -29,3 +29,13 @@ def tiny_text_config(tfds_dir: str, **overrides):
   config.num_eval_samples = 0
   config.update(overrides)
   return config
+
+
+def train_tiny(tmp_path_factory, tfds_dir: str, name: str, steps: int) -> str:
+  """A workdir trained `steps` steps on the tiny text task (a checkpoint at the last), for tests that
+  read one."""
+  from deed_jax.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp(name) / "run")
+  train_and_evaluate(tiny_text_config(tfds_dir, total_steps=steps, checkpoint_every_steps=steps),
+                     workdir, progress=False)
+  return workdir

@@ -14,7 +14,7 @@ import pytest
 from deed_jax import checkpoint
 from deed_jax.train import RESULTS_FILE, train_and_evaluate
 from deed_jax.workdir import MODEL_CONFIG_FILE
-from tests.training.configs import tiny_text_config
+from tests.training.configs import tiny_text_config, train_tiny
 
 
 def _final_state(workdir):
@@ -71,10 +71,7 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, tfds_dir)
 @pytest.fixture(scope="module")
 def trained_workdir(tmp_path_factory, tfds_dir):
   """A workdir trained for 2 steps, shared (read-only) by the tests below."""
-  workdir = str(tmp_path_factory.mktemp("trained") / "run")
-  train_and_evaluate(tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2), workdir,
-                     progress=False)
-  return workdir
+  return train_tiny(tmp_path_factory, tfds_dir, "trained", 2)
 
 
 def _refuses_and_leaves_untouched(workdir, tfds_dir, error, **model_overrides):

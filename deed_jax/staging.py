@@ -1,7 +1,7 @@
 """Write an output directory all at once: into a hidden sibling, renamed into place on success.
 
 A failure (a bad key, a full disk) leaves no partial output, and an existing non-empty directory is
-never written into.
+never written into; with `replace`, it is swapped for the new one only once the new one is complete.
 """
 
 from __future__ import annotations
@@ -19,18 +19,26 @@ def check_empty_target(path: str) -> None:
 
 
 @contextlib.contextmanager
-def staged_directory(path: str):
-  """Yields a fresh directory that becomes `path` when the block succeeds."""
+def staged_directory(path: str, replace: bool = False):
+  """Yields a fresh directory that becomes `path` when the block succeeds. Without `replace`, `path`
+  must not exist or be empty; with it, an existing `path` is replaced only then (a report rewritten
+  by a new run: a failed run leaves the previous one as it was)."""
   path = os.path.abspath(path)
-  check_empty_target(path)
+  if not replace:
+    check_empty_target(path)
   parent = os.path.dirname(path)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
+  old = None
   try:
     yield staging
-    if os.path.isdir(path):
+    if os.path.isdir(path) and replace:
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+      os.rename(path, os.path.join(old, "previous"))
+    elif os.path.isdir(path):
       os.rmdir(path)  # empty (checked above)
     os.rename(staging, path)
   finally:
-    if os.path.exists(staging):
-      shutil.rmtree(staging)
+    for leftover in (staging, old):
+      if leftover is not None and os.path.exists(leftover):
+        shutil.rmtree(leftover)

@@ -1,0 +1,265 @@
+"""The evaluator behind `python -m deed_jax.evaluate` (see that module for the command line): decode a
+split under static, fixed-exit, copy and DEED settings at batch 1 and a larger batch, optionally
+calibrate a threshold first, and write the report (JSON, Markdown, PNG plots) into the workdir.
+
+Everything a user can get wrong is checked before anything is decoded or written; the report
+directory is replaced only once the new one is complete, and a calibrated threshold is stored only
+after it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+import tqdm
+
+from deed_jax import checkpoint
+from deed_jax.bench.report import machine_facts
+from deed_jax.config_defaults import validate_task
+from deed_jax.data import datasets, pipeline
+from deed_jax.data.tokenizer import get_tokenizer
+from deed_jax.decoding.config import check_threshold
+from deed_jax.errors import MissingPathError, UserError
+from deed_jax.evaluation import calibration, metrics, plots
+from deed_jax.evaluation.report import settings_table
+from deed_jax.evaluation.sweep import (Setting, SettingRun, decode_settings, exit_histogram,
+                                       per_example_scores, setting_grid, stack_examples, summarise)
+from deed_jax.models import ModelConfig
+from deed_jax.staging import staged_directory
+from deed_jax.workdir import (CHECKPOINT_DIR, DECODE_CONFIG_FILE, EVALUATION_DIR, TRAIN_CONFIG_FILE,
+                              read_json, read_model_config, write_json)
+
+# Thresholds of the default grid: dense near 1, where max-prob confidences of a trained model sit.
+DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
+NUM_TOKEN_EXAMPLES = 8  # answers drawn in the per-token exit plot
+
+
+def task_config(workdir: str, config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+  """The training config whose task is evaluated: `config` when given, else the one the workdir was
+  trained with."""
+  if config is not None:
+    return config
+  stored = read_json(workdir, TRAIN_CONFIG_FILE)
+  if stored is None:
+    raise UserError(f"{workdir} holds no {TRAIN_CONFIG_FILE} (a converted checkpoint, or trained "
+                     "before configs were stored): name the task with --config configs/<task>.py.")
+  return ml_collections.ConfigDict(stored)
+
+
+def check_workdir(workdir: str, step: int | None) -> ModelConfig:
+  """The workdir's model config; refuses a directory without a model or checkpoint (writes nothing)."""
+  if not os.path.isdir(workdir):
+    raise MissingPathError(f"--workdir {workdir} is not a directory.")
+  model_config = read_model_config(workdir)
+  steps = sorted(int(name) for name in _listdir(os.path.join(workdir, CHECKPOINT_DIR)) if name.isdigit())
+  if model_config is None or not steps:
+    raise MissingPathError(f"--workdir {workdir} holds no checkpoint (no model_config.json or "
+                            f"{CHECKPOINT_DIR}/<step>/): train or convert a model into it first.")
+  if step is not None and step not in steps:
+    raise UserError(f"--step {step} is not among the checkpoints of {workdir}: {steps}.")
+  return model_config
+
+
+def _listdir(path: str) -> list[str]:
+  return os.listdir(path) if os.path.isdir(path) else []
+
+
+def check_options(thresholds: Sequence[float], batch_size: int, num_examples: int, max_drop: float,
+                  delta: float, calibrate: bool) -> list[float]:
+  """The threshold grid, sorted; refuses values that cannot work."""
+  if not thresholds:
+    raise UserError("--thresholds is empty; give at least one threshold in [0, 1].")
+  for t in thresholds:
+    if not 0.0 <= check_threshold(t) <= 1.0:
+      raise UserError(f"--thresholds holds {t}; thresholds must be in [0, 1].")
+  if batch_size < 1:
+    raise UserError(f"--batch_size={batch_size} must be >= 1.")
+  if num_examples < 0:
+    raise UserError(f"--num_examples={num_examples} must be >= 0 (0: the whole split).")
+  if max_drop < 0:
+    raise UserError(f"--max_drop={max_drop} must be >= 0 metric points.")
+  if calibrate:
+    calibration.check_settings(max_drop, delta)
+  return sorted(set(float(t) for t in thresholds))
+
+
+class Split:
+  """A split as the evaluator reads it: examples in order, each one's answers, the tokenizer."""
+
+  def __init__(self, config: ml_collections.ConfigDict, model_config: ModelConfig, split: str,
+               num_examples: int):
+    task = config.task
+    data_dir = os.path.expanduser(task.data_dir or "~/tensorflow_datasets")
+    builder = datasets.prepare(task.dataset, task.dataset_config, data_dir, task.manual_dir)
+    if split not in builder.info.splits:
+      raise UserError(f"Split {split!r} is not in {task.dataset}/{task.dataset_config}; it has "
+                       f"{sorted(builder.info.splits)}.")
+    self.tokenizer = get_tokenizer(task.tokenizer)
+    features = pipeline.TaskFeatures(
+        encoder=model_config.encoder, source_key=task.source_key, target_key=task.target_key,
+        max_source_length=task.max_source_length, max_target_length=model_config.max_target_length)
+    preprocess = pipeline.Preprocess(features, self.tokenizer, decoder_start_id=model_config.bos_id)
+    self.name = split
+    self.examples, self.answers = pipeline.read_examples(builder.as_data_source(split=split), preprocess,
+                                                         num_examples, task.answers_key)
+
+  def batches(self, size: int) -> list[dict]:
+    return [stack_examples(self.examples[i:i + size]) for i in range(0, len(self.examples), size)]
+
+
+def _bar(total: int, desc: str, progress: bool):
+  return tqdm.tqdm(total=total, desc=desc, unit="decode", disable=not progress, dynamic_ncols=True)
+
+
+def run_calibration(model, split: Split, thresholds: list[float], metric: str, confidence: str,
+                    batch_size: int, max_drop: float, delta: float, progress: bool
+                    ) -> calibration.Calibration:
+  """Decode the calibration split under static and every DEED threshold; test the thresholds."""
+  if metric in metrics.CORPUS_METRICS:
+    raise UserError(f"Calibration needs a per-example metric; {metric!r} is scored over a corpus "
+                     f"(use one of {sorted(metrics.METRICS)}).")
+  settings = [Setting("static")] + [Setting("deed", threshold=t) for t in thresholds]
+  with _bar(len(split.examples) * len(settings), f"calibrate ({split.name})", progress) as bar:
+    runs = decode_settings(model, split.batches(batch_size), settings, model.config.max_target_length,
+                           confidence=confidence, timing=False, progress=bar.update)
+  scores = [_quality(per_example_scores(r, metric, split.tokenizer.decode, split.answers), metric)
+            for r in runs]
+  return calibration.calibrate(scores[0], dict(zip(thresholds, scores[1:])), max_drop, delta)
+
+
+def _quality(values: np.ndarray, metric: str) -> np.ndarray:
+  """Per-example values as a score in [0, 1] where higher is better (CER is an error rate)."""
+  return 1.0 - np.clip(values, 0.0, 1.0) if metric in metrics.LOWER_IS_BETTER else values
+
+
+def _token_examples(run: SettingRun, split: Split, count: int) -> list:
+  decode = split.tokenizer.decode
+  out = []
+  for tokens, layers, answers in list(zip(run.tokens, run.exit_layers, split.answers))[:count]:
+    emitted = [(decode([int(t)]) or "EOS", int(l)) for t, l in zip(tokens, layers) if l > 0]
+    out.append(([s for s, _ in emitted], [l for _, l in emitted], answers[0]))
+  return out
+
+
+def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, split: str = "test",
+             calibration_split: str = "calibration", num_examples: int = 500,
+             num_calibration_examples: int = 0, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+             batch_size: int = 8, confidence: str = "max_prob", calibrate: bool = False,
+             max_drop: float = 0.5, delta: float = 0.1, step: int | None = None,
+             progress: bool = True) -> dict:
+  """Evaluate `workdir` (see the module docstring); -> the report as written to report.json."""
+  # Everything a user can get wrong, before anything is decoded or written.
+  model_config = check_workdir(workdir, step)
+  thresholds = check_options(thresholds, batch_size, num_examples, max_drop, delta, calibrate)
+  config = task_config(workdir, config)
+  validate_task(config.task)
+  metric = config.task.metric
+  if calibrate and num_calibration_examples < 0:
+    raise UserError(f"--num_calibration_examples={num_calibration_examples} must be >= 0 (0: all).")
+  Setting("deed", threshold=0.5).decode_config(model_config.max_target_length, confidence
+                                               ).resolve(model_config)  # confidence known, usable
+  stored = read_json(workdir, DECODE_CONFIG_FILE)
+  evaluation_split = Split(config, model_config, split, num_examples)
+  calibration_data = (Split(config, model_config, calibration_split, num_calibration_examples)
+                      if calibrate else None)
+  model = checkpoint.load_model(workdir, step)
+
+  chosen = None
+  result_calibration = None
+  if calibrate:
+    outcome = run_calibration(model, calibration_data, thresholds, metric, confidence, batch_size,
+                              max_drop, delta, progress)
+    chosen = outcome.threshold
+    result_calibration = {"split": calibration_split, "threshold": chosen, "max_drop": max_drop,
+                          "delta": delta, "num_examples": outcome.num_examples, "metric_name": metric,
+                          "confidence": confidence, "guarantee": outcome.guarantee(),
+                          "tested": list(outcome.tested)}
+  elif stored is not None and stored.get("confidence", "max_prob") == confidence:
+    chosen = stored.get("threshold")
+    result_calibration = stored.get("calibration")
+  grid = thresholds if chosen is None else sorted(set(thresholds) | {chosen})
+
+  rows, histograms, token_examples = [], {}, []
+  sizes = [1] if batch_size == 1 else [1, batch_size]
+  for size in sizes:
+    settings = setting_grid(model_config.decoder_layers, grid)
+    with _bar(len(evaluation_split.examples) * len(settings), f"{split}, batch {size}", progress) as bar:
+      runs = decode_settings(model, evaluation_split.batches(size), settings,
+                             model_config.max_target_length, confidence=confidence,
+                             progress=bar.update)
+    rows += summarise(runs, metric, evaluation_split.tokenizer.decode, evaluation_split.answers)
+    if size == 1:
+      deed = [r for r in runs if r.setting.exit_mode == "deed"]
+      shown = [r for r in deed if r.setting.threshold == chosen] or deed[len(deed) // 2:][:1]
+      for run in _spread(deed, 3) + [r for r in shown if r not in _spread(deed, 3)]:
+        histograms[run.setting.name] = exit_histogram(run, model_config.decoder_layers)
+      token_examples = (shown[0].setting.name, _token_examples(shown[0], evaluation_split,
+                                                               NUM_TOKEN_EXAMPLES))
+
+  report = {
+      "workdir": os.path.abspath(workdir), "step": step if step is not None else _latest(workdir),
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "dataset": f"{config.task.dataset}/{config.task.dataset_config}", "split": split,
+      "num_examples": len(evaluation_split.examples), "metric_name": metric, "confidence": confidence,
+      "thresholds": grid, "batch_sizes": sizes, "calibrated_threshold": chosen,
+      "settings": rows, "exit_histograms": histograms, "machine": machine_facts()}
+  if result_calibration is not None:
+    report["calibration"] = result_calibration
+  with staged_directory(os.path.join(workdir, EVALUATION_DIR), replace=True) as out:
+    report["plots"] = [os.path.basename(p) for p in (
+        plots.pareto(rows, os.path.join(out, "pareto.png"), chosen),
+        plots.metric_per_layer([r for r in rows if r["batch_size"] == 1], model_config.decoder_layers,
+                               os.path.join(out, "metric_per_layer.png")),
+        plots.exit_histogram(histograms, os.path.join(out, "exit_histogram.png")),
+        plots.token_exits(token_examples[1], model_config.decoder_layers,
+                          os.path.join(out, "token_exits.png"),
+                          f"Answer tokens coloured by exit layer ({token_examples[0]}, batch 1)"))]
+    with open(os.path.join(out, "report.json"), "w") as f:
+      json.dump(report, f, indent=1)
+    with open(os.path.join(out, "report.md"), "w") as f:
+      f.write(markdown(report))
+  if calibrate and chosen is not None:  # stored last: only a complete evaluation changes it
+    write_json(workdir, DECODE_CONFIG_FILE, {"exit_mode": "deed", "confidence": confidence,
+                                             "threshold": chosen, "calibration": result_calibration})
+  return report
+
+
+def _spread(runs: list, count: int) -> list:
+  """`count` runs spread over the list (lowest, middle, highest threshold)."""
+  if len(runs) <= count:
+    return list(runs)
+  return [runs[round(i * (len(runs) - 1) / (count - 1))] for i in range(count)]
+
+
+def _latest(workdir: str) -> int:
+  return max(int(n) for n in _listdir(os.path.join(workdir, CHECKPOINT_DIR)) if n.isdigit())
+
+
+def markdown(report: dict) -> str:
+  """report.md: what was evaluated, the tables per batch size, the calibration and the plots."""
+  lines = [f"# Evaluation of {report['workdir']} (step {report['step']})", "",
+           f"{report['dataset']}, split `{report['split']}`, {report['num_examples']} examples; "
+           f"metric `{report['metric_name']}` (0-100); DEED confidence `{report['confidence']}`; "
+           f"greedy decoding. Latencies are medians per sample over batches, decoder time = generate "
+           f"minus encoder; speedup = median per-batch ratio to static. Device: "
+           f"{report['machine']['device_kind']}, {report['machine']['cpu_count']} CPUs.", ""]
+  for size in report["batch_sizes"]:
+    lines += [f"## Batch {size}", "", "```",
+              settings_table([r for r in report["settings"] if r["batch_size"] == size]), "```", ""]
+  if "calibration" in report:
+    cal = report["calibration"]
+    lines += ["## Calibration", "", f"Split `{cal['split']}`, {cal['num_examples']} examples, "
+              f"max drop {cal['max_drop']:g} points, delta {cal['delta']:g}. {cal['guarantee']}", "",
+              "| threshold | empirical drop (points) | p-value | rejected |", "|---|---|---|---|"]
+    lines += [f"| {t['threshold']:g} | {100 * t['risk']:.2f} | {t['p_value']:.3g} | {t['rejected']} |"
+              for t in cal["tested"]]
+    lines.append("")
+  lines += ["## Plots", ""] + [f"![{name}]({name})" for name in report["plots"]]
+  return "\n".join(lines) + "\n"
+
+

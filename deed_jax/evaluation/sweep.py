@@ -1,0 +1,159 @@
+"""Decoding one split under several settings (static, fixed exits, copy, DEED thresholds) and
+summarising each: the task metric, mean exit layer and decoder latency, side by side.
+
+Every setting decodes the same batches, and they take turns on each batch, so slow spells of the
+machine hit all of them alike; latencies are medians over batches of (generate time - encoder time)
+per sample, both jitted and timed after a compile call; a setting's speedup is the median of its
+per-batch ratios to static decoding's time on the same batch. One piece of code serves the decoding
+comparison after training (`deed_jax.train`) and the evaluator (`python -m deed_jax.evaluate`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from deed_jax.data.pipeline import pad_rows
+from deed_jax.decoding.config import DecodeConfig
+from deed_jax.decoding.generation import make_encode, make_generate
+from deed_jax.evaluation import metrics
+from deed_jax.evaluation.per_exit import exact_match
+from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
+from deed_jax.timing import timed
+
+EXIT_MODES = ("static", "fixed", "copy", "deed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """One way to decode: `exit_mode` with its `threshold` (copy, deed) or `fixed_exit_layer` (fixed)."""
+  exit_mode: str
+  threshold: float | None = None
+  fixed_exit_layer: int | None = None
+
+  @property
+  def name(self) -> str:
+    if self.exit_mode == "fixed":
+      return f"fixed exit {self.fixed_exit_layer}"
+    if self.threshold is not None:
+      return f"{self.exit_mode} tau={self.threshold:g}"
+    return "static" if self.exit_mode == "static" else self.exit_mode
+
+  def decode_config(self, max_new_tokens: int, confidence: str) -> DecodeConfig:
+    return DecodeConfig(exit_mode=self.exit_mode, max_new_tokens=max_new_tokens, confidence=confidence,
+                        fixed_exit_layer=self.fixed_exit_layer)
+
+
+def setting_grid(num_layers: int, thresholds: Sequence[float], modes: Sequence[str] = EXIT_MODES
+                 ) -> list[Setting]:
+  """static; fixed exits 1..L-1 (fixed L is static); copy and deed at each threshold."""
+  grid = []
+  if "static" in modes:
+    grid.append(Setting("static"))
+  if "fixed" in modes:
+    grid += [Setting("fixed", fixed_exit_layer=k) for k in range(1, num_layers)]
+  for mode in ("copy", "deed"):
+    if mode in modes:
+      grid += [Setting(mode, threshold=float(t)) for t in thresholds]
+  return grid
+
+
+@dataclasses.dataclass
+class SettingRun:
+  """What one setting produced, per example (in split order) and per batch."""
+  setting: Setting
+  batch_size: int = 0  # of the batches decoded (the last may hold fewer examples)
+  tokens: list[np.ndarray] = dataclasses.field(default_factory=list)  # per example [N]
+  exit_layers: list[np.ndarray] = dataclasses.field(default_factory=list)  # per example [N], 0 after EOS
+  exact: list[bool] = dataclasses.field(default_factory=list)  # per example: tokens == target
+  decoder_seconds: list[float] = dataclasses.field(default_factory=list)  # per batch, per sample
+  total_seconds: list[float] = dataclasses.field(default_factory=list)  # per batch, per sample
+
+
+def stack_examples(examples: Sequence[dict]) -> dict:
+  """Per-example feature dicts (no batch axis) -> one batch."""
+  return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
+
+
+def decode_settings(model: MultiExitEncoderDecoder, batches: Iterable[dict], settings: Sequence[Setting],
+                    max_new_tokens: int, *, confidence: str = "max_prob", timing: bool = True,
+                    progress: Callable[[int], None] | None = None) -> list[SettingRun]:
+  """Decode every batch (dicts of encoder inputs, `targets`, `target_mask`; all the same batch size,
+  except maybe the last) under every setting. `progress(n)` is told of each decoded example.
+  Without `timing` nothing is timed (calibration needs the outputs only)."""
+  runs = [SettingRun(s) for s in settings]
+  generators = [make_generate(model, s.decode_config(max_new_tokens, confidence)) for s in settings]
+  encode = make_encode(model)
+  batch_size = None
+  for batch in batches:
+    rows = len(batch["targets"])
+    if batch_size is None:  # the first batch sets the size; compile (and warm up) untimed
+      batch_size = rows
+      if timing:
+        encode(encoder_inputs(batch))
+        for run, generator in zip(runs, generators):
+          timed(generator, encoder_inputs(batch), run.setting.threshold)
+    batch = pad_rows(batch, batch_size)  # a short last batch, so nothing compiles again
+    inputs = encoder_inputs(batch)
+    encoder_time = timed(encode, inputs)[1] if timing else 0.0
+    for run, generator in zip(runs, generators):
+      out, seconds = timed(generator, inputs, run.setting.threshold)
+      tokens, layers = np.asarray(out.tokens)[:rows], np.asarray(out.exit_layers)[:rows]
+      run.batch_size = batch_size
+      run.tokens.extend(tokens)
+      run.exit_layers.extend(layers)
+      run.exact.extend(np.asarray(exact_match(tokens, batch["targets"][:rows],
+                                              batch["target_mask"][:rows])).tolist())
+      if timing:  # per sample of a full batch: the padded rows cost as much as real ones
+        run.decoder_seconds.append(max(seconds - encoder_time, 1e-9) / batch_size)
+        run.total_seconds.append(seconds / batch_size)
+      if progress is not None:
+        progress(rows)
+  return runs
+
+
+def per_example_scores(run: SettingRun, metric: str, decode_text: Callable | None,
+                       answers: Sequence | None) -> np.ndarray:
+  """[n] per-example metric values in [0, 1]: the task metric on decoded strings, or token exact
+  match without `decode_text`. Corpus metrics (BLEU) have none."""
+  if decode_text is None or answers is None:
+    return np.asarray(run.exact, np.float64)
+  score = metrics.metric_fn(metric)
+  return np.asarray([score(decode_text(t), a) for t, a in zip(run.tokens, answers)], np.float64)
+
+
+def summarise(runs: Sequence[SettingRun], metric: str = "exact_match", decode_text: Callable | None = None,
+              answers: Sequence | None = None) -> list[dict]:
+  """One row per setting: exit_mode, threshold, fixed_exit_layer, metric (0..100), metric_name,
+  exact_match (0..1, on tokens), mean_exit_layer, decoder_ms_per_sample, total_ms_per_sample,
+  batch_size, decoder_speedup (against the static run, when one is among `runs`)."""
+  static = next((r for r in runs if r.setting.exit_mode == "static"), None)
+  rows = []
+  for run in runs:
+    layers = np.concatenate([e[e > 0] for e in run.exit_layers])
+    if decode_text is not None and answers is not None:
+      predictions = [decode_text(t) for t in run.tokens]
+      score, name = metrics.corpus_score(metric, predictions, answers), metric
+    else:
+      score, name = 100.0 * float(np.mean(run.exact)), "exact_match"
+    row = {"setting": run.setting.name, "exit_mode": run.setting.exit_mode,
+           "threshold": run.setting.threshold, "fixed_exit_layer": run.setting.fixed_exit_layer,
+           "metric": score, "metric_name": name, "exact_match": float(np.mean(run.exact)),
+           "mean_exit_layer": float(layers.mean()) if layers.size else 0.0,
+           "num_examples": len(run.exact), "batch_size": run.batch_size}
+    if run.decoder_seconds:
+      row.update(decoder_ms_per_sample=1000 * float(np.median(run.decoder_seconds)),
+                 total_ms_per_sample=1000 * float(np.median(run.total_seconds)))
+      if static is not None:  # paired per batch with static's time, medianed
+        row["decoder_speedup"] = float(np.median(np.asarray(static.decoder_seconds)
+                                                 / np.asarray(run.decoder_seconds)))
+    rows.append(row)
+  return rows
+
+
+def exit_histogram(run: SettingRun, num_layers: int) -> list[int]:
+  """[L] how many tokens exited at each layer 1..L."""
+  layers = np.concatenate([e[e > 0] for e in run.exit_layers])
+  return np.bincount(layers, minlength=num_layers + 1)[1:].tolist()

@@ -1,0 +1,152 @@
+"""python -m deed_jax.evaluate on real workdirs: a trained one (orbax checkpoint, stored config) and
+a model-only one like a converted checkpoint; its rows against the naive reference decoder, the
+report files, calibration's stored threshold, and bad input refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from flax import nnx
+from PIL import Image
+
+from deed_jax import checkpoint
+from deed_jax.data import datasets, pipeline
+from deed_jax.data.tokenizer import get_tokenizer
+from deed_jax.decoding import workdir_decode_config
+from deed_jax.decoding.reference import greedy_at_exit
+from deed_jax.errors import MissingPathError, UserError
+from deed_jax.evaluation.evaluator import evaluate
+from deed_jax.evaluation.sweep import stack_examples
+from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
+from deed_jax.workdir import DECODE_CONFIG_FILE, TRAIN_CONFIG_FILE
+from tests.training.configs import tiny_text_config, train_tiny
+
+THRESHOLDS = (0.0, 0.5, 1.0)
+REQUIRED = {"exit_mode", "threshold", "fixed_exit_layer", "metric", "metric_name", "mean_exit_layer",
+            "decoder_ms_per_sample", "total_ms_per_sample", "batch_size"}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tfds_dir):
+  """A workdir trained for a few steps on the tiny text task (2 exits)."""
+  return train_tiny(tmp_path_factory, tfds_dir, "evaluate", 20)
+
+
+def _naive_exact_match(workdir, config, split, count, exit_layer):
+  """Exact match (0..100) of greedy decoding at a fixed exit, by the naive reference decoder."""
+  model = checkpoint.load_model(workdir)
+  mc = model.config
+  features = pipeline.TaskFeatures(encoder=mc.encoder, source_key=config.task.source_key,
+                                   target_key=config.task.target_key,
+                                   max_source_length=config.task.max_source_length,
+                                   max_target_length=mc.max_target_length)
+  tokenizer = get_tokenizer(config.task.tokenizer)
+  source = pipeline.data_source(config.task.dataset, config.task.dataset_config, split,
+                                config.task.data_dir)
+  examples, answers = pipeline.read_examples(source, pipeline.Preprocess(features, tokenizer), count)
+  tokens = np.asarray(greedy_at_exit(model, encoder_inputs(stack_examples(examples)), exit_layer,
+                                     mc.max_target_length))
+  return 100 * np.mean([tokenizer.decode(t) == a[0] for t, a in zip(tokens, answers)])
+
+
+def test_report_rows_files_and_calibration(trained, tfds_dir):
+  config = tiny_text_config(tfds_dir)
+  report = evaluate(trained, split="test", num_examples=6, thresholds=THRESHOLDS, batch_size=4,
+                    calibrate=True, max_drop=100.0, delta=0.5, progress=False)
+  out = os.path.join(trained, "evaluation")
+  with open(os.path.join(out, "report.json")) as f:
+    stored = json.load(f)
+  assert stored["settings"] == report["settings"]
+  rows = stored["settings"]
+  # static, fixed exit 1, copy and deed at 3 thresholds; at batch 1 and 4.
+  assert len(rows) == 2 * (1 + 1 + 3 + 3)
+  for row in rows:
+    assert REQUIRED <= set(row) and 0 <= row["metric"] <= 100 and row["batch_size"] in (1, 4)
+    assert row["metric_name"] == "exact_match" and row["decoder_ms_per_sample"] > 0
+  for size in (1, 4):
+    at = {r["setting"]: r for r in rows if r["batch_size"] == size}
+    # Independent references: greedy decoding at a fixed exit by the naive decoder.
+    assert at["static"]["metric"] == pytest.approx(_naive_exact_match(trained, config, "test", 6, 2))
+    assert at["fixed exit 1"]["metric"] == pytest.approx(_naive_exact_match(trained, config, "test", 6, 1))
+    assert at["deed tau=0"]["metric"] == at["fixed exit 1"]["metric"]  # tau 0: every token at exit 1
+    assert at["deed tau=0"]["mean_exit_layer"] == 1.0 and at["static"]["mean_exit_layer"] == 2.0
+    assert at["deed tau=0"]["threshold"] == 0.0 and at["fixed exit 1"]["fixed_exit_layer"] == 1
+  for name in ("pareto.png", "metric_per_layer.png", "exit_histogram.png", "token_exits.png"):
+    with Image.open(os.path.join(out, name)) as image:
+      assert image.format == "PNG" and image.width >= 400 and image.height >= 200
+  markdown = open(os.path.join(out, "report.md")).read()
+  assert "## Batch 1" in markdown and "## Batch 4" in markdown and "deed tau=0.5" in markdown
+  # max_drop 100 points: every threshold passes (no loss can exceed it), so the lowest is chosen,
+  # stored, and what decoding of this workdir uses from then on.
+  assert report["calibration"]["threshold"] == 0.0 == report["calibrated_threshold"]
+  assert report["calibration"]["num_examples"] == 64  # the tiny calibration split, whole
+  assert "Calibration" in markdown and "probability >= 0.5" in markdown
+  assert workdir_decode_config(trained).threshold == 0.0
+  assert workdir_decode_config(trained, threshold=0.7).threshold == 0.7
+  # Without --calibrate the stored threshold is evaluated and marked.
+  again = evaluate(trained, split="validation", num_examples=3, thresholds=(0.5,), batch_size=1,
+                   progress=False)
+  assert again["calibrated_threshold"] == 0.0 and again["split"] == "validation"
+  assert {r["setting"] for r in again["settings"]} == {"static", "fixed exit 1", "copy tau=0",
+                                                      "copy tau=0.5", "deed tau=0", "deed tau=0.5"}
+
+
+def test_a_model_only_workdir_needs_the_task(tmp_path, tfds_dir):
+  """A converted checkpoint has a model but no training config: --config names the task."""
+  config = tiny_text_config(tfds_dir)
+  from deed_jax.config_defaults import validate
+  model = MultiExitEncoderDecoder(validate(config), rngs=nnx.Rngs(0))
+  workdir = str(tmp_path / "converted")
+  checkpoint.save_params(workdir, model.config, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  with pytest.raises(UserError, match=TRAIN_CONFIG_FILE):
+    evaluate(workdir, progress=False)
+  assert not os.path.exists(os.path.join(workdir, "evaluation"))
+  report = evaluate(workdir, config, split="validation", num_examples=2, thresholds=(0.9,), batch_size=1,
+                    progress=False)
+  assert len(report["settings"]) == 4 and os.path.isfile(os.path.join(workdir, "evaluation", "pareto.png"))
+
+
+@pytest.mark.parametrize("kwargs, config_change, error, named", [
+    (dict(thresholds=(0.5, 1.5)), {}, UserError, "1.5"),
+    (dict(thresholds=(-0.1,)), {}, UserError, "-0.1"),
+    (dict(thresholds=()), {}, UserError, "--thresholds"),
+    (dict(max_drop=-1.0, calibrate=True), {}, UserError, "max_drop=-1.0"),
+    (dict(delta=1.5, calibrate=True), {}, UserError, "delta"),
+    (dict(batch_size=0), {}, UserError, "batch_size=0"),
+    (dict(step=7), {}, UserError, "--step 7"),
+    (dict(confidence="classifier"), {}, UserError, "classifier"),
+    (dict(split="nope"), {}, UserError, "'nope'"),
+    (dict(), {"metric": "rouge"}, UserError, "'rouge'"),
+    (dict(), {"dataset": "forms_audio"}, UserError, "'forms_audio'"),
+    (dict(), {"dataset": "docvqa", "dataset_config": "32x48_pad", "manual_dir": "/nonexistent/docvqa"},
+     MissingPathError, "/nonexistent/docvqa"),
+])
+def test_bad_input_is_refused_and_nothing_is_written(trained, tfds_dir, kwargs, config_change, error,
+                                                     named):
+  config = tiny_text_config(tfds_dir)
+  config.task.update(config_change)
+  report = os.path.join(trained, "evaluation", "report.json")
+  before = open(report).read() if os.path.exists(report) else None
+  decode_before = os.path.exists(os.path.join(trained, DECODE_CONFIG_FILE))
+  with pytest.raises(error, match=named.replace("(", r"\(")):
+    evaluate(trained, config, **{"num_examples": 2, "progress": False, **kwargs})
+  assert (open(report).read() if os.path.exists(report) else None) == before
+  assert os.path.exists(os.path.join(trained, DECODE_CONFIG_FILE)) == decode_before
+
+
+def test_a_workdir_without_a_checkpoint(tmp_path):
+  for workdir in (tmp_path / "absent", tmp_path / "empty"):
+    if workdir.name == "empty":
+      workdir.mkdir()
+    with pytest.raises(MissingPathError, match=str(workdir)):
+      evaluate(str(workdir), progress=False)
+  assert os.listdir(tmp_path) == ["empty"] and not os.listdir(tmp_path / "empty")
+
+
+def test_an_empty_manual_dir_is_named(tmp_path):
+  (tmp_path / "DocVQA").mkdir()
+  with pytest.raises(MissingPathError, match="DocVQA"):
+    datasets.check("docvqa", "32x48_pad", str(tmp_path / "DocVQA"))
