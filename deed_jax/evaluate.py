@@ -30,6 +30,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from deed_jax import cli
+from deed_jax.decoding.config import DecodeConfig
 from deed_jax.errors import UserError
 from deed_jax.evaluation.evaluator import DEFAULT_THRESHOLDS, evaluate, markdown
 from deed_jax.workdir import EVALUATION_DIR
@@ -48,6 +49,10 @@ _THRESHOLDS = flags.DEFINE_list("thresholds", [str(t) for t in DEFAULT_THRESHOLD
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "The second batch size evaluated (besides 1).")
 _CONFIDENCE = flags.DEFINE_string("confidence", "max_prob",
                                   "max_prob | margin | entropy | state | classifier.")
+_MIN_EXIT_LAYER = flags.DEFINE_integer("min_exit_layer", 1,
+                                       "DEED and copy exit early only from this decoder layer on.")
+_BACKFILL_CHUNK = flags.DEFINE_integer("backfill_chunk", DecodeConfig.backfill_chunk,
+                                       "DEED: the widest block a skipped layer is backfilled in.")
 _CALIBRATE = flags.DEFINE_boolean("calibrate", False, "Choose and store a threshold with a guarantee.")
 _MAX_DROP = flags.DEFINE_float("max_drop", 0.5, "Calibration: the largest drop allowed, metric points.")
 _DELTA = flags.DEFINE_float("delta", 0.1, "Calibration: the guarantee holds with probability 1 - delta.")
@@ -69,7 +74,9 @@ def main(argv):
                     calibration_split=_CALIBRATION_SPLIT.value, num_examples=_NUM_EXAMPLES.value,
                     num_calibration_examples=_NUM_CALIBRATION.value,
                     thresholds=_floats(_THRESHOLDS.value), batch_size=_BATCH_SIZE.value,
-                    confidence=_CONFIDENCE.value, calibrate=_CALIBRATE.value, max_drop=_MAX_DROP.value,
+                    confidence=_CONFIDENCE.value, min_exit_layer=_MIN_EXIT_LAYER.value,
+                    backfill_chunk=_BACKFILL_CHUNK.value,
+                    calibrate=_CALIBRATE.value, max_drop=_MAX_DROP.value,
                     delta=_DELTA.value, step=_STEP.value)
   print(markdown(report).split("## Plots")[0].rstrip())
   print(f"\nReport and plots: {os.path.join(_WORKDIR.value, EVALUATION_DIR)}/")

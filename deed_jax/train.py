@@ -86,15 +86,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   # Input: the embedded TFDS dataset (generated once), read by grain.
   # ---------------------------------------------------------------------------------------------
   data_dir = os.path.expanduser(task.data_dir or "~/tensorflow_datasets")
-  _log(f"Dataset {task.dataset}/{task.dataset_config} in {data_dir} (generated on first use).")
-  datasets.prepare(task.dataset, task.dataset_config, data_dir, task.manual_dir)
+  dataset_config = datasets.resolve_config(task.dataset, task.dataset_config,
+                                           config.init_from or workdir, model_config.image_size)
+  _log(f"Dataset {task.dataset}/{dataset_config} in {data_dir} (generated on first use).")
+  datasets.prepare(task.dataset, dataset_config, data_dir, task.manual_dir)
   features = pipeline.TaskFeatures(
       encoder=model_config.encoder, source_key=task.source_key, target_key=task.target_key,
       max_source_length=task.max_source_length, max_target_length=model_config.max_target_length)
   preprocess = pipeline.Preprocess(features, tokenizer, decoder_start_id=model_config.bos_id)
-  train_source = pipeline.data_source(task.dataset, task.dataset_config, "train", data_dir,
-                                      task.manual_dir)
-  eval_source = pipeline.data_source(task.dataset, task.dataset_config, "validation", data_dir,
+  train_source = pipeline.data_source(task.dataset, dataset_config, "train", data_dir, task.manual_dir)
+  eval_source = pipeline.data_source(task.dataset, dataset_config, "validation", data_dir,
                                      task.manual_dir)
   train_iter = iter(pipeline.make_loader(train_source, preprocess, config.batch_size, shuffle=True,
                                          seed=config.seed, num_epochs=None, drop_remainder=True))

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The main local job: set up .venv/, train a small multi-exit model on the embedded forms task on the
-# CPU, evaluate it, and print per-exit validation accuracy. Rerunning resumes (or, when finished, just
-# re-evaluates) the run in workdirs/forms_vqa_normalised_local (the normalised forms task; the
-# earlier plain task runs with configs/forms_vqa.py:runlocal,plain, see that file).
+# CPU (per-exit validation accuracy printed at the end), then evaluate it: calibrate DEED's threshold
+# on the calibration split and print the speed/accuracy table of static, fixed-exit, copy and DEED
+# decoding on the test split (report and plots in <workdir>/evaluation/). Rerunning resumes (or, when
+# finished, just re-evaluates) the run in workdirs/forms_vqa_normalised_local (the normalised forms
+# task; the earlier plain task runs with configs/forms_vqa.py:runlocal,plain, see that file).
 #   usage: ./launch/local.sh [extra train flags, e.g. --config.total_steps=500]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
+WORKDIR=workdirs/forms_vqa_normalised_local
 python -m deed_jax.train \
   --config configs/forms_vqa.py:runlocal \
-  --workdir workdirs/forms_vqa_normalised_local \
+  --workdir "$WORKDIR" \
   --config.task.data_dir=data/tfds \
   "$@"
+# Its shallow exits are poor (they read glyphs but rewrite fields badly), so exits start at layer 4;
+# at this size one-position backfill calls beat padded blocks on a CPU (README, "The embedded forms task").
+python -m deed_jax.evaluate --workdir "$WORKDIR" --calibrate --max_drop 0.5 --delta 0.1 \
+  --min_exit_layer 4 --backfill_chunk 1

@@ -21,7 +21,8 @@ def check(name: str, config: str, manual_dir: str = "") -> None:
     if config not in forms_tfds.CONFIGS:
       raise UserError(f"Unknown config {config!r} of {name}; configs: {sorted(forms_tfds.CONFIGS)}.")
     return
-  vqa_tfds.image_config(config)
+  if config:  # "" is resolved from the model (resolve_config)
+    vqa_tfds.image_config(config)
   if not manual_dir:
     raise UserError(f"Dataset {name!r} is built from files you have: set task.manual_dir to their "
                      "folder (the layout is in the README, 'Real VQA data').")
@@ -29,6 +30,14 @@ def check(name: str, config: str, manual_dir: str = "") -> None:
     raise MissingPathError(f"task.manual_dir={manual_dir!r} is not a directory holding the {name} "
                             "files (it is missing or empty).")
   vqa_tfds.BUILDERS[name].read(manual_dir)
+
+
+def resolve_config(name: str, config: str, model_dir: str, image_size: tuple[int, int]) -> str:
+  """The builder config to use: `config`, or for a VQA builder left at "" the model's image size,
+  fitted as the `preprocessor_config.json` in `model_dir` says (a converted Donut or ViT model)."""
+  if config or name not in vqa_tfds.BUILDERS:
+    return config
+  return vqa_tfds.image_config_name(model_dir, image_size)
 
 
 def builder(name: str, config: str, data_dir: str, manual_dir: str = "") -> tfds.core.DatasetBuilder:

@@ -64,9 +64,11 @@ def image_config(name: str) -> ImageConfig:
   return ImageConfig(name=name, height=height, width=width, fit=fit)
 
 
-def image_config_name(workdir: str, image_size: tuple[int, int]) -> str:
-  """The builder config a model needs: its image size, fitted as its `preprocessor_config.json` says
-  (do_pad -> pad, else resize; no such file -> pad)."""
+def image_config_name(workdir: str, image_size: int | tuple[int, int]) -> str:
+  """The builder config a model needs: its image size (an int: square), fitted as its
+  `preprocessor_config.json` says (do_pad -> pad, else resize; no such file -> pad)."""
+  if isinstance(image_size, int):
+    image_size = (image_size, image_size)
   path = os.path.join(workdir, "preprocessor_config.json")
   fit = "pad"
   if os.path.isfile(path):

@@ -119,12 +119,13 @@ def check_threshold(threshold) -> float:
 
 
 # The fields a calibrated workdir stores for decoding (deed_jax.workdir.DECODE_CONFIG_FILE).
-STORED_FIELDS = ("exit_mode", "confidence", "threshold")
+STORED_FIELDS = ("exit_mode", "confidence", "threshold", "min_exit_layer", "backfill_chunk")
 
 
 def workdir_decode_config(workdir: str, **overrides) -> DecodeConfig:
   """The decoding settings calibration chose for `workdir` (`python -m deed_jax.evaluate --calibrate`
-  stores exit mode, confidence and threshold in its decode_config.json), with `overrides` on top;
+  stores exit mode, confidence, threshold, min_exit_layer and backfill_chunk in its
+  decode_config.json), with `overrides` on top;
   DecodeConfig's defaults where the workdir was never calibrated."""
   stored = read_json(workdir, DECODE_CONFIG_FILE) or {}
   return DecodeConfig(**{**{k: stored[k] for k in STORED_FIELDS if k in stored}, **overrides})

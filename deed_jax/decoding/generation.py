@@ -11,7 +11,7 @@ import functools
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from deed_jax.decoding.config import DecodeConfig, check_threshold
@@ -39,17 +39,29 @@ class Generate:
     self.graphdef, self.params = nnx.split(model, nnx.Param)
     # The threshold travels as a traced value: key the compiled function on the rest of the config.
     self.static_config = dataclasses.replace(self.config, threshold=0.0)
+    self._executables = {}  # input shapes -> compiled program
 
   def _arguments(self, encoder_inputs: dict, threshold) -> tuple:
     threshold = check_threshold(self.config.threshold if threshold is None else threshold)
     self.model.check_inputs(encoder_inputs)
-    return self.graphdef, self.params, encoder_inputs, jnp.float32(threshold)
+    return self.graphdef, self.params, encoder_inputs, np.float32(threshold)
 
   def __call__(self, encoder_inputs: dict, threshold=None) -> DecodeOutput:
-    return _generate(*self._arguments(encoder_inputs, threshold), config=self.static_config)
+    args = self._arguments(encoder_inputs, threshold)
+    return self._executable(args)(*args[1:])
 
   def lower(self, encoder_inputs: dict, threshold=None) -> jax.stages.Lowered:
     return _generate.lower(*self._arguments(encoder_inputs, threshold), config=self.static_config)
+
+  def _executable(self, args: tuple) -> jax.stages.Compiled:
+    """The program for these input shapes, compiled once per instance. (Calling the jitted function
+    hashes the model's graphdef, a static argument, on every call: about 1 ms for a small model,
+    as much as a whole short decode takes on a CPU, and it would count as decoding time.)"""
+    leaves, treedef = jax.tree.flatten(args[2])
+    key = (treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves))
+    if key not in self._executables:
+      self._executables[key] = _generate.lower(*args, config=self.static_config).compile()
+    return self._executables[key]
 
 
 def make_generate(model: MultiExitEncoderDecoder, config: DecodeConfig) -> Generate:

@@ -23,7 +23,7 @@ from deed_jax.bench.report import machine_facts
 from deed_jax.config_defaults import validate_task
 from deed_jax.data import datasets, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
-from deed_jax.decoding.config import check_threshold
+from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation import calibration, metrics, plots
 from deed_jax.evaluation.report import settings_table
@@ -92,12 +92,14 @@ class Split:
   """A split as the evaluator reads it: examples in order, each one's answers, the tokenizer."""
 
   def __init__(self, config: ml_collections.ConfigDict, model_config: ModelConfig, split: str,
-               num_examples: int):
+               num_examples: int, workdir: str):
     task = config.task
     data_dir = os.path.expanduser(task.data_dir or "~/tensorflow_datasets")
-    builder = datasets.prepare(task.dataset, task.dataset_config, data_dir, task.manual_dir)
+    dataset_config = datasets.resolve_config(task.dataset, task.dataset_config, workdir,
+                                             model_config.image_size)
+    builder = datasets.prepare(task.dataset, dataset_config, data_dir, task.manual_dir)
     if split not in builder.info.splits:
-      raise UserError(f"Split {split!r} is not in {task.dataset}/{task.dataset_config}; it has "
+      raise UserError(f"Split {split!r} is not in {task.dataset}/{dataset_config}; it has "
                        f"{sorted(builder.info.splits)}.")
     self.tokenizer = get_tokenizer(task.tokenizer)
     features = pipeline.TaskFeatures(
@@ -117,13 +119,13 @@ def _bar(total: int, desc: str, progress: bool):
 
 
 def run_calibration(model, split: Split, thresholds: list[float], metric: str, confidence: str,
-                    batch_size: int, max_drop: float, delta: float, progress: bool
+                    early_exit: dict, batch_size: int, max_drop: float, delta: float, progress: bool
                     ) -> calibration.Calibration:
   """Decode the calibration split under static and every DEED threshold; test the thresholds."""
   if metric in metrics.CORPUS_METRICS:
     raise UserError(f"Calibration needs a per-example metric; {metric!r} is scored over a corpus "
                      f"(use one of {sorted(metrics.METRICS)}).")
-  settings = [Setting("static")] + [Setting("deed", threshold=t) for t in thresholds]
+  settings = [Setting("static")] + [Setting("deed", threshold=t, **early_exit) for t in thresholds]
   with _bar(len(split.examples) * len(settings), f"calibrate ({split.name})", progress) as bar:
     runs = decode_settings(model, split.batches(batch_size), settings, model.config.max_target_length,
                            confidence=confidence, timing=False, progress=bar.update)
@@ -149,7 +151,8 @@ def _token_examples(run: SettingRun, split: Split, count: int) -> list:
 def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, split: str = "test",
              calibration_split: str = "calibration", num_examples: int = 500,
              num_calibration_examples: int = 0, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-             batch_size: int = 8, confidence: str = "max_prob", calibrate: bool = False,
+             batch_size: int = 8, confidence: str = "max_prob", min_exit_layer: int = 1,
+             backfill_chunk: int = DecodeConfig.backfill_chunk, calibrate: bool = False,
              max_drop: float = 0.5, delta: float = 0.1, step: int | None = None,
              progress: bool = True) -> dict:
   """Evaluate `workdir` (see the module docstring); -> the report as written to report.json."""
@@ -161,25 +164,29 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
   metric = config.task.metric
   if calibrate and num_calibration_examples < 0:
     raise UserError(f"--num_calibration_examples={num_calibration_examples} must be >= 0 (0: all).")
-  Setting("deed", threshold=0.5).decode_config(model_config.max_target_length, confidence
-                                               ).resolve(model_config)  # confidence known, usable
+  # DEED and copy exit early with these; the confidence must be known and usable by this model,
+  # min_exit_layer within 1..L, backfill_chunk >= 1 (DecodeConfig checks).
+  early_exit = dict(min_exit_layer=min_exit_layer, backfill_chunk=backfill_chunk)
+  Setting("deed", threshold=0.5, **early_exit).decode_config(
+      model_config.max_target_length, confidence).resolve(model_config)
   stored = read_json(workdir, DECODE_CONFIG_FILE)
-  evaluation_split = Split(config, model_config, split, num_examples)
-  calibration_data = (Split(config, model_config, calibration_split, num_calibration_examples)
+  evaluation_split = Split(config, model_config, split, num_examples, workdir)
+  calibration_data = (Split(config, model_config, calibration_split, num_calibration_examples, workdir)
                       if calibrate else None)
   model = checkpoint.load_model(workdir, step)
 
   chosen = None
   result_calibration = None
   if calibrate:
-    outcome = run_calibration(model, calibration_data, thresholds, metric, confidence, batch_size,
-                              max_drop, delta, progress)
+    outcome = run_calibration(model, calibration_data, thresholds, metric, confidence, early_exit,
+                              batch_size, max_drop, delta, progress)
     chosen = outcome.threshold
     result_calibration = {"split": calibration_split, "threshold": chosen, "max_drop": max_drop,
                           "delta": delta, "num_examples": outcome.num_examples, "metric_name": metric,
-                          "confidence": confidence, "guarantee": outcome.guarantee(),
+                          "confidence": confidence, **early_exit, "guarantee": outcome.guarantee(),
                           "tested": list(outcome.tested)}
-  elif stored is not None and stored.get("confidence", "max_prob") == confidence:
+  elif (stored is not None and stored.get("confidence") == confidence
+        and stored.get("min_exit_layer") == min_exit_layer):  # exits as it was calibrated
     chosen = stored.get("threshold")
     result_calibration = stored.get("calibration")
   grid = thresholds if chosen is None else sorted(set(thresholds) | {chosen})
@@ -187,7 +194,7 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
   rows, histograms, token_examples = [], {}, []
   sizes = [1] if batch_size == 1 else [1, batch_size]
   for size in sizes:
-    settings = setting_grid(model_config.decoder_layers, grid)
+    settings = setting_grid(model_config.decoder_layers, grid, **early_exit)
     with _bar(len(evaluation_split.examples) * len(settings), f"{split}, batch {size}", progress) as bar:
       runs = decode_settings(model, evaluation_split.batches(size), settings,
                              model_config.max_target_length, confidence=confidence,
@@ -196,7 +203,8 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
     if size == 1:
       deed = [r for r in runs if r.setting.exit_mode == "deed"]
       shown = [r for r in deed if r.setting.threshold == chosen] or deed[len(deed) // 2:][:1]
-      for run in _spread(deed, 3) + [r for r in shown if r not in _spread(deed, 3)]:
+      for run in sorted({r.setting.name: r for r in _spread(deed, 3) + shown[:1]}.values(),
+                        key=lambda r: r.setting.threshold):
         histograms[run.setting.name] = exit_histogram(run, model_config.decoder_layers)
       token_examples = (shown[0].setting.name, _token_examples(shown[0], evaluation_split,
                                                                NUM_TOKEN_EXAMPLES))
@@ -206,6 +214,7 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "dataset": f"{config.task.dataset}/{config.task.dataset_config}", "split": split,
       "num_examples": len(evaluation_split.examples), "metric_name": metric, "confidence": confidence,
+      **early_exit,
       "thresholds": grid, "batch_sizes": sizes, "calibrated_threshold": chosen,
       "settings": rows, "exit_histograms": histograms, "machine": machine_facts()}
   if result_calibration is not None:
@@ -215,7 +224,9 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
         plots.pareto(rows, os.path.join(out, "pareto.png"), chosen),
         plots.metric_per_layer([r for r in rows if r["batch_size"] == 1], model_config.decoder_layers,
                                os.path.join(out, "metric_per_layer.png")),
-        plots.exit_histogram(histograms, os.path.join(out, "exit_histogram.png")),
+        plots.exit_histogram(histograms, os.path.join(out, "exit_histogram.png"),
+                             f"Where tokens exit (DEED, batch 1, early exits from layer "
+                             f"{min_exit_layer})"),
         plots.token_exits(token_examples[1], model_config.decoder_layers,
                           os.path.join(out, "token_exits.png"),
                           f"Answer tokens coloured by exit layer ({token_examples[0]}, batch 1)"))]
@@ -225,7 +236,8 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
       f.write(markdown(report))
   if calibrate and chosen is not None:  # stored last: only a complete evaluation changes it
     write_json(workdir, DECODE_CONFIG_FILE, {"exit_mode": "deed", "confidence": confidence,
-                                             "threshold": chosen, "calibration": result_calibration})
+                                             "threshold": chosen, **early_exit,
+                                             "calibration": result_calibration})
   return report
 
 
@@ -244,7 +256,9 @@ def markdown(report: dict) -> str:
   """report.md: what was evaluated, the tables per batch size, the calibration and the plots."""
   lines = [f"# Evaluation of {report['workdir']} (step {report['step']})", "",
            f"{report['dataset']}, split `{report['split']}`, {report['num_examples']} examples; "
-           f"metric `{report['metric_name']}` (0-100); DEED confidence `{report['confidence']}`; "
+           f"metric `{report['metric_name']}` (0-100); DEED and copy: confidence "
+           f"`{report['confidence']}`, min_exit_layer {report['min_exit_layer']}, backfill_chunk "
+           f"{report['backfill_chunk']}; "
            f"greedy decoding. Latencies are medians per sample over batches, decoder time = generate "
            f"minus encoder; speedup = median per-batch ratio to static. Device: "
            f"{report['machine']['device_kind']}, {report['machine']['cpu_count']} CPUs.", ""]

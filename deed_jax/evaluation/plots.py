@@ -35,8 +35,9 @@ def pareto(rows: Sequence[dict], path: str, calibrated: float | None = None) -> 
   for ax, size in zip(axes[0], sizes):
     at_size = [r for r in rows if r["batch_size"] == size and "decoder_ms_per_sample" in r]
     for mode in ("deed", "copy", "fixed", "static"):
+      # DEED and copy as curves in threshold order (timing noise may fold them back a little).
       points = sorted((r for r in at_size if r["exit_mode"] == mode),
-                      key=lambda r: r["decoder_ms_per_sample"])
+                      key=lambda r: (r["threshold"] or 0.0, r["fixed_exit_layer"] or 0))
       if not points:
         continue
       x = [r["decoder_ms_per_sample"] for r in points]
@@ -58,6 +59,15 @@ def pareto(rows: Sequence[dict], path: str, calibrated: float | None = None) -> 
           ax.plot([chosen[0]["decoder_ms_per_sample"]], [chosen[0]["metric"]], "o", markersize=15,
                   markerfacecolor="none", markeredgecolor="tab:red", markeredgewidth=2,
                   label=f"calibrated (tau={calibrated:g})")
+    # Zoom on where the early-exit curves are; fixed exits far below are named instead.
+    floor = min(r["metric"] for r in at_size if r["exit_mode"] != "fixed")
+    bottom = max(0.0, floor - 10.0)
+    hidden = [f"k={r['fixed_exit_layer']}: {r['metric']:.1f}" for r in at_size
+              if r["exit_mode"] == "fixed" and r["metric"] < bottom]
+    ax.set_ylim(bottom, max(r["metric"] for r in at_size) + 0.08 * (100.0 - bottom) + 1.0)
+    if hidden:
+      ax.text(0.01, 0.01, "below the axis: fixed " + ", ".join(hidden), transform=ax.transAxes,
+              fontsize=7, color=_STYLE["fixed"]["color"])
     ax.set_xlabel("decoder latency (ms per sample)")
     ax.set_ylabel(f"{metric} (0-100)")
     ax.set_title(f"{metric} vs decoder latency, batch {size}")
@@ -83,7 +93,7 @@ def metric_per_layer(rows: Sequence[dict], num_layers: int, path: str) -> str:
   return _save(fig, path)
 
 
-def exit_histogram(histograms: dict[str, Sequence[int]], path: str) -> str:
+def exit_histogram(histograms: dict[str, Sequence[int]], path: str, title: str) -> str:
   """Share of emitted tokens per exit layer, one group of bars per setting ({name: [L] counts})."""
   names = list(histograms)
   num_layers = len(next(iter(histograms.values())))
@@ -97,7 +107,7 @@ def exit_histogram(histograms: dict[str, Sequence[int]], path: str) -> str:
   ax.set_xticks(layers)
   ax.set_xlabel("exit layer")
   ax.set_ylabel("tokens (%)")
-  ax.set_title("Where tokens exit (DEED)")
+  ax.set_title(title)
   ax.legend(fontsize=8)
   return _save(fig, path)
 

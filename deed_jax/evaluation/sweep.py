@@ -28,10 +28,14 @@ EXIT_MODES = ("static", "fixed", "copy", "deed")
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-  """One way to decode: `exit_mode` with its `threshold` (copy, deed) or `fixed_exit_layer` (fixed)."""
+  """One way to decode: `exit_mode` with its `threshold` (copy, deed) or `fixed_exit_layer` (fixed);
+  copy and deed exit early only from `min_exit_layer` on; deed backfills in blocks of at most
+  `backfill_chunk` positions."""
   exit_mode: str
   threshold: float | None = None
   fixed_exit_layer: int | None = None
+  min_exit_layer: int = 1
+  backfill_chunk: int = DecodeConfig.backfill_chunk
 
   @property
   def name(self) -> str:
@@ -43,12 +47,14 @@ class Setting:
 
   def decode_config(self, max_new_tokens: int, confidence: str) -> DecodeConfig:
     return DecodeConfig(exit_mode=self.exit_mode, max_new_tokens=max_new_tokens, confidence=confidence,
-                        fixed_exit_layer=self.fixed_exit_layer)
+                        fixed_exit_layer=self.fixed_exit_layer, min_exit_layer=self.min_exit_layer,
+                        backfill_chunk=self.backfill_chunk)
 
 
-def setting_grid(num_layers: int, thresholds: Sequence[float], modes: Sequence[str] = EXIT_MODES
-                 ) -> list[Setting]:
-  """static; fixed exits 1..L-1 (fixed L is static); copy and deed at each threshold."""
+def setting_grid(num_layers: int, thresholds: Sequence[float], modes: Sequence[str] = EXIT_MODES,
+                 **early_exit) -> list[Setting]:
+  """static; fixed exits 1..L-1 (fixed L is static); copy and deed at each threshold, with the
+  `early_exit` options of Setting (min_exit_layer, backfill_chunk)."""
   grid = []
   if "static" in modes:
     grid.append(Setting("static"))
@@ -56,7 +62,7 @@ def setting_grid(num_layers: int, thresholds: Sequence[float], modes: Sequence[s
     grid += [Setting("fixed", fixed_exit_layer=k) for k in range(1, num_layers)]
   for mode in ("copy", "deed"):
     if mode in modes:
-      grid += [Setting(mode, threshold=float(t)) for t in thresholds]
+      grid += [Setting(mode, threshold=float(t), **early_exit) for t in thresholds]
   return grid
 
 
@@ -140,6 +146,7 @@ def summarise(runs: Sequence[SettingRun], metric: str = "exact_match", decode_te
       score, name = 100.0 * float(np.mean(run.exact)), "exact_match"
     row = {"setting": run.setting.name, "exit_mode": run.setting.exit_mode,
            "threshold": run.setting.threshold, "fixed_exit_layer": run.setting.fixed_exit_layer,
+           "min_exit_layer": run.setting.min_exit_layer, "backfill_chunk": run.setting.backfill_chunk,
            "metric": score, "metric_name": name, "exact_match": float(np.mean(run.exact)),
            "mean_exit_layer": float(layers.mean()) if layers.size else 0.0,
            "num_examples": len(run.exact), "batch_size": run.batch_size}

@@ -94,6 +94,11 @@ def test_image_config_name_follows_the_preprocessor(tmp_path):
   assert vqa_tfds.image_config_name(str(tmp_path), (64, 96)) == "64x96_resize"
   (tmp_path / "preprocessor_config.json").write_text(json.dumps({"do_thumbnail": True, "do_pad": True}))
   assert vqa_tfds.image_config_name(str(tmp_path), (2560, 1920)) == "2560x1920_pad"
+  assert vqa_tfds.image_config_name(str(tmp_path), 224) == "224x224_pad"
+  # A task config leaving the VQA builder's config empty gets the model's; others keep theirs.
+  assert datasets.resolve_config("docvqa", "", str(tmp_path), (64, 96)) == "64x96_pad"
+  assert datasets.resolve_config("docvqa", "32x32_resize", str(tmp_path), (64, 96)) == "32x32_resize"
+  assert datasets.resolve_config("forms_vqa", "tiny", str(tmp_path), (64, 96)) == "tiny"
 
 
 def _bad_folders(tmp_path):

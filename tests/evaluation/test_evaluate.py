@@ -26,7 +26,8 @@ from tests.training.configs import tiny_text_config, train_tiny
 
 THRESHOLDS = (0.0, 0.5, 1.0)
 REQUIRED = {"exit_mode", "threshold", "fixed_exit_layer", "metric", "metric_name", "mean_exit_layer",
-            "decoder_ms_per_sample", "total_ms_per_sample", "batch_size"}
+            "decoder_ms_per_sample", "total_ms_per_sample", "batch_size", "min_exit_layer",
+            "backfill_chunk"}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def _naive_exact_match(workdir, config, split, count, exit_layer):
 def test_report_rows_files_and_calibration(trained, tfds_dir):
   config = tiny_text_config(tfds_dir)
   report = evaluate(trained, split="test", num_examples=6, thresholds=THRESHOLDS, batch_size=4,
-                    calibrate=True, max_drop=100.0, delta=0.5, progress=False)
+                    backfill_chunk=2, calibrate=True, max_drop=100.0, delta=0.5, progress=False)
   out = os.path.join(trained, "evaluation")
   with open(os.path.join(out, "report.json")) as f:
     stored = json.load(f)
@@ -84,7 +85,8 @@ def test_report_rows_files_and_calibration(trained, tfds_dir):
   assert report["calibration"]["threshold"] == 0.0 == report["calibrated_threshold"]
   assert report["calibration"]["num_examples"] == 64  # the tiny calibration split, whole
   assert "Calibration" in markdown and "probability >= 0.5" in markdown
-  assert workdir_decode_config(trained).threshold == 0.0
+  stored_config = workdir_decode_config(trained)
+  assert (stored_config.threshold, stored_config.backfill_chunk, stored_config.exit_mode) == (0.0, 2, "deed")
   assert workdir_decode_config(trained, threshold=0.7).threshold == 0.7
   # Without --calibrate the stored threshold is evaluated and marked.
   again = evaluate(trained, split="validation", num_examples=3, thresholds=(0.5,), batch_size=1,
@@ -118,6 +120,8 @@ def test_a_model_only_workdir_needs_the_task(tmp_path, tfds_dir):
     (dict(batch_size=0), {}, UserError, "batch_size=0"),
     (dict(step=7), {}, UserError, "--step 7"),
     (dict(confidence="classifier"), {}, UserError, "classifier"),
+    (dict(min_exit_layer=3), {}, UserError, "min_exit_layer"),
+    (dict(backfill_chunk=0), {}, UserError, "backfill_chunk=0"),
     (dict(split="nope"), {}, UserError, "'nope'"),
     (dict(), {"metric": "rouge"}, UserError, "'rouge'"),
     (dict(), {"dataset": "forms_audio"}, UserError, "'forms_audio'"),
