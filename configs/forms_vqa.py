@@ -6,7 +6,7 @@ The question is drawn into the image's header row; the decoder emits the answer 
   python -m deed_jax.train --config configs/forms_vqa.py:runlocal --workdir workdirs/forms_vqa_normalised_local
   python -m deed_jax.train --config configs/forms_vqa.py:runlocal,plain --workdir workdirs/forms_plain
 
-`runlocal` is the CPU-sized run of ./launch/local.sh (about 7 minutes of training on 2 cores): a
+`runlocal` is the CPU-sized run of ./launch/local.sh (about 8 minutes of training on 2 cores): a
 narrow (d 128) but deep (10 decoder layers) decoder, so that the exits differ and early exit has
 layers to skip. The task is the normalised style of the forms (some answers are the drawn value rewritten: dates as
 YYYY-MM-DD, names as "Last, First", phone numbers as digits), where shallow exits do worse than deep

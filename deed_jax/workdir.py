@@ -51,7 +51,7 @@ def write_json(workdir: str, name: str, value: Any) -> None:
   path = epath.Path(workdir) / name
   partial = path.parent / f".{name}.partial"
   partial.write_text(json.dumps(value, indent=2))
-  partial.rename(path)
+  partial.replace(path)  # over an older one, if any
 
 
 def check_compatible_workdir(workdir: str, config: ModelConfig) -> None:

@@ -24,12 +24,13 @@ first decoder exit is as good as its last (the local run reached 99.6-100% exact
 which hides what early exits trade. `normalised` makes some answers need more than copying glyphs in
 order: a date drawn "Jan 9, 2025" is answered "2025-01-09" (month name to digits, the day padded, the
 parts reordered), a name drawn "Norma Fisher" is answered "Fisher, Norma", a phone number drawn
-"475 693 8242" is answered "4756938242"; other fields are read as drawn, and three questions in four
-(when the form has such a field) ask for one of these. Where the output must jump around in the
-drawn text, or its position no longer lines up with the drawn one, shallow exits fail more often.
-Trial runs of the local config (1200 steps): with zero-padded days ("Jan 09 2025") and one question
-in two on these fields, exit 1 reached 84% exact match against 98% at the last exit; as above
-(unpadded days, three in four), 79.0% against 96.2%.
+"475 693 8242" is answered "4756938242"; other fields are read as drawn, and nine questions in ten
+(HARD_QUESTION_SHARE, when the form has such a field) ask for one of these. Where the output must
+jump around in the drawn text, or its position no longer lines up with the drawn one, shallow exits
+fail more often. Trial runs of the local config (1200 steps): with a 4-layer decoder, zero-padded
+days ("Jan 09 2025") and one question in two on these fields, exit 1 reached 84% exact match against
+98% at the last exit; unpadded days and three in four, 79-83% against 95-97% (a gap of 12-18
+points, varying between runs); nine in ten with 8 and 10 decoder layers, 3-31% against 94-97%.
 """
 
 from __future__ import annotations

@@ -64,7 +64,8 @@ def pareto(rows: Sequence[dict], path: str, calibrated: float | None = None) -> 
     bottom = max(0.0, floor - 10.0)
     hidden = [f"k={r['fixed_exit_layer']}: {r['metric']:.1f}" for r in at_size
               if r["exit_mode"] == "fixed" and r["metric"] < bottom]
-    ax.set_ylim(bottom, max(r["metric"] for r in at_size) + 0.08 * (100.0 - bottom) + 1.0)
+    top = max(r["metric"] for r in at_size) + 0.08 * (100.0 - bottom) + 1.0
+    ax.set_ylim(bottom, max(top, bottom + 20.0))
     if hidden:
       ax.text(0.01, 0.01, "below the axis: fixed " + ", ".join(hidden), transform=ax.transAxes,
               fontsize=7, color=_STYLE["fixed"]["color"])

@@ -15,7 +15,7 @@ from PIL import Image
 from deed_jax import checkpoint
 from deed_jax.data import datasets, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
-from deed_jax.decoding import workdir_decode_config
+from deed_jax.decoding import DecodeConfig, workdir_decode_config
 from deed_jax.decoding.reference import greedy_at_exit
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation.evaluator import evaluate
@@ -94,6 +94,11 @@ def test_report_rows_files_and_calibration(trained, tfds_dir):
   assert again["calibrated_threshold"] == 0.0 and again["split"] == "validation"
   assert {r["setting"] for r in again["settings"]} == {"static", "fixed exit 1", "copy tau=0",
                                                       "copy tau=0.5", "deed tau=0", "deed tau=0.5"}
+  # Calibrating again replaces the stored choice.
+  evaluate(trained, split="validation", num_examples=3, thresholds=(0.5,), batch_size=1, calibrate=True,
+           max_drop=100.0, delta=0.5, progress=False)
+  assert workdir_decode_config(trained).threshold == 0.5
+  assert workdir_decode_config(trained).backfill_chunk == DecodeConfig.backfill_chunk
 
 
 def test_a_model_only_workdir_needs_the_task(tmp_path, tfds_dir):
