@@ -234,10 +234,11 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
       json.dump(report, f, indent=1)
     with open(os.path.join(out, "report.md"), "w") as f:
       f.write(markdown(report))
-  if calibrate and chosen is not None:  # stored last: only a complete evaluation changes it
-    write_json(workdir, DECODE_CONFIG_FILE, {"exit_mode": "deed", "confidence": confidence,
-                                             "threshold": chosen, **early_exit,
-                                             "calibration": result_calibration})
+  if calibrate:  # stored last: only a complete evaluation changes it
+    # No threshold certified: decode at full depth (an earlier choice no longer holds for this model).
+    choice = ({"exit_mode": "deed", "confidence": confidence, "threshold": chosen, **early_exit}
+              if chosen is not None else {"exit_mode": "static"})
+    write_json(workdir, DECODE_CONFIG_FILE, {**choice, "calibration": result_calibration})
   return report
 
 

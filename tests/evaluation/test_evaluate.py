@@ -99,6 +99,12 @@ def test_report_rows_files_and_calibration(trained, tfds_dir):
            max_drop=100.0, delta=0.5, progress=False)
   assert workdir_decode_config(trained).threshold == 0.5
   assert workdir_decode_config(trained).backfill_chunk == DecodeConfig.backfill_chunk
+  # A calibration that certifies nothing (no drop at all allowed) leaves full depth as the default.
+  failed = evaluate(trained, split="validation", num_examples=3, thresholds=(0.5,), batch_size=1,
+                    calibrate=True, max_drop=0.0, delta=0.5, progress=False)
+  assert failed["calibration"]["threshold"] is None and "decode at full depth" in (
+      failed["calibration"]["guarantee"])
+  assert workdir_decode_config(trained).exit_mode == "static"
 
 
 def test_a_model_only_workdir_needs_the_task(tmp_path, tfds_dir):
