@@ -165,3 +165,18 @@ def test_an_empty_manual_dir_is_named(tmp_path):
   (tmp_path / "DocVQA").mkdir()
   with pytest.raises(MissingPathError, match="DocVQA"):
     datasets.check("docvqa", "32x48_pad", str(tmp_path / "DocVQA"))
+
+
+def test_the_comparison_after_training(tmp_path, tfds_dir):
+  """`config.decode.thresholds` (a tuple, as the command line gives it): static and DEED rows in the
+  results, through the same sweep as the evaluator."""
+  from deed_jax.train import train_and_evaluate
+  config = tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2)
+  config.decode.update(dict(thresholds=(0.0, 1.5), num_examples=3))
+  rows = train_and_evaluate(config, str(tmp_path / "run"), progress=False)["decoding"]
+  static, first, never = rows
+  assert [r["setting"] for r in rows] == ["static", "deed tau=0", "deed tau=1.5"]
+  assert first["mean_exit_layer"] == 1.0 and never["mean_exit_layer"] == static["mean_exit_layer"] == 2.0
+  assert never["metric"] == static["metric"] and all(r["num_examples"] == 3 for r in rows)
+  with open(tmp_path / "run" / TRAIN_CONFIG_FILE) as f:
+    assert json.load(f)["decode"]["thresholds"] == [0.0, 1.5]
