@@ -27,7 +27,7 @@ from deed_jax.data.tokenizer import get_tokenizer
 from deed_jax.errors import UserError
 from deed_jax.evaluation.per_exit import evaluate_exits, make_eval_fn
 from deed_jax.evaluation.report import exit_table, settings_table
-from deed_jax.evaluation.sweep import Setting, decode_settings, stack_examples, summarise
+from deed_jax.evaluation.sweep import Setting, decode_settings, summarise
 from deed_jax.models import MultiExitEncoderDecoder, check_token_ids
 from deed_jax.training.losses import exit_weights
 from deed_jax.training.metric_writer import MetricWriter
@@ -192,7 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     examples, answers = pipeline.read_examples(eval_source, preprocess, config.decode.num_examples,
                                                task.answers_key)
     settings = [Setting("static")] + [Setting("deed", threshold=t) for t in config.decode.thresholds]
-    runs = decode_settings(merge_model(graphdef, state.params), [stack_examples([e]) for e in examples],
+    runs = decode_settings(merge_model(graphdef, state.params),
+                           [pipeline.stack_examples([e]) for e in examples],
                            settings, model_config.max_target_length)
     rows = summarise(runs, task.metric, tokenizer.decode, answers)
     _log(f"Greedy decoding, one example at a time ({len(examples)} validation examples):\n"

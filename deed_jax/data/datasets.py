@@ -14,7 +14,8 @@ BUILDERS = {**forms_tfds.BUILDERS, **vqa_tfds.BUILDERS}
 
 
 def check(name: str, config: str, manual_dir: str = "") -> None:
-  """Refuse, naming the value, a dataset, config or manual_dir that cannot work. Writes nothing."""
+  """Refuse, naming the value, a dataset, config or manual_dir that cannot work (the files in a
+  manual_dir are read by `prepare`, when it builds the dataset). Writes nothing."""
   if name not in BUILDERS:
     raise UserError(f"Unknown dataset {name!r}; datasets: {sorted(BUILDERS)}.")
   if name in forms_tfds.BUILDERS:
@@ -29,7 +30,6 @@ def check(name: str, config: str, manual_dir: str = "") -> None:
   if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
     raise MissingPathError(f"task.manual_dir={manual_dir!r} is not a directory holding the {name} "
                             "files (it is missing or empty).")
-  vqa_tfds.BUILDERS[name].read(manual_dir)
 
 
 def resolve_config(name: str, config: str, model_dir: str, image_size: tuple[int, int]) -> str:
@@ -53,6 +53,9 @@ def prepare(name: str, config: str, data_dir: str, manual_dir: str = "") -> tfds
   """The builder, its data generated (forms) or read from `manual_dir` (VQA) into `data_dir` unless
   it is already there (idempotent)."""
   ready = builder(name, config, data_dir, manual_dir)
+  if name in vqa_tfds.BUILDERS and not ready.is_prepared():
+    # Every question file and image checked before TFDS writes anything (once: not on later runs).
+    vqa_tfds.BUILDERS[name].read(manual_dir)
   tfds.disable_progress_bar()
   download_config = tfds.download.DownloadConfig(manual_dir=manual_dir or None)
   ready.download_and_prepare(download_config=download_config)

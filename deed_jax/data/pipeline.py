@@ -15,6 +15,7 @@ Batch features (per example; batched along a leading B axis):
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import grain
 import jax
@@ -101,6 +102,11 @@ def make_loader(source, preprocess: Preprocess, batch_size: int, *, shuffle: boo
                                         num_epochs=num_epochs, seed=seed)
   return grain.DataLoader(data_source=source, sampler=sampler, worker_count=0,
                           operations=[preprocess, grain.transforms.Batch(batch_size, drop_remainder)])
+
+
+def stack_examples(examples: Sequence[dict]) -> dict:
+  """Per-example feature dicts (no batch axis) -> one batch."""
+  return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
 
 
 def pad_rows(batch: dict, size: int) -> dict:

@@ -28,7 +28,7 @@ from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation import calibration, metrics, plots
 from deed_jax.evaluation.report import settings_table
 from deed_jax.evaluation.sweep import (Setting, SettingRun, decode_settings, exit_histogram,
-                                       per_example_scores, setting_grid, stack_examples, summarise)
+                                       per_example_scores, setting_grid, summarise)
 from deed_jax.models import ModelConfig
 from deed_jax.staging import staged_directory
 from deed_jax.workdir import (CHECKPOINT_DIR, DECODE_CONFIG_FILE, EVALUATION_DIR, TRAIN_CONFIG_FILE,
@@ -51,8 +51,9 @@ def task_config(workdir: str, config: ml_collections.ConfigDict | None) -> ml_co
   return ml_collections.ConfigDict(stored)
 
 
-def check_workdir(workdir: str, step: int | None) -> ModelConfig:
-  """The workdir's model config; refuses a directory without a model or checkpoint (writes nothing)."""
+def check_workdir(workdir: str, step: int | None) -> tuple[ModelConfig, int]:
+  """The workdir's model config and the checkpoint step to evaluate (`step`, default the newest);
+  refuses a directory without a model or checkpoint, or a step it does not hold (writes nothing)."""
   if not os.path.isdir(workdir):
     raise MissingPathError(f"--workdir {workdir} is not a directory.")
   model_config = read_model_config(workdir)
@@ -62,7 +63,7 @@ def check_workdir(workdir: str, step: int | None) -> ModelConfig:
                             f"{CHECKPOINT_DIR}/<step>/): train or convert a model into it first.")
   if step is not None and step not in steps:
     raise UserError(f"--step {step} is not among the checkpoints of {workdir}: {steps}.")
-  return model_config
+  return model_config, steps[-1] if step is None else step
 
 
 def _listdir(path: str) -> list[str]:
@@ -111,7 +112,7 @@ class Split:
                                                          num_examples, task.answers_key)
 
   def batches(self, size: int) -> list[dict]:
-    return [stack_examples(self.examples[i:i + size]) for i in range(0, len(self.examples), size)]
+    return [pipeline.stack_examples(self.examples[i:i + size]) for i in range(0, len(self.examples), size)]
 
 
 def _bar(total: int, desc: str, progress: bool):
@@ -157,7 +158,7 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
              progress: bool = True) -> dict:
   """Evaluate `workdir` (see the module docstring); -> the report as written to report.json."""
   # Everything a user can get wrong, before anything is decoded or written.
-  model_config = check_workdir(workdir, step)
+  model_config, step = check_workdir(workdir, step)
   thresholds = check_options(thresholds, batch_size, num_examples, max_drop, delta, calibrate)
   config = task_config(workdir, config)
   validate_task(config.task)
@@ -191,7 +192,7 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
     result_calibration = stored.get("calibration")
   grid = thresholds if chosen is None else sorted(set(thresholds) | {chosen})
 
-  rows, histograms, token_examples = [], {}, []
+  rows, histograms, token_examples = [], {}, None
   sizes = [1] if batch_size == 1 else [1, batch_size]
   for size in sizes:
     settings = setting_grid(model_config.decoder_layers, grid, **early_exit)
@@ -210,7 +211,7 @@ def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, s
                                                                NUM_TOKEN_EXAMPLES))
 
   report = {
-      "workdir": os.path.abspath(workdir), "step": step if step is not None else _latest(workdir),
+      "workdir": os.path.abspath(workdir), "step": step,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "dataset": f"{config.task.dataset}/{config.task.dataset_config}", "split": split,
       "num_examples": len(evaluation_split.examples), "metric_name": metric, "confidence": confidence,
@@ -247,10 +248,6 @@ def _spread(runs: list, count: int) -> list:
   if len(runs) <= count:
     return list(runs)
   return [runs[round(i * (len(runs) - 1) / (count - 1))] for i in range(count)]
-
-
-def _latest(workdir: str) -> int:
-  return max(int(n) for n in _listdir(os.path.join(workdir, CHECKPOINT_DIR)) if n.isdigit())
 
 
 def markdown(report: dict) -> str:

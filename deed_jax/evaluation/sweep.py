@@ -78,11 +78,6 @@ class SettingRun:
   total_seconds: list[float] = dataclasses.field(default_factory=list)  # per batch, per sample
 
 
-def stack_examples(examples: Sequence[dict]) -> dict:
-  """Per-example feature dicts (no batch axis) -> one batch."""
-  return {k: np.stack([np.asarray(e[k]) for e in examples]) for k in examples[0]}
-
-
 def decode_settings(model: MultiExitEncoderDecoder, batches: Iterable[dict], settings: Sequence[Setting],
                     max_new_tokens: int, *, confidence: str = "max_prob", timing: bool = True,
                     progress: Callable[[int], None] | None = None) -> list[SettingRun]:
@@ -97,6 +92,8 @@ def decode_settings(model: MultiExitEncoderDecoder, batches: Iterable[dict], set
     rows = len(batch["targets"])
     if batch_size is None:  # the first batch sets the size; compile (and warm up) untimed
       batch_size = rows
+      for run in runs:
+        run.batch_size = batch_size
       if timing:
         encode(encoder_inputs(batch))
         for run, generator in zip(runs, generators):
@@ -107,7 +104,6 @@ def decode_settings(model: MultiExitEncoderDecoder, batches: Iterable[dict], set
     for run, generator in zip(runs, generators):
       out, seconds = timed(generator, inputs, run.setting.threshold)
       tokens, layers = np.asarray(out.tokens)[:rows], np.asarray(out.exit_layers)[:rows]
-      run.batch_size = batch_size
       run.tokens.extend(tokens)
       run.exit_layers.extend(layers)
       run.exact.extend(np.asarray(exact_match(tokens, batch["targets"][:rows],
@@ -138,7 +134,7 @@ def summarise(runs: Sequence[SettingRun], metric: str = "exact_match", decode_te
   static = next((r for r in runs if r.setting.exit_mode == "static"), None)
   rows = []
   for run in runs:
-    layers = np.concatenate([e[e > 0] for e in run.exit_layers])
+    layers = _emitted_exit_layers(run)
     if decode_text is not None and answers is not None:
       predictions = [decode_text(t) for t in run.tokens]
       score, name = metrics.corpus_score(metric, predictions, answers), metric
@@ -160,7 +156,11 @@ def summarise(runs: Sequence[SettingRun], metric: str = "exact_match", decode_te
   return rows
 
 
+def _emitted_exit_layers(run: SettingRun) -> np.ndarray:
+  """The exit layer of every emitted token of the run (1-based), flat."""
+  return np.concatenate([e[e > 0] for e in run.exit_layers])
+
+
 def exit_histogram(run: SettingRun, num_layers: int) -> list[int]:
   """[L] how many tokens exited at each layer 1..L."""
-  layers = np.concatenate([e[e > 0] for e in run.exit_layers])
-  return np.bincount(layers, minlength=num_layers + 1)[1:].tolist()
+  return np.bincount(_emitted_exit_layers(run), minlength=num_layers + 1)[1:].tolist()

@@ -19,7 +19,6 @@ from deed_jax.decoding import DecodeConfig, workdir_decode_config
 from deed_jax.decoding.reference import greedy_at_exit
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation.evaluator import evaluate
-from deed_jax.evaluation.sweep import stack_examples
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
 from deed_jax.workdir import DECODE_CONFIG_FILE, TRAIN_CONFIG_FILE
 from tests.training.configs import tiny_text_config, train_tiny
@@ -48,7 +47,7 @@ def _naive_exact_match(workdir, config, split, count, exit_layer):
   source = pipeline.data_source(config.task.dataset, config.task.dataset_config, split,
                                 config.task.data_dir)
   examples, answers = pipeline.read_examples(source, pipeline.Preprocess(features, tokenizer), count)
-  tokens = np.asarray(greedy_at_exit(model, encoder_inputs(stack_examples(examples)), exit_layer,
+  tokens = np.asarray(greedy_at_exit(model, encoder_inputs(pipeline.stack_examples(examples)), exit_layer,
                                      mc.max_target_length))
   return 100 * np.mean([tokenizer.decode(t) == a[0] for t, a in zip(tokens, answers)])
 

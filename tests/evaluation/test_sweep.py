@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from deed_jax.data import pipeline
 from deed_jax.decoding.reference import greedy_at_exit
 from deed_jax.evaluation import metrics
 from deed_jax.evaluation.report import settings_table
 from deed_jax.evaluation.sweep import (Setting, decode_settings, exit_histogram, per_example_scores,
-                                       setting_grid, stack_examples, summarise)
+                                       setting_grid, summarise)
 from deed_jax.models import MultiExitEncoderDecoder
 from tests.conftest import random_inputs, randomize, tiny_config
 
@@ -32,7 +33,7 @@ def _model_and_examples(seed: int, count: int = 5):
 
 
 def _batches(examples, size):
-  return [stack_examples(examples[i:i + size]) for i in range(0, len(examples), size)]
+  return [pipeline.stack_examples(examples[i:i + size]) for i in range(0, len(examples), size)]
 
 
 def _decode_text(config):
