@@ -1,10 +1,14 @@
 """Checkpoints: one small module over orbax-checkpoint's `CheckpointManager`.
 
 A workdir (layout in `deed_jax.workdir`) holds `model_config.json` (the architecture) and
-`checkpoints/<step>/` with two items:
-`state` (step, params, optimizer state) and `data` (the grain iterator's position). Saves are async,
-the newest `keep` are kept, and training resumes from the newest. A checkpoint written for another
-architecture is refused with the differing options/shapes named, and left as it is.
+`checkpoints/<step>/` with the item `state` (step, params, optimizer state; the data position is the
+step, see `deed_jax.data.pipeline.train_batches`). Saves are async, the newest `keep` are kept, and
+training resumes from the newest one that reads back whole: a step that does not (a file truncated by
+a failing disk, a copy cut short) is reported, moved aside to `<step>.unreadable` and skipped, never
+deleted. Arrays restore into whatever shardings the caller asks for, so a run resumes on another mesh
+or number of processes. A checkpoint written for another architecture is refused with the differing
+options/shapes named, and left as it is. (Checkpoints of earlier versions also hold a `data` item,
+the grain reader's position; it is no longer read.)
 
 Layout changes are migrated when a checkpoint is read, never by rewriting it: checkpoints written
 before the decoder owned the token embedding hold it at `token_embedding` (next to `decoder`); they
@@ -16,9 +20,10 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
-import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils as multihost
 from flax import nnx
 
 from deed_jax.errors import MissingPathError, UserError
@@ -92,22 +97,19 @@ class Checkpointer:
                                            enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
-        item_handlers={"state": ocp.PyTreeCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+        item_handlers={"state": ocp.PyTreeCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, state: Any, data_iterator=None, *, force: bool = False) -> bool:
+  def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Async save (the manager decides by its interval unless `force`). Returns whether it saved."""
     if jax.process_index() == 0 and not model_config_path(self.workdir).exists():
       model_config_path(self.workdir).write_text(self.model_config.to_json())
-    items = {"state": ocp.args.PyTreeSave(state)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)),
+                             force=force)
 
-  def restore(self, step: int, abstract_state: Any, data_iterator=None) -> Any:
+  def restore(self, step: int, abstract_state: Any) -> Any:
     """Restore `step` into the structure/shardings of `abstract_state`; refuses mismatched shapes."""
     stored = self.manager.item_metadata(step)["state"]
     target, to_current = _restore_target(stored, abstract_state)
@@ -115,11 +117,31 @@ class Checkpointer:
     if problems:
       raise UserError(f"Checkpoint {step} in {self.workdir} does not fit this model: "
                        + "; ".join(problems[:10]) + ". The checkpoint was left untouched.")
-    items = {"state": _restore_args(target)}
-    if data_iterator is not None:
-      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
-    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    restored = self.manager.restore(step, args=ocp.args.Composite(state=_restore_args(target)))
     return to_current(restored["state"])
+
+  def restore_newest(self, abstract_state: Any, report: Callable[[str], None] = print
+                     ) -> tuple[int | None, Any]:
+    """(step, state) of the newest checkpoint that reads back whole, or (None, None) when there is
+    none. A step that fails to read is reported, moved aside to `<step>.unreadable` (so that the run
+    can write that step again) and skipped for the one before; one that does not fit the model is
+    refused (`restore`)."""
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        return step, self.restore(step, abstract_state)
+      except UserError:
+        raise
+      except Exception as error:  # orbax/tensorstore raise many kinds for a damaged step
+        directory = epath.Path(self.manager.directory) / str(step)
+        aside = directory.parent / f"{step}.unreadable"
+        report(f"Checkpoint step {step} ({directory}) cannot be read ({type(error).__name__}: "
+               f"{str(error)[:200]}); skipped, and moved aside to {aside} (not deleted).")
+        multihost.sync_global_devices(f"deed_jax checkpoint {step} read")
+        if jax.process_index() == 0:
+          directory.rename(aside)
+        multihost.sync_global_devices(f"deed_jax checkpoint {step} moved aside")
+        self.manager.reload()
+    return None, None
 
   def wait(self) -> None:
     self.manager.wait_until_finished()

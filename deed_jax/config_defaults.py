@@ -6,11 +6,14 @@ Task configs under `configs/` start from `training_defaults()` and override what
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 
+import jax
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from deed_jax import checkpoint
+from deed_jax import checkpoint, sharding
 from deed_jax.data import datasets
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation import metrics
@@ -75,8 +78,14 @@ def training_defaults() -> ml_collections.ConfigDict:
       b1=0.9, b2=0.98))
   # Full-depth vs DEED greedy decoding after training, one example at a time ([] = skip).
   config.decode = ml_collections.ConfigDict(dict(thresholds=(), num_examples=100))
+  # The device mesh (deed_jax.sharding): sizes of its data, fsdp and tensor axes; one -1 takes the
+  # devices the others leave. Their product is the device count of the run (all processes).
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # Logical axis name -> mesh axes (a name, a tuple of names, or None): where parameters, optimizer
+  # state and batches (`batch`) are split.
+  config.sharding_rules = sharding.DEFAULT_RULES
   config.seed = 0
-  config.batch_size = 32
+  config.batch_size = 32  # The global batch: examples per step over all processes and devices.
   config.total_steps = 1000
   config.log_every_steps = 50
   config.eval_every_steps = 500
@@ -132,7 +141,7 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   unknown = sorted(set(config.keys()) - known)
   if unknown:
     raise UserError(f"Unknown config option(s) {unknown}; known: {sorted(known)}.")
-  for block in ("task", "loss", "optimizer", "decode"):
+  for block in ("task", "loss", "optimizer", "decode", "mesh"):
     extra = sorted(set(config[block].keys()) - set(training_defaults()[block].keys()))
     if extra:
       raise UserError(f"Unknown config option(s) config.{block}.{extra}; known: "
@@ -167,4 +176,49 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
                "checkpoint_every_steps", "keep_checkpoints"):
     if config[name] < 1:
       raise UserError(f"config.{name}={config[name]} must be >= 1.")
+  check_mesh(config)
   return model
+
+
+def check_mesh(config: ml_collections.ConfigDict, num_devices: int | None = None) -> tuple[int, ...]:
+  """The mesh shape the config gives the run's devices (default: every device of every process),
+  and its rules and batch sizes checked against it: each global batch must split evenly over the
+  mesh axes that split batches."""
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  shape = sharding.mesh_shape(config.mesh.to_dict(), num_devices)
+  table = sharding.check_rules(config.sharding_rules)
+  sizes = dict(zip(sharding.MESH_AXES, shape))
+  shards = math.prod(sizes[a] for a in table.get("batch", ()))
+  for name in ("batch_size", "eval_batch_size"):
+    if config[name] % shards:
+      raise UserError(f"config.{name}={config[name]} does not split over the {shards} batch shards "
+                       f"of the mesh ({', '.join(f'{a}={s}' for a, s in sizes.items())}; batches are "
+                       f"split over {list(table.get('batch', ()))}); make it a multiple of {shards}.")
+  return shape
+
+
+# Options a resumed run may change freely: where and how often it logs, evaluates and checkpoints, the
+# mesh it runs on, and the decoding comparison at the end. Anything else changes the run's numbers.
+RUN_NEUTRAL = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
+               "eval_batch_size", "num_eval_samples", "decode", "mesh", "sharding_rules",
+               "task.data_dir", "task.manual_dir")
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      out.update(_flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def run_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """The options in which `config` differs from the config a run started with (`saved`, as stored in
+  its workdir), leaving out those in RUN_NEUTRAL; as 'name: saved -> now'."""
+  old, new = _flatten(saved), _flatten(json.loads(json.dumps(config.to_dict())))
+  neutral = lambda name: any(name == n or name.startswith(n + ".") for n in RUN_NEUTRAL)
+  return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+          for k in sorted(set(old) | set(new)) if not neutral(k) and old.get(k) != new.get(k)]

@@ -1,7 +1,9 @@
 """Input pipeline: a TFDS ArrayRecord data source read by grain into fixed-shape numpy batches.
 
-Deterministic (fixed seeds), sharded per JAX process, and checkpointable (the grain iterator's state is
-saved beside the train state, so a resumed run sees exactly the batches it would have seen).
+Batches are global: `config.batch_size` examples per step whatever the topology. Each process reads
+only the rows of each global batch its devices hold (`process_rows`), and the training order is a
+function of the seed and the step alone (`train_batches`), so a resumed run, or one on another number
+of processes or devices, sees exactly the batches an uninterrupted one-device run would have seen.
 
 Batch features (per example; batched along a leading B axis):
   image tasks: pixel_values float32 [H, W, C] in [-1, 1]
@@ -15,7 +17,8 @@ Batch features (per example; batched along a leading B axis):
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import sys
+from typing import Iterator, Sequence
 
 import grain
 import jax
@@ -91,17 +94,59 @@ def answers(example: dict, key: str) -> list[str]:
   return [_text(v) for v in np.asarray(value).reshape(-1)]
 
 
-def make_loader(source, preprocess: Preprocess, batch_size: int, *, shuffle: bool, seed: int,
-                num_epochs: int | None, drop_remainder: bool) -> grain.DataLoader:
-  """A grain loader over this process's shard of `source`."""
-  if batch_size < 1:
-    raise ValueError(f"batch_size={batch_size} must be >= 1.")
-  shard = grain.sharding.ShardOptions(shard_index=jax.process_index(),
-                                      shard_count=jax.process_count(), drop_remainder=True)
-  sampler = grain.samplers.IndexSampler(num_records=len(source), shard_options=shard, shuffle=shuffle,
-                                        num_epochs=num_epochs, seed=seed)
-  return grain.DataLoader(data_source=source, sampler=sampler, worker_count=0,
-                          operations=[preprocess, grain.transforms.Batch(batch_size, drop_remainder)])
+def process_rows(sharding: jax.sharding.Sharding, global_batch_size: int) -> tuple[int, int]:
+  """The rows [start, stop) of every global batch that this process's devices hold under `sharding`
+  (a batch sharding over the leading axis). Processes whose devices hold the same rows read the same
+  examples; a process never reads rows it does not hold."""
+  spans = {(index[0].start or 0, global_batch_size if index[0].stop is None else index[0].stop)
+           for index in sharding.addressable_devices_indices_map((global_batch_size,)).values()}
+  start, stop = min(a for a, _ in spans), max(b for _, b in spans)
+  if sum(b - a for a, b in spans) != stop - start:  # holes: not one contiguous run of rows
+    raise ValueError(f"This process's devices hold rows {sorted(spans)} of each batch, not one "
+                     "contiguous run; order the mesh's devices by process.")
+  return start, stop
+
+
+def train_batches(source, preprocess: Preprocess, global_batch_size: int, rows: tuple[int, int], *,
+                  seed: int, first_step: int = 1) -> Iterator[dict]:
+  """This process's `rows` of the global training batches of steps `first_step`, `first_step` + 1, ...
+
+  The example at row r of step s is the (s - 1) * B + r-th of an endless stream that reshuffles
+  `source` every epoch (grain's index shuffle, seeded by `seed` and the epoch). It depends on the seed,
+  the step and the global batch size B alone, so any number of processes and devices train on the
+  same examples in the same steps, and a resumed run continues at its step without saved reader state.
+  """
+  if global_batch_size < 1:
+    raise ValueError(f"global_batch_size={global_batch_size} must be >= 1.")
+  stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  start, stop = rows
+  local = stop - start
+
+  def example(j: int):  # the j-th example this process reads
+    step, row = divmod(j, local)
+    return stream[step * global_batch_size + start + row]
+
+  first = (first_step - 1) * local
+  local_examples = grain.MapDataset.range(first, sys.maxsize).map(example).map(preprocess)
+  return iter(local_examples.batch(local).to_iter_dataset())
+
+
+def eval_batches(source, preprocess: Preprocess, global_batch_size: int, rows: tuple[int, int]
+                 ) -> Iterator[dict]:
+  """One pass over `source` in order: this process's `rows` of each global batch of B examples. The
+  last batch is filled up with copies of the last example, marked `valid` = 0 (int32 [rows])."""
+  size = len(source)
+  start, stop = rows
+  local = stop - start
+  num_batches = -(-size // global_batch_size)
+
+  def example(j: int):
+    batch, row = divmod(j, local)
+    index = batch * global_batch_size + start + row
+    return {**preprocess.map(source[min(index, size - 1)]), "valid": np.int32(index < size)}
+
+  local_examples = grain.MapDataset.range(num_batches * local).map(example)
+  return iter(local_examples.batch(local).to_iter_dataset())
 
 
 def stack_examples(examples: Sequence[dict]) -> dict:

@@ -6,14 +6,14 @@ the tokens up to and including EOS with the target.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from deed_jax.data.pipeline import pad_rows
+from deed_jax import sharding
 from deed_jax.decoding.reference import fixed_exit, greedy_with_rule
 from deed_jax.models import encoder_inputs
 from deed_jax.training.train_step import exit_metrics
@@ -26,8 +26,13 @@ def exact_match(tokens: jax.Array, targets: jax.Array, target_mask: jax.Array) -
   return jnp.all((tokens == targets) | (target_mask == 0), axis=-1)
 
 
-def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int):
-  """-> jitted fn(params, batch) -> dict of per-example sums over the batch's valid rows."""
+def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int, num_samples: int = 0,
+                 param_shardings=None, batch_sharding: jax.sharding.NamedSharding | None = None):
+  """-> jitted fn(params, batch) -> dict of sums over the batch's valid rows (`valid`: int32 [B]),
+  and the targets [S, T] and decoded tokens [L, S, N] of its first S = `num_samples` rows.
+
+  With `param_shardings` and `batch_sharding` it runs on their mesh, the batch split over its rows;
+  everything it returns is replicated (small), so every process can read it."""
 
   def eval_batch(params, batch):
     model = nnx.merge(graphdef, params)
@@ -46,36 +51,32 @@ def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int):
     matches, tokens = jax.lax.map(exact_at, jnp.arange(1, cfg.decoder_layers + 1))  # [L], [L, B, N]
     sums = {"loss_sum": exits.loss * num_tokens, "correct_tokens": exits.token_accuracy * num_tokens,
             "num_tokens": num_tokens, "exact_matches": matches, "num_examples": valid.sum(),
-            "tokens": tokens}
+            "sample_targets": batch["targets"][:num_samples], "sample_tokens": tokens[:, :num_samples]}
     if exits.classifier_accuracy is not None:
       sums["classifier_correct"] = exits.classifier_accuracy * num_tokens
     return sums
 
-  return jax.jit(eval_batch)
+  if param_shardings is None:
+    return jax.jit(eval_batch)
+  return jax.jit(eval_batch, in_shardings=(param_shardings, batch_sharding),
+                 out_shardings=sharding.replicated(batch_sharding.mesh))
 
 
-def _pad_batch(batch: dict, batch_size: int) -> dict:
-  """Pad a short last batch to `batch_size` rows (marked invalid) so shapes stay static."""
-  rows = len(batch["targets"])
-  padded = dict(pad_rows(batch, batch_size))
-  padded["valid"] = (np.arange(batch_size) < rows).astype(np.int32)
-  return padded
-
-
-def evaluate_exits(eval_fn, params, batches: Iterable[dict], batch_size: int,
-                   decode_text=None, num_samples: int = 0) -> dict:
-  """Run `eval_fn` over `batches`; -> {exit_loss, exit_token_accuracy, exit_exact_match: [L] lists,
-  (exit_classifier_accuracy [L] for a model with an exit classifier), num_examples, samples:
-  [(target, prediction at each exit)]}."""
+def evaluate_exits(eval_fn, params, batches: Iterable[dict], decode_text=None, num_samples: int = 0,
+                   to_device: Callable[[dict], dict] = lambda batch: batch) -> dict:
+  """Run `eval_fn` over `batches` (each with `valid` rows; `to_device` makes the arrays it takes,
+  e.g. global ones from this process's rows); -> {exit_loss, exit_token_accuracy, exit_exact_match:
+  [L] lists, (exit_classifier_accuracy [L] for a model with an exit classifier), num_examples,
+  samples: [(target, prediction at each exit)] of the first batch's first rows}."""
   totals, samples = None, []
   for batch in batches:
-    out = jax.device_get(eval_fn(params, _pad_batch(batch, batch_size)))
-    tokens = out.pop("tokens")
+    out = jax.device_get(eval_fn(params, to_device(batch)))
+    targets, tokens = out.pop("sample_targets"), out.pop("sample_tokens")
     totals = out if totals is None else jax.tree.map(np.add, totals, out)
-    if decode_text is not None and len(samples) < num_samples:
-      for row in range(min(num_samples - len(samples), len(batch["targets"]))):
-        samples.append({"target": decode_text(batch["targets"][row]),
-                        "exits": [decode_text(t[row]) for t in tokens]})
+    if decode_text is not None and not samples:
+      rows = min(num_samples, int(out["num_examples"]), len(targets))
+      samples = [{"target": decode_text(targets[row]), "exits": [decode_text(t[row]) for t in tokens]}
+                 for row in range(rows)]
   if totals is None:
     raise ValueError("The validation split yielded no batches.")
   tokens, examples = max(float(totals["num_tokens"]), 1.0), max(float(totals["num_examples"]), 1.0)

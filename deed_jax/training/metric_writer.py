@@ -1,6 +1,8 @@
 """Metrics to disk: TensorBoard event files (tensorboardX, no TensorFlow needed) and a JSONL log.
 
 Only process 0 writes. Vector metrics (one value per exit) are logged as `name/exit_<l>` scalars.
+A run resumed at step s first drops what an interrupted run logged after s (it will log those steps
+again): the JSONL records and, through TensorBoard's purge_step, the events.
 """
 
 from __future__ import annotations
@@ -11,18 +13,24 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
 
 
 class MetricWriter:
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, resumed_at: int = 0):
     self.enabled = jax.process_index() == 0
-    self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
+    self.jsonl_path = epath.Path(workdir) / "metrics.jsonl"
     self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter
-      os.makedirs(workdir, exist_ok=True)
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+      if resumed_at and self.jsonl_path.exists():
+        kept = [line for line in self.jsonl_path.read_text().splitlines(keepends=True)
+                if line.strip() and json.loads(line)["step"] <= resumed_at]
+        self.jsonl_path.write_text("".join(kept))
+      self._tb = SummaryWriter(os.fspath(epath.Path(workdir) / "tensorboard"),
+                               purge_step=resumed_at + 1 if resumed_at else None)
 
   def write(self, step: int, metrics: dict, prefix: str = "") -> None:
     if not self.enabled:
@@ -40,7 +48,7 @@ class MetricWriter:
         record[key] = value.astype(float).tolist()
         for index, item in enumerate(value.reshape(-1), start=1):
           self._tb.add_scalar(f"{key}/exit_{index}", float(item), step)
-    with open(self.jsonl_path, "a") as f:
+    with self.jsonl_path.open("a") as f:
       f.write(json.dumps(record) + "\n")
 
   def close(self) -> None:

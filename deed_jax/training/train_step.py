@@ -7,7 +7,7 @@ other parameter stays bit-identical (a frozen model's exit classifier trained af
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +15,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
+from deed_jax import sharding
+from deed_jax.models import ModelConfig, MultiExitEncoderDecoder, encoder_inputs
 from deed_jax.training.losses import exit_classifier_losses, per_exit_losses
 from deed_jax.workdir import filter_params, merge_params, path_holds
 
@@ -93,10 +94,44 @@ def init_train_state(model: MultiExitEncoderDecoder, tx: optax.GradientTransform
                               tx.init(trained_params(params, train_only)))
 
 
+class StateLayout(NamedTuple):
+  """Where a train state lives on a mesh, known before any of it exists."""
+  graphdef: nnx.GraphDef
+  abstract: TrainState  # of ShapeDtypeStructs carrying their shardings (a restore target)
+  shardings: TrainState  # of NamedShardings
+  init: Callable[[], TrainState]  # builds the initial state, already sharded (no copy on one device)
+
+
+def train_state_layout(config: ModelConfig, tx: optax.GradientTransformation, seed: int,
+                       train_only: Sequence[str], mesh: jax.sharding.Mesh,
+                       rules: sharding.Rules) -> StateLayout:
+  """The train state's structure and shardings (parameters by their logical axes and `rules`;
+  optimizer moments like their parameters), and a jitted init that creates each array in its shards.
+
+  The init's random draws do not depend on the mesh (jax's partitionable threefry), so every topology
+  starts from the same parameters."""
+  def init() -> TrainState:
+    return init_train_state(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(seed)), tx, train_only)[1]
+
+  abstract_model = nnx.eval_shape(lambda: MultiExitEncoderDecoder(config, rngs=nnx.Rngs(seed)))
+  graphdef, _ = split_model(abstract_model)
+  shapes = jax.eval_shape(init)
+  params = sharding.param_shardings(shapes.params, sharding.param_logical_axes(abstract_model), mesh,
+                                    rules)
+  shardings = sharding.tree_shardings(shapes, params, mesh)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          shapes, shardings)
+  return StateLayout(graphdef, abstract, shardings, jax.jit(init, out_shardings=shardings))
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, exit_weights: np.ndarray,
                     label_smoothing: float = 0.0, *, classifier_weight: float = 0.0,
-                    train_only: Sequence[str] = ()):
-  """-> jitted `step(state, batch, rng) -> (state, metrics)`; the state's buffers are donated."""
+                    train_only: Sequence[str] = (), state_shardings: TrainState | None = None,
+                    batch_sharding: jax.sharding.NamedSharding | None = None):
+  """-> jitted `step(state, batch, rng) -> (state, metrics)`; the state's buffers are donated.
+
+  With `state_shardings` and `batch_sharding` (a `StateLayout`'s and `sharding.batch_sharding`) the
+  step is compiled for them: the state stays where it is, metrics come back replicated."""
   weights = jnp.asarray(exit_weights)  # [L]
 
   def loss_fn(trained, params, batch, rng):
@@ -117,4 +152,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ex
                      exit_classifier_accuracy=exits.classifier_accuracy)
     return TrainState(state.step + 1, params, opt_state), metrics
 
-  return jax.jit(train_step, donate_argnums=0)
+  if state_shardings is None:
+    return jax.jit(train_step, donate_argnums=0)
+  replicated = sharding.replicated(batch_sharding.mesh)
+  return jax.jit(train_step, donate_argnums=0,
+                 in_shardings=(state_shardings, batch_sharding, replicated),
+                 out_shardings=(state_shardings, replicated))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
 
@@ -14,10 +15,12 @@ def data_dir(tfds_dir):
   return tfds_dir
 
 
-def _loader(data_dir, name, task, split="train", seed=0, shuffle=True):
+def _loader(data_dir, name, task, split="train", seed=0, rows=(0, 8), first_step=1, steps=None):
+  """Global batches of 8 (this reader's `rows` of each), for `steps` steps (default: one epoch)."""
   source = pipeline.data_source(name, "tiny", split, data_dir)
-  return pipeline.make_loader(source, pipeline.Preprocess(task, ByteTokenizer()), 8, shuffle=shuffle,
-                              seed=seed, num_epochs=1, drop_remainder=True)
+  batches = pipeline.train_batches(source, pipeline.Preprocess(task, ByteTokenizer()), 8, rows,
+                                   seed=seed, first_step=first_step)
+  return [next(batches) for _ in range(len(source) // 8 if steps is None else steps)]
 
 
 TARGET_LENGTH = forms.MAX_VALUE_LENGTH + 1
@@ -39,7 +42,7 @@ def test_image_batches_decode_to_the_rendered_forms(data_dir):
   example = source[0]
   form = expected[example["answer"].decode()]
   np.testing.assert_array_equal(example["image"], forms.render_form(form))
-  batch = next(iter(_loader(data_dir, "forms_vqa", IMAGE_TASK)))
+  batch = _loader(data_dir, "forms_vqa", IMAGE_TASK, steps=1)[0]
   assert batch["pixel_values"].shape == (8,) + forms.IMAGE_SIZE + (3,)
   assert batch["pixel_values"].min() >= -1.0 and batch["pixel_values"].max() <= 1.0
   tok = ByteTokenizer()
@@ -52,7 +55,7 @@ def test_image_batches_decode_to_the_rendered_forms(data_dir):
 
 
 def test_text_batches(data_dir):
-  batch = next(iter(_loader(data_dir, "forms_text", TEXT_TASK)))
+  batch = _loader(data_dir, "forms_text", TEXT_TASK, steps=1)[0]
   assert batch["input_ids"].shape == (8, SOURCE_LENGTH)
   assert batch["attention_mask"].shape == (8, SOURCE_LENGTH)
   assert 0 < batch["attention_mask"].sum(1).max() < SOURCE_LENGTH  # Padded, never truncated.
@@ -61,20 +64,55 @@ def test_text_batches(data_dir):
   assert source.startswith("? ") and tok.decode(batch["targets"][0]) in source
 
 
-def test_pipeline_is_deterministic_and_resumable(data_dir):
-  first = [b["targets"] for b in _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3)]
-  again = [b["targets"] for b in _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3)]
-  other = [b["targets"] for b in _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=4)]
+def test_training_order_is_a_function_of_seed_and_step(data_dir):
+  first = np.stack([b["targets"] for b in _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3)])
+  again = np.stack([b["targets"] for b in _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3)])
+  other = np.stack([b["targets"] for b in _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=4)])
   assert len(first) == 256 // 8
-  np.testing.assert_array_equal(np.stack(first), np.stack(again))
-  assert not np.array_equal(np.stack(first), np.stack(other))
-  iterator = iter(_loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3))
-  for _ in range(5):
-    next(iterator)
-  state = iterator.get_state()
-  resumed = iter(_loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3))
-  resumed.set_state(state)
-  np.testing.assert_array_equal(next(resumed)["targets"], first[5])
+  np.testing.assert_array_equal(first, again)
+  assert not np.array_equal(first, other)
+  # One epoch reads every example once; the next epoch reads them all again, in another order.
+  source = pipeline.data_source("forms_vqa", "tiny", "train", data_dir)
+  tok = ByteTokenizer()
+  everything = sorted(tok.decode(pipeline.Preprocess(IMAGE_TASK, tok).map(source[i])["targets"])
+                      for i in range(len(source)))
+  epoch_2 = np.stack([b["targets"] for b in _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3,
+                                                    first_step=33)])
+  for epoch in (first, epoch_2):
+    assert sorted(tok.decode(t) for t in epoch.reshape(-1, epoch.shape[-1])) == everything
+  assert not np.array_equal(first, epoch_2)
+  # A run resumed at step 6 reads what an uninterrupted run reads at step 6.
+  resumed = _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3, first_step=6, steps=2)
+  np.testing.assert_array_equal(np.stack([b["targets"] for b in resumed]), first[5:7])
+
+
+def test_processes_read_their_rows_of_the_same_global_batches(data_dir):
+  """Two readers of rows 0-3 and 4-7 together read each global batch a single reader reads; the
+  row spans come from the batch sharding of a mesh split over 2 processes' devices."""
+  whole = _loader(data_dir, "forms_text", TEXT_TASK, steps=3)
+  top = _loader(data_dir, "forms_text", TEXT_TASK, rows=(0, 4), steps=3)
+  bottom = _loader(data_dir, "forms_text", TEXT_TASK, rows=(4, 8), steps=3)
+  for step in range(3):
+    for key in whole[step]:
+      np.testing.assert_array_equal(np.concatenate([top[step][key], bottom[step][key]]),
+                                    whole[step][key])
+  assert pipeline.process_rows(jax.sharding.SingleDeviceSharding(jax.devices()[0]), 8) == (0, 8)
+
+
+def test_eval_batches_cover_the_split_once_and_mark_the_padding(data_dir):
+  source = pipeline.data_source("forms_text", "tiny", "validation", data_dir)
+  preprocess = pipeline.Preprocess(TEXT_TASK, ByteTokenizer())
+  batches = list(pipeline.eval_batches(source, preprocess, 24, (0, 24)))
+  assert len(source) == 64 and len(batches) == 3  # 24 + 24 + 16 real rows, 8 padding
+  valid = np.concatenate([b["valid"] for b in batches])
+  np.testing.assert_array_equal(valid, np.arange(72) < 64)
+  targets = np.concatenate([b["targets"] for b in batches])
+  for i in (0, 30, 63):
+    np.testing.assert_array_equal(targets[i], preprocess.map(source[i])["targets"])
+  np.testing.assert_array_equal(targets[64:], np.repeat(targets[63:64], 8, axis=0))
+  halves = [list(pipeline.eval_batches(source, preprocess, 24, rows)) for rows in ((0, 12), (12, 24))]
+  np.testing.assert_array_equal(
+      np.concatenate([np.concatenate([a["targets"], b["targets"]]) for a, b in zip(*halves)]), targets)
 
 
 def test_unknown_dataset_or_config_is_refused(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 
 from deed_jax import checkpoint
 from deed_jax.train import RESULTS_FILE, train_and_evaluate
-from deed_jax.workdir import MODEL_CONFIG_FILE
+from deed_jax.workdir import MODEL_CONFIG_FILE, TRAIN_CONFIG_FILE
 from tests.training.configs import tiny_text_config, train_tiny
 
 
@@ -90,9 +90,11 @@ def test_workdir_of_a_different_model_is_refused_and_left_untouched(tmp_path, tr
 
 
 def test_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, trained_workdir, tfds_dir):
-  """Even with model_config.json removed, the stored array shapes are checked before restoring."""
+  """Even with model_config.json (and the run's train_config.json) removed, the stored array shapes
+  are checked before restoring."""
   workdir = shutil.copytree(trained_workdir, tmp_path / "run")
   os.remove(workdir / MODEL_CONFIG_FILE)
+  os.remove(workdir / TRAIN_CONFIG_FILE)
   _refuses_and_leaves_untouched(str(workdir), tfds_dir,
                                 r"does not fit this model: .*wi.*\(32, 48\) vs model \(32, 40\)",
                                 d_ff=40)
@@ -142,7 +144,7 @@ def test_checkpoint_in_the_legacy_embedding_layout_restores_and_resumes(tmp_path
   current = shutil.copytree(trained_workdir, tmp_path / "current")
   for workdir in (current, legacy):
     train_and_evaluate(tiny_text_config(tfds_dir, total_steps=3, checkpoint_every_steps=1),
-                       str(workdir), progress=False)
+                       str(workdir), progress=False, allow_config_change=True)
   (_, from_current), (_, from_legacy) = _final_state(str(current)), _final_state(str(legacy))
   assert jax.tree.structure(from_current) == jax.tree.structure(from_legacy)
   for a, b in zip(jax.tree.leaves(from_current), jax.tree.leaves(from_legacy)):
