@@ -140,155 +140,156 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   checkpointer = checkpoint.Checkpointer(
       workdir, model_config, keep=config.keep_checkpoints,
       save_interval_steps=config.checkpoint_every_steps)
-
-  # ---------------------------------------------------------------------------------------------
-  # Devices: one mesh over every process's devices; batches split over its `batch` axes.
-  # ---------------------------------------------------------------------------------------------
-  mesh = sharding.make_mesh(config.mesh)
-  rules = config.sharding_rules
-  batch_sharding = sharding.batch_sharding(mesh, rules)
-  _log(f"Mesh {dict(mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} "
-       f"process(es); global batch {config.batch_size}.")
-
-  # ---------------------------------------------------------------------------------------------
-  # Input: the embedded TFDS dataset (generated once), read by grain; each process reads its rows.
-  # ---------------------------------------------------------------------------------------------
-  data_dir = os.path.expanduser(task.data_dir or "~/tensorflow_datasets")
-  dataset_config = datasets.resolve_config(task.dataset, task.dataset_config,
-                                           config.init_from or workdir, model_config.image_size)
-  _log(f"Dataset {task.dataset}/{dataset_config} in {data_dir} (generated on first use).")
-  _prepare_dataset(task.dataset, dataset_config, data_dir, task.manual_dir)
-  features = pipeline.TaskFeatures(
-      encoder=model_config.encoder, source_key=task.source_key, target_key=task.target_key,
-      max_source_length=task.max_source_length, max_target_length=model_config.max_target_length)
-  preprocess = pipeline.Preprocess(features, tokenizer, decoder_start_id=model_config.bos_id)
-  train_source = pipeline.data_source(task.dataset, dataset_config, "train", data_dir, task.manual_dir)
-  eval_source = pipeline.data_source(task.dataset, dataset_config, "validation", data_dir,
-                                     task.manual_dir)
-
-  def eval_batches():
-    return pipeline.eval_batches(eval_source, preprocess, config.eval_batch_size,
-                                 pipeline.process_rows(batch_sharding, config.eval_batch_size))
-
-  # ---------------------------------------------------------------------------------------------
-  # Model and optimizer state, created in their shards (or restored into them).
-  # ---------------------------------------------------------------------------------------------
-  tx = make_optimizer(config.optimizer, config.total_steps)
-  layout = train_state_layout(model_config, tx, config.seed, config.train_only, mesh, rules)
-  graphdef = layout.graphdef
-  num_params = sum(x.size for x in jax.tree.leaves(layout.abstract.params))
-  _log(f"Model: {num_params:,} parameters, {model_config.decoder_layers} decoder exits.")
-  latest, state = checkpointer.restore_newest(layout.abstract, report=_log)
-  if state is not None:
-    _log(f"Resumed from step {latest} in {workdir}.")
-  else:
-    state = layout.init()
-    if config.init_from:  # A fresh run from another workdir's model (a converted HF checkpoint).
-      restored = checkpoint.restore_params(config.init_from, layout.abstract.params,
-                                           may_lack=ADDABLE_PARAMS)
-      params = merge_params(state.params, restored)  # an added exit classifier keeps its init
-      init_opt = jax.jit(tx.init, out_shardings=layout.shardings.opt_state)
-      state = state._replace(params=params,
-                             opt_state=init_opt(trained_params(params, config.train_only)))
-      if jax.process_index() == 0:  # its tokenizer and HF origin, so this run can be exported back
-        copy_side_files(config.init_from, workdir)
-      _log(f"Initialised from {config.init_from}.")
-
-  if jax.process_index() == 0 and (started_with is None or changes):
-    # The config the run follows (written once its checkpoint has been read, so that a refusal
-    # leaves the workdir as it was): checked on resume; its task read by deed_jax.evaluate.
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    write_json(workdir, TRAIN_CONFIG_FILE, config.to_dict())
-
-  # ---------------------------------------------------------------------------------------------
-  # Steps.
-  # ---------------------------------------------------------------------------------------------
-  weights = exit_weights(config.loss.mode, model_config.decoder_layers)
-  train_step = make_train_step(graphdef, tx, weights, config.loss.label_smoothing,
-                               classifier_weight=config.loss.exit_classifier_weight,
-                               train_only=config.train_only, state_shardings=layout.shardings,
-                               batch_sharding=batch_sharding)
-  eval_fn = make_eval_fn(graphdef, model_config.max_target_length, config.num_eval_samples,
-                         layout.shardings.params, batch_sharding)
-  schedule = learning_rate_schedule(config.optimizer, config.total_steps)
-  start = int(state.step)
-  writer = MetricWriter(workdir, resumed_at=start)
-  rng = jax.random.key(config.seed)
-
-  def evaluate(step: int) -> dict:
-    results = evaluate_exits(eval_fn, state.params, eval_batches(), tokenizer.decode,
-                             config.num_eval_samples,
-                             to_device=lambda batch: sharding.global_batch(batch, batch_sharding))
-    writer.write(step, {k: v for k, v in results.items() if k.startswith("exit_")}, prefix="eval/")
-    _log(f"Validation at step {step}:\n{exit_table(results)}")
-    for sample in results["samples"]:
-      _log(f"  target {sample['target']!r} | exits 1..L {sample['exits']}")
-    return {"step": step, **results}
-
-  # ---------------------------------------------------------------------------------------------
-  # Loop.
-  # ---------------------------------------------------------------------------------------------
-  train_iter = pipeline.train_batches(train_source, preprocess, config.batch_size,
-                                      pipeline.process_rows(batch_sharding, config.batch_size),
-                                      seed=config.seed, first_step=start + 1)
-  preemption = Preemption(checkpointer)
-  bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
-                  disable=not progress or jax.process_index() > 0)
-  last_time, last_step, stopped = time.time(), start, None
+  preemption = Preemption(checkpointer)  # early: a SIGTERM while compiling stops at the first step
   try:
-    for step in range(start + 1, config.total_steps + 1):
-      batch = next(train_iter)
-      for key in ("input_ids", "decoder_input_ids", "targets"):
-        if key in batch:
-          check_token_ids(batch[key], model_config.vocab_size, key)
-      state, metrics = train_step(state, sharding.global_batch(batch, batch_sharding), rng)
-      bar.update(1)
-      if step % config.log_every_steps == 0 or step == config.total_steps:
-        metrics = jax.device_get(metrics)
-        now = time.time()
-        metrics["steps_per_second"] = (step - last_step) / max(now - last_time, 1e-9)
-        metrics["learning_rate"] = float(schedule(step - 1))
-        last_time, last_step = now, step
-        writer.write(step, metrics, prefix="train/")
-        bar.set_postfix(loss=f"{metrics['loss']:.3f}",
-                        final_acc=f"{metrics['exit_token_accuracy'][-1]:.3f}",
-                        steps_s=f"{metrics['steps_per_second']:.2f}")
-      preempted = preemption.reached(step)
-      checkpointer.save(step, state, force=preempted or step in (config.total_steps, stop_at_step))
-      if preempted or step == stop_at_step:
-        stopped = "SIGTERM" if preempted else "stop_at_step"
-        break
-      if step % config.eval_every_steps == 0 and step != config.total_steps:
-        evaluate(step)
+    # ---------------------------------------------------------------------------------------------
+    # Devices: one mesh over every process's devices; batches split over its `batch` axes.
+    # ---------------------------------------------------------------------------------------------
+    mesh = sharding.make_mesh(config.mesh)
+    rules = config.sharding_rules
+    batch_sharding = sharding.batch_sharding(mesh, rules)
+    _log(f"Mesh {dict(mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} "
+         f"process(es); global batch {config.batch_size}.")
+
+    # ---------------------------------------------------------------------------------------------
+    # Input: the embedded TFDS dataset (generated once), read by grain; each process reads its rows.
+    # ---------------------------------------------------------------------------------------------
+    data_dir = os.path.expanduser(task.data_dir or "~/tensorflow_datasets")
+    dataset_config = datasets.resolve_config(task.dataset, task.dataset_config,
+                                             config.init_from or workdir, model_config.image_size)
+    _log(f"Dataset {task.dataset}/{dataset_config} in {data_dir} (generated on first use).")
+    _prepare_dataset(task.dataset, dataset_config, data_dir, task.manual_dir)
+    features = pipeline.TaskFeatures(
+        encoder=model_config.encoder, source_key=task.source_key, target_key=task.target_key,
+        max_source_length=task.max_source_length, max_target_length=model_config.max_target_length)
+    preprocess = pipeline.Preprocess(features, tokenizer, decoder_start_id=model_config.bos_id)
+    train_source = pipeline.data_source(task.dataset, dataset_config, "train", data_dir, task.manual_dir)
+    eval_source = pipeline.data_source(task.dataset, dataset_config, "validation", data_dir,
+                                       task.manual_dir)
+
+    def eval_batches():
+      return pipeline.eval_batches(eval_source, preprocess, config.eval_batch_size,
+                                   pipeline.process_rows(batch_sharding, config.eval_batch_size))
+
+    # ---------------------------------------------------------------------------------------------
+    # Model and optimizer state, created in their shards (or restored into them).
+    # ---------------------------------------------------------------------------------------------
+    tx = make_optimizer(config.optimizer, config.total_steps)
+    layout = train_state_layout(model_config, tx, config.seed, config.train_only, mesh, rules)
+    graphdef = layout.graphdef
+    num_params = sum(x.size for x in jax.tree.leaves(layout.abstract.params))
+    _log(f"Model: {num_params:,} parameters, {model_config.decoder_layers} decoder exits.")
+    latest, state = checkpointer.restore_newest(layout.abstract, report=_log)
+    if state is not None:
+      _log(f"Resumed from step {latest} in {workdir}.")
+    else:
+      state = layout.init()
+      if config.init_from:  # A fresh run from another workdir's model (a converted HF checkpoint).
+        restored = checkpoint.restore_params(config.init_from, layout.abstract.params,
+                                             may_lack=ADDABLE_PARAMS)
+        params = merge_params(state.params, restored)  # an added exit classifier keeps its init
+        init_opt = jax.jit(tx.init, out_shardings=layout.shardings.opt_state)
+        state = state._replace(params=params,
+                               opt_state=init_opt(trained_params(params, config.train_only)))
+        if jax.process_index() == 0:  # its tokenizer and HF origin, so this run can be exported back
+          copy_side_files(config.init_from, workdir)
+        _log(f"Initialised from {config.init_from}.")
+
+    if jax.process_index() == 0 and (started_with is None or changes):
+      # The config the run follows (written once its checkpoint has been read, so that a refusal
+      # leaves the workdir as it was): checked on resume; its task read by deed_jax.evaluate.
+      epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+      write_json(workdir, TRAIN_CONFIG_FILE, config.to_dict())
+
+    # ---------------------------------------------------------------------------------------------
+    # Steps.
+    # ---------------------------------------------------------------------------------------------
+    weights = exit_weights(config.loss.mode, model_config.decoder_layers)
+    train_step = make_train_step(graphdef, tx, weights, config.loss.label_smoothing,
+                                 classifier_weight=config.loss.exit_classifier_weight,
+                                 train_only=config.train_only, state_shardings=layout.shardings,
+                                 batch_sharding=batch_sharding)
+    eval_fn = make_eval_fn(graphdef, model_config.max_target_length, config.num_eval_samples,
+                           layout.shardings.params, batch_sharding)
+    schedule = learning_rate_schedule(config.optimizer, config.total_steps)
+    start = int(state.step)
+    writer = MetricWriter(workdir, resumed_at=start)
+    rng = jax.random.key(config.seed)
+
+    def evaluate(step: int) -> dict:
+      results = evaluate_exits(eval_fn, state.params, eval_batches(), tokenizer.decode,
+                               config.num_eval_samples,
+                               to_device=lambda batch: sharding.global_batch(batch, batch_sharding))
+      writer.write(step, {k: v for k, v in results.items() if k.startswith("exit_")}, prefix="eval/")
+      _log(f"Validation at step {step}:\n{exit_table(results)}")
+      for sample in results["samples"]:
+        _log(f"  target {sample['target']!r} | exits 1..L {sample['exits']}")
+      return {"step": step, **results}
+
+    # ---------------------------------------------------------------------------------------------
+    # Loop.
+    # ---------------------------------------------------------------------------------------------
+    train_iter = pipeline.train_batches(train_source, preprocess, config.batch_size,
+                                        pipeline.process_rows(batch_sharding, config.batch_size),
+                                        seed=config.seed, first_step=start + 1)
+    bar = tqdm.tqdm(total=config.total_steps, initial=start, desc="train", dynamic_ncols=True,
+                    disable=not progress or jax.process_index() > 0)
+    last_time, last_step, stopped = time.time(), start, None
+    try:
+      for step in range(start + 1, config.total_steps + 1):
+        batch = next(train_iter)
+        for key in ("input_ids", "decoder_input_ids", "targets"):
+          if key in batch:
+            check_token_ids(batch[key], model_config.vocab_size, key)
+        state, metrics = train_step(state, sharding.global_batch(batch, batch_sharding), rng)
+        bar.update(1)
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+          metrics = jax.device_get(metrics)
+          now = time.time()
+          metrics["steps_per_second"] = (step - last_step) / max(now - last_time, 1e-9)
+          metrics["learning_rate"] = float(schedule(step - 1))
+          last_time, last_step = now, step
+          writer.write(step, metrics, prefix="train/")
+          bar.set_postfix(loss=f"{metrics['loss']:.3f}",
+                          final_acc=f"{metrics['exit_token_accuracy'][-1]:.3f}",
+                          steps_s=f"{metrics['steps_per_second']:.2f}")
+        preempted = preemption.reached(step)
+        checkpointer.save(step, state, force=preempted or step in (config.total_steps, stop_at_step))
+        if preempted or step == stop_at_step:
+          stopped = "SIGTERM" if preempted else "stop_at_step"
+          break
+        if step % config.eval_every_steps == 0 and step != config.total_steps:
+          evaluate(step)
+    finally:
+      bar.close()
+      checkpointer.wait()
+    if stopped is not None and int(state.step) < config.total_steps:
+      _log(f"Stopped at step {int(state.step)} ({stopped}) after saving it; rerun the same command to "
+           "resume.")
+      writer.close()
+      return None
+    results = evaluate(int(state.step))
+    writer.close()
+    if config.decode.thresholds:
+      examples, answers = pipeline.read_examples(eval_source, preprocess, config.decode.num_examples,
+                                                 task.answers_key)
+      settings = [Setting("static")] + [Setting("deed", threshold=t) for t in config.decode.thresholds]
+      # One example at a time: on one local device of each process (a copy of the params), not the mesh.
+      params = jax.device_put(multihost_utils.process_allgather(state.params, tiled=True),
+                              jax.local_devices()[0])
+      runs = decode_settings(merge_model(graphdef, params),
+                             [pipeline.stack_examples([e]) for e in examples],
+                             settings, model_config.max_target_length)
+      rows = summarise(runs, task.metric, tokenizer.decode, answers)
+      _log(f"Greedy decoding, one example at a time ({len(examples)} validation examples):\n"
+           f"{settings_table(rows)}")
+      results["decoding"] = rows
+    if jax.process_index() == 0:
+      (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
+    return results
   finally:
     preemption.close()
-    bar.close()
-    checkpointer.wait()
     checkpointer.close()
-  if stopped is not None and int(state.step) < config.total_steps:
-    _log(f"Stopped at step {int(state.step)} ({stopped}) after saving it; rerun the same command to "
-         "resume.")
-    writer.close()
-    return None
-  results = evaluate(int(state.step))
-  writer.close()
-  if config.decode.thresholds:
-    examples, answers = pipeline.read_examples(eval_source, preprocess, config.decode.num_examples,
-                                               task.answers_key)
-    settings = [Setting("static")] + [Setting("deed", threshold=t) for t in config.decode.thresholds]
-    # One example at a time: on one local device of each process (a copy of the params), not the mesh.
-    params = jax.device_put(multihost_utils.process_allgather(state.params, tiled=True),
-                            jax.local_devices()[0])
-    runs = decode_settings(merge_model(graphdef, params),
-                           [pipeline.stack_examples([e]) for e in examples],
-                           settings, model_config.max_target_length)
-    rows = summarise(runs, task.metric, tokenizer.decode, answers)
-    _log(f"Greedy decoding, one example at a time ({len(examples)} validation examples):\n"
-         f"{settings_table(rows)}")
-    results["decoding"] = rows
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / RESULTS_FILE).write_text(json.dumps(results, indent=2))
-  return results
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py[:arg]).",

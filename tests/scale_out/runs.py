@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -69,3 +70,27 @@ def assert_params_close(a: dict, b: dict, **tolerance) -> None:
   assert jax.tree.structure(a) == jax.tree.structure(b) and len(leaves_a) > 10
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_allclose(x, y, **tolerance)
+
+
+def interrupt(workdir, tfds_dir, *flags, sig: int, when, timeout: int = 600) -> tuple[int, str]:
+  """Start the trainer (one process, one device) and send it `sig` as soon as `when(workdir,
+  output_so_far)` holds; -> (exit status, output). Fails the test if the run ends first."""
+  process = subprocess.Popen(train_command(workdir, tfds_dir, *flags), cwd=REPO,
+                             env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  os.set_blocking(process.stdout.fileno(), False)
+  output, deadline = b"", time.time() + timeout
+  while not when(workdir, output.decode(errors="replace")):
+    output += process.stdout.read() or b""
+    assert process.poll() is None, f"the run ended before it was interrupted:\n{output[-3000:]}"
+    assert time.time() < deadline, "timed out waiting to interrupt the run"
+    time.sleep(0.005)
+  process.send_signal(sig)
+  os.set_blocking(process.stdout.fileno(), True)
+  rest = process.communicate(timeout=timeout)[0]
+  return process.returncode, (output + rest).decode(errors="replace")
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """The finished checkpoint steps in a workdir (orbax renames a step's directory once complete)."""
+  path = os.path.join(workdir, "checkpoints")
+  return sorted(int(p) for p in os.listdir(path) if p.isdigit()) if os.path.isdir(path) else []

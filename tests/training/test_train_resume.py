@@ -149,3 +149,41 @@ def test_checkpoint_in_the_legacy_embedding_layout_restores_and_resumes(tmp_path
   assert jax.tree.structure(from_current) == jax.tree.structure(from_legacy)
   for a, b in zip(jax.tree.leaves(from_current), jax.tree.leaves(from_legacy)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_unreadable_newest_checkpoint_is_skipped_not_deleted(tmp_path, tfds_dir, capsys):
+  config = tiny_text_config(tfds_dir, total_steps=3, checkpoint_every_steps=1)
+  workdir = tmp_path / "run"
+  assert train_and_evaluate(config, str(workdir), stop_at_step=2, progress=False) is None
+  data = workdir / "checkpoints" / "2" / "state" / "d"
+  largest = max(data.iterdir(), key=lambda p: p.stat().st_size)
+  size = largest.stat().st_size
+  with open(largest, "r+b") as f:  # a file cut short, as by a full disk or an interrupted copy
+    f.truncate(size // 2)
+  capsys.readouterr()
+  results = train_and_evaluate(config, str(workdir), progress=False)
+  out = capsys.readouterr().out
+  assert f"Checkpoint step 2 ({workdir / 'checkpoints' / '2'}) cannot be read" in out
+  assert "Resumed from step 1" in out and results["step"] == 3
+  aside = workdir / "checkpoints" / "2.unreadable" / "state" / "d" / largest.name
+  assert aside.stat().st_size == size // 2  # kept as it was, for a person to look at
+  step, state = _final_state(str(workdir))
+  assert step == 3 and int(state["step"]) == 3
+
+
+def test_resume_with_a_config_that_changes_the_run_is_refused(tmp_path, trained_workdir, tfds_dir):
+  workdir = shutil.copytree(trained_workdir, tmp_path / "run")
+  before = _tree_digest(workdir)
+  config = tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2)
+  config.optimizer.learning_rate = 0.002
+  config.seed = 1
+  config.log_every_steps = 5  # neutral: not named
+  with pytest.raises(ValueError, match=r"would change it: optimizer.learning_rate: 0.001 -> 0.002; "
+                                       r"seed: 0 -> 1\. .*--allow_config_change"):
+    train_and_evaluate(config, str(workdir), progress=False)
+  assert _tree_digest(workdir) == before
+  config.total_steps = 3
+  results = train_and_evaluate(config, str(workdir), progress=False, allow_config_change=True)
+  assert results["step"] == 3
+  with open(workdir / TRAIN_CONFIG_FILE) as f:
+    assert json.load(f)["optimizer"]["learning_rate"] == 0.002  # the run now follows the new config

@@ -1,0 +1,69 @@
+"""Real training runs in subprocesses: two processes on localhost (4 CPU devices each, gloo
+collectives) train like one process with 8 devices and like one device, at the same global batch; a
+checkpoint written on 8 devices resumes on 4; a run killed (SIGKILL) and one preempted (SIGTERM) end
+exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from tests.scale_out.runs import (MESH_2x2x2, TOTAL_STEPS, assert_params_close, checkpoint_steps,
+                                  final_params, interrupt, train)
+
+# Float reduction order differs between topologies (sums split over devices, then all-reduced).
+TOLERANCE = dict(rtol=2e-4, atol=2e-5)
+
+
+@pytest.fixture(scope="module")
+def one_device_run(tmp_path_factory, tfds_dir):
+  workdir = tmp_path_factory.mktemp("one_device") / "run"
+  train(workdir, tfds_dir, "--config.mesh.data=1", devices=1)
+  return workdir
+
+
+def test_two_processes_and_eight_devices_train_like_one_device(tmp_path, tfds_dir, one_device_run):
+  two = tmp_path / "two_processes"
+  out = train(two, tfds_dir, *MESH_2x2x2, devices=4, processes=2)
+  assert "over 8 devices in 2 process(es); global batch 16" in out
+  eight = tmp_path / "eight_devices"
+  train(eight, tfds_dir, *MESH_2x2x2, devices=8)
+  reference = final_params(one_device_run)
+  assert_params_close(final_params(two), reference, **TOLERANCE)
+  assert_params_close(final_params(eight), reference, **TOLERANCE)
+
+
+def test_checkpoint_from_eight_devices_resumes_on_four(tmp_path, tfds_dir, one_device_run):
+  workdir = tmp_path / "run"
+  out = train(workdir, tfds_dir, *MESH_2x2x2, "--stop_at_step=6", devices=8)
+  assert "Stopped at step 6" in out
+  out = train(workdir, tfds_dir, "--config.mesh.data=2", "--config.mesh.fsdp=2", devices=4)
+  assert "Resumed from step 6" in out and "Mesh {'data': 2, 'fsdp': 2, 'tensor': 1}" in out
+  assert_params_close(final_params(workdir), final_params(one_device_run), **TOLERANCE)
+
+
+def test_killed_then_preempted_run_ends_like_an_uninterrupted_one(tmp_path, tfds_dir, one_device_run):
+  workdir = tmp_path / "run"
+  # SIGKILL right after the step 4 checkpoint is complete: mid-training, nothing saved on the way out.
+  status, _ = interrupt(workdir, tfds_dir, sig=signal.SIGKILL,
+                        when=lambda w, out: 4 in checkpoint_steps(w))
+  assert status == -signal.SIGKILL
+  assert 4 <= max(checkpoint_steps(workdir)) < TOTAL_STEPS
+  # Rerun the same command; SIGTERM once it has resumed: it saves the step it is at and exits.
+  status, out = interrupt(workdir, tfds_dir, sig=signal.SIGTERM,
+                          when=lambda w, out: "Resumed from step" in out)
+  assert status == 0, out[-3000:]
+  stopped = int(out.split("Stopped at step ")[1].split()[0])
+  assert "(SIGTERM)" in out and max(checkpoint_steps(workdir)) == stopped < TOTAL_STEPS
+  out = train(workdir, tfds_dir)
+  assert f"Resumed from step {stopped}" in out
+  final, reference = final_params(workdir), final_params(one_device_run)
+  for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
+    np.testing.assert_array_equal(a, b)  # bit-identical: same device, same data, same steps
+  logged = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")
+            if "train/loss" in line]
+  assert logged == list(range(1, TOTAL_STEPS + 1))  # steps replayed after the kill logged once
