@@ -86,6 +86,12 @@ def training_defaults() -> ml_collections.ConfigDict:
   config.sharding_rules = sharding.DEFAULT_RULES
   config.seed = 0
   config.batch_size = 32  # The global batch: examples per step over all processes and devices.
+  # Large models: recompute each layer's activations in the backward pass instead of keeping them.
+  # (bf16 compute with f32 params and optimizer state: --config.model.dtype=bfloat16.)
+  config.remat = False
+  # Average the gradients of this many steps before each update (optax.MultiSteps): the update of a
+  # batch this many times larger, in the memory of one. total_steps must be a multiple of it.
+  config.gradient_accumulation_steps = 1
   config.total_steps = 1000
   config.log_every_steps = 50
   config.eval_every_steps = 500
@@ -173,9 +179,13 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
     if not isinstance(threshold, (int, float)) or not threshold >= 0:
       raise UserError(f"config.decode.thresholds holds {threshold!r}; thresholds are numbers >= 0.")
   for name in ("batch_size", "eval_batch_size", "total_steps", "log_every_steps", "eval_every_steps",
-               "checkpoint_every_steps", "keep_checkpoints"):
+               "checkpoint_every_steps", "keep_checkpoints", "gradient_accumulation_steps"):
     if config[name] < 1:
       raise UserError(f"config.{name}={config[name]} must be >= 1.")
+  if config.total_steps % config.gradient_accumulation_steps:
+    raise UserError(f"config.total_steps={config.total_steps} is not a multiple of "
+                     f"config.gradient_accumulation_steps={config.gradient_accumulation_steps}: the "
+                     "last update would be left half accumulated.")
   check_mesh(config)
   return model
 
@@ -200,7 +210,7 @@ def check_mesh(config: ml_collections.ConfigDict, num_devices: int | None = None
 # Options a resumed run may change freely: where and how often it logs, evaluates and checkpoints, the
 # mesh it runs on, and the decoding comparison at the end. Anything else changes the run's numbers.
 RUN_NEUTRAL = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-               "eval_batch_size", "num_eval_samples", "decode", "mesh", "sharding_rules",
+               "eval_batch_size", "num_eval_samples", "decode", "mesh", "sharding_rules", "remat",
                "task.data_dir", "task.manual_dir")
 
 

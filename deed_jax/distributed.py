@@ -1,8 +1,10 @@
 """Joining JAX's multi-process runtime (`jax.distributed`) before anything touches a device.
 
 Every process of a multi-host run calls `initialize` first. With a coordinator address, process count
-and process id given (flags), it joins them; on a TPU VM slice or under Slurm with several tasks JAX
-finds them itself; otherwise the run is one process. On CPUs the processes exchange data through gloo
+and process id given (flags), it joins them; under Slurm with several tasks, on a TPU VM slice whose
+workers are listed in the environment, or when asked (`--distributed`), JAX finds them itself;
+otherwise the run is one process. Joining also starts JAX's preemption service, through which all
+processes agree on the step at which to save when one of them gets SIGTERM. On CPUs the processes exchange data through gloo
 (JAX's CPU collectives), so several processes on one machine form a real multi-process run.
 """
 
@@ -43,10 +45,11 @@ def check_arguments(coordinator_address: str | None, num_processes: int | None,
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None) -> None:
-  """Join the multi-process run the arguments or the environment describe (no-op for one process)."""
+               process_id: int | None = None, *, auto: bool = False) -> None:
+  """Join the multi-process run the arguments or the environment describe (no-op for one process).
+  `auto` joins whatever JAX detects (a TPU VM slice, Slurm, ...) without the environment check."""
   explicit = check_arguments(coordinator_address, num_processes, process_id)
-  if not explicit and not cluster_detected():
+  if not explicit and not auto and not cluster_detected():
     return
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if explicit:

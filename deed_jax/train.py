@@ -174,7 +174,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # ---------------------------------------------------------------------------------------------
     # Model and optimizer state, created in their shards (or restored into them).
     # ---------------------------------------------------------------------------------------------
-    tx = make_optimizer(config.optimizer, config.total_steps)
+    tx = make_optimizer(config.optimizer, config.total_steps, config.gradient_accumulation_steps)
     layout = train_state_layout(model_config, tx, config.seed, config.train_only, mesh, rules)
     graphdef = layout.graphdef
     num_params = sum(x.size for x in jax.tree.leaves(layout.abstract.params))
@@ -208,10 +208,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     train_step = make_train_step(graphdef, tx, weights, config.loss.label_smoothing,
                                  classifier_weight=config.loss.exit_classifier_weight,
                                  train_only=config.train_only, state_shardings=layout.shardings,
-                                 batch_sharding=batch_sharding)
+                                 batch_sharding=batch_sharding, remat=config.remat)
     eval_fn = make_eval_fn(graphdef, model_config.max_target_length, config.num_eval_samples,
                            layout.shardings.params, batch_sharding)
-    schedule = learning_rate_schedule(config.optimizer, config.total_steps)
+    schedule = learning_rate_schedule(config.optimizer,
+                                      config.total_steps // config.gradient_accumulation_steps)
     start = int(state.step)
     writer = MetricWriter(workdir, resumed_at=start)
     rng = jax.random.key(config.seed)
@@ -247,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           metrics = jax.device_get(metrics)
           now = time.time()
           metrics["steps_per_second"] = (step - last_step) / max(now - last_time, 1e-9)
-          metrics["learning_rate"] = float(schedule(step - 1))
+          metrics["learning_rate"] = float(schedule((step - 1) // config.gradient_accumulation_steps))
           last_time, last_step = now, step
           writer.write(step, metrics, prefix="train/")
           bar.set_postfix(loss=f"{metrics['loss']:.3f}",
@@ -308,13 +309,17 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run (with "
                                       "--coordinator_address).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0..num_processes-1.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join the multi-process run JAX detects by itself (a TPU VM slice; Slurm "
+    "tasks are detected without it).")
 
 
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO.
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         auto=_DISTRIBUTED.value)
   config = _CONFIG.value
   if _INIT_FROM.value is not None:
     with config.unlocked():

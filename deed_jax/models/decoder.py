@@ -18,7 +18,7 @@ from flax import nnx
 
 from deed_jax.models.config import ModelConfig
 from deed_jax.models.layers import (Norm, PositionEmbedding, RelativePositionBias, TokenEmbedding,
-                                    dropout, split_rng)
+                                    call_layer, dropout, split_rng)
 from deed_jax.models.transformer import (ExitAdapter, ExitClassifier, KVCache, TransformerLayer,
                                          causal_bias, padding_bias)
 
@@ -112,14 +112,14 @@ class Decoder(nnx.Module):
     return self.exit_classifier(features, layer)
 
   def __call__(self, token_ids: Array, encoder_out: Array, encoder_mask: Array, *, num_layers: int | None = None, dropout_rng: Array | None = None,
-               kv_input_fn: Callable[[int, Array], Array] | None = None, return_states: bool = False
-               ) -> Array | tuple[Array, Array]:
+               kv_input_fn: Callable[[int, Array], Array] | None = None, return_states: bool = False,
+               remat: bool = False) -> Array | tuple[Array, Array]:
     """Full-sequence (teacher-forced) pass. Returns the features of exits 1..num_layers: [L', B, T, D]
     (and with `return_states`, the layer states [L' + 1, B, T, D]: the embedding, then each layer's
     output, which head-free confidences and CALM's copy mode read).
 
     `kv_input_fn(j, x)` (CALM's copied states, naive reference): layer j derives its self-attention
-    K/V from the returned [B, T, D] instead of its input x.
+    K/V from the returned [B, T, D] instead of its input x. `remat` rematerialises each layer.
     """
     num_layers = num_layers or self.config.decoder_layers
     rngs = split_rng(dropout_rng, num_layers + 1)
@@ -132,8 +132,8 @@ class Decoder(nnx.Module):
       layer = self.layers[index]
       cross_kv = layer.cross_attention.project_kv(encoder_out)
       kv_input = None if kv_input_fn is None else kv_input_fn(index, x)
-      x, _ = layer(x, self_bias, cross_kv=cross_kv, cross_bias=cross_bias, kv_input=kv_input,
-                   dropout_rng=rngs[index])
+      x, _ = call_layer(layer, remat, x, self_bias, cross_kv=cross_kv, cross_bias=cross_bias,
+                        kv_input=kv_input, dropout_rng=rngs[index])
       exits.append(self.exit(index, x))
       states.append(x)
     if return_states:

@@ -11,7 +11,7 @@ from flax import nnx
 
 from deed_jax.models.config import ModelConfig
 from deed_jax.models.layers import (Norm, PositionEmbedding, RelativePositionBias, TokenEmbedding,
-                                    dropout, param, split_rng)
+                                    call_layer, dropout, param, split_rng)
 from deed_jax.models.transformer import TransformerLayer, padding_bias
 
 Array = jax.Array
@@ -80,7 +80,7 @@ class Encoder(nnx.Module):
     return x + positions.astype(jnp.float32)
 
   def __call__(self, encoder_inputs: dict[str, Array], token_embedding: TokenEmbedding,
-               dropout_rng: Array | None = None) -> tuple[Array, Array]:
+               dropout_rng: Array | None = None, remat: bool = False) -> tuple[Array, Array]:
     cfg = self.config
     if cfg.encoder == "image":
       x = self._embed_image(encoder_inputs["pixel_values"])
@@ -99,7 +99,7 @@ class Encoder(nnx.Module):
       positions = jnp.arange(x.shape[1])
       bias = bias + self.relative_bias(positions, positions)  # [B, H, S, S]
     for layer, rng in zip(self.layers, rngs):
-      x, _ = layer(x, bias, dropout_rng=rng)
+      x, _ = call_layer(layer, remat, x, bias, dropout_rng=rng)
     if cfg.norm_position == "pre":
       x = self.final_norm(x)
     return x, mask

@@ -49,6 +49,15 @@ def split_rng(rng: Array | None, num: int) -> list[Array | None]:
   return [None] * num if rng is None else list(jax.random.split(rng, num))
 
 
+def call_layer(layer: nnx.Module, remat: bool, *args, **kwargs):
+  """`layer(*args, **kwargs)`, under `nnx.remat` when `remat`: the backward pass then recomputes the
+  layer's activations from its input instead of keeping them (per-layer rematerialisation, for
+  models whose activations do not fit; the values are the same)."""
+  if not remat:
+    return layer(*args, **kwargs)
+  return nnx.remat(lambda module, a, kw: module(*a, **kw))(layer, args, kwargs)
+
+
 class Norm(nnx.Module):
   """LayerNorm (scale + bias) or T5-style RMSNorm (scale only), computed in float32."""
 

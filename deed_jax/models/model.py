@@ -85,9 +85,11 @@ class MultiExitEncoderDecoder(nnx.Module):
       check_token_ids(decoder_input_ids, cfg.vocab_size, "decoder_input_ids")
 
   # -- pieces used by training and decoding ---------------------------------------------------------
-  def encode(self, encoder_inputs: dict, dropout_rng: Array | None = None) -> tuple[Array, Array]:
-    """-> encoder states [B, S, D], encoder mask [B, S]."""
-    states, mask = self.encoder(encoder_inputs, self.token_embedding, dropout_rng)  # [B, S, D_enc]
+  def encode(self, encoder_inputs: dict, dropout_rng: Array | None = None, remat: bool = False
+             ) -> tuple[Array, Array]:
+    """-> encoder states [B, S, D], encoder mask [B, S]. `remat` rematerialises every layer."""
+    states, mask = self.encoder(encoder_inputs, self.token_embedding, dropout_rng,
+                                remat=remat)  # [B, S, D_enc]
     if self.config.encoder_d_model != self.config.d_model:
       dtype = states.dtype
       states = (states @ self.encoder_projection[...].astype(dtype)
@@ -96,14 +98,16 @@ class MultiExitEncoderDecoder(nnx.Module):
 
   def exit_features(self, encoder_inputs: dict, decoder_input_ids: Array, *,
                     num_layers: int | None = None, dropout_rng: Array | None = None,
-                    return_states: bool = False) -> Array | tuple[Array, Array]:
+                    return_states: bool = False, remat: bool = False
+                    ) -> Array | tuple[Array, Array]:
     """Teacher-forced features of exits 1..num_layers (pre-head): [L', B, T, D] (and with
-    `return_states` the layer states [L' + 1, B, T, D], the embedding first)."""
+    `return_states` the layer states [L' + 1, B, T, D], the embedding first). `remat`
+    rematerialises every encoder and decoder layer in the backward pass."""
     self.check_inputs(encoder_inputs, decoder_input_ids)
     enc_rng, dec_rng = split_rng(dropout_rng, 2)
-    encoder_out, encoder_mask = self.encode(encoder_inputs, enc_rng)
+    encoder_out, encoder_mask = self.encode(encoder_inputs, enc_rng, remat=remat)
     return self.decoder(decoder_input_ids, encoder_out, encoder_mask, num_layers=num_layers,
-                        dropout_rng=dec_rng, return_states=return_states)
+                        dropout_rng=dec_rng, return_states=return_states, remat=remat)
 
   def logits(self, features: Array) -> Array:
     """The shared LM head: [..., D] -> [..., V] float32."""

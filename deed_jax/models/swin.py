@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.layers import Attention, Mlp, Norm, TokenEmbedding, param
+from deed_jax.models.layers import Attention, Mlp, Norm, TokenEmbedding, call_layer, param
 
 Array = jax.Array
 _MASKED = -100.0  # Swin's additive mask between shifted-window regions
@@ -144,7 +144,7 @@ class SwinEncoder(nnx.Module):
         self.merges.append(PatchMerging(config.encoder_config, stage_config[i].d_model, rngs))
 
   def __call__(self, encoder_inputs: dict, token_embedding: TokenEmbedding | None = None,
-               dropout_rng: Array | None = None) -> tuple[Array, Array]:
+               dropout_rng: Array | None = None, remat: bool = False) -> tuple[Array, Array]:
     del token_embedding, dropout_rng  # Swin has no token input; dropout is not applied in the encoder.
     cfg = self.config
     (h, w), (ph, pw), c = cfg.image_hw, cfg.patch_hw, cfg.num_channels
@@ -159,7 +159,7 @@ class SwinEncoder(nnx.Module):
                             + self.patch_bias[...]).astype(cfg.dtype)  # [B, rows, cols, D0]
     for i, blocks in enumerate(self.stages):
       for block in blocks:
-        x = block(x)
+        x = call_layer(block, remat, x)
       if i < len(self.merges):
         x = self.merges[i](x)
     states = x.reshape(b, -1, x.shape[-1])  # [B, N_last, C_last]

@@ -57,18 +57,20 @@ def merge_model(graphdef: nnx.GraphDef, params: dict) -> MultiExitEncoderDecoder
 
 def exit_metrics(model: MultiExitEncoderDecoder, batch: dict, label_smoothing: float = 0.0,
                  dropout_rng: jax.Array | None = None,
-                 encoded: tuple[jax.Array, jax.Array] | None = None) -> ExitMetrics:
+                 encoded: tuple[jax.Array, jax.Array] | None = None,
+                 remat: bool = False) -> ExitMetrics:
   """Teacher-forced metrics of every exit on a batch (and of its exit classifier, if any).
 
   `encoded` (encoder states [B, S, D], mask [B, S]) reuses an encoder pass the caller already ran.
   The classifier reads the exit features through `stop_gradient`: its loss trains the classifier
-  alone and never moves the model it judges.
+  alone and never moves the model it judges. `remat` rematerialises every layer.
   """
   if encoded is None:
     features = model.exit_features(encoder_inputs(batch), batch["decoder_input_ids"],
-                                   dropout_rng=dropout_rng)  # [L, B, T, D]
+                                   dropout_rng=dropout_rng, remat=remat)  # [L, B, T, D]
   else:
-    features = model.decoder(batch["decoder_input_ids"], *encoded, dropout_rng=dropout_rng)  # [L,B,T,D]
+    features = model.decoder(batch["decoder_input_ids"], *encoded, dropout_rng=dropout_rng,
+                             remat=remat)  # [L, B, T, D]
   losses, accuracies, predictions = per_exit_losses(
       model.logits, features, batch["targets"], batch["target_mask"], label_smoothing)
   if model.config.exit_classifier == "none":
@@ -127,16 +129,17 @@ def train_state_layout(config: ModelConfig, tx: optax.GradientTransformation, se
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, exit_weights: np.ndarray,
                     label_smoothing: float = 0.0, *, classifier_weight: float = 0.0,
                     train_only: Sequence[str] = (), state_shardings: TrainState | None = None,
-                    batch_sharding: jax.sharding.NamedSharding | None = None):
+                    batch_sharding: jax.sharding.NamedSharding | None = None, remat: bool = False):
   """-> jitted `step(state, batch, rng) -> (state, metrics)`; the state's buffers are donated.
 
   With `state_shardings` and `batch_sharding` (a `StateLayout`'s and `sharding.batch_sharding`) the
-  step is compiled for them: the state stays where it is, metrics come back replicated."""
+  step is compiled for them: the state stays where it is, metrics come back replicated. `remat`
+  rematerialises every layer in the backward pass (less memory, ~one more forward pass of time)."""
   weights = jnp.asarray(exit_weights)  # [L]
 
   def loss_fn(trained, params, batch, rng):
     model = merge_model(graphdef, merge_params(params, trained))
-    metrics = exit_metrics(model, batch, label_smoothing, dropout_rng=rng)
+    metrics = exit_metrics(model, batch, label_smoothing, dropout_rng=rng, remat=remat)
     return total_loss(metrics, weights, classifier_weight), metrics
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
