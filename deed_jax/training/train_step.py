@@ -58,12 +58,14 @@ def merge_model(graphdef: nnx.GraphDef, params: dict) -> MultiExitEncoderDecoder
 def exit_metrics(model: MultiExitEncoderDecoder, batch: dict, label_smoothing: float = 0.0,
                  dropout_rng: jax.Array | None = None,
                  encoded: tuple[jax.Array, jax.Array] | None = None,
-                 remat: bool = False) -> ExitMetrics:
+                 remat: bool = False, exits: Sequence[int] | None = None) -> ExitMetrics:
   """Teacher-forced metrics of every exit on a batch (and of its exit classifier, if any).
 
   `encoded` (encoder states [B, S, D], mask [B, S]) reuses an encoder pass the caller already ran.
   The classifier reads the exit features through `stop_gradient`: its loss trains the classifier
-  alone and never moves the model it judges. `remat` rematerialises every layer.
+  alone and never moves the model it judges. `remat` rematerialises every layer. `exits` (0-based,
+  for a model without an exit classifier) limits the head passes to those exits: the metrics are
+  then theirs alone, [len(exits)] (a final-exit-only loss pays for one head, not L).
   """
   if encoded is None:
     features = model.exit_features(encoder_inputs(batch), batch["decoder_input_ids"],
@@ -71,6 +73,10 @@ def exit_metrics(model: MultiExitEncoderDecoder, batch: dict, label_smoothing: f
   else:
     features = model.decoder(batch["decoder_input_ids"], *encoded, dropout_rng=dropout_rng,
                              remat=remat)  # [L, B, T, D]
+  if exits is not None:
+    if model.config.exit_classifier != "none":
+      raise ValueError("A model with an exit classifier needs every exit's predictions.")
+    features = features[np.asarray(exits)]  # [len(exits), B, T, D]
   losses, accuracies, predictions = per_exit_losses(
       model.logits, features, batch["targets"], batch["target_mask"], label_smoothing)
   if model.config.exit_classifier == "none":
@@ -135,12 +141,21 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ex
   With `state_shardings` and `batch_sharding` (a `StateLayout`'s and `sharding.batch_sharding`) the
   step is compiled for them: the state stays where it is, metrics come back replicated. `remat`
   rematerialises every layer in the backward pass (less memory, ~one more forward pass of time)."""
-  weights = jnp.asarray(exit_weights)  # [L]
+  num_exits = len(exit_weights)
+  # Exits whose loss counts; the others' heads are not run (their train metrics are NaN), unless an
+  # exit classifier needs every exit's predictions.
+  weighted = np.flatnonzero(np.asarray(exit_weights))
 
   def loss_fn(trained, params, batch, rng):
     model = merge_model(graphdef, merge_params(params, trained))
-    metrics = exit_metrics(model, batch, label_smoothing, dropout_rng=rng, remat=remat)
-    return total_loss(metrics, weights, classifier_weight), metrics
+    exits = None if model.config.exit_classifier != "none" or len(weighted) == num_exits else weighted
+    metrics = exit_metrics(model, batch, label_smoothing, dropout_rng=rng, remat=remat, exits=exits)
+    weights = jnp.asarray(exit_weights if exits is None else np.asarray(exit_weights)[exits])
+    loss = total_loss(metrics, weights, classifier_weight)
+    if exits is not None:  # back to one entry per exit
+      metrics = jax.tree.map(lambda m: jnp.full((num_exits,), jnp.nan, m.dtype).at[exits].set(m),
+                             metrics)
+    return loss, metrics
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     trained = trained_params(state.params, train_only)
