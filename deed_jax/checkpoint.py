@@ -86,7 +86,7 @@ def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestor
 
 
 class Checkpointer:
-  """Save/restore the train state and the data iterator under `workdir`."""
+  """Save/restore the train state under `workdir` (the data position is its step)."""
 
   def __init__(self, workdir: str, model_config: ModelConfig, *, keep: int = 3,
                save_interval_steps: int = 1, async_save: bool = True):
