@@ -17,7 +17,6 @@ are restored through that layout and handed back in today's (`decoder/token_embe
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 import jax
@@ -28,7 +27,7 @@ from flax import nnx
 
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
-from deed_jax.workdir import (CHECKPOINT_DIR, check_compatible_workdir, filter_params,
+from deed_jax.workdir import (CHECKPOINT_DIR, absolute, check_compatible_workdir, filter_params,
                               model_config_path, path_holds, path_name, read_model_config)
 
 _LEGACY_EMBEDDING = "token_embedding"  # the table's key beside "decoder" in legacy checkpoints
@@ -96,7 +95,7 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_interval_steps,
                                            enable_async_checkpointing=async_save, create=True)
     self.manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
+        absolute(workdir) / CHECKPOINT_DIR, options=options,
         item_handlers={"state": ocp.PyTreeCheckpointHandler()})
 
   def latest_step(self) -> int | None:

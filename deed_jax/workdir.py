@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from typing import Any, Callable, Iterable
 
 from etils import epath
@@ -29,6 +28,14 @@ HF_SOURCE_FILE = "hf_source.json"  # the source config.json, resolved config and
 HF_UNUSED_FILE = "hf_unused.safetensors"  # source tensors the model does not use (ViT's pooler)
 # What travels with the weights when training starts from a workdir (`init_from`).
 MODEL_SIDE_FILES = HF_SIDE_FILES + (HF_SOURCE_FILE, HF_UNUSED_FILE)
+
+
+def absolute(path: str) -> epath.Path:
+  """A workdir as an absolute path: local paths resolved against the current directory, URLs
+  (gs://...) as they are. Every file of a workdir is reached through etils.epath (or orbax, which uses
+  it), so a workdir may live on a cloud bucket."""
+  path = epath.Path(path)
+  return path if "://" in os.fspath(path) else path.absolute()
 
 
 def model_config_path(workdir: str) -> epath.Path:
@@ -113,9 +120,9 @@ def copy_side_files(source_dir: str, target_dir: str,
   The default travels with a model between workdirs; HF directories get HF_SIDE_FILES only."""
   copied = []
   for name in names:
-    source, target = os.path.join(source_dir, name), os.path.join(target_dir, name)
-    if os.path.isfile(source) and not os.path.exists(target):
-      os.makedirs(target_dir, exist_ok=True)
-      shutil.copyfile(source, target)
+    source, target = epath.Path(source_dir) / name, epath.Path(target_dir) / name
+    if source.is_file() and not target.exists():
+      target.parent.mkdir(parents=True, exist_ok=True)
+      source.copy(target)
       copied.append(name)
   return copied

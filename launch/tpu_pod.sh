@@ -74,7 +74,7 @@ ARCHIVE="${TMPDIR:-/tmp}/deed_jax_$$.tar.gz"
 run git archive --format=tar.gz --prefix=deed_jax/ -o "$ARCHIVE" HEAD
 run "${GCLOUD[@]}" scp "$ARCHIVE" "$NAME:deed_jax.tar.gz" "${WHERE[@]}" --worker=all
 INSTALL="rm -rf ~/deed_jax && tar xzf ~/deed_jax.tar.gz -C ~ && cd ~/deed_jax && \
-python3 -m pip install --quiet -c constraints.txt -e '.[tpu]'"
+python3 -m pip install --quiet -c constraints.txt -e '.[tpu,gcs]'"
 run "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command "$INSTALL"
 
 # 3. The trainer on all workers at once. JAX finds the slice's processes itself (--distributed);

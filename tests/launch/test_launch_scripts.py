@@ -35,7 +35,7 @@ def test_tpu_pod_dry_run_creates_installs_and_starts_on_every_worker():
   assert copy[4] == "scp" and copy[5] == archive[archive.index("-o") + 1]
   for command in (copy, install, start):
     assert "--worker=all" in command and command[command.index("--zone") + 1] == "us-east5-a"
-  assert "pip install" in install[-1] and "'.[tpu]'" in install[-1]
+  assert "pip install" in install[-1] and "'.[tpu,gcs]'" in install[-1]
   train_command = shlex.split(start[-1].split("nohup ")[1].split(" >")[0])
   assert train_command[:3] == ["python3", "-m", "deed_jax.train"] and "--distributed" in train_command
   assert train_command[train_command.index("--workdir") + 1] == "gs://bucket/runs/forms"
