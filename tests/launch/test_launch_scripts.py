@@ -102,6 +102,8 @@ if [ "$1" = show ]; then echo 127.0.0.1; else echo "$@" >> "$SCONTROL_LOG"; fi
 """
 
 
+@pytest.mark.slow  # ~1.5 min; the default run checks the script's commands (dry run) and trains
+# two processes through the same trainer flags (tests/scale_out/test_training_runs.py)
 def test_generated_slurm_script_trains_two_tasks_like_one_process(tmp_path, tfds_dir):
   """The batch script itself, run with bash: its two tasks (4 CPU devices each) train the tiny text
   task like one process on one device, and the finished job does not requeue itself."""

@@ -43,15 +43,7 @@ def free_port() -> int:
 def train(workdir, tfds_dir, *flags, devices: int = 1, processes: int = 1, timeout: int = 600) -> str:
   """Run the trainer to the end in `processes` processes of `devices` devices each; returns process
   0's output. Fails the test (with the outputs) if any process fails."""
-  if processes == 1:
-    commands = [train_command(workdir, tfds_dir, *flags)]
-  else:
-    address = f"127.0.0.1:{free_port()}"
-    commands = [train_command(workdir, tfds_dir, *flags, "--coordinator_address", address,
-                              "--num_processes", str(processes), "--process_id", str(i))
-                for i in range(processes)]
-  running = [subprocess.Popen(c, cwd=REPO, env=environment(devices), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for c in commands]
+  running = start(workdir, tfds_dir, *flags, devices=devices, processes=processes)
   outputs = [p.communicate(timeout=timeout)[0] for p in running]
   for p, out in zip(running, outputs):
     assert p.returncode == 0, f"exit {p.returncode}:\n{out[-5000:]}"
@@ -94,3 +86,16 @@ def checkpoint_steps(workdir) -> list[int]:
   """The finished checkpoint steps in a workdir (orbax renames a step's directory once complete)."""
   path = os.path.join(workdir, "checkpoints")
   return sorted(int(p) for p in os.listdir(path) if p.isdigit()) if os.path.isdir(path) else []
+
+
+def start(workdir, tfds_dir, *flags, devices: int = 1, processes: int = 1) -> list:
+  """Start the trainer in `processes` processes (without waiting); -> their Popen objects."""
+  if processes == 1:
+    commands = [train_command(workdir, tfds_dir, *flags)]
+  else:
+    address = f"127.0.0.1:{free_port()}"
+    commands = [train_command(workdir, tfds_dir, *flags, "--coordinator_address", address,
+                              "--num_processes", str(processes), "--process_id", str(i))
+                for i in range(processes)]
+  return [subprocess.Popen(c, cwd=REPO, env=environment(devices), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True) for c in commands]

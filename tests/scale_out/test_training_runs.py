@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import jax
 import numpy as np
 import pytest
 
 from tests.scale_out.runs import (MESH_2x2x2, TOTAL_STEPS, assert_params_close, checkpoint_steps,
-                                  final_params, interrupt, train)
+                                  final_params, interrupt, start, train)
 
 # Float reduction order differs between topologies (sums split over devices, then all-reduced).
 TOLERANCE = dict(rtol=2e-4, atol=2e-5)
@@ -28,8 +29,11 @@ def one_device_run(tmp_path_factory, tfds_dir):
 
 def test_two_processes_and_eight_devices_train_like_one_device(tmp_path, tfds_dir, one_device_run):
   two = tmp_path / "two_processes"
-  out = train(two, tfds_dir, *MESH_2x2x2, devices=4, processes=2)
+  # An empty data dir: process 0 prepares the dataset while process 1 waits for it.
+  fresh_data = tmp_path / "tfds"
+  out = train(two, fresh_data, *MESH_2x2x2, devices=4, processes=2)
   assert "over 8 devices in 2 process(es); global batch 16" in out
+  assert (fresh_data / "forms_text" / "tiny").is_dir()
   eight = tmp_path / "eight_devices"
   train(eight, tfds_dir, *MESH_2x2x2, devices=8)
   reference = final_params(one_device_run)
@@ -67,3 +71,22 @@ def test_killed_then_preempted_run_ends_like_an_uninterrupted_one(tmp_path, tfds
   logged = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")
             if "train/loss" in line]
   assert logged == list(range(1, TOTAL_STEPS + 1))  # steps replayed after the kill logged once
+
+
+@pytest.mark.slow  # ~40 s; the one-process SIGTERM path is covered above
+def test_sigterm_stops_every_process_at_the_same_step(tmp_path, tfds_dir):
+  """Two processes: JAX's preemption service (through orbax's reached_preemption) has both save
+  the same step and exit cleanly."""
+  workdir = tmp_path / "run"
+  running = start(workdir, tfds_dir, "--config.total_steps=400", "--config.mesh.data=4",
+                  "--config.mesh.fsdp=2", devices=4, processes=2)
+  deadline = time.time() + 600
+  while 4 not in checkpoint_steps(workdir):
+    assert all(p.poll() is None for p in running) and time.time() < deadline
+    time.sleep(0.01)
+  for process in running:
+    process.send_signal(signal.SIGTERM)
+  outputs = [p.communicate(timeout=600)[0] for p in running]
+  assert [p.returncode for p in running] == [0, 0], outputs[0][-3000:]
+  stopped = int(outputs[0].split("Stopped at step ")[1].split()[0])
+  assert "(SIGTERM)" in outputs[0] and max(checkpoint_steps(workdir)) == stopped < 400
