@@ -227,8 +227,11 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 
 def run_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   """The options in which `config` differs from the config a run started with (`saved`, as stored in
-  its workdir), leaving out those in RUN_NEUTRAL; as 'name: saved -> now'."""
-  old, new = _flatten(saved), _flatten(json.loads(json.dumps(config.to_dict())))
+  its workdir), leaving out those in RUN_NEUTRAL; as 'name: saved -> now'. An option the saved config
+  lacks (written before the option existed) counts as its default."""
+  as_json = lambda c: json.loads(json.dumps(c.to_dict()))
+  old = {**_flatten(as_json(training_defaults())), **_flatten(saved)}
+  new = _flatten(as_json(config))
   neutral = lambda name: any(name == n or name.startswith(n + ".") for n in RUN_NEUTRAL)
   return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
           for k in sorted(set(old) | set(new)) if not neutral(k) and old.get(k) != new.get(k)]

@@ -55,15 +55,13 @@ def _prepare_dataset(name: str, config: str, data_dir: str, manual_dir: str) -> 
   if jax.process_count() == 1:
     datasets.prepare(name, config, data_dir, manual_dir)
     return
-  failure = ""
   if jax.process_index() == 0:
+    prepared = False
     try:
       datasets.prepare(name, config, data_dir, manual_dir)
-    except Exception as error:  # the others must not wait forever for a dataset that never comes
-      failure = f"{type(error).__name__}: {error}"
-      raise
-    finally:
-      failed = multihost_utils.broadcast_one_to_all(np.int32(bool(failure)))
+      prepared = True
+    finally:  # tell the others either way: they must not wait for a dataset that never comes
+      failed = multihost_utils.broadcast_one_to_all(np.int32(not prepared))
   else:
     failed = multihost_utils.broadcast_one_to_all(np.int32(0))
   if failed:

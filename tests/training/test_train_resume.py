@@ -187,3 +187,14 @@ def test_resume_with_a_config_that_changes_the_run_is_refused(tmp_path, trained_
   assert results["step"] == 3
   with open(workdir / TRAIN_CONFIG_FILE) as f:
     assert json.load(f)["optimizer"]["learning_rate"] == 0.002  # the run now follows the new config
+
+
+def test_options_newer_than_a_saved_config_count_as_their_defaults(tfds_dir):
+  """A workdir written before an option existed resumes: the missing option is its default."""
+  from deed_jax.config_defaults import run_changes
+  config = tiny_text_config(tfds_dir)
+  saved = json.loads(json.dumps(config.to_dict()))
+  del saved["gradient_accumulation_steps"], saved["mesh"]
+  assert run_changes(saved, config) == []
+  config.gradient_accumulation_steps = 2
+  assert run_changes(saved, config) == ["gradient_accumulation_steps: 1 -> 2"]
