@@ -74,12 +74,12 @@ def main(argv):
       raise app.UsageError(f"--batch_size={batch_size} does not split over {count} devices.")
 
   rng = np.random.default_rng(0)
-  length = model_config.max_target_length
-  batch = {"decoder_input_ids": rng.integers(3, 259, (batch_size, length)).astype(np.int32),
-           "targets": rng.integers(3, 259, (batch_size, length)).astype(np.int32),
+  length, vocab = model_config.max_target_length, model_config.vocab_size
+  batch = {"decoder_input_ids": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
+           "targets": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
            "target_mask": np.ones((batch_size, length), np.int32)}
   if model_config.encoder == "text":
-    batch["input_ids"] = rng.integers(3, 259, (batch_size, model_config.max_source_length)
+    batch["input_ids"] = rng.integers(3, vocab, (batch_size, model_config.max_source_length)
                                       ).astype(np.int32)
     batch["attention_mask"] = np.ones_like(batch["input_ids"])
   else:
