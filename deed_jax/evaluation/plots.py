@@ -26,6 +26,18 @@ def _save(fig, path: str) -> str:
   return path
 
 
+def metric_window(rows: Sequence[dict]) -> tuple[float, float]:
+  """The Pareto panel's metric range: from 10 points below the lowest non-fixed setting (fixed exits
+  far below are named instead) to a little above the best, at least 20 points tall, and never
+  above 102 (a metric tops out at 100; the rest is room for labels): near the top of the scale the
+  window extends downwards."""
+  floor = min(r["metric"] for r in rows if r["exit_mode"] != "fixed")
+  bottom = max(0.0, floor - 10.0)
+  top = max(r["metric"] for r in rows) + 0.08 * (100.0 - bottom) + 1.0
+  top = min(max(top, bottom + 20.0), 102.0)
+  return max(0.0, min(bottom, top - 20.0)), top
+
+
 def pareto(rows: Sequence[dict], path: str, calibrated: float | None = None) -> str:
   """The metric against decoder ms/sample, one panel per batch size: DEED and copy as curves over
   the thresholds, fixed exits and static as baselines; the calibrated threshold circled."""
@@ -60,12 +72,10 @@ def pareto(rows: Sequence[dict], path: str, calibrated: float | None = None) -> 
                   markerfacecolor="none", markeredgecolor="tab:red", markeredgewidth=2,
                   label=f"calibrated (tau={calibrated:g})")
     # Zoom on where the early-exit curves are; fixed exits far below are named instead.
-    floor = min(r["metric"] for r in at_size if r["exit_mode"] != "fixed")
-    bottom = max(0.0, floor - 10.0)
+    bottom, top = metric_window(at_size)
     hidden = [f"k={r['fixed_exit_layer']}: {r['metric']:.1f}" for r in at_size
               if r["exit_mode"] == "fixed" and r["metric"] < bottom]
-    top = max(r["metric"] for r in at_size) + 0.08 * (100.0 - bottom) + 1.0
-    ax.set_ylim(bottom, max(top, bottom + 20.0))
+    ax.set_ylim(bottom, top)
     if hidden:
       ax.text(0.01, 0.01, "below the axis: fixed " + ", ".join(hidden), transform=ax.transAxes,
               fontsize=7, color=_STYLE["fixed"]["color"])
