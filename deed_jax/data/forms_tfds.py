@@ -32,8 +32,9 @@ _SPLIT_SEEDS = {"train": 1_000_000_000, "validation": 2_000_000_000, "calibratio
 
 
 class _FormsBuilder(tfds.core.GeneratorBasedBuilder):
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Calibration and test splits."}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Calibration and test splits.",
+                   "1.2.0": "Dates from a fixed range (1970-2025), the same whenever generated."}
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in CONFIGS]
   DEFAULT_CONFIG_NAME = "base"
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 
+import faker.providers.date_time as faker_dates
 import numpy as np
 
 from deed_jax.data import forms
@@ -21,6 +23,22 @@ def test_forms_are_reproducible_and_varied():
     assert form.question in dict(form.fields)
     assert all(len(line) <= forms.COLUMNS for line in form.lines())
     assert 1 <= len(form.answer) <= forms.MAX_VALUE_LENGTH
+
+
+def test_forms_do_not_depend_on_the_day_they_are_generated(monkeypatch):
+  # faker's own date() draws up to "now": datasets generated on different days differed.
+  today = [forms.make_form(seed, "normalised") for seed in range(100)]
+  dates = [dict(form.fields)["date"] for form in today if "date" in dict(form.fields)]
+  assert len(dates) >= 10
+
+  class Tomorrow(datetime.datetime):
+    @classmethod
+    def now(cls, tz=None):
+      return datetime.datetime.now(tz) + datetime.timedelta(days=1)
+
+  monkeypatch.setattr(faker_dates, "datetime", Tomorrow)
+  assert [forms.make_form(seed, "normalised") for seed in range(100)] == today
+  assert all(forms.FIRST_DATE.isoformat() <= d <= forms.LAST_DATE.isoformat() for d in dates)
 
 
 def test_image_shape_and_the_answer_is_drawn_in_its_row():
