@@ -55,7 +55,7 @@ IMAGE_SIZE = (ROWS * CELL_HEIGHT, COLUMNS * CELL_WIDTH)  # (60, 126)
 PATCH_SIZE = (CELL_HEIGHT, CELL_WIDTH)
 
 # Dates are drawn from a fixed range by the form's seeded generator. (faker's own date() draws up to
-# "now", so the same seed gave another date on another day, and datasets generated on different days
+# "now", so the same seed could give another date when drawn later: datasets generated hours apart
 # differed in about one example in twenty.)
 FIRST_DATE, LAST_DATE = datetime.date(1970, 1, 1), datetime.date(2025, 12, 31)
 

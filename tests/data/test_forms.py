@@ -26,7 +26,7 @@ def test_forms_are_reproducible_and_varied():
 
 
 def test_forms_do_not_depend_on_the_day_they_are_generated(monkeypatch):
-  # faker's own date() draws up to "now": datasets generated on different days differed.
+  # faker's own date() draws up to "now": datasets generated hours apart differed.
   today = [forms.make_form(seed, "normalised") for seed in range(100)]
   dates = [dict(form.fields)["date"] for form in today if "date" in dict(form.fields)]
   assert len(dates) >= 10
