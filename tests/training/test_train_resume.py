@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from deed_jax import checkpoint
+from deed_jax.config_defaults import run_changes
 from deed_jax.train import RESULTS_FILE, train_and_evaluate
 from deed_jax.workdir import MODEL_CONFIG_FILE, TRAIN_CONFIG_FILE
 from tests.training.configs import tiny_text_config, train_tiny
@@ -191,7 +192,6 @@ def test_resume_with_a_config_that_changes_the_run_is_refused(tmp_path, trained_
 
 def test_options_newer_than_a_saved_config_count_as_their_defaults(tfds_dir):
   """A workdir written before an option existed resumes: the missing option is its default."""
-  from deed_jax.config_defaults import run_changes
   config = tiny_text_config(tfds_dir)
   saved = json.loads(json.dumps(config.to_dict()))
   del saved["gradient_accumulation_steps"], saved["mesh"]
