@@ -17,6 +17,8 @@ python -m deed_jax.train \
   --config.task.data_dir=data/tfds \
   "$@"
 # Its shallow exits are poor (they read glyphs but rewrite fields badly), so exits start at layer 4;
-# at this size one-position backfill calls beat padded blocks on a CPU (README, "The embedded forms task").
-python -m deed_jax.evaluate --workdir "$WORKDIR" --calibrate --max_drop 0.5 --delta 0.1 \
+# at this size one-position backfill calls beat padded blocks on a CPU. Calibration bounds the expected
+# drop at 0.2 points with confidence 0.95, so that the drop measured on 500 test answers (which moves
+# by ~0.3 points at such rates) stays within 0.5 (README, "The embedded forms task").
+python -m deed_jax.evaluate --workdir "$WORKDIR" --calibrate --max_drop 0.2 --delta 0.05 \
   --min_exit_layer 4 --backfill_chunk 1

@@ -16,14 +16,16 @@ Thresholds are tested in a fixed sequence, from the safest (highest) to the fast
 delta, stopping at the first that cannot be rejected; every rejected threshold then has R <= eps
 simultaneously with probability >= 1 - delta (fixed-sequence testing needs no multiplicity
 correction), and the lowest of them is chosen. A higher threshold exits later, so the sequence
-follows the order in which risk grows.
+follows the order in which risk grows. Thresholds below the first that is not rejected are never
+looked at, so a caller that decodes a threshold's examples only when `calibrate` reads them (a lazy
+mapping) decodes no more than the test needs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -80,24 +82,26 @@ def check_settings(max_drop: float, delta: float) -> None:
     raise UserError(f"delta must be in (0, 1); got {delta}.")
 
 
-def calibrate(full: Sequence[float], by_threshold: dict[float, Sequence[float]], max_drop: float,
+def calibrate(full: Sequence[float], by_threshold: Mapping[float, Sequence[float]], max_drop: float,
               delta: float) -> Calibration:
   """full: per-example metric values in [0, 1] at full depth [n]; by_threshold: the same examples
-  decoded at each threshold {tau: [n]}. -> the fastest threshold with the guarantee."""
+  decoded at each threshold {tau: [n]}, read safest first and only as far as the test goes.
+  -> the fastest threshold with the guarantee."""
   check_settings(max_drop, delta)
   full = np.asarray(full, np.float64)
   n = full.shape[0]
   if n == 0:
     raise UserError("Calibration needs at least one example.")
-  for tau, values in by_threshold.items():
+  for tau in by_threshold:
     if not 0.0 <= tau <= 1.0:
       raise UserError(f"Thresholds must be in [0, 1]; got {tau}.")
-    if np.shape(values) != (n,):
-      raise UserError(f"Threshold {tau} has {np.shape(values)} scores; full depth has ({n},).")
   eps = max_drop / 100.0
   chosen, tested = None, []
   for tau in sorted(by_threshold, reverse=True):  # safest first
-    losses = np.clip(full - np.asarray(by_threshold[tau], np.float64), 0.0, 1.0)
+    values = np.asarray(by_threshold[tau], np.float64)
+    if values.shape != (n,):
+      raise UserError(f"Threshold {tau} has {values.shape} scores; full depth has ({n},).")
+    losses = np.clip(full - values, 0.0, 1.0)
     risk = float(losses.mean())
     p = p_value(risk, n, eps)
     rejected = p <= delta

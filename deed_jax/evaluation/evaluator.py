@@ -9,10 +9,11 @@ after it.
 
 from __future__ import annotations
 
+import collections.abc
 import datetime
 import json
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -119,20 +120,46 @@ def _bar(total: int, desc: str, progress: bool):
   return tqdm.tqdm(total=total, desc=desc, unit="decode", disable=not progress, dynamic_ncols=True)
 
 
+class _DecodedOnDemand(collections.abc.Mapping):
+  """{threshold: per-example quality [n]} over a calibration split, each threshold decoded the first
+  time it is read. Calibration reads thresholds safest first and stops at the first it cannot
+  certify, so the thresholds below it (and their decoding time) are never spent."""
+
+  def __init__(self, decode_scores: Callable[[Setting], np.ndarray], settings: dict[float, Setting]):
+    self._decode_scores, self._settings, self._scores = decode_scores, settings, {}
+
+  def __getitem__(self, threshold: float) -> np.ndarray:
+    if threshold not in self._scores:
+      self._scores[threshold] = self._decode_scores(self._settings[threshold])
+    return self._scores[threshold]
+
+  def __iter__(self):
+    return iter(self._settings)
+
+  def __len__(self) -> int:
+    return len(self._settings)
+
+
 def run_calibration(model, split: Split, thresholds: list[float], metric: str, confidence: str,
                     early_exit: dict, batch_size: int, max_drop: float, delta: float, progress: bool
                     ) -> calibration.Calibration:
-  """Decode the calibration split under static and every DEED threshold; test the thresholds."""
+  """Decode the calibration split under static, then under DEED threshold by threshold as the
+  fixed-sequence test reads them (safest first, up to the first it cannot certify)."""
   if metric in metrics.CORPUS_METRICS:
     raise UserError(f"Calibration needs a per-example metric; {metric!r} is scored over a corpus "
                      f"(use one of {sorted(metrics.METRICS)}).")
-  settings = [Setting("static")] + [Setting("deed", threshold=t, **early_exit) for t in thresholds]
-  with _bar(len(split.examples) * len(settings), f"calibrate ({split.name})", progress) as bar:
-    runs = decode_settings(model, split.batches(batch_size), settings, model.config.max_target_length,
-                           confidence=confidence, timing=False, progress=bar.update)
-  scores = [_quality(per_example_scores(r, metric, split.tokenizer.decode, split.answers), metric)
-            for r in runs]
-  return calibration.calibrate(scores[0], dict(zip(thresholds, scores[1:])), max_drop, delta)
+  batches = split.batches(batch_size)
+  with _bar(len(split.examples) * (1 + len(thresholds)), f"calibrate ({split.name})", progress) as bar:
+    def decode_scores(setting: Setting) -> np.ndarray:
+      run, = decode_settings(model, batches, [setting], model.config.max_target_length,
+                             confidence=confidence, timing=False, progress=bar.update)
+      return _quality(per_example_scores(run, metric, split.tokenizer.decode, split.answers), metric)
+
+    deed = {t: Setting("deed", threshold=t, **early_exit) for t in thresholds}
+    outcome = calibration.calibrate(decode_scores(Setting("static")),
+                                    _DecodedOnDemand(decode_scores, deed), max_drop, delta)
+    bar.total = bar.n  # the thresholds left untested were never decoded
+  return outcome
 
 
 def _quality(values: np.ndarray, metric: str) -> np.ndarray:

@@ -3,6 +3,7 @@ by simulation (seeded, so the same on every machine)."""
 
 from __future__ import annotations
 
+import collections.abc
 import math
 
 import numpy as np
@@ -54,6 +55,37 @@ def test_fixed_sequence_stops_at_the_first_failure():
                                 max_drop=5.0, delta=0.1)
   assert mixed.tested[0]["risk"] == pytest.approx(0.5) and mixed.threshold is None
   assert "No threshold" in mixed.guarantee()
+
+
+class _RecordingScores(collections.abc.Mapping):
+  """{threshold: scores} that records which thresholds were read (as the evaluator's lazy decoding)."""
+
+  def __init__(self, scores: dict):
+    self.scores, self.read = scores, []
+
+  def __getitem__(self, threshold):
+    self.read.append(threshold)
+    return self.scores[threshold]
+
+  def __iter__(self):
+    return iter(self.scores)
+
+  def __len__(self):
+    return len(self.scores)
+
+
+def test_thresholds_past_the_first_failure_are_never_read():
+  n = 100
+  full, right, wrong = np.ones(n), np.ones(n), np.r_[np.zeros(30), np.ones(n - 30)]
+  scores = _RecordingScores({0.1: right, 0.3: right, 0.5: wrong, 0.7: right, 0.9: right})
+  result = calibration.calibrate(full, scores, max_drop=5.0, delta=0.1)
+  assert result.threshold == 0.7
+  assert scores.read == [0.9, 0.7, 0.5]  # 0.3 and 0.1 cost nothing
+  # A threshold outside [0, 1] is refused before any is read.
+  bad = _RecordingScores({0.5: right, 1.5: right})
+  with pytest.raises(UserError, match="1.5"):
+    calibration.calibrate(full, bad, max_drop=5.0, delta=0.1)
+  assert bad.read == []
 
 
 def test_the_guarantee_holds_by_simulation():
