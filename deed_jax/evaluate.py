@@ -31,8 +31,7 @@ from ml_collections import config_flags
 
 from deed_jax import cli
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.errors import UserError
-from deed_jax.evaluation.evaluator import DEFAULT_THRESHOLDS, evaluate, markdown
+from deed_jax.evaluation.evaluator import DEFAULT_THRESHOLDS, evaluate, markdown, parse_thresholds
 from deed_jax.workdir import EVALUATION_DIR
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -59,13 +58,6 @@ _DELTA = flags.DEFINE_float("delta", 0.1, "Calibration: the guarantee holds with
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint step (default: the newest).")
 
 
-def _floats(values: list[str]) -> list[float]:
-  try:
-    return [float(v) for v in values]
-  except ValueError:
-    raise UserError(f"--thresholds={','.join(values)} must be numbers in [0, 1].") from None
-
-
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -73,7 +65,7 @@ def main(argv):
   report = evaluate(_WORKDIR.value, _CONFIG.value, split=_SPLIT.value,
                     calibration_split=_CALIBRATION_SPLIT.value, num_examples=_NUM_EXAMPLES.value,
                     num_calibration_examples=_NUM_CALIBRATION.value,
-                    thresholds=_floats(_THRESHOLDS.value), batch_size=_BATCH_SIZE.value,
+                    thresholds=parse_thresholds(_THRESHOLDS.value), batch_size=_BATCH_SIZE.value,
                     confidence=_CONFIDENCE.value, min_exit_layer=_MIN_EXIT_LAYER.value,
                     backfill_chunk=_BACKFILL_CHUNK.value,
                     calibrate=_CALIBRATE.value, max_drop=_MAX_DROP.value,

@@ -110,3 +110,32 @@ def calibrate(full: Sequence[float], by_threshold: Mapping[float, Sequence[float
       break
     chosen = tau
   return Calibration(chosen, max_drop, delta, n, tuple(tested))
+
+
+def check_sizes(calibration_size: int, test_size: int, num_examples: int) -> None:
+  """Disjoint calibration and test sets of these sizes must fit in `num_examples`."""
+  if calibration_size < 1 or test_size < 1 or calibration_size + test_size > num_examples:
+    raise UserError(f"Calibration ({calibration_size}) and test ({test_size}) sets of at least one "
+                    f"example each must fit, disjoint, in the {num_examples} examples.")
+
+
+def resampled_drops(full: Sequence[float], by_threshold: Mapping[float, Sequence[float]],
+                    calibration_size: int, test_size: int, max_drop: float, delta: float, trials: int,
+                    seed: int = 0) -> list[tuple[float | None, float]]:
+  """How a calibration setup fares on data like `full` / `by_threshold` (per-example metric values in
+  [0, 1] of n examples, at full depth and at each threshold): `trials` times, draw disjoint random
+  calibration and test sets of the given sizes, calibrate on the first and measure the chosen
+  threshold's drop on the second. -> [(threshold or None, test drop in points)] per trial. The
+  guarantee bounds the expected drop; this shows how far a test set of `test_size` strays from it."""
+  full = np.asarray(full, np.float64)
+  scores = {tau: np.asarray(values, np.float64) for tau, values in by_threshold.items()}
+  check_sizes(calibration_size, test_size, full.shape[0])
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(trials):
+    order = rng.permutation(full.shape[0])
+    cal, test = order[:calibration_size], order[calibration_size:calibration_size + test_size]
+    tau = calibrate(full[cal], {t: s[cal] for t, s in scores.items()}, max_drop, delta).threshold
+    drop = 0.0 if tau is None else 100.0 * float(full[test].mean() - scores[tau][test].mean())
+    out.append((tau, drop))
+  return out

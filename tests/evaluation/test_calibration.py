@@ -123,3 +123,24 @@ def test_bad_thresholds_and_shapes():
     calibration.calibrate(np.ones(4), {0.5: np.ones(3)}, 1.0, 0.1)
   with pytest.raises(UserError, match="at least one example"):
     calibration.calibrate(np.ones(0), {0.5: np.ones(0)}, 1.0, 0.1)
+
+
+def test_resampled_drops_measure_the_chosen_threshold_on_held_out_examples():
+  """2000 examples, all right at full depth; threshold 0.9 loses none, 0.5 loses 20 (1%). Allowing
+  5 points, calibration on 1000 always certifies 0.5 (risk 0.01 << 0.05), and the drop measured on
+  500 other examples is 100 x (lost among them) / 500: 1 point on average over the draws. Allowing
+  0.25 points, 0.5 is never certified (risk 0.01 > 0.0025), so 0.9 is chosen and nothing drops."""
+  n = 2000
+  full = np.ones(n)
+  lossy = np.ones(n)
+  lossy[::100] = 0.0  # 20 examples
+  scores = {0.5: lossy, 0.9: full}
+  loose = calibration.resampled_drops(full, scores, 1000, 500, max_drop=5.0, delta=0.1, trials=300)
+  assert {tau for tau, _ in loose} == {0.5}
+  drops = np.array([d for _, d in loose])
+  assert np.all(drops >= 0) and np.allclose(drops * 5, np.round(drops * 5))  # whole examples of 500
+  assert 0.85 < drops.mean() < 1.15 and drops.max() > 1.0 and drops.min() < 1.0
+  strict = calibration.resampled_drops(full, scores, 1000, 500, max_drop=0.25, delta=0.1, trials=50)
+  assert strict == [(0.9, 0.0)] * 50
+  with pytest.raises(UserError, match="must fit, disjoint, in the 2000"):
+    calibration.resampled_drops(full, scores, 1600, 500, 5.0, 0.1, trials=1)

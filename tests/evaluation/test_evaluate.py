@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -179,3 +181,36 @@ def test_the_comparison_after_training(tmp_path, tfds_dir):
   assert never["metric"] == static["metric"] and all(r["num_examples"] == 3 for r in rows)
   with open(tmp_path / "run" / TRAIN_CONFIG_FILE) as f:
     assert json.load(f)["decode"]["thresholds"] == [0.0, 1.5]
+
+
+def test_calibration_noise_bench(trained, tfds_dir, tmp_path):
+  """python -m deed_jax.bench.calibration_noise on the trained workdir: the pooled static and tau-0
+  (every token at exit 1) exact match against the naive decoder; max_drop 100 certifies every
+  threshold (the lowest is chosen), max_drop 0 none (nothing is chosen, nothing drops)."""
+  config = tiny_text_config(tfds_dir)
+  output = tmp_path / "noise.json"
+  command = [sys.executable, "-m", "deed_jax.bench.calibration_noise", f"--workdir={trained}",
+             "--splits=calibration,test", "--thresholds=0,0.5", "--calibration_sizes=40,60",
+             "--test_size=30", "--settings=100/0.5,0/0.5", "--trials=20", f"--json={output}"]
+  run = subprocess.run(command, capture_output=True, text=True, check=True)
+  assert "test drop > 0.5" in run.stdout
+  result = json.loads(output.read_text())
+  assert result["pool"] == 128  # the tiny calibration and test splits, 64 each
+  naive = lambda exit_layer: np.mean([_naive_exact_match(trained, config, split, 64, exit_layer)
+                                      for split in ("calibration", "test")])
+  assert result["static"] == pytest.approx(naive(2))
+  at_zero = next(row for row in result["pooled"] if row["threshold"] == 0.0)
+  assert at_zero["drop"] == pytest.approx(naive(2) - naive(1))
+  setups = {(s["calibration_size"], s["max_drop"]): s for s in result["setups"]}
+  assert set(setups) == {(40, 100.0), (40, 0.0), (60, 100.0), (60, 0.0)}
+  for size in (40, 60):
+    assert setups[size, 100.0]["chosen"] == {"0": 20}
+    assert setups[size, 0.0]["chosen"] == {"none": 20}
+    assert setups[size, 0.0]["over_target"] == 0.0 == setups[size, 0.0]["mean_test_drop"]
+  # Bad input is refused before anything is decoded or written.
+  bad = subprocess.run(command[:-3] + ["--settings=0.5", "--trials=2", f"--json={tmp_path / 'bad.json'}"],
+                       capture_output=True, text=True)
+  assert bad.returncode == 2 and "max_drop/delta" in bad.stderr and not (tmp_path / "bad.json").exists()
+  too_big = subprocess.run(command[:4] + ["--calibration_sizes=100", "--test_size=30"],
+                           capture_output=True, text=True)
+  assert too_big.returncode == 2 and "in the 128 examples" in too_big.stderr
