@@ -46,7 +46,7 @@ def get_config(arg: str = ""):
   config.log_every_steps = 25 if runlocal else config.log_every_steps
   # The local run validates once, at the end: its minutes go to calibrating on 5000 examples.
   config.eval_every_steps = config.total_steps if runlocal else 2000
-  config.checkpoint_every_steps = 400 if runlocal else 2000
+  config.checkpoint_every_steps = 1000 if runlocal else 2000
   if runlocal:
     config.eval_batch_size = 100
   return config
