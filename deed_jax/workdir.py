@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 
 from etils import epath
 
+from deed_jax.decoding.config import STORED_FIELDS, DecodeConfig
 from deed_jax.errors import UserError
 from deed_jax.models import ModelConfig
 
@@ -17,7 +18,7 @@ CHECKPOINT_DIR = "checkpoints"
 TRAIN_CONFIG_FILE = "train_config.json"  # the training config a run started with (its task, for evaluation)
 EVALUATION_DIR = "evaluation"  # python -m deed_jax.evaluate: report.json, report.md, plots
 # The decoding settings chosen for this model by calibration (python -m deed_jax.evaluate
-# --calibrate): what `deed_jax.decoding.workdir_decode_config` starts from.
+# --calibrate): what `read_decode_config` starts from.
 DECODE_CONFIG_FILE = "decode_config.json"
 # Files of a Hugging Face model directory that belong with its weights: tokenizer and generation
 # settings. A converted workdir keeps them, and its source record for the way back to HF.
@@ -45,6 +46,15 @@ def model_config_path(workdir: str) -> epath.Path:
 def read_model_config(workdir: str) -> ModelConfig | None:
   path = model_config_path(workdir)
   return ModelConfig.from_json(path.read_text()) if path.exists() else None
+
+
+def read_decode_config(workdir: str, **overrides) -> DecodeConfig:
+  """The decoding settings calibration chose for `workdir` (`python -m deed_jax.evaluate --calibrate`
+  stores exit mode, confidence, threshold, min_exit_layer and backfill_chunk in its
+  decode_config.json), with `overrides` on top; DecodeConfig's defaults where the workdir was never
+  calibrated."""
+  stored = read_json(workdir, DECODE_CONFIG_FILE) or {}
+  return DecodeConfig(**{**{k: stored[k] for k in STORED_FIELDS if k in stored}, **overrides})
 
 
 def read_json(workdir: str, name: str) -> Any | None:

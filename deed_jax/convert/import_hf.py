@@ -25,7 +25,7 @@ from deed_jax.convert.options import ConvertOptions
 from deed_jax.convert.rules import ConversionError
 from deed_jax.staging import check_empty_target, staged_directory
 from deed_jax.models import ModelConfig
-from deed_jax.models.transformer import ExitAdapter, ExitClassifier
+from deed_jax.models.exits import ExitAdapter, ExitClassifier
 from deed_jax.workdir import (HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files,
                               path_name)
 

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.decode_step import DecoderState, DecodeStep, reorder_rows
+from deed_jax.decoding.decode_step import DecoderState, DecodeStep
 from deed_jax.decoding.output import DecodeOutput, Hypotheses
 from deed_jax.models import MultiExitEncoderDecoder
 
@@ -69,7 +69,7 @@ def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: De
 
   def step(beams: _Beams) -> _Beams:
     p = beams.position
-    decoder, emitted = decode_step(beams.decoder, p, beams.last_token, repeat(~beams.done))
+    decoder, emitted, work = decode_step(beams.decoder, p, beams.last_token, repeat(~beams.done))
     vocab = model.config.vocab_size
     candidates = beams.live.scores[:, :, None] + emitted.log_probs.reshape(batch, k, vocab)  # [B,K,V]
     cand_scores, flat = jax.lax.top_k(candidates.reshape(batch, k * vocab), 2 * k)  # [B, 2K]
@@ -105,10 +105,9 @@ def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: De
     live = jax.tree.map(keep, beams.live, live)
     finished, valid = jax.tree.map(keep, beams.finished, finished), keep(beams.valid, valid)
     parent = keep(jnp.broadcast_to(jnp.arange(k), (batch, k)), parent)
-    decoder = reorder_rows(decoder, (row_base + parent).reshape(rows))
+    decoder = decoder.take_rows((row_base + parent).reshape(rows))
     return _Beams(p + 1, live.tokens[:, :, p].reshape(rows), beams.done | stop, decoder, live, finished,
-                  valid, beams.layers_run.at[p].set(emitted.layers_run),
-                  beams.backfilled + emitted.backfilled)
+                  valid, beams.layers_run.at[p].set(work.layers_run), beams.backfilled + work.backfilled)
 
   empty = lambda fill, dtype: jnp.full((batch, k, n), fill, dtype)
   live_scores = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(_UNREACHABLE)

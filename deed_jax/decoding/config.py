@@ -12,12 +12,11 @@ import math
 import numpy as np
 
 from deed_jax.decoding.confidence import CONFIDENCES
+from deed_jax.decoding.exit_modes import EXIT_MODES
 from deed_jax.errors import UserError
 from deed_jax.models import ModelConfig
-from deed_jax.workdir import DECODE_CONFIG_FILE, read_json
 
 STRATEGIES = ("greedy", "beam")
-EXIT_MODES = ("deed", "oracle", "copy", "static", "fixed")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -26,8 +25,9 @@ class DecodeConfig:
   oracle (every layer computed, token from the first confident one), copy (CALM: skipped layers see
   the exited state), static (all layers), fixed (always `fixed_exit_layer`). Layers are 1-based.
 
-  An early exit can happen at a layer >= `min_exit_layer` that is in `exit_layers` (None: every
-  layer); elsewhere neither the head nor the confidence is computed. The last layer always exits."""
+  An early exit can happen at a layer >= `min_exit_layer` that is in `allowed_exit_layers` (None:
+  every layer); elsewhere neither the head nor the confidence is computed. The last layer always
+  exits. (`DecodeOutput.exit_layers` holds the layers the tokens were taken from.)"""
 
   strategy: str = "greedy"
   num_beams: int = 1
@@ -41,16 +41,22 @@ class DecodeConfig:
   confidence: str = "max_prob"
   threshold: float = 0.9
   min_exit_layer: int = 1
-  exit_layers: tuple[int, ...] | None = None
+  allowed_exit_layers: tuple[int, ...] | None = None
   fixed_exit_layer: int | None = None
   bos_id: int | None = None  # None: the model config's ids.
   eos_id: int | None = None
   pad_id: int | None = None
   # Most positions one layer call computes in a just-in-time backfill block (at most max_new_tokens).
   backfill_chunk: int = 16
+  # The field's name before allowed_exit_layers: refused with a pointer to the new name.
+  exit_layers: dataclasses.InitVar[object] = None
 
-  def __post_init__(self):
-    for name, allowed in (("strategy", STRATEGIES), ("exit_mode", EXIT_MODES),
+  def __post_init__(self, exit_layers):
+    if exit_layers is not None:
+      raise UserError(f"DecodeConfig.exit_layers={exit_layers!r}: the option is now called "
+                       "allowed_exit_layers (the layers a row may exit at; DecodeOutput.exit_layers "
+                       "holds the layers the tokens were taken from).")
+    for name, allowed in (("strategy", STRATEGIES), ("exit_mode", tuple(EXIT_MODES)),
                           ("confidence", CONFIDENCES)):
       if getattr(self, name) not in allowed:
         raise UserError(f"DecodeConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
@@ -65,13 +71,13 @@ class DecodeConfig:
     if self.max_new_tokens < 1:
       raise UserError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} must be >= 1.")
     check_threshold(self.threshold)
-    if self.exit_layers is not None:
-      layers = self.exit_layers
+    if self.allowed_exit_layers is not None:
+      layers = self.allowed_exit_layers
       if (not isinstance(layers, (tuple, list)) or not layers
           or any(isinstance(l, bool) or not isinstance(l, (int, np.integer)) for l in layers)):
-        raise UserError(f"DecodeConfig.exit_layers={layers!r} must be None or a non-empty tuple of "
-                         "1-based layer numbers.")
-      object.__setattr__(self, "exit_layers", tuple(sorted({int(l) for l in layers})))
+        raise UserError(f"DecodeConfig.allowed_exit_layers={layers!r} must be None or a non-empty "
+                         "tuple of 1-based layer numbers.")
+      object.__setattr__(self, "allowed_exit_layers", tuple(sorted({int(l) for l in layers})))
     if self.exit_mode == "fixed" and self.fixed_exit_layer is None:
       raise UserError("DecodeConfig.exit_mode='fixed' needs fixed_exit_layer.")
 
@@ -90,8 +96,9 @@ class DecodeConfig:
       raise UserError(f"DecodeConfig.min_exit_layer={self.min_exit_layer} is outside 1..{layers}.")
     if self.fixed_exit_layer is not None and not 1 <= self.fixed_exit_layer <= layers:
       raise UserError(f"DecodeConfig.fixed_exit_layer={self.fixed_exit_layer} is outside 1..{layers}.")
-    if self.exit_layers is not None and not all(1 <= l <= layers for l in self.exit_layers):
-      raise UserError(f"DecodeConfig.exit_layers={self.exit_layers} has layers outside 1..{layers}.")
+    allowed = self.allowed_exit_layers
+    if allowed is not None and not all(1 <= l <= layers for l in allowed):
+      raise UserError(f"DecodeConfig.allowed_exit_layers={allowed} has layers outside 1..{layers}.")
     if self.confidence == "classifier" and model.exit_classifier == "none":
       raise UserError("DecodeConfig.confidence='classifier' needs a model trained with an exit "
                        "classifier, but its ModelConfig.exit_classifier='none'.")
@@ -99,11 +106,11 @@ class DecodeConfig:
 
   def early_exits(self, num_layers: int) -> tuple[bool, ...]:
     """Per layer (0-based), whether a row may exit there before the last layer: the exit modes that
-    exit early, at or above `min_exit_layer`, in `exit_layers`. The last layer always exits."""
-    if self.exit_mode not in ("deed", "oracle", "copy"):
+    exit early, at or above `min_exit_layer`, in `allowed_exit_layers`. The last layer always exits."""
+    if not EXIT_MODES[self.exit_mode].exits_early:
       return (False,) * num_layers
     return tuple(j + 1 >= self.min_exit_layer
-                 and (self.exit_layers is None or j + 1 in self.exit_layers)
+                 and (self.allowed_exit_layers is None or j + 1 in self.allowed_exit_layers)
                  for j in range(num_layers))
 
 
@@ -120,12 +127,3 @@ def check_threshold(threshold) -> float:
 
 # The fields a calibrated workdir stores for decoding (deed_jax.workdir.DECODE_CONFIG_FILE).
 STORED_FIELDS = ("exit_mode", "confidence", "threshold", "min_exit_layer", "backfill_chunk")
-
-
-def workdir_decode_config(workdir: str, **overrides) -> DecodeConfig:
-  """The decoding settings calibration chose for `workdir` (`python -m deed_jax.evaluate --calibrate`
-  stores exit mode, confidence, threshold, min_exit_layer and backfill_chunk in its
-  decode_config.json), with `overrides` on top;
-  DecodeConfig's defaults where the workdir was never calibrated."""
-  stored = read_json(workdir, DECODE_CONFIG_FILE) or {}
-  return DecodeConfig(**{**{k: stored[k] for k in STORED_FIELDS if k in stored}, **overrides})

@@ -6,13 +6,14 @@ layer. The LM head runs only where it is needed: at the layers a row may exit at
 (max_prob, margin, entropy), and once per token, at the exits taken, for the head-free `state` and
 `classifier`.
 
-How a layer runs depends on the exit mode:
-- deed / oracle / static / fixed: layer j runs on the block [n_j, p] — the positions earlier steps
-  skipped at layer j (the frontier holds exactly layer j-1's output there: the block rule), in calls
-  of at most `backfill_chunk` positions, then p alone — written into the preallocated KV cache. Every
-  feature is the full model's. (Only deed ever defers positions.)
-- copy (CALM): layer j runs on p alone; for a row that exited below j, layer j's K/V at p are projected
-  from the row's exit state instead, and never recomputed.
+What the exit modes do differently is decided by one `ExitMode` object per mode (`exit_modes`), chosen
+when the step is built; the loop below never looks at the mode's name:
+- deed: layer j runs on the block [n_j, p] — the positions earlier steps skipped at layer j (the
+  frontier holds exactly layer j-1's output there: the block rule), in calls of at most
+  `backfill_chunk` positions, then p alone — written into the preallocated KV cache. Every feature is
+  the full model's. (Only deed ever defers positions; the other modes run p alone.)
+- copy (CALM): for a row that exited below j, layer j's K/V at p are projected from the row's exit
+  state after the stack, and never recomputed.
 
 No `lax.cond` carries a KV cache (XLA copied the caches through every `cond` form tried, see
 docs/decoding.md): the deeper layers sit inside `while_loop`s that run at most once, entered only
@@ -25,7 +26,7 @@ device-to-host round trip on GPUs); one that backfills pays more, once.
 
 The model is reached only through the decoder's incremental seam (`Decoder.init_cache`,
 `cross_memory`, `embed`, `run_block`, `exit`, `exit_probability`, and `self_kv` for copy mode) and the
-shared head (`model.logits`).
+shared head (`model.logits`); the caches only through `KVCache`'s operations.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ import jax.numpy as jnp
 
 from deed_jax.decoding.confidence import confidence_from_log_probs, needs_head, state_confidence
 from deed_jax.decoding.config import DecodeConfig
+from deed_jax.decoding.exit_modes import EXIT_MODES
+from deed_jax.decoding.loops import run_once
 from deed_jax.models import MultiExitEncoderDecoder
-from deed_jax.models.transformer import KVCache
+from deed_jax.models.kv_cache import KVCache
 
 Array = jax.Array
 
@@ -47,14 +50,23 @@ Array = jax.Array
 class DecoderState(NamedTuple):
   """What the decoder keeps between steps. R rows (batch, or batch x beams); T_c = N + chunk (slack
   for padded blocks: `dynamic_update_slice` clamps out-of-range starts, see docs/decoding.md)."""
+
   caches: tuple[KVCache, ...]  # L x (k, v) [R, H, T_c, Dh]
   fill: Array  # [L] int32: positions [0, fill[j]) are computed at layer j (batch-wide)
   frontier: Array  # [R, T_c, D]: output of the deepest computed layer at each position
 
+  def take_rows(self, rows: Array) -> DecoderState:
+    """Beam search: row r continues the history of row rows[r] ([R] int32). Fill pointers are
+    batch-wide, so only the caches and the frontier move."""
+    return DecoderState(tuple(c.take_rows(rows) for c in self.caches), self.fill,
+                        jnp.take(self.frontier, rows, axis=0))
+
 
 class ExitChoice(NamedTuple):
-  """Each row's exit at the current step, as the layers go up; a decided row keeps its choice.
-  (With a head-free confidence, `token`, `log_prob` and `log_probs` are filled after the stack.)"""
+  """Each row's exit at the current step, as the layers go up; a decided row keeps its choice. What
+  the step emits: rows that were not live get zeros. (With a head-free confidence, `token`,
+  `log_prob` and `log_probs` are filled after the stack.)"""
+
   decided: Array  # [R] bool: the row has its token (or is not live)
   token: Array  # [R] int32, argmax of the exit's logits
   log_prob: Array  # [R] float32, log-probability of `token` at the exit
@@ -65,50 +77,39 @@ class ExitChoice(NamedTuple):
   hidden: Array  # [R, D] the exit layer's output (copy mode projects skipped layers' K/V from it)
 
 
-class LayerCarry(NamedTuple):
+class StepWork(NamedTuple):
+  """The decoder work a step did, for the whole batch."""
+
+  layers_run: Array  # [] int32, decoder layers executed
+  backfilled: Array  # [L] int32, deferred positions computed just in time per layer
+
+
+class _LayerCarry(NamedTuple):
   """What flows up the layer stack within one step. The state at the current position also travels
   on its own (`current`): a layer reads its input at p from there, so the one-position path only
   ever writes the frontier, which lets XLA update it in place without copying it (reading it back
   from the frontier made XLA:CPU copy the whole frontier twice per layer)."""
+
   frontier: Array  # [R, T_c, D]
   current: Array  # [R, 1, D]: the deepest computed layer's output at the current position
   caches: tuple[KVCache, ...]  # L x (k, v) [R, H, T_c, Dh]
   fill: Array  # [L] int32
   choice: ExitChoice
-  layers_run: Array  # [] int32, decoder layers executed for the batch so far
-  backfilled: Array  # [L] int32, deferred positions computed just in time per layer
+  work: StepWork
 
 
-class StepOutput(NamedTuple):
-  """Per row, what the step emitted; rows that were not live get zeros."""
-  token: Array  # [R] int32, argmax of the exit's logits
-  log_prob: Array  # [R] float32, log-probability of `token` at the exit
-  log_probs: Array | None  # [R, V] float32 at the exit, when the step was asked for them
-  features: Array  # [R, D] exit features (adapter, final norm) the token came from
-  exit_layer: Array  # [R] int32, 1-based
-  confidence: Array  # [R] float32
-  layers_run: Array  # [] int32, decoder layers executed for the batch
-  backfilled: Array  # [L] int32, deferred positions computed just in time per layer
+class _Position(NamedTuple):
+  """What every layer of one step reads about the position being decoded."""
 
-
-def reorder_rows(state: DecoderState, rows: Array) -> DecoderState:
-  """Beam search: row r continues the history of row rows[r] ([R] int32). Fill pointers are
-  batch-wide, so only the caches and the frontier move."""
-  take = lambda x: jnp.take(x, rows, axis=0)
-  caches = tuple(KVCache(take(c.k), take(c.v)) for c in state.caches)
-  return DecoderState(caches, state.fill, take(state.frontier))
+  index: Array  # [] int32, p
+  live: Array  # [R] bool: rows that have not ended
+  bias: Array  # [1, 1|H, 1, T_c]: every layer's self-attention bias at p
 
 
 def block_widths(chunk: int) -> list[int]:
   """The widths a layer call runs a deed block at: powers of two below `chunk` (for a block's last
   r < chunk positions), and `chunk` itself."""
   return sorted({2**i for i in range(chunk.bit_length()) if 2**i < chunk} | {chunk})
-
-
-def _run_once(predicate: Array, fn, carry):
-  """fn(carry) if predicate else carry, as a `while_loop` that runs at most once."""
-  body = lambda c: (jnp.bool_(False), fn(c[1]))
-  return jax.lax.while_loop(lambda c: c[0], body, (predicate, carry))[1]
 
 
 class DecodeStep:
@@ -124,18 +125,17 @@ class DecodeStep:
                config: DecodeConfig, threshold: Array | float, *, log_probs: bool = False):
     cfg = model.config
     self.model, self.config, self.threshold = model, config, threshold
+    self.mode = EXIT_MODES[config.exit_mode]
     self.keep_log_probs = log_probs
     self.head_at_exits = needs_head(config.confidence)  # Else the head runs once, after the stack.
     self.early_exits = config.early_exits(cfg.decoder_layers)
     self.decoder = model.decoder
     self.rows = encoder_out.shape[0]
     self.num_layers = cfg.decoder_layers
-    # Only deed ever runs a layer over more than the current position (a backfill block); no block
-    # is longer than the decode.
-    self.chunk = min(config.backfill_chunk, config.max_new_tokens) if config.exit_mode == "deed" else 1
+    self.chunk = self.mode.backfill_chunk(config)
     self.widths = block_widths(self.chunk) if self.chunk > 1 else []
     self.cache_length = config.max_new_tokens + self.chunk  # Slack for padded blocks.
-    self.last_layer = (config.fixed_exit_layer if config.exit_mode == "fixed" else self.num_layers) - 1
+    self.last_layer = self.mode.top_layer(config, self.num_layers) - 1  # 0-based
     self.memory = self.decoder.cross_memory(encoder_out, encoder_mask)  # once per call
     self.dtype = jnp.dtype(cfg.dtype)
     self.d_model = cfg.d_model
@@ -146,6 +146,86 @@ class DecodeStep:
         fill=jnp.zeros((self.num_layers,), jnp.int32),
         frontier=jnp.zeros((self.rows, self.cache_length, self.d_model), self.dtype))
 
+  # -----------------------------------------------------------------------------------------------
+  # The step: layers up the stack until every row has its token.
+  # -----------------------------------------------------------------------------------------------
+  def __call__(self, state: DecoderState, position: Array, last_token: Array, live: Array
+               ) -> tuple[DecoderState, ExitChoice, StepWork]:
+    """Decode `position` (traced []) from `last_token` [R]; rows with `live` False never force depth.
+
+    Layers j+1.. sit inside a `while_loop` that runs at most once, entered only if some row still
+    needs them: skipping the rest of the stack costs one predicate. The layout is in the module
+    docstring.
+    """
+    p = position
+    x = self.decoder.embed(last_token[:, None], p[None]).astype(self.dtype)  # [R, 1, D]
+    frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x, p, axis=1)
+    at = _Position(p, live, self.decoder.block_bias(p, 1, self.cache_length))
+    work = StepWork(jnp.int32(0), jnp.zeros((self.num_layers,), jnp.int32))
+    # The caller only steps while some row is live, so layer 1 always runs.
+    top = self._layers_from(at, 0, _LayerCarry(frontier, x, state.caches, state.fill,
+                                               self._undecided(live), work))
+    if self.mode.defers and self.num_layers > 1:
+      top = run_once(self._wants_deeper(at, top), functools.partial(self._backfilling_layers, at), top)
+    choice = top.choice if self.head_at_exits else self._head_after_stack(top.choice)
+    caches = self.mode.after_stack(self.decoder, top.caches, p, choice.exit_layer, choice.hidden)
+    return DecoderState(tuple(caches), top.fill, top.frontier), choice, top.work
+
+  def _undecided(self, live: Array) -> ExitChoice:
+    """Every live row undecided; rows that are not live count as decided, with zeros."""
+    zeros_f = jnp.zeros((self.rows,), jnp.float32)
+    zeros_d = jnp.zeros((self.rows, self.d_model), self.dtype)
+    zeros_i = jnp.zeros((self.rows,), jnp.int32)
+    keep = self.keep_log_probs and self.head_at_exits
+    log_probs = jnp.zeros((self.rows, self.model.config.vocab_size)) if keep else None
+    return ExitChoice(decided=~live, token=zeros_i, log_prob=zeros_f, log_probs=log_probs,
+                      features=zeros_d, exit_layer=zeros_i, confidence=zeros_f, hidden=zeros_d)
+
+  def _wants_deeper(self, at: _Position, carry: _LayerCarry) -> Array:
+    return self.mode.wants_deeper(at.live, carry.choice.decided)
+
+  def _layers_from(self, at: _Position, j: int, carry: _LayerCarry) -> _LayerCarry:
+    """Layer j (nothing deferred there), then the deeper layers as long as some row needs them and
+    has nothing deferred: one nested run-once loop per layer."""
+    carry = self._layer(at, j, carry)
+    if j == self.last_layer:
+      return carry
+    deeper = self._wants_deeper(at, carry)
+    if self.mode.defers:
+      deeper = deeper & (carry.fill[j + 1] == at.index)
+    return run_once(deeper, functools.partial(self._layers_from, at, j + 1), carry)
+
+  def _backfilling_layers(self, at: _Position, carry: _LayerCarry) -> _LayerCarry:
+    """deed, once `_layers_from` stopped at a layer m with deferred positions while some row is
+    undecided: layers m, m+1, ... with their backfill. Deferred layers form a suffix of the stack
+    (fill never grows with depth), so every layer from m on has deferred positions. Flat: layer j
+    runs when it is next (layers_run == j) and some row is undecided."""
+    for j in range(1, self.num_layers):
+      carry = run_once(self._wants_deeper(at, carry) & (carry.work.layers_run == j),
+                       functools.partial(self._layer, at, j, backfill=True), carry)
+    return carry
+
+  def _layer(self, at: _Position, j: int, carry: _LayerCarry, backfill: bool = False) -> _LayerCarry:
+    """Layer j at p (after its deferred positions, with `backfill`), then its exit."""
+    p = at.index
+    frontier, cache, backfilled = carry.frontier, carry.caches[j], carry.work.backfilled
+    if backfill:  # Leaves the frontier at p (layer j's input there) as it was.
+      start = carry.fill[j]
+      frontier, cache = self._backfill(j, frontier, cache, start, p)
+      backfilled = backfilled.at[j].set(p - start)
+    hidden, cache = self.decoder.run_block(j, carry.current, p, cache, self.memory, at.bias)  # [R,1,D]
+    hidden = hidden.astype(self.dtype)
+    frontier = jax.lax.dynamic_update_slice_in_dim(frontier, hidden, p, axis=1)
+    choice = carry.choice
+    if self.early_exits[j] or j == self.last_layer:  # Elsewhere no exit: no head, no confidence.
+      choice = self._exit(j, hidden[:, 0], carry.current[:, 0], choice)
+    caches = carry.caches[:j] + (cache,) + carry.caches[j + 1:]
+    work = StepWork(carry.work.layers_run + 1, backfilled)
+    return _LayerCarry(frontier, hidden, caches, carry.fill.at[j].set(p + 1), choice, work)
+
+  # -----------------------------------------------------------------------------------------------
+  # deed's just-in-time backfill: a layer's deferred positions as blocks.
+  # -----------------------------------------------------------------------------------------------
   def _block(self, j: int, width: int, position: Array, deferred_only: bool = False):
     """-> body((block_start, frontier, cache)): deed's backfill, layer j over [block_start,
     block_start + width) into the cache and the frontier. With `deferred_only`, positions from
@@ -182,6 +262,9 @@ class DecodeStep:
       smaller = width
     return carry[1], carry[2]
 
+  # -----------------------------------------------------------------------------------------------
+  # Exits: confidence, and the token of each row's first confident exit.
+  # -----------------------------------------------------------------------------------------------
   def _log_probs(self, features: Array) -> Array:
     """The shared head on exit features [R, D] -> log-probabilities [R, V] float32."""
     return jax.nn.log_softmax(self.model.logits(features).astype(jnp.float32))
@@ -223,96 +306,3 @@ class DecodeStep:
         token=jnp.where(emitted, jnp.argmax(log_probs, axis=-1), 0).astype(jnp.int32),
         log_prob=jnp.where(emitted, log_probs.max(axis=-1), 0.0),
         log_probs=log_probs if self.keep_log_probs else None)
-
-  def __call__(self, state: DecoderState, position: Array, last_token: Array, live: Array
-               ) -> tuple[DecoderState, StepOutput]:
-    """Decode `position` (traced []) from `last_token` [R]; rows with `live` False never force depth.
-
-    Layers j+1.. sit inside a `while_loop` that runs at most once, entered only if some row still
-    needs them: skipping the rest of the stack costs one predicate. (A `lax.cond` would copy the
-    caches it carries; on XLA:CPU a run-once loop is also cheaper.) The layout is in the module
-    docstring.
-    """
-    config, rows, p = self.config, self.rows, position
-    x = self.decoder.embed(last_token[:, None], p[None]).astype(self.dtype)  # [R, 1, D]
-    frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x, p, axis=1)
-    zeros_f = jnp.zeros((rows,), jnp.float32)
-    zeros_d = jnp.zeros((rows, self.d_model), self.dtype)
-    zeros_i = jnp.zeros((rows,), jnp.int32)
-    keep = self.keep_log_probs and self.head_at_exits
-    choice = ExitChoice(decided=~live, token=zeros_i, log_prob=zeros_f,
-                        log_probs=jnp.zeros((rows, self.model.config.vocab_size)) if keep else None,
-                        features=zeros_d, exit_layer=zeros_i, confidence=zeros_f, hidden=zeros_d)
-    bias = self.decoder.block_bias(p, 1, self.cache_length)  # [1, 1|H, 1, T_c], every layer's at p
-
-    def layer(j: int, carry: LayerCarry, backfill: bool = False) -> LayerCarry:
-      """Layer j at p (after its deferred positions, with `backfill`), then its exit."""
-      start = p if config.exit_mode == "copy" else carry.fill[j]
-      frontier, cache = carry.frontier, carry.caches[j]
-      if backfill:  # Leaves the frontier at p (layer j's input there) as it was.
-        frontier, cache = self._backfill(j, frontier, cache, start, p)
-      hidden, cache = self.decoder.run_block(j, carry.current, p, cache, self.memory, bias)  # [R,1,D]
-      hidden = hidden.astype(self.dtype)
-      frontier = jax.lax.dynamic_update_slice_in_dim(frontier, hidden, p, axis=1)
-      choice = carry.choice
-      if self.early_exits[j] or j == self.last_layer:  # Elsewhere no exit: no head, no confidence.
-        choice = self._exit(j, hidden[:, 0], carry.current[:, 0], choice)
-      caches = carry.caches[:j] + (cache,) + carry.caches[j + 1:]
-      return LayerCarry(frontier, hidden, caches, carry.fill.at[j].set(p + 1), choice,
-                        carry.layers_run + 1, carry.backfilled.at[j].set(p - start))
-
-    def undecided(carry: LayerCarry) -> Array:
-      return jnp.any(live) if config.exit_mode == "oracle" else jnp.any(~carry.choice.decided)
-
-    def layers_from(j: int, carry: LayerCarry) -> LayerCarry:
-      """Layer j (nothing deferred there), then the deeper layers as long as some row needs them
-      and has nothing deferred: one nested run-once loop per layer."""
-      carry = layer(j, carry)
-      if j == self.last_layer:
-        return carry
-      deeper = undecided(carry)
-      if config.exit_mode == "deed":
-        deeper = deeper & (carry.fill[j + 1] == p)
-      return _run_once(deeper, functools.partial(layers_from, j + 1), carry)
-
-    def backfilling_layers(carry: LayerCarry) -> LayerCarry:
-      """deed, once `layers_from` stopped at a layer m with deferred positions while some row is
-      undecided: layers m, m+1, ... with their backfill. Deferred layers form a suffix of the stack
-      (fill never grows with depth), so every layer from m on has deferred positions. Flat: layer j
-      runs when it is next (layers_run == j) and some row is undecided."""
-      for j in range(1, self.num_layers):
-        carry = _run_once(undecided(carry) & (carry.layers_run == j),
-                          functools.partial(layer, j, backfill=True), carry)
-      return carry
-
-    # The caller only steps while some row is live, so layer 1 always runs.
-    top = layers_from(0, LayerCarry(frontier, x, state.caches, state.fill, choice, jnp.int32(0),
-                                    jnp.zeros((self.num_layers,), jnp.int32)))
-    if config.exit_mode == "deed" and self.num_layers > 1:
-      top = _run_once(undecided(top), backfilling_layers, top)
-    choice, caches = top.choice, top.caches
-    if not self.head_at_exits:
-      choice = self._head_after_stack(choice)
-    if config.exit_mode == "copy":
-      exited_early = jnp.any((choice.exit_layer > 0) & (choice.exit_layer < self.num_layers))
-      caches = _run_once(exited_early, functools.partial(
-          self._copy_exit_state, p=p, exit_layer=choice.exit_layer, exit_hidden=choice.hidden), caches)
-    out = StepOutput(choice.token, choice.log_prob, choice.log_probs, choice.features,
-                     choice.exit_layer, choice.confidence, top.layers_run, top.backfilled)
-    return DecoderState(tuple(caches), top.fill, top.frontier), out
-
-  def _copy_exit_state(self, caches: tuple[KVCache, ...], p: Array, exit_layer: Array,
-                       exit_hidden: Array) -> tuple[KVCache, ...]:
-    """CALM: layers above a row's exit get K/V at p projected from its exit state [R, D]. (Run only
-    when some row exited below the top; layer 1 is above no exit.)"""
-    caches = list(caches)
-    for j in range(1, self.num_layers):
-      copied = (exit_layer > 0) & (exit_layer < j + 1)  # [R]
-      k_copy, v_copy = self.decoder.self_kv(j, exit_hidden[:, None])  # [R, H, 1, Dh]
-      new = []
-      for cached, copy in ((caches[j].k, k_copy), (caches[j].v, v_copy)):
-        current = jax.lax.dynamic_slice_in_dim(cached, p, 1, axis=2)  # [R, H, 1, Dh]
-        value = jnp.where(copied[:, None, None, None], copy.astype(cached.dtype), current)
-        new.append(jax.lax.dynamic_update_slice_in_dim(cached, value, p, axis=2))
-      caches[j] = KVCache(*new)
-    return tuple(caches)

@@ -36,15 +36,15 @@ def greedy_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: 
 
   def step(loop: _Loop) -> _Loop:
     p, live = loop.position, ~loop.done
-    decoder, emitted = decode_step(loop.decoder, p, loop.last_token, live)
+    decoder, emitted, work = decode_step(loop.decoder, p, loop.last_token, live)
     token = jnp.where(live, emitted.token, config.pad_id)
     out = loop.out
     out = out._replace(tokens=out.tokens.at[:, p].set(token),
                        scores=out.scores + jnp.where(live, emitted.log_prob, 0.0),
                        exit_layers=out.exit_layers.at[:, p].set(emitted.exit_layer),
                        confidences=out.confidences.at[:, p].set(emitted.confidence),
-                       layers_run=out.layers_run.at[p].set(emitted.layers_run),
-                       backfilled=out.backfilled + emitted.backfilled)
+                       layers_run=out.layers_run.at[p].set(work.layers_run),
+                       backfilled=out.backfilled + work.backfilled)
     return _Loop(p + 1, token, loop.done | (token == config.eos_id), decoder, out)
 
   init = _Loop(

@@ -19,8 +19,9 @@ from flax import nnx
 from deed_jax.models.config import ModelConfig
 from deed_jax.models.layers import (Norm, PositionEmbedding, RelativePositionBias, TokenEmbedding,
                                     call_layer, dropout, split_rng)
-from deed_jax.models.transformer import (ExitAdapter, ExitClassifier, KVCache, TransformerLayer,
-                                         causal_bias, padding_bias)
+from deed_jax.models.exits import ExitAdapter, ExitClassifier
+from deed_jax.models.kv_cache import KVCache
+from deed_jax.models.transformer_layer import TransformerLayer, causal_bias, padding_bias
 
 Array = jax.Array
 
@@ -69,9 +70,8 @@ class Decoder(nnx.Module):
   def init_cache(self, rows: int, length: int) -> tuple[KVCache, ...]:
     """Empty self-attention caches of every layer: L x (k, v) [rows, H, length, Dh], compute dtype."""
     cfg = self.config
-    shape = (rows, cfg.num_heads, length, cfg.resolved_head_dim)
-    zeros = lambda: jnp.zeros(shape, jnp.dtype(cfg.dtype))
-    return tuple(KVCache(zeros(), zeros()) for _ in range(cfg.decoder_layers))
+    return tuple(KVCache.zeros(rows, cfg.num_heads, length, cfg.resolved_head_dim, jnp.dtype(cfg.dtype))
+                 for _ in range(cfg.decoder_layers))
 
   def cross_memory(self, encoder_out: Array, encoder_mask: Array) -> CrossMemory:
     """encoder_out [B, S, D_enc], encoder_mask [B, S] -> every layer's cross K/V and the padding bias."""

@@ -12,7 +12,7 @@ from flax import nnx
 from deed_jax.models.config import ModelConfig
 from deed_jax.models.layers import (Norm, PositionEmbedding, RelativePositionBias, TokenEmbedding,
                                     call_layer, dropout, param, split_rng)
-from deed_jax.models.transformer import TransformerLayer, padding_bias
+from deed_jax.models.transformer_layer import TransformerLayer, padding_bias
 
 Array = jax.Array
 

@@ -63,7 +63,7 @@ def _confidences(log_probs, states, features, kind, model):
 
 
 def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, length_penalty=1.0,
-                early_stopping=False, threshold=2.0, min_exit_layer=1, exit_layers=None,
+                early_stopping=False, threshold=2.0, min_exit_layer=1, allowed_exit_layers=None,
                 confidence="max_prob", copy_states=False):
   """-> BeamResult: per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)];
   per step, the deepest exit any beam of a still-running row took ([max_new_tokens] ints, 0 once every
@@ -88,7 +88,7 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
     return model.logits(features), states, features
 
   def may_exit(layer):  # 0-based
-    return layer >= min_exit_layer - 1 and (exit_layers is None or layer + 1 in exit_layers)
+    return layer >= min_exit_layer - 1 and (allowed_exit_layers is None or layer + 1 in allowed_exit_layers)
   pools, layers_run, row_steps = [], [0] * max_new_tokens, []
   for b in range(len(next(iter(encoder_inputs.values())))):
     row_inputs = {name: np.repeat(value[b:b + 1], k, axis=0) for name, value in encoder_inputs.items()}

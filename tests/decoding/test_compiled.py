@@ -115,9 +115,9 @@ def _step_predicates(model, decode: DecodeConfig, thresholds, count) -> list[tup
       step = DecodeStep(model, encoder_out, encoder_mask, config, jnp.float32(threshold))
       state = step.init_state() if state is None else state
       before = count[0]
-      state, out = step(state, jnp.int32(p), token, live)
-      results.append((count[0] - before, int(out.layers_run)))
-      token = out.token
+      state, choice, work = step(state, jnp.int32(p), token, live)
+      results.append((count[0] - before, int(work.layers_run)))
+      token = choice.token
   return results
 
 

@@ -1,4 +1,4 @@
-"""Where exits may happen (`min_exit_layer`, `exit_layers`) and the head-free confidences (`state`,
+"""Where exits may happen (`min_exit_layer`, `allowed_exit_layers`) and the head-free confidences (`state`,
 and the learned `classifier`): exact against the naive references, and the LM head traced only where
 it is needed."""
 
@@ -21,7 +21,7 @@ from tests.decoding.helpers import (assert_pools_equal, assert_same, confidence_
 
 STEPS = 9
 # 6 layers; exits allowed at 2, 3 and 5 (and always at 6): neither 1 (below min_exit_layer) nor 4.
-EXIT_OPTIONS = dict(min_exit_layer=2, exit_layers=(1, 2, 3, 5))
+EXIT_OPTIONS = dict(min_exit_layer=2, allowed_exit_layers=(1, 2, 3, 5))
 ALLOWED = {2, 3, 5, 6}
 
 
@@ -44,7 +44,7 @@ def test_head_free_confidence_with_restricted_exits_equals_the_naive_reference(m
                         backfill_chunk=4, **EXIT_OPTIONS)
   reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
   unrestricted = jax.jit(lambda t: greedy_reference(
-      model, encoder_inputs, replace(decode, min_exit_layer=1, exit_layers=None), t))
+      model, encoder_inputs, replace(decode, min_exit_layer=1, allowed_exit_layers=None), t))
   run = make_generate(model, decode)
 
   def telling(threshold) -> bool:
@@ -87,7 +87,7 @@ def test_head_free_confidence_beam_equals_straightforward_beam_search(confidence
   def telling(threshold) -> bool:
     """Hypotheses exit at >= 3 layers, the deed run backfills, and without the restriction some
     hypothesis would exit at a layer it forbids."""
-    free = exits(reference(threshold, min_exit_layer=1, exit_layers=None).pools)
+    free = exits(reference(threshold, min_exit_layer=1, allowed_exit_layers=None).pools)
     return (len(exits(reference(threshold).pools)) >= 3 and bool(free - ALLOWED)
             and int(np.asarray(deed(encoder_inputs, threshold).backfilled).sum()) > 0)
 
@@ -112,8 +112,8 @@ def _traced_heads(model, decode: DecodeConfig, encoder_inputs) -> int:
 @pytest.mark.parametrize("options, head_layers", [
     ({}, {1, 2, 3, 4}),  # every layer may exit
     ({"min_exit_layer": 3}, {3, 4}),
-    ({"exit_layers": (2,)}, {2, 4}),
-    ({"exit_layers": (1, 3), "min_exit_layer": 2}, {3, 4}),
+    ({"allowed_exit_layers": (2,)}, {2, 4}),
+    ({"allowed_exit_layers": (1, 3), "min_exit_layer": 2}, {3, 4}),
     ({"exit_mode": "oracle", "min_exit_layer": 3}, {3, 4}),
     ({"confidence": "state"}, None),  # once, at the exit
     ({"confidence": "classifier"}, None),
@@ -143,8 +143,14 @@ def test_the_head_runs_only_where_a_row_may_exit(options, head_layers):
     ((0, 2), r"outside 1\.\.4"), ((5,), r"outside 1\.\.4")])
 def test_bad_exit_layers_are_refused_before_compiling(exit_layers, message):
   model = spread_model("text", 0)
-  with pytest.raises(ValueError, match=rf"exit_layers=.*{message}"):
-    make_generate(model, DecodeConfig(max_new_tokens=5, exit_layers=exit_layers))
+  with pytest.raises(ValueError, match=rf"allowed_exit_layers=.*{message}"):
+    make_generate(model, DecodeConfig(max_new_tokens=5, allowed_exit_layers=exit_layers))
+
+
+def test_the_old_exit_layers_keyword_points_to_allowed_exit_layers():
+  with pytest.raises(ValueError, match=r"exit_layers=\(2, 3\).*now called allowed_exit_layers"):
+    DecodeConfig(max_new_tokens=5, exit_layers=(2, 3))
+  assert DecodeConfig(allowed_exit_layers=[3, 2]).allowed_exit_layers == (2, 3)
 
 
 def test_the_classifier_confidence_needs_a_model_with_a_classifier():

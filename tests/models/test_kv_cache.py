@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from deed_jax.models import MultiExitEncoderDecoder
-from deed_jax.models.transformer import ordered_after
+from deed_jax.models.transformer_layer import ordered_after
 from tests.conftest import random_inputs, randomize, tiny_config
 
 

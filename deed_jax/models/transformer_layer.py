@@ -1,4 +1,4 @@
-"""One transformer layer (encoder or decoder) and the exit adapters.
+"""One transformer layer, encoder or decoder, and the attention masks it is called with.
 
 A decoder layer is callable on its own, either over a whole sequence (training, the naive reference) or
 over a block of positions written into a preallocated KV cache at `cache_index` (the seam DEED's
@@ -7,22 +7,15 @@ just-in-time backfill uses: deferred positions of a layer are run as one causal 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.layers import NEG_INF, Attention, Mlp, Norm, dropout, param, split_rng
+from deed_jax.models.kv_cache import KVCache
+from deed_jax.models.layers import NEG_INF, Attention, Mlp, Norm, dropout, split_rng
 
 Array = jax.Array
-
-
-class KVCache(NamedTuple):
-  """Self-attention cache of one decoder layer: k, v [B, H, T_max, Dh]."""
-  k: Array
-  v: Array
 
 
 class TransformerLayer(nnx.Module):
@@ -84,9 +77,7 @@ class TransformerLayer(nnx.Module):
       out = attention.attend_parts(
           q, ((cache.k, cache.v, self_bias + before_block), (k, v, block_bias)))  # [B, T, D]
       k, v = (ordered_after(x, out) for x in (k, v))
-      start = (0, 0, cache_index, 0)
-      cache = KVCache(jax.lax.dynamic_update_slice(cache.k, k.astype(cache.k.dtype), start),
-                      jax.lax.dynamic_update_slice(cache.v, v.astype(cache.v.dtype), start))
+      cache = cache.write(k, v, cache_index)
       return out
 
     x = self._residual(self.self_attention_norm, self_attend, x, rngs[0])
@@ -98,76 +89,6 @@ class TransformerLayer(nnx.Module):
       x = self._residual(self.cross_attention_norm, cross, x, rngs[1])
     x = self._residual(self.mlp_norm, self.mlp, x, rngs[2])
     return x, cache
-
-
-class ExitAdapter(nnx.Module):
-  """Per-layer adaptation module between a decoder layer and the shared head.
-
-  "none" is the identity; "linear" is h + h W + b; "bottleneck" is h + up(gelu(down(h))). The residual
-  branch starts at zero, so every adapter is exactly the identity at initialisation.
-  """
-
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-    self.kind = config.adapter
-    d, a, pd = config.d_model, config.adapter_dim, config.param_dtype
-    self.dtype = jnp.dtype(config.dtype)
-    if self.kind == "linear":
-      self.w = param(None, (d, d), ("embed", None), "zeros", pd)
-      self.b = param(None, (d,), ("embed",), "zeros", pd)
-    elif self.kind == "bottleneck":
-      self.down = param(rngs, (d, a), ("embed", "mlp"), dtype=pd)
-      self.down_bias = param(None, (a,), ("mlp",), "zeros", pd)
-      self.up = param(None, (a, d), ("mlp", "embed"), "zeros", pd)
-      self.up_bias = param(None, (d,), ("embed",), "zeros", pd)
-
-  def __call__(self, h: Array) -> Array:  # [..., D] -> [..., D]
-    if self.kind == "none":
-      return h
-    x = h.astype(self.dtype)
-    if self.kind == "linear":
-      return h + (x @ self.w[...].astype(self.dtype) + self.b[...].astype(self.dtype))
-    hidden = jax.nn.gelu(x @ self.down[...].astype(self.dtype) + self.down_bias[...].astype(self.dtype))
-    return h + (hidden @ self.up[...].astype(self.dtype) + self.up_bias[...].astype(self.dtype))
-
-
-class ExitClassifier(nnx.Module):
-  """Every exit's learned confidence (CALM's early-exit classifier): the probability that the exit's
-  token equals the final exit's, from the exit features. Parameters are stacked over the L exits
-  ([L, ...]), so `decoder/exit_classifier` is one subtree a run can train alone.
-
-  "linear": sigmoid(f . w_j + b_j); "mlp": sigmoid(relu(f W_j + c_j) . w_j + b_j), W_j [D, A].
-  """
-
-  def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
-    self.kind = config.exit_classifier
-    layers, d, a, pd = config.decoder_layers, config.d_model, config.exit_classifier_dim, config.param_dtype
-    inputs = d
-    if self.kind == "mlp":
-      self.hidden = param(rngs, (layers, d, a), (None, "embed", "mlp"), dtype=pd)
-      self.hidden_bias = param(None, (layers, a), (None, "mlp"), "zeros", pd)
-      inputs = a
-    self.kernel = param(rngs, (layers, inputs), (None, None), dtype=pd)
-    self.bias = param(None, (layers,), (None,), "zeros", pd)
-
-  def logit(self, features: Array, layer: int | None = None) -> Array:
-    """Exit `layer`'s (0-based) logit from its features [..., D] -> [...] float32; with `layer`
-    None, every exit's at once from features [L, ..., D] -> [L, ...]."""
-    weights = {name: getattr(self, name)[...].astype(jnp.float32)
-               for name in ("hidden", "hidden_bias", "kernel", "bias") if hasattr(self, name)}
-    if layer is not None:
-      return _probe_logit(features.astype(jnp.float32), {k: v[layer] for k, v in weights.items()})
-    return jax.vmap(_probe_logit)(features.astype(jnp.float32), weights)
-
-  def __call__(self, features: Array, layer: int | None = None) -> Array:
-    """The probability in [0, 1] (float32); shapes as `logit`."""
-    return jax.nn.sigmoid(self.logit(features, layer))
-
-
-def _probe_logit(x: Array, weights: dict[str, Array]) -> Array:
-  """One exit's probe: x [..., D] float32 -> [...]."""
-  if "hidden" in weights:
-    x = jax.nn.relu(x @ weights["hidden"] + weights["hidden_bias"])  # [..., A]
-  return x @ weights["kernel"] + weights["bias"]
 
 
 def ordered_after(x: Array, dependency: Array) -> Array:
