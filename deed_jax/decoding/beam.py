@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.decoding.decode_step import DecoderState, DecodeStep
+from deed_jax.decoding.decode_step import DecoderState, DecodeStep, ExitChoice, StepWork
 from deed_jax.decoding.output import DecodeOutput, Hypotheses
 from deed_jax.models import MultiExitEncoderDecoder
 
@@ -61,68 +61,16 @@ def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: De
   n, k = config.max_new_tokens, config.num_beams
   encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
   batch = encoder_out.shape[0]
-  rows = batch * k
   repeat = lambda x: jnp.repeat(x, k, axis=0)  # [B, ...] -> [B * K, ...], beams of a row adjacent
   decode_step = DecodeStep(model, repeat(encoder_out), repeat(encoder_mask), config, threshold,
                            log_probs=True)
-  row_base = (jnp.arange(batch) * k)[:, None]  # [B, 1]
 
   def step(beams: _Beams) -> _Beams:
-    p = beams.position
-    decoder, emitted, work = decode_step(beams.decoder, p, beams.last_token, repeat(~beams.done))
-    vocab = model.config.vocab_size
-    candidates = beams.live.scores[:, :, None] + emitted.log_probs.reshape(batch, k, vocab)  # [B,K,V]
-    cand_scores, flat = jax.lax.top_k(candidates.reshape(batch, k * vocab), 2 * k)  # [B, 2K]
-    cand_beam, cand_token = flat // vocab, (flat % vocab).astype(jnp.int32)
+    decoder, emitted, work = decode_step(beams.decoder, beams.position, beams.last_token,
+                                         repeat(~beams.done))
+    return _advance(beams, decoder, emitted, work, config)
 
-    def extend(parent: Array, token: Array, scores: Array) -> Hypotheses:
-      """Hypotheses that continue beam `parent` [B, M] with `token` [B, M] at position p."""
-      take = lambda x: jnp.take_along_axis(x, parent[:, :, None], axis=1)
-      exit_layers = emitted.exit_layer.reshape(batch, k)
-      confidences = emitted.confidence.reshape(batch, k)
-      return Hypotheses(
-          take(beams.live.tokens).at[:, :, p].set(token), scores,
-          take(beams.live.exit_layers).at[:, :, p].set(jnp.take_along_axis(exit_layers, parent, 1)),
-          take(beams.live.confidences).at[:, :, p].set(jnp.take_along_axis(confidences, parent, 1)))
-
-    is_eos = cand_token == config.eos_id
-    rank = jnp.arange(2 * k)[None, :]
-    ended = extend(cand_beam, cand_token, _normalise(cand_scores, p + 1, config))
-    finished, valid = _add_to_pool(beams.finished, beams.valid, ended,
-                                   is_eos & (rank < k) & ~beams.done[:, None])
-    # The best K candidates that do not end; at most K of the 2K end, so K always remain.
-    _, chosen = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, cand_scores), k)  # [B, K]
-    pick = lambda x: jnp.take_along_axis(x, chosen, axis=1)
-    parent, token = pick(cand_beam), pick(cand_token)
-    live = extend(parent, token, pick(cand_scores))
-
-    best_possible = _normalise(live.scores[:, 0], p + 1, config)  # [B] the best running beam (HF 4.57)
-    worst_finished = jnp.min(jnp.where(valid, finished.scores, jnp.inf), axis=1)
-    full = jnp.all(valid, axis=1)
-    stop = full if config.early_stopping else full & (worst_finished >= best_possible)
-    # Rows already done keep their beams and pool untouched.
-    keep = lambda old, new: jnp.where(beams.done.reshape((batch,) + (1,) * (old.ndim - 1)), old, new)
-    live = jax.tree.map(keep, beams.live, live)
-    finished, valid = jax.tree.map(keep, beams.finished, finished), keep(beams.valid, valid)
-    parent = keep(jnp.broadcast_to(jnp.arange(k), (batch, k)), parent)
-    decoder = decoder.take_rows((row_base + parent).reshape(rows))
-    return _Beams(p + 1, live.tokens[:, :, p].reshape(rows), beams.done | stop, decoder, live, finished,
-                  valid, beams.layers_run.at[p].set(work.layers_run), beams.backfilled + work.backfilled)
-
-  empty = lambda fill, dtype: jnp.full((batch, k, n), fill, dtype)
-  live_scores = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(_UNREACHABLE)
-  init = _Beams(
-      position=jnp.int32(0),
-      last_token=jnp.full((rows,), config.bos_id, jnp.int32),
-      done=jnp.zeros((batch,), bool),
-      decoder=decode_step.init_state(),
-      live=Hypotheses(empty(config.pad_id, jnp.int32), live_scores, empty(0, jnp.int32),
-                      empty(0.0, jnp.float32)),
-      finished=Hypotheses(empty(config.pad_id, jnp.int32), jnp.full((batch, k), -jnp.inf),
-                          empty(0, jnp.int32), empty(0.0, jnp.float32)),
-      valid=jnp.zeros((batch, k), bool),
-      layers_run=jnp.zeros((n,), jnp.int32),
-      backfilled=jnp.zeros((model.config.decoder_layers,), jnp.int32))
+  init = _initial_beams(batch, config, decode_step.init_state(), model.config.decoder_layers)
   final = jax.lax.while_loop(lambda s: (s.position < n) & jnp.any(~s.done), step, init)
 
   # Rows that reached max_new_tokens offer their live beams too.
@@ -132,3 +80,70 @@ def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: De
   best = jax.tree.map(lambda x: x[:, 0], pool)
   return DecodeOutput(best.tokens, best.scores, best.exit_layers, best.confidences, final.layers_run,
                       final.backfilled, beams=pool)
+
+
+def _initial_beams(batch: int, config: DecodeConfig, decoder: DecoderState, num_layers: int) -> _Beams:
+  """Every row starts from the start token with K beams, of which only the first can be expanded."""
+  n, k = config.max_new_tokens, config.num_beams
+  empty = lambda fill, dtype: jnp.full((batch, k, n), fill, dtype)
+  live_scores = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(_UNREACHABLE)
+  return _Beams(
+      position=jnp.int32(0),
+      last_token=jnp.full((batch * k,), config.bos_id, jnp.int32),
+      done=jnp.zeros((batch,), bool),
+      decoder=decoder,
+      live=Hypotheses(empty(config.pad_id, jnp.int32), live_scores, empty(0, jnp.int32),
+                      empty(0.0, jnp.float32)),
+      finished=Hypotheses(empty(config.pad_id, jnp.int32), jnp.full((batch, k), -jnp.inf),
+                          empty(0, jnp.int32), empty(0.0, jnp.float32)),
+      valid=jnp.zeros((batch, k), bool),
+      layers_run=jnp.zeros((n,), jnp.int32),
+      backfilled=jnp.zeros((num_layers,), jnp.int32))
+
+
+def _advance(beams: _Beams, decoder: DecoderState, emitted: ExitChoice, work: StepWork,
+             config: DecodeConfig) -> _Beams:
+  """One beam-search step from each beam's exit log-probs (`emitted`, rows b * K + k): new beams,
+  finished hypotheses into the pool, rows that are done, and the decoder rows reordered."""
+  p, k = beams.position, config.num_beams
+  batch = beams.done.shape[0]
+  vocab = emitted.log_probs.shape[-1]
+  candidates = beams.live.scores[:, :, None] + emitted.log_probs.reshape(batch, k, vocab)  # [B,K,V]
+  cand_scores, flat = jax.lax.top_k(candidates.reshape(batch, k * vocab), 2 * k)  # [B, 2K]
+  cand_beam, cand_token = flat // vocab, (flat % vocab).astype(jnp.int32)
+
+  def extend(parent: Array, token: Array, scores: Array) -> Hypotheses:
+    """Hypotheses that continue beam `parent` [B, M] with `token` [B, M] at position p."""
+    take = lambda x: jnp.take_along_axis(x, parent[:, :, None], axis=1)
+    exit_layers = emitted.exit_layer.reshape(batch, k)
+    confidences = emitted.confidence.reshape(batch, k)
+    return Hypotheses(
+        take(beams.live.tokens).at[:, :, p].set(token), scores,
+        take(beams.live.exit_layers).at[:, :, p].set(jnp.take_along_axis(exit_layers, parent, 1)),
+        take(beams.live.confidences).at[:, :, p].set(jnp.take_along_axis(confidences, parent, 1)))
+
+  is_eos = cand_token == config.eos_id
+  rank = jnp.arange(2 * k)[None, :]
+  ended = extend(cand_beam, cand_token, _normalise(cand_scores, p + 1, config))
+  finished, valid = _add_to_pool(beams.finished, beams.valid, ended,
+                                 is_eos & (rank < k) & ~beams.done[:, None])
+  # The best K candidates that do not end; at most K of the 2K end, so K always remain.
+  _, chosen = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, cand_scores), k)  # [B, K]
+  pick = lambda x: jnp.take_along_axis(x, chosen, axis=1)
+  parent, token = pick(cand_beam), pick(cand_token)
+  live = extend(parent, token, pick(cand_scores))
+
+  best_possible = _normalise(live.scores[:, 0], p + 1, config)  # [B] the best running beam (HF 4.57)
+  worst_finished = jnp.min(jnp.where(valid, finished.scores, jnp.inf), axis=1)
+  full = jnp.all(valid, axis=1)
+  stop = full if config.early_stopping else full & (worst_finished >= best_possible)
+  # Rows already done keep their beams and pool untouched.
+  keep = lambda old, new: jnp.where(beams.done.reshape((batch,) + (1,) * (old.ndim - 1)), old, new)
+  live = jax.tree.map(keep, beams.live, live)
+  finished, valid = jax.tree.map(keep, beams.finished, finished), keep(beams.valid, valid)
+  parent = keep(jnp.broadcast_to(jnp.arange(k), (batch, k)), parent)
+  row_base = (jnp.arange(batch) * k)[:, None]  # [B, 1]
+  decoder = decoder.take_rows((row_base + parent).reshape(batch * k))
+  return _Beams(p + 1, live.tokens[:, :, p].reshape(batch * k), beams.done | stop, decoder, live,
+                finished, valid, beams.layers_run.at[p].set(work.layers_run),
+                beams.backfilled + work.backfilled)
