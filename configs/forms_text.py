@@ -21,12 +21,21 @@ def get_config(arg: str = ""):
   config.task.source_key = "source"
   config.task.target_key = "target"
   config.task.max_source_length = MAX_SOURCE_LENGTH
-  config.model.update(dict(
-      vocab_size=259, d_model=64 if runlocal else 256, num_heads=4 if runlocal else 8,
-      d_ff=128 if runlocal else 1024, encoder_layers=2 if runlocal else 4,
-      decoder_layers=3 if runlocal else 6, max_target_length=forms.MAX_VALUE_LENGTH + 1,
-      max_source_length=MAX_SOURCE_LENGTH, encoder="text", adapter="bottleneck",
-      adapter_dim=16 if runlocal else 64))
+  config.model.update(
+    dict(
+      vocab_size=259,
+      d_model=64 if runlocal else 256,
+      num_heads=4 if runlocal else 8,
+      d_ff=128 if runlocal else 1024,
+      encoder_layers=2 if runlocal else 4,
+      decoder_layers=3 if runlocal else 6,
+      max_target_length=forms.MAX_VALUE_LENGTH + 1,
+      max_source_length=MAX_SOURCE_LENGTH,
+      encoder="text",
+      adapter="bottleneck",
+      adapter_dim=16 if runlocal else 64,
+    )
+  )
   config.total_steps = 300 if runlocal else 10_000
   if runlocal:
     config.update(dict(log_every_steps=25, eval_every_steps=300, checkpoint_every_steps=100))

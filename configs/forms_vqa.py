@@ -3,7 +3,8 @@ r"""Forms VQA: read the value of the named field from a rendered form (image enc
 The question is drawn into the image's header row; the decoder emits the answer bytes.
 
   python -m deed_jax.train --config configs/forms_vqa.py --workdir workdirs/forms_vqa
-  python -m deed_jax.train --config configs/forms_vqa.py:runlocal --workdir workdirs/forms_vqa_normalised_local
+  python -m deed_jax.train --config configs/forms_vqa.py:runlocal \
+      --workdir workdirs/forms_vqa_normalised_local
   python -m deed_jax.train --config configs/forms_vqa.py:runlocal,plain --workdir workdirs/forms_plain
 
 `runlocal` is the CPU-sized run of ./launch/local.sh (11-14 minutes of training on 2 cores): a
@@ -33,12 +34,24 @@ def get_config(arg: str = ""):
   config.task.dataset_config = "base" if "plain" in options else "base_normalised"
   config.task.source_key = "image"
   config.task.target_key = "answer"
-  config.model.update(dict(
-      vocab_size=259, d_model=128 if runlocal else 256, num_heads=4 if runlocal else 8,
-      d_ff=256 if runlocal else 1024, encoder_layers=2 if runlocal else 6,
-      decoder_layers=10 if runlocal else 6, max_target_length=forms.MAX_VALUE_LENGTH + 1,
-      encoder="image", image_size=forms.IMAGE_SIZE, patch_size=forms.PATCH_SIZE, num_channels=3,
-      patch_positions="2d", adapter="bottleneck", adapter_dim=32 if runlocal else 64))
+  config.model.update(
+    dict(
+      vocab_size=259,
+      d_model=128 if runlocal else 256,
+      num_heads=4 if runlocal else 8,
+      d_ff=256 if runlocal else 1024,
+      encoder_layers=2 if runlocal else 6,
+      decoder_layers=10 if runlocal else 6,
+      max_target_length=forms.MAX_VALUE_LENGTH + 1,
+      encoder="image",
+      image_size=forms.IMAGE_SIZE,
+      patch_size=forms.PATCH_SIZE,
+      num_channels=3,
+      patch_positions="2d",
+      adapter="bottleneck",
+      adapter_dim=32 if runlocal else 64,
+    )
+  )
   if runlocal:  # A small model on few steps learns faster with a higher rate and a short warmup.
     config.optimizer.update(dict(learning_rate=3e-3, warmup_steps=50, end_lr_factor=0.05))
   config.batch_size = 32 if runlocal else 64

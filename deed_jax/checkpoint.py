@@ -17,18 +17,25 @@ are restored through that layout and handed back in today's (`decoder/token_embe
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.experimental import multihost_utils as multihost
 from flax import nnx
+from jax.experimental import multihost_utils as multihost
 
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
-from deed_jax.workdir import (CHECKPOINT_DIR, absolute, check_compatible_workdir, filter_params,
-                              model_config_path, path_holds, path_name, read_model_config)
+from deed_jax.param_tree import filter_params, path_holds, path_name
+from deed_jax.workdir import (
+  CHECKPOINT_DIR,
+  absolute,
+  check_compatible_workdir,
+  model_config_path,
+  read_model_config,
+)
 
 _LEGACY_EMBEDDING = "token_embedding"  # the table's key beside "decoder" in legacy checkpoints
 
@@ -36,8 +43,10 @@ _LEGACY_EMBEDDING = "token_embedding"  # the table's key beside "decoder" in leg
 def _is_legacy(stored: Any) -> bool:
   """Whether a stored tree (params, or a train state holding params and optimizer moments) keeps the
   token table in the legacy place."""
-  return any(name == _LEGACY_EMBEDDING or name.endswith("/" + _LEGACY_EMBEDDING)
-             for name in flat_params(stored))
+  return any(
+    name == _LEGACY_EMBEDDING or name.endswith("/" + _LEGACY_EMBEDDING)
+    for name in flat_params(stored)
+  )
 
 
 def _with_layout(tree: Any, legacy: bool) -> Any:
@@ -50,7 +59,9 @@ def _with_layout(tree: Any, legacy: bool) -> Any:
       decoder = dict(decoder)
       if legacy and isinstance(decoder.get("token_embedding"), dict):
         tree[_LEGACY_EMBEDDING] = decoder.pop("token_embedding")["embedding"]
-      elif not legacy and _LEGACY_EMBEDDING in tree and not isinstance(tree[_LEGACY_EMBEDDING], dict):
+      elif (
+        not legacy and _LEGACY_EMBEDDING in tree and not isinstance(tree[_LEGACY_EMBEDDING], dict)
+      ):
         decoder["token_embedding"] = {"embedding": tree.pop(_LEGACY_EMBEDDING)}
       tree["decoder"] = decoder
     return {k: v if k == _LEGACY_EMBEDDING else _with_layout(v, legacy) for k, v in tree.items()}
@@ -70,33 +81,53 @@ def _restore_target(stored: Any, abstract: Any) -> tuple[Any, Callable[[Any], An
 
 def _shape_mismatches(stored: Any, target: Any) -> list[str]:
   """Leaves whose stored shape differs from the target's, or that exist on one side only."""
+
   def shapes(tree):
     return {path_name(p): tuple(v.shape) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
   flat_stored, flat_target = shapes(stored), shapes(target)
-  return [f"{k}: stored {flat_stored.get(k, 'missing')} vs model {flat_target.get(k, 'missing')}"
-          for k in sorted(set(flat_stored) | set(flat_target))
-          if flat_stored.get(k) != flat_target.get(k)]
+  return [
+    f"{k}: stored {flat_stored.get(k, 'missing')} vs model {flat_target.get(k, 'missing')}"
+    for k in sorted(set(flat_stored) | set(flat_target))
+    if flat_stored.get(k) != flat_target.get(k)
+  ]
 
 
 def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
   """Restore into `abstract`'s structure, dtypes and shardings (ShapeDtypeStructs or arrays)."""
-  return ocp.args.PyTreeRestore(item=abstract, partial_restore=partial,
-                                restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+  return ocp.args.PyTreeRestore(
+    item=abstract,
+    partial_restore=partial,
+    restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+  )
 
 
 class Checkpointer:
   """Save/restore the train state under `workdir` (the data position is its step)."""
 
-  def __init__(self, workdir: str, model_config: ModelConfig, *, keep: int = 3,
-               save_interval_steps: int = 1, async_save: bool = True):
+  def __init__(
+    self,
+    workdir: str,
+    model_config: ModelConfig,
+    *,
+    keep: int = 3,
+    save_interval_steps: int = 1,
+    async_save: bool = True,
+  ):
     check_compatible_workdir(workdir, model_config)
     self.workdir = workdir
     self.model_config = model_config
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=save_interval_steps,
-                                           enable_async_checkpointing=async_save, create=True)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep,
+      save_interval_steps=save_interval_steps,
+      enable_async_checkpointing=async_save,
+      create=True,
+    )
     self.manager = ocp.CheckpointManager(
-        absolute(workdir) / CHECKPOINT_DIR, options=options,
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()})
+      absolute(workdir) / CHECKPOINT_DIR,
+      options=options,
+      item_handlers={"state": ocp.PyTreeCheckpointHandler()},
+    )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -105,8 +136,9 @@ class Checkpointer:
     """Async save (the manager decides by its interval unless `force`). Returns whether it saved."""
     if jax.process_index() == 0 and not model_config_path(self.workdir).exists():
       model_config_path(self.workdir).write_text(self.model_config.to_json())
-    return self.manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)),
-                             force=force)
+    return self.manager.save(
+      step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)), force=force
+    )
 
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restore `step` into the structure/shardings of `abstract_state`; refuses mismatched shapes."""
@@ -114,13 +146,17 @@ class Checkpointer:
     target, to_current = _restore_target(stored, abstract_state)
     problems = _shape_mismatches(stored, target)
     if problems:
-      raise UserError(f"Checkpoint {step} in {self.workdir} does not fit this model: "
-                       + "; ".join(problems[:10]) + ". The checkpoint was left untouched.")
+      raise UserError(
+        f"Checkpoint {step} in {self.workdir} does not fit this model: "
+        + "; ".join(problems[:10])
+        + ". The checkpoint was left untouched."
+      )
     restored = self.manager.restore(step, args=ocp.args.Composite(state=_restore_args(target)))
     return to_current(restored["state"])
 
-  def restore_newest(self, abstract_state: Any, report: Callable[[str], None] = print
-                     ) -> tuple[int | None, Any]:
+  def restore_newest(
+    self, abstract_state: Any, report: Callable[[str], None] = print
+  ) -> tuple[int | None, Any]:
     """(step, state) of the newest checkpoint that reads back whole, or (None, None) when there is
     none. A step that fails to read is reported, moved aside to `<step>.unreadable` (so that the run
     can write that step again) and skipped for the one before; one that does not fit the model is
@@ -133,8 +169,10 @@ class Checkpointer:
       except Exception as error:  # orbax/tensorstore raise many kinds for a damaged step
         directory = epath.Path(self.manager.directory) / str(step)
         aside = directory.parent / f"{step}.unreadable"
-        report(f"Checkpoint step {step} ({directory}) cannot be read ({type(error).__name__}: "
-               f"{str(error)[:200]}); skipped, and moved aside to {aside} (not deleted).")
+        report(
+          f"Checkpoint step {step} ({directory}) cannot be read ({type(error).__name__}: "
+          f"{str(error)[:200]}); skipped, and moved aside to {aside} (not deleted)."
+        )
         multihost.sync_global_devices(f"deed_jax checkpoint {step} read")
         if jax.process_index() == 0:
           directory.rename(aside)
@@ -155,8 +193,9 @@ def abstract_params(config: ModelConfig):
   model = nnx.eval_shape(lambda: MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)))
   graphdef, params = nnx.split(model, nnx.Param)
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return graphdef, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                                nnx.to_pure_dict(params))
+  return graphdef, jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), nnx.to_pure_dict(params)
+  )
 
 
 def flat_params(params: Any) -> dict[str, Any]:
@@ -175,8 +214,9 @@ def save_params(workdir: str, config: ModelConfig, params: Any, step: int = 0) -
     checkpointer.close()
 
 
-def restore_params(workdir: str, abstract: Any, step: int | None = None,
-                   may_lack: tuple[str, ...] = ()) -> Any:
+def restore_params(
+  workdir: str, abstract: Any, step: int | None = None, may_lack: tuple[str, ...] = ()
+) -> Any:
   """The params of `step` (default newest) in `workdir`, restored into `abstract`'s structure, dtypes
   and shardings. Refuses, naming them, parameters whose stored shape differs.
 
@@ -185,8 +225,9 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None,
   caller keeps their initial values."""
   config = read_model_config(workdir)
   if config is None:
-    raise MissingPathError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax "
-                            "workdir.")
+    raise MissingPathError(
+      f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax workdir."
+    )
   checkpointer = Checkpointer(workdir, config, async_save=False)
   try:
     step = checkpointer.latest_step() if step is None else step
@@ -199,10 +240,12 @@ def restore_params(workdir: str, abstract: Any, step: int | None = None,
     target, to_current = _restore_target(stored, abstract)
     problems = _shape_mismatches(stored, target)
     if problems:
-      raise UserError(f"Checkpoint {step} in {workdir} does not fit the model: "
-                       + "; ".join(problems[:10]))
-    restored = checkpointer.manager.restore(step, args=ocp.args.Composite(
-        state=_restore_args({"params": target}, partial=True)))
+      raise UserError(
+        f"Checkpoint {step} in {workdir} does not fit the model: " + "; ".join(problems[:10])
+      )
+    restored = checkpointer.manager.restore(
+      step, args=ocp.args.Composite(state=_restore_args({"params": target}, partial=True))
+    )
   finally:
     checkpointer.close()
   return to_current(restored["state"]["params"])
@@ -212,7 +255,8 @@ def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder
   """A ready model from a workdir: its `model_config.json` + the params of `step` (default newest)."""
   config = read_model_config(workdir)
   if config is None:
-    raise MissingPathError(f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax "
-                            "workdir.")
+    raise MissingPathError(
+      f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax workdir."
+    )
   graphdef, abstract = abstract_params(config)
   return nnx.merge(graphdef, restore_params(workdir, abstract, step))

@@ -17,23 +17,32 @@ from deed_jax import checkpoint, sharding
 from deed_jax.data import datasets
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation import metrics
-from deed_jax.workdir import path_holds, read_model_config
 from deed_jax.models import ModelConfig
+from deed_jax.param_tree import path_holds
 from deed_jax.training.losses import LOSS_MODES
-
+from deed_jax.workdir import read_model_config
 
 # ModelConfig annotations -> the type a `--config.model.<field>` flag is parsed as (object: a Python
 # literal, for fields that take an int or a pair, or a dict).
-_FLAG_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "int | None": int,
-               "tuple[int, ...]": tuple}
+_FLAG_TYPES = {
+  "int": int,
+  "float": float,
+  "str": str,
+  "bool": bool,
+  "int | None": int,
+  "tuple[int, ...]": tuple,
+}
 
 
 def model_placeholders() -> ml_collections.ConfigDict:
   """Every ModelConfig field, unset (None) until a config file or a `--config.model.<field>=...`
   flag sets it, so the command line reaches fields a config file leaves alone."""
-  return ml_collections.ConfigDict({
+  return ml_collections.ConfigDict(
+    {
       field.name: placeholder(_FLAG_TYPES.get(field.type, object))
-      for field in dataclasses.fields(ModelConfig)})
+      for field in dataclasses.fields(ModelConfig)
+    }
+  )
 
 
 def model_options(config: ml_collections.ConfigDict) -> dict:
@@ -43,7 +52,8 @@ def model_options(config: ml_collections.ConfigDict) -> dict:
 
 def training_defaults() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
-  config.task = ml_collections.ConfigDict(dict(
+  config.task = ml_collections.ConfigDict(
+    dict(
       # A TFDS builder of deed_jax.data.datasets: an embedded forms task (forms_vqa, forms_text) or
       # one over VQA files on disk (docvqa, stvqa: they need manual_dir).
       dataset="forms_vqa",
@@ -62,22 +72,30 @@ def training_defaults() -> ml_collections.ConfigDict:
       # The feature holding every reference answer the metric compares with (VQA builders: "answers");
       # "" = the target text is the only answer.
       answers_key="",
-  ))
+    )
+  )
   config.model = model_placeholders()  # ModelConfig keyword arguments; unset (None): its defaults.
   # A deed-jax workdir to start from (e.g. `python -m deed_jax.convert` output): its architecture and
   # params; config.model may then set only `dropout_rate`. "" = random initialisation.
   config.init_from = ""
   # exit_classifier_weight: the exit classifier's loss (models with ModelConfig.exit_classifier).
-  config.loss = ml_collections.ConfigDict(dict(mode="deed", label_smoothing=0.0,
-                                               exit_classifier_weight=1.0))
+  config.loss = ml_collections.ConfigDict(
+    dict(mode="deed", label_smoothing=0.0, exit_classifier_weight=1.0)
+  )
   # Train only the parameters under these path names (e.g. ("exit_classifier",) to fit the exit
   # classifier of a frozen model, with init_from); () = everything.
   config.train_only = ()
-  config.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, warmup_steps=200, end_lr_factor=0.01, weight_decay=0.01, clip_norm=1.0,
-      b1=0.9, b2=0.98))
-  # Full-depth vs DEED greedy decoding after training, one example at a time ([] = skip).
-  config.decode = ml_collections.ConfigDict(dict(thresholds=(), num_examples=100))
+  config.optimizer = ml_collections.ConfigDict(
+    dict(
+      learning_rate=1e-3,
+      warmup_steps=200,
+      end_lr_factor=0.01,
+      weight_decay=0.01,
+      clip_norm=1.0,
+      b1=0.9,
+      b2=0.98,
+    )
+  )
   # The device mesh (deed_jax.sharding): sizes of its data, fsdp and tensor axes; one -1 takes the
   # devices the others leave. Their product is the device count of the run (all processes).
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -116,18 +134,26 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     return ModelConfig.from_dict(options)
   base = read_model_config(config.init_from)
   if base is None:
-    raise MissingPathError(f"config.init_from={config.init_from!r} holds no model_config.json: it "
-                            "must be a deed-jax workdir (e.g. written by python -m deed_jax.convert).")
+    raise MissingPathError(
+      f"config.init_from={config.init_from!r} holds no model_config.json: it "
+      "must be a deed-jax workdir (e.g. written by python -m deed_jax.convert)."
+    )
   values = base.to_dict()
-  clashes = sorted(k for k, v in options.items()
-                   if k not in INIT_FROM_OVERRIDABLE and values.get(k) != v)
+  clashes = sorted(
+    k for k, v in options.items() if k not in INIT_FROM_OVERRIDABLE and values.get(k) != v
+  )
   if values.get("exit_classifier", "none") != "none":  # a classifier it has is part of its shape
-    clashes += sorted(k for k in ("exit_classifier", "exit_classifier_dim")
-                      if k in options and options[k] != values.get(k))
+    clashes += sorted(
+      k
+      for k in ("exit_classifier", "exit_classifier_dim")
+      if k in options and options[k] != values.get(k)
+    )
   if clashes:
-    raise UserError(f"config.init_from={config.init_from!r} fixes the architecture, but config.model "
-                     f"sets {clashes} to other values; with init_from, config.model may set only "
-                     f"{list(INIT_FROM_OVERRIDABLE)}.")
+    raise UserError(
+      f"config.init_from={config.init_from!r} fixes the architecture, but config.model "
+      f"sets {clashes} to other values; with init_from, config.model may set only "
+      f"{list(INIT_FROM_OVERRIDABLE)}."
+    )
   return ModelConfig.from_dict({**values, **options})
 
 
@@ -135,8 +161,10 @@ def validate_task(task: ml_collections.ConfigDict) -> None:
   """Check a config's task block: its dataset (and manual_dir) and metric. Writes nothing."""
   unknown = sorted(set(task.keys()) - set(training_defaults().task.keys()))
   if unknown:
-    raise UserError(f"Unknown config option(s) config.task.{unknown}; known: "
-                     f"{sorted(training_defaults().task.keys())}.")
+    raise UserError(
+      f"Unknown config option(s) config.task.{unknown}; known: "
+      f"{sorted(training_defaults().task.keys())}."
+    )
   datasets.check(task.dataset, task.dataset_config, task.get("manual_dir", ""))
   metrics.check_metric(task.metric, "config.task.metric")
 
@@ -145,13 +173,20 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   """Check a training config before anything is built or written. Returns its ModelConfig."""
   known = set(training_defaults().keys())
   unknown = sorted(set(config.keys()) - known)
+  if "decode" in unknown:
+    raise UserError(
+      "config.decode (a decoding comparison after training) is gone: training trains; "
+      "compare decoding settings with python -m deed_jax.evaluate --workdir <workdir>."
+    )
   if unknown:
     raise UserError(f"Unknown config option(s) {unknown}; known: {sorted(known)}.")
-  for block in ("task", "loss", "optimizer", "decode", "mesh"):
+  for block in ("task", "loss", "optimizer", "mesh"):
     extra = sorted(set(config[block].keys()) - set(training_defaults()[block].keys()))
     if extra:
-      raise UserError(f"Unknown config option(s) config.{block}.{extra}; known: "
-                       f"{sorted(training_defaults()[block].keys())}.")
+      raise UserError(
+        f"Unknown config option(s) config.{block}.{extra}; known: "
+        f"{sorted(training_defaults()[block].keys())}."
+      )
   if config.loss.mode not in LOSS_MODES:
     raise UserError(f"config.loss.mode={config.loss.mode!r} is not one of {LOSS_MODES}.")
   if not 0.0 <= config.loss.label_smoothing < 1.0:
@@ -161,36 +196,53 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   if not weight >= 0:
     raise UserError(f"config.loss.exit_classifier_weight={weight} must be >= 0.")
   if model.exit_classifier != "none" and weight == 0:
-    raise UserError(f"config.loss.exit_classifier_weight={weight} would leave the model's exit "
-                     f"classifier (model.exit_classifier={model.exit_classifier!r}) untrained.")
+    raise UserError(
+      f"config.loss.exit_classifier_weight={weight} would leave the model's exit "
+      f"classifier (model.exit_classifier={model.exit_classifier!r}) untrained."
+    )
   train_only = config.train_only
-  if isinstance(train_only, str) or not all(isinstance(n, str) and n.strip("/") for n in train_only):
-    raise UserError(f"config.train_only={train_only!r} must be a tuple of parameter path names, "
-                     "e.g. ('exit_classifier',); on the command line --config.train_only=exit_classifier "
-                     "or --config.train_only='(\"exit_classifier\", \"decoder/adapters\")'.")
+  if isinstance(train_only, str) or not all(
+    isinstance(n, str) and n.strip("/") for n in train_only
+  ):
+    raise UserError(
+      f"config.train_only={train_only!r} must be a tuple of parameter path names, "
+      "e.g. ('exit_classifier',); on the command line --config.train_only=exit_classifier "
+      'or --config.train_only=\'("exit_classifier", "decoder/adapters")\'.'
+    )
   paths = list(checkpoint.flat_params(checkpoint.abstract_params(model)[1]))
   for name in train_only:
     if not any(path_holds(path, [name]) for path in paths):
       top = sorted({"/".join(p.split("/")[:2]) for p in paths})
-      raise UserError(f"config.train_only names {name!r}, which no parameter of this model holds "
-                       f"(its parameters are under {top}).")
+      raise UserError(
+        f"config.train_only names {name!r}, which no parameter of this model holds "
+        f"(its parameters are under {top})."
+      )
   validate_task(config.task)
-  for threshold in config.decode.thresholds:
-    if not isinstance(threshold, (int, float)) or not threshold >= 0:
-      raise UserError(f"config.decode.thresholds holds {threshold!r}; thresholds are numbers >= 0.")
-  for name in ("batch_size", "eval_batch_size", "total_steps", "log_every_steps", "eval_every_steps",
-               "checkpoint_every_steps", "keep_checkpoints", "gradient_accumulation_steps"):
+  for name in (
+    "batch_size",
+    "eval_batch_size",
+    "total_steps",
+    "log_every_steps",
+    "eval_every_steps",
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "gradient_accumulation_steps",
+  ):
     if config[name] < 1:
       raise UserError(f"config.{name}={config[name]} must be >= 1.")
   if config.total_steps % config.gradient_accumulation_steps:
-    raise UserError(f"config.total_steps={config.total_steps} is not a multiple of "
-                     f"config.gradient_accumulation_steps={config.gradient_accumulation_steps}: the "
-                     "last update would be left half accumulated.")
+    raise UserError(
+      f"config.total_steps={config.total_steps} is not a multiple of "
+      f"config.gradient_accumulation_steps={config.gradient_accumulation_steps}: the "
+      "last update would be left half accumulated."
+    )
   check_mesh(config)
   return model
 
 
-def check_mesh(config: ml_collections.ConfigDict, num_devices: int | None = None) -> tuple[int, ...]:
+def check_mesh(
+  config: ml_collections.ConfigDict, num_devices: int | None = None
+) -> tuple[int, ...]:
   """The mesh shape the config gives the run's devices (default: every device of every process),
   and its rules and batch sizes checked against it: each global batch must split evenly over the
   mesh axes that split batches."""
@@ -201,17 +253,31 @@ def check_mesh(config: ml_collections.ConfigDict, num_devices: int | None = None
   shards = math.prod(sizes[a] for a in table.get("batch", ()))
   for name in ("batch_size", "eval_batch_size"):
     if config[name] % shards:
-      raise UserError(f"config.{name}={config[name]} does not split over the {shards} batch shards "
-                       f"of the mesh ({', '.join(f'{a}={s}' for a, s in sizes.items())}; batches are "
-                       f"split over {list(table.get('batch', ()))}); make it a multiple of {shards}.")
+      raise UserError(
+        f"config.{name}={config[name]} does not split over the {shards} batch shards "
+        f"of the mesh ({', '.join(f'{a}={s}' for a, s in sizes.items())}; batches are "
+        f"split over {list(table.get('batch', ()))}); make it a multiple of {shards}."
+      )
   return shape
 
 
 # Options a resumed run may change freely: where and how often it logs, evaluates and checkpoints, the
-# mesh it runs on, and the decoding comparison at the end. Anything else changes the run's numbers.
-RUN_NEUTRAL = ("log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints",
-               "eval_batch_size", "num_eval_samples", "decode", "mesh", "sharding_rules", "remat",
-               "task.data_dir", "task.manual_dir")
+# mesh it runs on (and `decode`, the decoding comparison older runs ended with). Anything else changes
+# the run's numbers.
+RUN_NEUTRAL = (
+  "log_every_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval_batch_size",
+  "num_eval_samples",
+  "decode",
+  "mesh",
+  "sharding_rules",
+  "remat",
+  "task.data_dir",
+  "task.manual_dir",
+)
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -233,5 +299,8 @@ def run_changes(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
   old = {**_flatten(as_json(training_defaults())), **_flatten(saved)}
   new = _flatten(as_json(config))
   neutral = lambda name: any(name == n or name.startswith(n + ".") for n in RUN_NEUTRAL)
-  return [f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
-          for k in sorted(set(old) | set(new)) if not neutral(k) and old.get(k) != new.get(k)]
+  return [
+    f"{k}: {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+    for k in sorted(set(old) | set(new))
+    if not neutral(k) and old.get(k) != new.get(k)
+  ]

@@ -31,30 +31,53 @@ from ml_collections import config_flags
 
 from deed_jax import cli
 from deed_jax.decoding.config import DecodeConfig
-from deed_jax.evaluation.evaluator import DEFAULT_THRESHOLDS, evaluate, markdown, parse_thresholds
+from deed_jax.evaluation.evaluator import (
+  DEFAULT_THRESHOLDS,
+  EvaluateOptions,
+  evaluate,
+  markdown,
+  parse_thresholds,
+)
 from deed_jax.workdir import EVALUATION_DIR
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "The task's training config (configs/*.py[:arg]); default: the workdir's own.")
+  "config", None, "The task's training config (configs/*.py[:arg]); default: the workdir's own."
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained or converted deed-jax workdir.")
 _SPLIT = flags.DEFINE_string("split", "test", "The split to evaluate.")
-_CALIBRATION_SPLIT = flags.DEFINE_string("calibration_split", "calibration",
-                                         "The split --calibrate chooses the threshold on.")
+_CALIBRATION_SPLIT = flags.DEFINE_string(
+  "calibration_split", "calibration", "The split --calibrate chooses the threshold on."
+)
 _NUM_EXAMPLES = flags.DEFINE_integer("num_examples", 500, "Examples of --split (0: all).")
-_NUM_CALIBRATION = flags.DEFINE_integer("num_calibration_examples", 0,
-                                        "Examples of --calibration_split (0: all).")
-_THRESHOLDS = flags.DEFINE_list("thresholds", [str(t) for t in DEFAULT_THRESHOLDS],
-                                "DEED / copy thresholds, comma-separated, each in [0, 1].")
+_NUM_CALIBRATION = flags.DEFINE_integer(
+  "num_calibration_examples", 0, "Examples of --calibration_split (0: all)."
+)
+_THRESHOLDS = flags.DEFINE_list(
+  "thresholds",
+  [str(t) for t in DEFAULT_THRESHOLDS],
+  "DEED / copy thresholds, comma-separated, each in [0, 1].",
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "The second batch size evaluated (besides 1).")
-_CONFIDENCE = flags.DEFINE_string("confidence", "max_prob",
-                                  "max_prob | margin | entropy | state | classifier.")
-_MIN_EXIT_LAYER = flags.DEFINE_integer("min_exit_layer", 1,
-                                       "DEED and copy exit early only from this decoder layer on.")
-_BACKFILL_CHUNK = flags.DEFINE_integer("backfill_chunk", DecodeConfig.backfill_chunk,
-                                       "DEED: the widest block a skipped layer is backfilled in.")
-_CALIBRATE = flags.DEFINE_boolean("calibrate", False, "Choose and store a threshold with a guarantee.")
-_MAX_DROP = flags.DEFINE_float("max_drop", 0.5, "Calibration: the largest drop allowed, metric points.")
-_DELTA = flags.DEFINE_float("delta", 0.1, "Calibration: the guarantee holds with probability 1 - delta.")
+_CONFIDENCE = flags.DEFINE_string(
+  "confidence", "max_prob", "max_prob | margin | entropy | state | classifier."
+)
+_MIN_EXIT_LAYER = flags.DEFINE_integer(
+  "min_exit_layer", 1, "DEED and copy exit early only from this decoder layer on."
+)
+_BACKFILL_CHUNK = flags.DEFINE_integer(
+  "backfill_chunk",
+  DecodeConfig.backfill_chunk,
+  "DEED: the widest block a skipped layer is backfilled in.",
+)
+_CALIBRATE = flags.DEFINE_boolean(
+  "calibrate", False, "Choose and store a threshold with a guarantee."
+)
+_MAX_DROP = flags.DEFINE_float(
+  "max_drop", 0.5, "Calibration: the largest drop allowed, metric points."
+)
+_DELTA = flags.DEFINE_float(
+  "delta", 0.1, "Calibration: the guarantee holds with probability 1 - delta."
+)
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint step (default: the newest).")
 
 
@@ -62,14 +85,22 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
-  report = evaluate(_WORKDIR.value, _CONFIG.value, split=_SPLIT.value,
-                    calibration_split=_CALIBRATION_SPLIT.value, num_examples=_NUM_EXAMPLES.value,
-                    num_calibration_examples=_NUM_CALIBRATION.value,
-                    thresholds=parse_thresholds(_THRESHOLDS.value), batch_size=_BATCH_SIZE.value,
-                    confidence=_CONFIDENCE.value, min_exit_layer=_MIN_EXIT_LAYER.value,
-                    backfill_chunk=_BACKFILL_CHUNK.value,
-                    calibrate=_CALIBRATE.value, max_drop=_MAX_DROP.value,
-                    delta=_DELTA.value, step=_STEP.value)
+  options = EvaluateOptions(
+    split=_SPLIT.value,
+    calibration_split=_CALIBRATION_SPLIT.value,
+    num_examples=_NUM_EXAMPLES.value,
+    num_calibration_examples=_NUM_CALIBRATION.value,
+    thresholds=parse_thresholds(_THRESHOLDS.value),
+    batch_size=_BATCH_SIZE.value,
+    confidence=_CONFIDENCE.value,
+    min_exit_layer=_MIN_EXIT_LAYER.value,
+    backfill_chunk=_BACKFILL_CHUNK.value,
+    calibrate=_CALIBRATE.value,
+    max_drop=_MAX_DROP.value,
+    delta=_DELTA.value,
+    step=_STEP.value,
+  )
+  report = evaluate(_WORKDIR.value, _CONFIG.value, options)
   print(markdown(report).split("## Plots")[0].rstrip())
   print(f"\nReport and plots: {os.path.join(_WORKDIR.value, EVALUATION_DIR)}/")
 

@@ -17,7 +17,8 @@ everything whole) and on a pod slice.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -29,12 +30,12 @@ from deed_jax.errors import UserError
 MESH_AXES = ("data", "fsdp", "tensor")
 # Logical axis -> mesh axes (one name, a tuple of names, or None for never split).
 DEFAULT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("vocab", "tensor"),
-    ("kv", None),
+  ("batch", ("data", "fsdp")),
+  ("embed", "fsdp"),
+  ("mlp", "tensor"),
+  ("heads", "tensor"),
+  ("vocab", "tensor"),
+  ("kv", None),
 )
 
 Rules = Sequence[tuple[str, Any]]
@@ -49,17 +50,23 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
   shape = [int(sizes.get(axis, 1)) for axis in MESH_AXES]
   described = ", ".join(f"{a}={s}" for a, s in zip(MESH_AXES, shape))
   if any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
-    raise UserError(f"config.mesh ({described}): sizes must be >= 1, with at most one -1 (the rest "
-                     "of the devices).")
+    raise UserError(
+      f"config.mesh ({described}): sizes must be >= 1, with at most one -1 (the rest "
+      "of the devices)."
+    )
   known = math.prod(s for s in shape if s != -1)
   if -1 in shape:
     if num_devices % known:
-      raise UserError(f"config.mesh ({described}) cannot fill {num_devices} devices: {known} does not "
-                       f"divide {num_devices}.")
+      raise UserError(
+        f"config.mesh ({described}) cannot fill {num_devices} devices: {known} does not "
+        f"divide {num_devices}."
+      )
     shape[shape.index(-1)] = num_devices // known
   if math.prod(shape) != num_devices:
-    raise UserError(f"config.mesh ({described}) has {math.prod(shape)} devices but this run has "
-                     f"{num_devices}; the product of the mesh sizes must equal the device count.")
+    raise UserError(
+      f"config.mesh ({described}) has {math.prod(shape)} devices but this run has "
+      f"{num_devices}; the product of the mesh sizes must equal the device count."
+    )
   return tuple(shape)
 
 
@@ -77,20 +84,25 @@ def check_rules(rules: Rules) -> dict[str, tuple[str, ...]]:
   table = {}
   for rule in rules:
     if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)):
-      raise UserError(f"config.sharding_rules holds {rule!r}; each rule is (logical axis name, mesh "
-                       f"axis | (mesh axes...) | None), e.g. ('embed', 'fsdp').")
+      raise UserError(
+        f"config.sharding_rules holds {rule!r}; each rule is (logical axis name, mesh "
+        f"axis | (mesh axes...) | None), e.g. ('embed', 'fsdp')."
+      )
     logical, target = rule
     axes = () if target is None else (target,) if isinstance(target, str) else tuple(target)
     unknown = [a for a in axes if a not in MESH_AXES]
     if unknown:
-      raise UserError(f"config.sharding_rules maps {logical!r} to unknown mesh axis "
-                       f"{unknown[0]!r}; the mesh axes are {list(MESH_AXES)}.")
+      raise UserError(
+        f"config.sharding_rules maps {logical!r} to unknown mesh axis "
+        f"{unknown[0]!r}; the mesh axes are {list(MESH_AXES)}."
+      )
     table[logical] = axes
   return table
 
 
-def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules: Rules) -> PartitionSpec:
+def logical_to_spec(
+  logical: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Rules
+) -> PartitionSpec:
   """A PartitionSpec for an array of `shape` whose dimensions carry the `logical` names.
 
   A dimension stays whole when its name has no rule, when the mesh axes do not divide it, or when
@@ -117,8 +129,11 @@ def param_logical_axes(abstract_model: nnx.Module) -> dict:
 def param_shardings(params: Any, logical_axes: Any, mesh: Mesh, rules: Rules) -> Any:
   """NamedShardings for a params tree (arrays or ShapeDtypeStructs) from its logical axes."""
   return jax.tree.map(
-      lambda p, axes: NamedSharding(mesh, logical_to_spec(tuple(axes), p.shape, mesh, rules)),
-      params, logical_axes, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    lambda p, axes: NamedSharding(mesh, logical_to_spec(tuple(axes), p.shape, mesh, rules)),
+    params,
+    logical_axes,
+    is_leaf=lambda x: isinstance(x, PartitionSpec),
+  )
 
 
 def _dict_suffix(path) -> tuple[str, ...]:
@@ -135,8 +150,9 @@ def tree_shardings(tree: Any, params_shardings: Any, mesh: Mesh) -> Any:
   """Shardings for a tree that holds params-shaped subtrees (a train state: the params and each
   optimizer moment). A leaf takes the sharding of the parameter at the same path within its
   params-shaped subtree; every other leaf (a step count) is replicated."""
-  by_path = {_dict_suffix(p): s
-             for p, s in jax.tree_util.tree_flatten_with_path(params_shardings)[0]}
+  by_path = {
+    _dict_suffix(p): s for p, s in jax.tree_util.tree_flatten_with_path(params_shardings)[0]
+  }
   replicated = NamedSharding(mesh, PartitionSpec())
 
   def pick(path, leaf):
@@ -144,6 +160,7 @@ def tree_shardings(tree: Any, params_shardings: Any, mesh: Mesh) -> Any:
     if sharding is None or len(sharding.spec) > len(leaf.shape):
       return replicated
     return sharding
+
   return jax.tree_util.tree_map_with_path(pick, tree)
 
 
@@ -161,8 +178,9 @@ def batch_shards(mesh: Mesh, rules: Rules) -> int:
 def global_batch(local: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """This process's rows of a global batch (numpy, [B / processes, ...]) -> global jax Arrays
   [B, ...], each device holding its rows; no data crosses between processes."""
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()
+  }
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

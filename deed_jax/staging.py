@@ -14,8 +14,10 @@ import tempfile
 
 def check_empty_target(path: str) -> None:
   if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-    raise FileExistsError(f"{path} already exists and is not an empty directory; nothing was written. "
-                          "Choose a new output directory.")
+    raise FileExistsError(
+      f"{path} already exists and is not an empty directory; nothing was written. "
+      "Choose a new output directory."
+    )
 
 
 @contextlib.contextmanager

@@ -1,11 +1,12 @@
-"""The workdir layout: which file holds what, the model config on disk, the side files that travel
-with a model's weights, and the names of parameter paths. No orbax here (see `deed_jax.checkpoint`)."""
+"""The workdir layout: which file holds what, and every read and write of its JSON files (model config,
+training config, calibrated decoding settings) and of the side files that travel with a model's
+weights. No orbax here (see `deed_jax.checkpoint`)."""
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from etils import epath
 
@@ -15,16 +16,27 @@ from deed_jax.models import ModelConfig
 
 MODEL_CONFIG_FILE = "model_config.json"
 CHECKPOINT_DIR = "checkpoints"
-TRAIN_CONFIG_FILE = "train_config.json"  # the training config a run started with (its task, for evaluation)
+TRAIN_CONFIG_FILE = (
+  "train_config.json"  # the training config a run started with (its task, for evaluation)
+)
 EVALUATION_DIR = "evaluation"  # python -m deed_jax.evaluate: report.json, report.md, plots
 # The decoding settings chosen for this model by calibration (python -m deed_jax.evaluate
 # --calibrate): what `read_decode_config` starts from.
 DECODE_CONFIG_FILE = "decode_config.json"
 # Files of a Hugging Face model directory that belong with its weights: tokenizer and generation
 # settings. A converted workdir keeps them, and its source record for the way back to HF.
-HF_SIDE_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json",
-                 "merges.txt", "sentencepiece.bpe.model", "spiece.model", "added_tokens.json",
-                 "generation_config.json", "preprocessor_config.json")
+HF_SIDE_FILES = (
+  "tokenizer.json",
+  "tokenizer_config.json",
+  "special_tokens_map.json",
+  "vocab.json",
+  "merges.txt",
+  "sentencepiece.bpe.model",
+  "spiece.model",
+  "added_tokens.json",
+  "generation_config.json",
+  "preprocessor_config.json",
+)
 HF_SOURCE_FILE = "hf_source.json"  # the source config.json, resolved config and tensor dtypes
 HF_UNUSED_FILE = "hf_unused.safetensors"  # source tensors the model does not use (ViT's pooler)
 # What travels with the weights when training starts from a workdir (`init_from`).
@@ -79,53 +91,15 @@ def check_compatible_workdir(workdir: str, config: ModelConfig) -> None:
   old, new = stored.to_dict(), config.to_dict()
   diffs = {k: (old[k], new[k]) for k in sorted(old) if old[k] != new[k]}
   shown = ", ".join(f"{k}: {a!r} in the workdir vs {b!r} requested" for k, (a, b) in diffs.items())
-  raise UserError(f"Workdir {workdir} holds a checkpoint of a different model ({shown}). "
-                   "Use another --workdir; the existing checkpoint was left untouched.")
+  raise UserError(
+    f"Workdir {workdir} holds a checkpoint of a different model ({shown}). "
+    "Use another --workdir; the existing checkpoint was left untouched."
+  )
 
 
-def path_name(path) -> str:
-  """A key path as 'a/b/0', the same for dicts, NamedTuples and lists (orbax stores all as dicts)."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-  return "/".join(parts)
-
-
-def path_holds(path: str, names: Iterable[str]) -> bool:
-  """Whether a parameter path ('decoder/exit_classifier/kernel') holds one of `names`, each a path
-  component or a run of them ('exit_classifier', 'decoder/adapters')."""
-  return any(f"/{name.strip('/')}/" in f"/{path}/" for name in names)
-
-
-def filter_params(tree: Any, keep: Callable[[str], bool], prefix: str = "") -> Any:
-  """The nested dict `tree` with only the leaves whose path `keep` accepts; emptied dicts are
-  dropped (a pure-dict params tree, or anything shaped like one)."""
-  if not isinstance(tree, dict):
-    return tree
-  out = {}
-  for key, value in tree.items():
-    path = f"{prefix}{key}"
-    if isinstance(value, dict):
-      kept = filter_params(value, keep, path + "/")
-      if kept:
-        out[key] = kept
-    elif keep(path):
-      out[key] = value
-  return out
-
-
-def merge_params(base: Any, update: Any) -> Any:
-  """`base` with every leaf `update` holds put in its place (nested dicts merged, not replaced)."""
-  if not isinstance(base, dict) or not isinstance(update, dict):
-    return update
-  return {**base, **{k: merge_params(base.get(k), v) if k in base else v for k, v in update.items()}}
-
-
-def copy_side_files(source_dir: str, target_dir: str,
-                    names: tuple[str, ...] = MODEL_SIDE_FILES) -> list[str]:
+def copy_side_files(
+  source_dir: str, target_dir: str, names: tuple[str, ...] = MODEL_SIDE_FILES
+) -> list[str]:
   """Copy the files `names` present in `source_dir` (and absent in `target_dir`); returns their names.
   The default travels with a model between workdirs; HF directories get HF_SIDE_FILES only."""
   copied = []

@@ -9,8 +9,17 @@ from flax import nnx
 
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
 
-TINY = dict(vocab_size=37, d_model=32, num_heads=4, d_ff=48, encoder_layers=2, decoder_layers=3,
-            max_target_length=10, max_source_length=12, adapter_dim=8)
+TINY = dict(
+  vocab_size=37,
+  d_model=32,
+  num_heads=4,
+  d_ff=48,
+  encoder_layers=2,
+  decoder_layers=3,
+  max_target_length=10,
+  max_source_length=12,
+  adapter_dim=8,
+)
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -36,8 +45,9 @@ def random_inputs(config: ModelConfig, batch: int = 3, target_length: int = 7, s
   rng = np.random.default_rng(seed)
   if config.encoder == "image":
     h, w = config.image_hw
-    encoder_inputs = {"pixel_values": rng.normal(size=(batch, h, w, config.num_channels))
-                      .astype(np.float32)}
+    encoder_inputs = {
+      "pixel_values": rng.normal(size=(batch, h, w, config.num_channels)).astype(np.float32)
+    }
   else:
     length = config.max_source_length
     ids = rng.integers(3, config.vocab_size, size=(batch, length)).astype(np.int32)
@@ -59,6 +69,7 @@ def rngs():
 def tfds_dir(tmp_path_factory):
   """Both embedded datasets, `tiny` builds, prepared once per test session."""
   from deed_jax.data import datasets, forms_tfds
+
   path = str(tmp_path_factory.mktemp("tfds"))
   for name in forms_tfds.BUILDERS:
     datasets.prepare(name, "tiny", path)

@@ -29,23 +29,44 @@ from deed_jax.config_defaults import validate_task
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.errors import UserError
 from deed_jax.evaluation import calibration
-from deed_jax.evaluation.evaluator import (DEFAULT_THRESHOLDS, Split, check_options,
-                                           check_per_example_metric, check_workdir, parse_thresholds,
-                                           split_quality, task_config)
+from deed_jax.evaluation.evaluator import (
+  DEFAULT_THRESHOLDS,
+  Split,
+  check_options,
+  check_per_example_metric,
+  check_workdir,
+  parse_thresholds,
+  split_quality,
+  task_config,
+)
 from deed_jax.evaluation.sweep import Setting
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained or converted deed-jax workdir.")
-_SPLITS = flags.DEFINE_list("splits", ["calibration", "test"], "Held-out splits pooled for the trials.")
-_THRESHOLDS = flags.DEFINE_list("thresholds", [str(t) for t in DEFAULT_THRESHOLDS],
-                                "DEED thresholds, comma-separated, each in [0, 1].")
+_SPLITS = flags.DEFINE_list(
+  "splits", ["calibration", "test"], "Held-out splits pooled for the trials."
+)
+_THRESHOLDS = flags.DEFINE_list(
+  "thresholds",
+  [str(t) for t in DEFAULT_THRESHOLDS],
+  "DEED thresholds, comma-separated, each in [0, 1].",
+)
 _CONFIDENCE = flags.DEFINE_string("confidence", "max_prob", "DEED's confidence.")
-_MIN_EXIT_LAYER = flags.DEFINE_integer("min_exit_layer", 1, "DEED exits early only from this layer on.")
-_BACKFILL_CHUNK = flags.DEFINE_integer("backfill_chunk", DecodeConfig.backfill_chunk,
-                                       "DEED: the widest block a skipped layer is backfilled in.")
-_CALIBRATION_SIZES = flags.DEFINE_list("calibration_sizes", ["1000"], "Calibration set sizes to try.")
+_MIN_EXIT_LAYER = flags.DEFINE_integer(
+  "min_exit_layer", 1, "DEED exits early only from this layer on."
+)
+_BACKFILL_CHUNK = flags.DEFINE_integer(
+  "backfill_chunk",
+  DecodeConfig.backfill_chunk,
+  "DEED: the widest block a skipped layer is backfilled in.",
+)
+_CALIBRATION_SIZES = flags.DEFINE_list(
+  "calibration_sizes", ["1000"], "Calibration set sizes to try."
+)
 _TEST_SIZE = flags.DEFINE_integer("test_size", 500, "Examples the drop is measured on per trial.")
 _SETTINGS = flags.DEFINE_list("settings", ["0.5/0.1"], "Calibration settings as max_drop/delta.")
-_TARGET = flags.DEFINE_float("target", 0.5, "The drop (points) a measured test drop should stay within.")
+_TARGET = flags.DEFINE_float(
+  "target", 0.5, "The drop (points) a measured test drop should stay within."
+)
 _TRIALS = flags.DEFINE_integer("trials", 300, "Random calibration/test draws per setup.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Decoding batch size (nothing is timed).")
 _JSON = flags.DEFINE_string("json", None, "Write the results here.")
@@ -58,7 +79,9 @@ def parse_settings(settings: list[str]) -> list[tuple[float, float]]:
     try:
       max_drop, delta = (float(v) for v in item.split("/"))
     except ValueError:
-      raise UserError(f"--settings holds {item!r}; write each as max_drop/delta, e.g. 0.5/0.1.") from None
+      raise UserError(
+        f"--settings holds {item!r}; write each as max_drop/delta, e.g. 0.5/0.1."
+      ) from None
     calibration.check_settings(max_drop, delta)
     out.append((max_drop, delta))
   return out
@@ -68,8 +91,11 @@ def summarise_trials(outcomes: list[tuple[float | None, float]], target: float) 
   """Share of trials whose measured drop exceeded `target`, the mean drop, the thresholds chosen."""
   drops = np.array([d for _, d in outcomes])
   chosen = collections.Counter("none" if t is None else f"{t:g}" for t, _ in outcomes)
-  return {"over_target": float(np.mean(drops > target + 1e-9)), "mean_test_drop": float(drops.mean()),
-          "chosen": dict(sorted(chosen.items()))}
+  return {
+    "over_target": float(np.mean(drops > target + 1e-9)),
+    "mean_test_drop": float(drops.mean()),
+    "chosen": dict(sorted(chosen.items())),
+  }
 
 
 def main(argv):
@@ -80,54 +106,95 @@ def main(argv):
   if not workdir:
     raise UserError("--workdir is required.")
   model_config, step = check_workdir(workdir, None)
-  thresholds = check_options(parse_thresholds(_THRESHOLDS.value), _BATCH_SIZE.value, 0, 0.0, 0.5,
-                             calibrate=False)
+  thresholds = check_options(
+    parse_thresholds(_THRESHOLDS.value), _BATCH_SIZE.value, 0, 0.0, 0.5, calibrate=False
+  )
   setups = parse_settings(_SETTINGS.value)
   try:
     sizes = [int(s) for s in _CALIBRATION_SIZES.value]
   except ValueError:
-    raise UserError(f"--calibration_sizes={','.join(_CALIBRATION_SIZES.value)} must be whole numbers."
-                    ) from None
+    raise UserError(
+      f"--calibration_sizes={','.join(_CALIBRATION_SIZES.value)} must be whole numbers."
+    ) from None
   config = task_config(workdir, None)
   validate_task(config.task)
   check_per_example_metric(config.task.metric)
   early_exit = dict(min_exit_layer=_MIN_EXIT_LAYER.value, backfill_chunk=_BACKFILL_CHUNK.value)
   settings = [Setting("static")] + [Setting("deed", threshold=t, **early_exit) for t in thresholds]
-  settings[-1].decode_config(model_config.max_target_length, _CONFIDENCE.value).resolve(model_config)
+  settings[-1].decode_config(model_config.max_target_length, _CONFIDENCE.value).resolve(
+    model_config
+  )
   splits = [Split(config, model_config, name, 0, workdir) for name in _SPLITS.value]
   pool = sum(len(s.examples) for s in splits)
   for size in sizes:
     calibration.check_sizes(size, _TEST_SIZE.value, pool)
 
   model = checkpoint.load_model(workdir, step)
-  scores = [np.concatenate([split_quality(model, s, setting, config.task.metric, _CONFIDENCE.value,
-                                          _BATCH_SIZE.value) for s in splits]) for setting in settings]
+  scores = [
+    np.concatenate(
+      [
+        split_quality(model, s, setting, config.task.metric, _CONFIDENCE.value, _BATCH_SIZE.value)
+        for s in splits
+      ]
+    )
+    for setting in settings
+  ]
   full, by_threshold = scores[0], dict(zip(thresholds, scores[1:]))
-  pooled = [{"threshold": t, "loss_rate": float(np.clip(full - s, 0, 1).mean()),
-             "drop": 100 * float(full.mean() - s.mean())} for t, s in by_threshold.items()]
-  print(f"{pool} examples of {_SPLITS.value}; metric {config.task.metric}; static "
-        f"{100 * full.mean():.2f}")
+  pooled = [
+    {
+      "threshold": t,
+      "loss_rate": float(np.clip(full - s, 0, 1).mean()),
+      "drop": 100 * float(full.mean() - s.mean()),
+    }
+    for t, s in by_threshold.items()
+  ]
+  print(
+    f"{pool} examples of {_SPLITS.value}; metric {config.task.metric}; static "
+    f"{100 * full.mean():.2f}"
+  )
   print("threshold  loss rate %  drop (points)")
   for row in pooled:
     print(f"{row['threshold']:>9g}  {100 * row['loss_rate']:>11.3f}  {row['drop']:>13.3f}")
   results = []
-  print(f"\ncalibration  max_drop  delta  test drop > {_TARGET.value:g} (of {_TRIALS.value})  "
-        "mean test drop  chosen")
+  print(
+    f"\ncalibration  max_drop  delta  test drop > {_TARGET.value:g} (of {_TRIALS.value})  "
+    "mean test drop  chosen"
+  )
   for size in sizes:
     for max_drop, delta in setups:
-      outcomes = calibration.resampled_drops(full, by_threshold, size, _TEST_SIZE.value, max_drop,
-                                             delta, _TRIALS.value)
-      row = {"calibration_size": size, "test_size": _TEST_SIZE.value, "max_drop": max_drop,
-             "delta": delta, **summarise_trials(outcomes, _TARGET.value)}
+      outcomes = calibration.resampled_drops(
+        full, by_threshold, size, _TEST_SIZE.value, max_drop, delta, _TRIALS.value
+      )
+      row = {
+        "calibration_size": size,
+        "test_size": _TEST_SIZE.value,
+        "max_drop": max_drop,
+        "delta": delta,
+        **summarise_trials(outcomes, _TARGET.value),
+      }
       results.append(row)
-      print(f"{size:>11}  {max_drop:>8g}  {delta:>5g}  {100 * row['over_target']:>22.1f}%  "
-            f"{row['mean_test_drop']:>14.3f}  {row['chosen']}")
+      print(
+        f"{size:>11}  {max_drop:>8g}  {delta:>5g}  {100 * row['over_target']:>22.1f}%  "
+        f"{row['mean_test_drop']:>14.3f}  {row['chosen']}"
+      )
   if _JSON.value:
-    write_result(_JSON.value, {
-        "workdir": workdir, "step": step, "splits": _SPLITS.value, "pool": pool,
-        "metric": config.task.metric, "confidence": _CONFIDENCE.value, **early_exit,
-        "target": _TARGET.value, "trials": _TRIALS.value, "static": 100 * float(full.mean()),
-        "pooled": pooled, "setups": results})
+    write_result(
+      _JSON.value,
+      {
+        "workdir": workdir,
+        "step": step,
+        "splits": _SPLITS.value,
+        "pool": pool,
+        "metric": config.task.metric,
+        "confidence": _CONFIDENCE.value,
+        **early_exit,
+        "target": _TARGET.value,
+        "trials": _TRIALS.value,
+        "static": 100 * float(full.mean()),
+        "pooled": pooled,
+        "setups": results,
+      },
+    )
 
 
 if __name__ == "__main__":

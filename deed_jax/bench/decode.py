@@ -5,9 +5,10 @@ r"""Decoding speed by exit mode: static, fixed k, deed and copy per confidence a
 
 A randomly initialised model with a linear exit classifier (speed does not depend on what the
 weights learned; exit depth does, so the deed/copy thresholds are picked per run and confidence to
-reach target mean exit depths on these inputs). Each variant is jitted and warmed up (its compile time is recorded), then all variants are
-timed in turn, `--repeats` rounds, and the median is reported; speedups are medians of per-round
-ratios to static (the machine is shared). Decoder time = generate time - encoder time.
+reach target mean exit depths on these inputs). Each variant is jitted and warmed up (its compile
+time is recorded), then all variants are timed in turn, `--repeats` rounds, and the median is
+reported; speedups are medians of per-round ratios to static (the machine is shared). Decoder time =
+generate time - encoder time.
 
 The bound of a variant counts work in decoder-layer units: h is the LM head's measured cost (head +
 log-softmax over the vocabulary, one position) relative to one decoder layer at one position. Static
@@ -44,40 +45,66 @@ from flax import nnx
 from deed_jax import cli
 from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.report import write_result
-from deed_jax.errors import UserError
-from deed_jax.timing import median_seconds, timed
 from deed_jax.decoding.confidence import CONFIDENCES, needs_head
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.decode_step import block_widths
 from deed_jax.decoding.generation import make_encode, make_generate
+from deed_jax.errors import UserError
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
+from deed_jax.timing import median_seconds, timed
 
 _LAYERS = flags.DEFINE_integer("decoder_layers", 12, "Decoder layers (exits).")
 _D_MODEL = flags.DEFINE_integer("d_model", 512, "Model width.")
 _HEADS = flags.DEFINE_integer("num_heads", 8, "Attention heads.")
 _D_FF = flags.DEFINE_integer("d_ff", 2048, "MLP width.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 32128, "Vocabulary (32128: T5's; 259: the byte tokenizer).")
+_VOCAB = flags.DEFINE_integer(
+  "vocab_size", 32128, "Vocabulary (32128: T5's; 259: the byte tokenizer)."
+)
 _SOURCE = flags.DEFINE_integer("source_length", 64, "Encoder input length.")
 _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens decoded per sample.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
-_DEPTHS = flags.DEFINE_list("target_depths", ["3", "6", "9"],
-                            "Mean exit depths the deed/copy thresholds are tuned to (batch 1).")
+_DEPTHS = flags.DEFINE_list(
+  "target_depths",
+  ["3", "6", "9"],
+  "Mean exit depths the deed/copy thresholds are tuned to (batch 1).",
+)
 _CHUNK = flags.DEFINE_integer("backfill_chunk", 16, "DecodeConfig.backfill_chunk for deed.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds over all variants.")
 _FIXED = flags.DEFINE_list("fixed_layers", [], "Fixed exit layers to time (default 1..L).")
-_CONFIDENCES = flags.DEFINE_list("confidences", ["max_prob", "state", "classifier"],
-                                 "Confidences of the deed/copy variants.")
-_MIN_EXIT = flags.DEFINE_integer("min_exit_check", 4, "Time deed with min_exit_layer=M and "
-                                 "threshold 0 (every token exits at M) against fixed k=M; 0: skip.")
+_CONFIDENCES = flags.DEFINE_list(
+  "confidences", ["max_prob", "state", "classifier"], "Confidences of the deed/copy variants."
+)
+_MIN_EXIT = flags.DEFINE_integer(
+  "min_exit_check",
+  4,
+  "Time deed with min_exit_layer=M and "
+  "threshold 0 (every token exits at M) against fixed k=M; 0: skip.",
+)
 _OUTPUT = flags.DEFINE_string("output", "bench_results/decode.json", "Where the JSON goes.")
 
 
-def bench_model(layers: int, d_model: int, heads: int, d_ff: int, vocab: int, source_length: int,
-                max_new_tokens: int) -> MultiExitEncoderDecoder:
+def bench_model(
+  layers: int,
+  d_model: int,
+  heads: int,
+  d_ff: int,
+  vocab: int,
+  source_length: int,
+  max_new_tokens: int,
+) -> MultiExitEncoderDecoder:
   """A pre-norm text encoder-decoder (2 encoder layers: the encoder is timed apart)."""
-  config = ModelConfig(vocab_size=vocab, d_model=d_model, num_heads=heads, d_ff=d_ff, encoder_layers=2,
-                       decoder_layers=layers, max_source_length=source_length,
-                       max_target_length=max_new_tokens, adapter="linear", exit_classifier="linear")
+  config = ModelConfig(
+    vocab_size=vocab,
+    d_model=d_model,
+    num_heads=heads,
+    d_ff=d_ff,
+    encoder_layers=2,
+    decoder_layers=layers,
+    max_source_length=source_length,
+    max_target_length=max_new_tokens,
+    adapter="linear",
+    exit_classifier="linear",
+  )
   return MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
 
 
@@ -93,22 +120,37 @@ class Variant(NamedTuple):
   threshold: float | None
 
 
-def variants_for(layers: int, thresholds: dict[str, dict[str, float]], fixed_layers: list[int],
-                 min_exit: int, chunk: int, max_new_tokens: int) -> list[Variant]:
+def variants_for(
+  layers: int,
+  thresholds: dict[str, dict[str, float]],
+  fixed_layers: list[int],
+  min_exit: int,
+  chunk: int,
+  max_new_tokens: int,
+) -> list[Variant]:
   """static; fixed k; per confidence: deed with min_exit_layer=min_exit at threshold 0, deed and copy
   at the threshold tuned to each target depth ({depth: threshold})."""
   base = DecodeConfig(max_new_tokens=max_new_tokens, backfill_chunk=chunk)
   out = [Variant("static", dataclasses.replace(base, exit_mode="static"), None)]
-  out += [Variant(f"fixed k={k}", dataclasses.replace(base, exit_mode="fixed", fixed_exit_layer=k),
-                  None) for k in fixed_layers]
+  out += [
+    Variant(f"fixed k={k}", dataclasses.replace(base, exit_mode="fixed", fixed_exit_layer=k), None)
+    for k in fixed_layers
+  ]
   for confidence, values in thresholds.items():
     decode = dataclasses.replace(base, confidence=confidence)
     if min_exit:
-      out.append(Variant(f"deed {confidence} min={min_exit} tau=0",
-                         dataclasses.replace(decode, min_exit_layer=min_exit), 0.0))
+      out.append(
+        Variant(
+          f"deed {confidence} min={min_exit} tau=0",
+          dataclasses.replace(decode, min_exit_layer=min_exit),
+          0.0,
+        )
+      )
     for mode in ("deed", "copy"):
-      out += [Variant(f"{mode} {confidence} e~{depth}", dataclasses.replace(decode, exit_mode=mode), t)
-              for depth, t in values.items()]
+      out += [
+        Variant(f"{mode} {confidence} e~{depth}", dataclasses.replace(decode, exit_mode=mode), t)
+        for depth, t in values.items()
+      ]
   return out
 
 
@@ -142,8 +184,14 @@ def layer_units(layers_run: np.ndarray, chunk: int, block_cost: dict[int, float]
   return units
 
 
-def bench_batch(model: MultiExitEncoderDecoder, batch: int, variants: list[Variant], repeats: int,
-                head: float, block_cost: dict[int, float] | None = None) -> list[dict]:
+def bench_batch(
+  model: MultiExitEncoderDecoder,
+  batch: int,
+  variants: list[Variant],
+  repeats: int,
+  head: float,
+  block_cost: dict[int, float] | None = None,
+) -> list[dict]:
   """One row per variant, timed round-robin."""
   config, layers = model.config, model.config.decoder_layers
   encoder_inputs = inputs_for(config, batch)
@@ -154,7 +202,9 @@ def bench_batch(model: MultiExitEncoderDecoder, batch: int, variants: list[Varia
     start = time.perf_counter()
     outputs.append(jax.block_until_ready(run(encoder_inputs, variant.threshold)))
     first_seconds.append(time.perf_counter() - start)
-    print(f"batch {batch}: {variant.name} compiled and run in {first_seconds[-1]:.1f} s", flush=True)
+    print(
+      f"batch {batch}: {variant.name} compiled and run in {first_seconds[-1]:.1f} s", flush=True
+    )
     runs.append(run)
   timed(encode, encoder_inputs)
   seconds = [[] for _ in variants]
@@ -166,8 +216,9 @@ def bench_batch(model: MultiExitEncoderDecoder, batch: int, variants: list[Varia
   encoder_seconds = np.asarray(encoder_seconds)  # [repeats]
   decoder_seconds = np.maximum(np.asarray(seconds) - encoder_seconds, 1e-9)  # [variants, repeats]
   rows = []
-  for variant, out, times, decoder, first in zip(variants, outputs, seconds, decoder_seconds,
-                                                 first_seconds):
+  for variant, out, times, decoder, first in zip(
+    variants, outputs, seconds, decoder_seconds, first_seconds
+  ):
     decode = variant.decode
     exit_layers = np.asarray(out.exit_layers)  # [B, N]
     tokens = int((exit_layers > 0).sum())
@@ -176,23 +227,26 @@ def bench_batch(model: MultiExitEncoderDecoder, batch: int, variants: list[Varia
     depth = float(exit_layers[exit_layers > 0].mean())
     heads = heads_per_token(decode, exit_layers, layers)
     row = {
-        "variant": variant.name, "exit_mode": decode.exit_mode, "batch": batch,
-        "confidence": None if decode.exit_mode in ("static", "fixed") else decode.confidence,
-        "threshold": variant.threshold, "fixed_exit_layer": decode.fixed_exit_layer,
-        "min_exit_layer": decode.min_exit_layer,
-        "total_ms_per_sample": 1000 * float(np.median(times)) / batch,
-        "decoder_ms_per_sample": decoder_ms / batch,
-        "decoder_ms_per_token": decoder_ms / max(tokens, 1),
-        "tokens_per_sample": tokens / batch,
-        "mean_exit_layer": depth,
-        "mean_layers_run_per_step": float(steps[steps > 0].mean()),
-        "heads_per_token": heads,
-        "backfilled_positions": int(np.asarray(out.backfilled).sum()),
-        "compile_s": max(first - float(np.median(times)), 0.0),
-        # Paired with static's time in the same round, so slow spells of the machine cancel out.
-        "speedup": float(np.median(decoder_seconds[0] / decoder)),
-        "bound": (layers + head) / (depth + head * heads),
-        "repeats_ms": [1000 * t for t in times],
+      "variant": variant.name,
+      "exit_mode": decode.exit_mode,
+      "batch": batch,
+      "confidence": None if decode.exit_mode in ("static", "fixed") else decode.confidence,
+      "threshold": variant.threshold,
+      "fixed_exit_layer": decode.fixed_exit_layer,
+      "min_exit_layer": decode.min_exit_layer,
+      "total_ms_per_sample": 1000 * float(np.median(times)) / batch,
+      "decoder_ms_per_sample": decoder_ms / batch,
+      "decoder_ms_per_token": decoder_ms / max(tokens, 1),
+      "tokens_per_sample": tokens / batch,
+      "mean_exit_layer": depth,
+      "mean_layers_run_per_step": float(steps[steps > 0].mean()),
+      "heads_per_token": heads,
+      "backfilled_positions": int(np.asarray(out.backfilled).sum()),
+      "compile_s": max(first - float(np.median(times)), 0.0),
+      # Paired with static's time in the same round, so slow spells of the machine cancel out.
+      "speedup": float(np.median(decoder_seconds[0] / decoder)),
+      "bound": (layers + head) / (depth + head * heads),
+      "repeats_ms": [1000 * t for t in times],
     }
     row["speedup_over_bound"] = row["speedup"] / row["bound"]
     if block_cost is not None and decode.exit_mode == "deed":
@@ -204,8 +258,9 @@ def bench_batch(model: MultiExitEncoderDecoder, batch: int, variants: list[Varia
   return rows
 
 
-def block_costs(model: MultiExitEncoderDecoder, widths: list[int], repeats: int,
-                calls: int = 16) -> list[dict]:
+def block_costs(
+  model: MultiExitEncoderDecoder, widths: list[int], repeats: int, calls: int = 16
+) -> list[dict]:
   """Median time of the decoder's layers over one block of m positions (batch 1, written into the
   KV cache like a deed backfill), `calls` blocks per timing, relative to m = 1."""
   config = model.config
@@ -236,18 +291,26 @@ def block_costs(model: MultiExitEncoderDecoder, widths: list[int], repeats: int,
     for w, run in runs.items():
       seconds[w].append(timed(run, params, encoded, w)[1])
   one = np.asarray(seconds[widths[0]])
-  return [{"positions": w, "ms_per_block": 1000 * float(np.median(seconds[w])) / calls,
-           "relative_to_one": float(np.median(np.asarray(seconds[w]) / one))} for w in widths]
+  return [
+    {
+      "positions": w,
+      "ms_per_block": 1000 * float(np.median(seconds[w])) / calls,
+      "relative_to_one": float(np.median(np.asarray(seconds[w]) / one)),
+    }
+    for w in widths
+  ]
 
 
-def head_cost(model: MultiExitEncoderDecoder, layer_ms: float, repeats: int, calls: int = 64) -> dict:
+def head_cost(
+  model: MultiExitEncoderDecoder, layer_ms: float, repeats: int, calls: int = 64
+) -> dict:
   """The LM head and log-softmax over the vocabulary on one position (batch 1), relative to one
   decoder layer on one position (`layer_ms`, from the block costs)."""
   graphdef, params = nnx.split(model, nnx.Param)
 
   def run_heads(params):
     model = nnx.merge(graphdef, params)
-    body = lambda i, h: h + jax.nn.log_softmax(model.logits(h))[:, :model.config.d_model] * 1e-6
+    body = lambda i, h: h + jax.nn.log_softmax(model.logits(h))[:, : model.config.d_model] * 1e-6
     return jax.lax.fori_loop(0, calls, body, jnp.ones((1, model.config.d_model), jnp.float32))
 
   ms = 1000 * median_seconds(jax.jit(run_heads), params, repeats=repeats) / calls
@@ -263,33 +326,55 @@ def goals(rows: list[dict], layers: int, head: float) -> list[dict]:
       k = row["fixed_exit_layer"]
       target = 1.15 * (k + head) / (layers + head)
       ratio = 1 / row["speedup"]
-      out.append({"variant": row["variant"], "measured": ratio, "target": f"<= {target:.3f}",
-                  "met": ratio <= target})
+      out.append(
+        {
+          "variant": row["variant"],
+          "measured": ratio,
+          "target": f"<= {target:.3f}",
+          "met": ratio <= target,
+        }
+      )
     elif row["exit_mode"] == "deed" and row["threshold"] == 0.0 and row["min_exit_layer"] > 1:
       fixed = by_name.get(f"fixed k={row['min_exit_layer']}")
       if fixed is not None:
         ratio = row["decoder_ms_per_token"] / fixed["decoder_ms_per_token"]
-        out.append({"variant": row["variant"], "measured": ratio,
-                    "target": f"<= 1.15 x {fixed['variant']}", "met": ratio <= 1.15})
+        out.append(
+          {
+            "variant": row["variant"],
+            "measured": ratio,
+            "target": f"<= 1.15 x {fixed['variant']}",
+            "met": ratio <= 1.15,
+          }
+        )
     elif row["exit_mode"] == "deed":
-      out.append({"variant": row["variant"], "measured": row["speedup_over_bound"], "target": ">= 0.85",
-                  "met": row["speedup_over_bound"] >= 0.85,
-                  "of_bound_with_block_costs": row.get("speedup_over_block_bound")})
+      out.append(
+        {
+          "variant": row["variant"],
+          "measured": row["speedup_over_bound"],
+          "target": ">= 0.85",
+          "met": row["speedup_over_bound"] >= 0.85,
+          "of_bound_with_block_costs": row.get("speedup_over_block_bound"),
+        }
+      )
   return out
 
 
 def table(rows: list[dict]) -> str:
-  header = (f"{'batch':>5} {'variant':<28} {'tau':>9} {'exit':>5} {'run/step':>8} {'heads':>5} "
-            f"{'dec ms/tok':>10} {'tot ms/smp':>10} {'compile s':>9} {'speedup':>7} {'bound':>6} "
-            f"{'sp/bound':>8}")
+  header = (
+    f"{'batch':>5} {'variant':<28} {'tau':>9} {'exit':>5} {'run/step':>8} {'heads':>5} "
+    f"{'dec ms/tok':>10} {'tot ms/smp':>10} {'compile s':>9} {'speedup':>7} {'bound':>6} "
+    f"{'sp/bound':>8}"
+  )
   lines = [header, "-" * len(header)]
   for r in rows:
     tau = "-" if r["threshold"] is None else f"{r['threshold']:.3g}"
-    lines.append(f"{r['batch']:>5} {r['variant']:<28} {tau:>9} {r['mean_exit_layer']:>5.2f} "
-                 f"{r['mean_layers_run_per_step']:>8.2f} {r['heads_per_token']:>5.2f} "
-                 f"{r['decoder_ms_per_token']:>10.3f} {r['total_ms_per_sample']:>10.2f} "
-                 f"{r['compile_s']:>9.2f} {r['speedup']:>7.2f} {r['bound']:>6.2f} "
-                 f"{r['speedup_over_bound']:>8.2f}")
+    lines.append(
+      f"{r['batch']:>5} {r['variant']:<28} {tau:>9} {r['mean_exit_layer']:>5.2f} "
+      f"{r['mean_layers_run_per_step']:>8.2f} {r['heads_per_token']:>5.2f} "
+      f"{r['decoder_ms_per_token']:>10.3f} {r['total_ms_per_sample']:>10.2f} "
+      f"{r['compile_s']:>9.2f} {r['speedup']:>7.2f} {r['bound']:>6.2f} "
+      f"{r['speedup_over_bound']:>8.2f}"
+    )
   return "\n".join(lines)
 
 
@@ -306,41 +391,70 @@ def main(argv):
   min_exit = _MIN_EXIT.value if _MIN_EXIT.value <= layers else 0
   if min_exit and min_exit not in fixed_layers:
     fixed_layers = sorted(fixed_layers + [min_exit])
-  model = bench_model(layers, _D_MODEL.value, _HEADS.value, _D_FF.value, _VOCAB.value,
-                      _SOURCE.value, _NEW_TOKENS.value)
+  model = bench_model(
+    layers,
+    _D_MODEL.value,
+    _HEADS.value,
+    _D_FF.value,
+    _VOCAB.value,
+    _SOURCE.value,
+    _NEW_TOKENS.value,
+  )
   costs = block_costs(model, block_widths(_CHUNK.value), _REPEATS.value)
   head = head_cost(model, costs[0]["ms_per_block"] / layers, _REPEATS.value)
-  print(f"head {head['in_layers']:.2f} layers; blocks relative to one position: "
-        + ", ".join(f"m={c['positions']}: {c['relative_to_one']:.2f}" for c in costs), flush=True)
+  print(
+    f"head {head['in_layers']:.2f} layers; blocks relative to one position: "
+    + ", ".join(f"m={c['positions']}: {c['relative_to_one']:.2f}" for c in costs),
+    flush=True,
+  )
   thresholds = {}
   for confidence in _CONFIDENCES.value:
-    oracle = make_generate(model, DecodeConfig(exit_mode="oracle", confidence=confidence,
-                                               max_new_tokens=_NEW_TOKENS.value))
-    thresholds[confidence] = {d: threshold_for_depth(oracle, inputs_for(model.config, 1), float(d))
-                              for d in _DEPTHS.value}
-  variants = variants_for(layers, thresholds, fixed_layers, min_exit, _CHUNK.value, _NEW_TOKENS.value)
+    oracle = make_generate(
+      model,
+      DecodeConfig(exit_mode="oracle", confidence=confidence, max_new_tokens=_NEW_TOKENS.value),
+    )
+    thresholds[confidence] = {
+      d: threshold_for_depth(oracle, inputs_for(model.config, 1), float(d)) for d in _DEPTHS.value
+    }
+  variants = variants_for(
+    layers, thresholds, fixed_layers, min_exit, _CHUNK.value, _NEW_TOKENS.value
+  )
   rows = []
   block_cost = {c["positions"]: c["relative_to_one"] for c in costs}
   for batch in (int(b) for b in _BATCHES.value):
-    rows += bench_batch(model, batch, variants, _REPEATS.value, head["in_layers"],
-                        block_cost if batch == 1 else None)
+    rows += bench_batch(
+      model, batch, variants, _REPEATS.value, head["in_layers"], block_cost if batch == 1 else None
+    )
   checked = goals(rows, layers, head["in_layers"])
   print(table(rows))
-  print(f"\nThe LM head (V={model.config.vocab_size}, one position): {head['ms']:.3f} ms = "
-        f"{head['in_layers']:.2f} decoder layers (one layer, one position: {head['layer_ms']:.3f} ms)")
+  print(
+    f"\nThe LM head (V={model.config.vocab_size}, one position): {head['ms']:.3f} ms = "
+    f"{head['in_layers']:.2f} decoder layers (one layer, one position: {head['layer_ms']:.3f} ms)"
+  )
   print("A block of m positions through all decoder layers (batch 1), relative to one position:")
   print("  " + "  ".join(f"m={c['positions']}: {c['relative_to_one']:.2f}" for c in costs))
   print("\nGoals (batch 1):")
   for goal in checked:
     blocks = goal.get("of_bound_with_block_costs")
-    print(f"  {goal['variant']:<28} {goal['measured']:.3f} (target {goal['target']}): "
-          f"{'met' if goal['met'] else 'NOT met'}"
-          + ("" if blocks is None else f"; {blocks:.3f} of the bound with measured block costs"))
-  write_result(_OUTPUT.value, {
+    print(
+      f"  {goal['variant']:<28} {goal['measured']:.3f} (target {goal['target']}): "
+      f"{'met' if goal['met'] else 'NOT met'}"
+      + ("" if blocks is None else f"; {blocks:.3f} of the bound with measured block costs")
+    )
+  write_result(
+    _OUTPUT.value,
+    {
       "model": json.loads(model.config.to_json()),
-      "max_new_tokens": _NEW_TOKENS.value, "backfill_chunk": _CHUNK.value, "repeats": _REPEATS.value,
-      "thresholds": thresholds, "head_cost": head, "rows": rows, "goals": checked,
-      "block_costs": costs})
+      "max_new_tokens": _NEW_TOKENS.value,
+      "backfill_chunk": _CHUNK.value,
+      "repeats": _REPEATS.value,
+      "thresholds": thresholds,
+      "head_cost": head,
+      "rows": rows,
+      "goals": checked,
+      "block_costs": costs,
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -48,21 +48,32 @@ _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 32, "Tokens decoded per sam
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
 _BEAMS = flags.DEFINE_integer("num_beams", 4, "Beams of the beam-search variants (0: none).")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed rounds over all variants.")
-_TORCH_DEVICE = flags.DEFINE_string("torch_device", None,
-                                    "Device of the PyTorch model (default: cuda when available, else cpu).")
+_TORCH_DEVICE = flags.DEFINE_string(
+  "torch_device", None, "Device of the PyTorch model (default: cuda when available, else cpu)."
+)
 _OUTPUT = flags.DEFINE_string("output", "bench_results/hf_generate.json", "Where the JSON goes.")
 
 
-def build_hf_model(directory: str, layers: int, d_model: int, heads: int, d_ff: int, vocab: int,
-                   max_length: int):
+def build_hf_model(
+  directory: str, layers: int, d_model: int, heads: int, d_ff: int, vocab: int, max_length: int
+):
   """A random BART saved to `directory`, with EOS made unreachable (fixed-length outputs)."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+
   torch.manual_seed(0)
   config = transformers.BartConfig(
-      vocab_size=vocab, d_model=d_model, encoder_layers=layers, decoder_layers=layers,
-      encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=d_ff,
-      decoder_ffn_dim=d_ff, max_position_embeddings=max_length, forced_eos_token_id=None)
+    vocab_size=vocab,
+    d_model=d_model,
+    encoder_layers=layers,
+    decoder_layers=layers,
+    encoder_attention_heads=heads,
+    decoder_attention_heads=heads,
+    encoder_ffn_dim=d_ff,
+    decoder_ffn_dim=d_ff,
+    max_position_embeddings=max_length,
+    forced_eos_token_id=None,
+  )
   model = transformers.BartForConditionalGeneration(config).eval()
   with torch.no_grad():
     model.final_logits_bias[0, config.eos_token_id] = -1e4
@@ -72,31 +83,50 @@ def build_hf_model(directory: str, layers: int, d_model: int, heads: int, d_ff: 
 
 def _time_hf(hf_model, inputs, new_tokens, config, search) -> tuple[np.ndarray, float]:
   start = time.perf_counter()
-  tokens, _ = hf_generate(hf_model, inputs, new_tokens, eos_id=config.eos_id, pad_id=config.pad_id,
-                          **search)
+  tokens, _ = hf_generate(
+    hf_model, inputs, new_tokens, eos_id=config.eos_id, pad_id=config.pad_id, **search
+  )
   return tokens, time.perf_counter() - start
 
 
-def bench_batch(hf_model, model, batch: int, threshold: float, beams: int, repeats: int,
-                new_tokens: int, torch_device: str) -> list[dict]:
+def bench_batch(
+  hf_model,
+  model,
+  batch: int,
+  threshold: float,
+  beams: int,
+  repeats: int,
+  new_tokens: int,
+  torch_device: str,
+) -> list[dict]:
   import torch  # pylint: disable=g-import-not-at-top
+
   config = model.config
   rng = np.random.default_rng(batch)
   ids = rng.integers(3, config.vocab_size, size=(batch, _SOURCE.value)).astype(np.int64)
   ours_inputs = {"input_ids": ids.astype(np.int32), "attention_mask": np.ones_like(ids, np.int32)}
-  hf_inputs = {k: torch.from_numpy(v.astype(np.int64)).to(torch_device) for k, v in ours_inputs.items()}
+  hf_inputs = {
+    k: torch.from_numpy(v.astype(np.int64)).to(torch_device) for k, v in ours_inputs.items()
+  }
   # (name, kind, runner, reference name for token checks)
   variants = [("hf greedy (torch eager)", "hf", dict(num_beams=1), None)]
-  ours = [("ours static", DecodeConfig(exit_mode="static", max_new_tokens=new_tokens), 2.0),
-          ("ours deed tau>1", DecodeConfig(max_new_tokens=new_tokens), 1.5),
-          (f"ours deed tau={threshold:.3g}", DecodeConfig(max_new_tokens=new_tokens), threshold)]
-  variants += [(name, "ours", (make_generate(model, decode), t), "hf greedy (torch eager)")
-               for name, decode, t in ours]
+  ours = [
+    ("ours static", DecodeConfig(exit_mode="static", max_new_tokens=new_tokens), 2.0),
+    ("ours deed tau>1", DecodeConfig(max_new_tokens=new_tokens), 1.5),
+    (f"ours deed tau={threshold:.3g}", DecodeConfig(max_new_tokens=new_tokens), threshold),
+  ]
+  variants += [
+    (name, "ours", (make_generate(model, decode), t), "hf greedy (torch eager)")
+    for name, decode, t in ours
+  ]
   if beams:
     variants.append((f"hf beam {beams}", "hf", dict(num_beams=beams), None))
-    beam = DecodeConfig(strategy="beam", num_beams=beams, exit_mode="static", max_new_tokens=new_tokens)
-    variants.append((f"ours beam {beams} static", "ours", (make_generate(model, beam), 2.0),
-                     f"hf beam {beams}"))
+    beam = DecodeConfig(
+      strategy="beam", num_beams=beams, exit_mode="static", max_new_tokens=new_tokens
+    )
+    variants.append(
+      (f"ours beam {beams} static", "ours", (make_generate(model, beam), 2.0), f"hf beam {beams}")
+    )
 
   def run(kind, runner):
     if kind == "hf":
@@ -113,10 +143,14 @@ def bench_batch(hf_model, model, batch: int, threshold: float, beams: int, repea
   rows = []
   for name, kind, runner, reference in variants:
     tokens = outputs[name]
-    row = {"variant": name, "batch": batch, "ms_per_sample": 1000 * float(np.median(seconds[name])) / batch,
-           "ms_per_token": 1000 * float(np.median(seconds[name])) / (batch * new_tokens),
-           "speedup_vs_hf_greedy": float(np.median(base / np.asarray(seconds[name]))),
-           "repeats_ms": [1000 * s for s in seconds[name]]}
+    row = {
+      "variant": name,
+      "batch": batch,
+      "ms_per_sample": 1000 * float(np.median(seconds[name])) / batch,
+      "ms_per_token": 1000 * float(np.median(seconds[name])) / (batch * new_tokens),
+      "speedup_vs_hf_greedy": float(np.median(base / np.asarray(seconds[name]))),
+      "repeats_ms": [1000 * s for s in seconds[name]],
+    }
     if reference is not None:
       expected = pad_to(outputs[reference], new_tokens, config.pad_id)
       row["same_tokens_as"] = reference
@@ -131,15 +165,19 @@ def bench_batch(hf_model, model, batch: int, threshold: float, beams: int, repea
 
 
 def table(rows: list[dict]) -> str:
-  header = (f"{'batch':>5} {'variant':<26} {'ms/sample':>10} {'ms/token':>9} {'vs HF greedy':>12} "
-            f"{'exit':>5} {'tokens = reference':>18}")
+  header = (
+    f"{'batch':>5} {'variant':<26} {'ms/sample':>10} {'ms/token':>9} {'vs HF greedy':>12} "
+    f"{'exit':>5} {'tokens = reference':>18}"
+  )
   lines = [header, "-" * len(header)]
   for r in rows:
     agreement = f"{r['token_agreement']:.3f}" if "token_agreement" in r else "-"
     exit_layer = f"{r['mean_exit_layer']:.2f}" if "mean_exit_layer" in r else "-"
-    lines.append(f"{r['batch']:>5} {r['variant']:<26} {r['ms_per_sample']:>10.2f} "
-                 f"{r['ms_per_token']:>9.3f} "
-                 f"{r['speedup_vs_hf_greedy']:>12.2f} {exit_layer:>5} {agreement:>18}")
+    lines.append(
+      f"{r['batch']:>5} {r['variant']:<26} {r['ms_per_sample']:>10.2f} "
+      f"{r['ms_per_token']:>9.3f} "
+      f"{r['speedup_vs_hf_greedy']:>12.2f} {exit_layer:>5} {agreement:>18}"
+    )
   return "\n".join(lines)
 
 
@@ -148,11 +186,19 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every save and restore at INFO.
   del argv
   import torch  # pylint: disable=g-import-not-at-top
+
   layers, new_tokens = _LAYERS.value, _NEW_TOKENS.value
   torch_device = _TORCH_DEVICE.value or ("cuda" if torch.cuda.is_available() else "cpu")
   with tempfile.TemporaryDirectory() as tmp:
-    hf_model = build_hf_model(os.path.join(tmp, "hf"), layers, _D_MODEL.value, _HEADS.value, _D_FF.value,
-                              _VOCAB.value, max(_SOURCE.value, new_tokens + 1))
+    hf_model = build_hf_model(
+      os.path.join(tmp, "hf"),
+      layers,
+      _D_MODEL.value,
+      _HEADS.value,
+      _D_FF.value,
+      _VOCAB.value,
+      max(_SOURCE.value, new_tokens + 1),
+    )
     hf_to_orbax(os.path.join(tmp, "hf"), os.path.join(tmp, "orbax"))
     model = checkpoint.load_model(os.path.join(tmp, "orbax"))
   hf_model = hf_model.to(torch_device)
@@ -162,37 +208,63 @@ def main(argv):
   threshold = threshold_for_depth(oracle, probe, layers / 2)
   rows = []
   for batch in (int(b) for b in _BATCHES.value):
-    rows += bench_batch(hf_model, model, batch, threshold, _BEAMS.value, _REPEATS.value, new_tokens,
-                        torch_device)
+    rows += bench_batch(
+      hf_model, model, batch, threshold, _BEAMS.value, _REPEATS.value, new_tokens, torch_device
+    )
   smallest = min(r["batch"] for r in rows)
   static = next(r for r in rows if r["batch"] == smallest and r["variant"] == "ours static")
-  summary = {"variant": f"ours static, batch {smallest}",
-             "speedup_vs_hf_greedy": static["speedup_vs_hf_greedy"]}
+  summary = {
+    "variant": f"ours static, batch {smallest}",
+    "speedup_vs_hf_greedy": static["speedup_vs_hf_greedy"],
+  }
   if smallest == 1:
-    encode, one = make_encode(model), {"input_ids": probe["input_ids"],
-                                        "attention_mask": np.ones_like(probe["input_ids"])}
+    encode, one = (
+      make_encode(model),
+      {"input_ids": probe["input_ids"], "attention_mask": np.ones_like(probe["input_ids"])},
+    )
     encoder_ms = 1000 * median_seconds(encode, one, repeats=_REPEATS.value)
     bandwidth = memory_bandwidth()
     nbytes = static_bytes_per_token(model, _SOURCE.value, new_tokens)
     decoder_ms = (static["ms_per_sample"] - encoder_ms) / new_tokens
     floor_ms = 1000 * nbytes / bandwidth
-    summary.update({"bytes_per_token": nbytes, "memory_bandwidth_gb_s": bandwidth / 1e9,
-                    "floor_ms_per_token": floor_ms, "encoder_ms": encoder_ms,
-                    "static_decoder_ms_per_token": decoder_ms,
-                    "static_over_floor": decoder_ms / floor_ms, "goal_over_floor": 1.1})
+    summary.update(
+      {
+        "bytes_per_token": nbytes,
+        "memory_bandwidth_gb_s": bandwidth / 1e9,
+        "floor_ms_per_token": floor_ms,
+        "encoder_ms": encoder_ms,
+        "static_decoder_ms_per_token": decoder_ms,
+        "static_over_floor": decoder_ms / floor_ms,
+        "goal_over_floor": 1.1,
+      }
+    )
   print(table(rows))
-  print(f"\nOur static greedy vs HF eager greedy at batch {smallest}: "
-        f"{summary['speedup_vs_hf_greedy']:.2f}x")
+  print(
+    f"\nOur static greedy vs HF eager greedy at batch {smallest}: "
+    f"{summary['speedup_vs_hf_greedy']:.2f}x"
+  )
   if "floor_ms_per_token" in summary:
-    print(f"Weight-streaming floor: {summary['bytes_per_token'] / 1e6:.1f} MB per token at "
-          f"{summary['memory_bandwidth_gb_s']:.1f} GB/s = {summary['floor_ms_per_token']:.3f} ms/token; "
-          f"our static decoder {summary['static_decoder_ms_per_token']:.3f} ms/token = "
-          f"{summary['static_over_floor']:.2f}x the floor (goal <= 1.1x)")
-  write_result(_OUTPUT.value, {
-      "model": json.loads(model.config.to_json()), "max_new_tokens": new_tokens,
-      "source_length": _SOURCE.value, "repeats": _REPEATS.value, "threshold": threshold,
-      "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "torch_device": torch_device,
-      "rows": rows, "summary": summary})
+    print(
+      f"Weight-streaming floor: {summary['bytes_per_token'] / 1e6:.1f} MB per token at "
+      f"{summary['memory_bandwidth_gb_s']:.1f} GB/s = {summary['floor_ms_per_token']:.3f} ms/token; "
+      f"our static decoder {summary['static_decoder_ms_per_token']:.3f} ms/token = "
+      f"{summary['static_over_floor']:.2f}x the floor (goal <= 1.1x)"
+    )
+  write_result(
+    _OUTPUT.value,
+    {
+      "model": json.loads(model.config.to_json()),
+      "max_new_tokens": new_tokens,
+      "source_length": _SOURCE.value,
+      "repeats": _REPEATS.value,
+      "threshold": threshold,
+      "torch": torch.__version__,
+      "torch_threads": torch.get_num_threads(),
+      "torch_device": torch_device,
+      "rows": rows,
+      "summary": summary,
+    },
+  )
 
 
 if __name__ == "__main__":

@@ -4,17 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 
-import flax
-import jax
-
-
-def machine_facts() -> dict:
-  """Where a measurement ran: device, jax and flax versions, CPU count, platform, XLA_FLAGS."""
-  return {"device": str(jax.devices()[0]), "device_kind": jax.devices()[0].device_kind,
-          "jax": jax.__version__, "flax": flax.__version__, "cpu_count": os.cpu_count(),
-          "machine": platform.platform(), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+from deed_jax.machine import machine_facts
 
 
 def write_result(path: str, result: dict) -> None:

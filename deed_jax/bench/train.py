@@ -28,14 +28,20 @@ from ml_collections import config_flags
 from deed_jax import sharding
 from deed_jax.bench.report import write_result
 from deed_jax.config_defaults import model_config as model_config_of
+from deed_jax.models import ModelConfig
 from deed_jax.training.losses import exit_weights
 from deed_jax.training.optimizer import make_optimizer
 from deed_jax.training.train_step import make_train_step, train_state_layout
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/forms_vqa.py:runlocal",
-                                          "Training config (file[:arg]); --config.<option> overrides.")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config",
+  "configs/forms_vqa.py:runlocal",
+  "Training config (file[:arg]); --config.<option> overrides.",
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
-_DEVICES = flags.DEFINE_list("devices", ["1", "8"], "Device counts to compare (data-parallel meshes).")
+_DEVICES = flags.DEFINE_list(
+  "devices", ["1", "8"], "Device counts to compare (data-parallel meshes)."
+)
 _LOSS_MODES = flags.DEFINE_list("loss_modes", ["deed", "final"], "Losses to compare.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per variant.")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/train.json", "Where to write the JSON.")
@@ -67,73 +73,124 @@ def main(argv):
   batch_size = _BATCH_SIZE.value or config.batch_size
   model_config = model_config_of(config)
   if max(counts) > jax.device_count():
-    raise app.UsageError(f"--devices asks for {max(counts)} devices; this host has "
-                         f"{jax.device_count()} ({jax.devices()[0].platform}).")
+    raise app.UsageError(
+      f"--devices asks for {max(counts)} devices; this host has "
+      f"{jax.device_count()} ({jax.devices()[0].platform})."
+    )
   for count in counts:
     if batch_size % count:
       raise app.UsageError(f"--batch_size={batch_size} does not split over {count} devices.")
-
-  rng = np.random.default_rng(0)
-  length, vocab = model_config.max_target_length, model_config.vocab_size
-  batch = {"decoder_input_ids": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
-           "targets": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
-           "target_mask": np.ones((batch_size, length), np.int32)}
-  if model_config.encoder == "text":
-    batch["input_ids"] = rng.integers(3, vocab, (batch_size, model_config.max_source_length)
-                                      ).astype(np.int32)
-    batch["attention_mask"] = np.ones_like(batch["input_ids"])
-  else:
-    h, w = model_config.image_hw
-    batch["pixel_values"] = rng.uniform(-1, 1, (batch_size, h, w, model_config.num_channels)
-                                        ).astype(np.float32)
-
-  tx = make_optimizer(config.optimizer, config.total_steps)
-  rows = []
-  for count in counts:
-    mesh = sharding.make_mesh({"data": count}, devices=jax.devices()[:count])
-    layout = train_state_layout(model_config, tx, config.seed, (), mesh, config.sharding_rules)
-    batch_sharding = sharding.batch_sharding(mesh, config.sharding_rules)
-    global_batch = sharding.global_batch(batch, batch_sharding)
-    for mode in _LOSS_MODES.value:
-      step = make_train_step(layout.graphdef, tx, exit_weights(mode, model_config.decoder_layers),
-                             state_shardings=layout.shardings, batch_sharding=batch_sharding)
-      state, key = layout.init(), jax.random.key(0)
-      compiled = step.lower(state, global_batch, key).compile()
-      memory = compiled.memory_analysis()
-      times, state = _timed_steps(compiled, state, global_batch, key, _STEPS.value)
-      stats = jax.devices()[0].memory_stats() or {}
-      step_ms = 1e3 * float(np.median(times))
-      rows.append({
-          "devices": count, "loss_mode": mode, "batch_size": batch_size, "step_ms": step_ms,
-          "steps_per_second": 1e3 / step_ms, "examples_per_second": batch_size * 1e3 / step_ms,
-          "compiled_bytes_per_device": int(memory.argument_size_in_bytes + memory.output_size_in_bytes
-                                           - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
-          "temp_bytes_per_device": int(memory.temp_size_in_bytes),
-          "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
-      })
-      del state
+  batch = _random_batch(model_config, batch_size)
+  rows = [row for count in counts for row in _time_on(count, config, model_config, batch)]
   by = {(r["devices"], r["loss_mode"]): r for r in rows}
   for r in rows:
     final = by.get((r["devices"], "final"))
     one = by.get((counts[0], r["loss_mode"]))
     r["vs_final_only"] = r["step_ms"] / final["step_ms"] if final else None
     r["vs_one_device"] = r["step_ms"] / one["step_ms"] if one else None
+  _print_table(rows, model_config, batch_size)
+  write_result(
+    _OUTPUT.value,
+    {
+      "config": flags.FLAGS["config"].serialize().split("=", 1)[-1],
+      "batch_size": batch_size,
+      "steps": _STEPS.value,
+      "model": {
+        "decoder_layers": model_config.decoder_layers,
+        "d_model": model_config.d_model,
+        "vocab_size": model_config.vocab_size,
+        "encoder": model_config.encoder,
+      },
+      "goal": "deed step <= 1.3x final-only step",
+      "rows": rows,
+    },
+  )
 
-  print(f"\nTrain step, {model_config.encoder} encoder: {model_config.decoder_layers} decoder layers, d_model "
-        f"{model_config.d_model}, vocab {model_config.vocab_size}, global batch {batch_size}, "
-        f"median of {_STEPS.value} steps; {jax.devices()[0].device_kind}\n")
-  print(f"{'devices':>7} {'loss':>6} {'step ms':>9} {'steps/s':>8} {'vs final':>9} "
-        f"{'vs 1 dev':>9} {'compiled MiB/dev':>17} {'peak MiB':>9}")
+
+def _random_batch(model_config: ModelConfig, batch_size: int) -> dict:
+  """Random ids within the vocabulary (and random pixels): step time does not depend on them."""
+  rng = np.random.default_rng(0)
+  length, vocab = model_config.max_target_length, model_config.vocab_size
+  batch = {
+    "decoder_input_ids": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
+    "targets": rng.integers(3, vocab, (batch_size, length)).astype(np.int32),
+    "target_mask": np.ones((batch_size, length), np.int32),
+  }
+  if model_config.encoder == "text":
+    batch["input_ids"] = rng.integers(
+      3, vocab, (batch_size, model_config.max_source_length)
+    ).astype(np.int32)
+    batch["attention_mask"] = np.ones_like(batch["input_ids"])
+  else:
+    h, w = model_config.image_hw
+    batch["pixel_values"] = rng.uniform(
+      -1, 1, (batch_size, h, w, model_config.num_channels)
+    ).astype(np.float32)
+  return batch
+
+
+def _time_on(count: int, config, model_config: ModelConfig, batch: dict) -> list[dict]:
+  """Each loss mode's train step on the first `count` devices: median step time and memory."""
+  tx = make_optimizer(config.optimizer, config.total_steps)
+  mesh = sharding.make_mesh({"data": count}, devices=jax.devices()[:count])
+  layout = train_state_layout(model_config, tx, config.seed, (), mesh, config.sharding_rules)
+  batch_sharding = sharding.batch_sharding(mesh, config.sharding_rules)
+  global_batch = sharding.global_batch(batch, batch_sharding)
+  batch_size = len(batch["targets"])
+  rows = []
+  for mode in _LOSS_MODES.value:
+    step = make_train_step(
+      layout.graphdef,
+      tx,
+      exit_weights(mode, model_config.decoder_layers),
+      state_shardings=layout.shardings,
+      batch_sharding=batch_sharding,
+    )
+    state, key = layout.init(), jax.random.key(0)
+    compiled = step.lower(state, global_batch, key).compile()
+    memory = compiled.memory_analysis()
+    times, state = _timed_steps(compiled, state, global_batch, key, _STEPS.value)
+    stats = jax.devices()[0].memory_stats() or {}
+    step_ms = 1e3 * float(np.median(times))
+    rows.append(
+      {
+        "devices": count,
+        "loss_mode": mode,
+        "batch_size": batch_size,
+        "step_ms": step_ms,
+        "steps_per_second": 1e3 / step_ms,
+        "examples_per_second": batch_size * 1e3 / step_ms,
+        "compiled_bytes_per_device": int(
+          memory.argument_size_in_bytes
+          + memory.output_size_in_bytes
+          - memory.alias_size_in_bytes
+          + memory.temp_size_in_bytes
+        ),
+        "temp_bytes_per_device": int(memory.temp_size_in_bytes),
+        "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
+      }
+    )
+    del state
+  return rows
+
+
+def _print_table(rows: list[dict], model_config: ModelConfig, batch_size: int) -> None:
+  print(
+    f"\nTrain step, {model_config.encoder} encoder: {model_config.decoder_layers} decoder layers, "
+    f"d_model {model_config.d_model}, vocab {model_config.vocab_size}, global batch {batch_size}, "
+    f"median of {_STEPS.value} steps; {jax.devices()[0].device_kind}\n"
+  )
+  print(
+    f"{'devices':>7} {'loss':>6} {'step ms':>9} {'steps/s':>8} {'vs final':>9} "
+    f"{'vs 1 dev':>9} {'compiled MiB/dev':>17} {'peak MiB':>9}"
+  )
   for r in rows:
     peak = "-" if r["peak_bytes_in_use"] is None else f"{r['peak_bytes_in_use'] / 2**20:.1f}"
-    print(f"{r['devices']:>7} {r['loss_mode']:>6} {r['step_ms']:>9.2f} {r['steps_per_second']:>8.2f} "
-          f"{r['vs_final_only'] or float('nan'):>9.2f} {r['vs_one_device'] or float('nan'):>9.2f} "
-          f"{r['compiled_bytes_per_device'] / 2**20:>17.1f} {peak:>9}")
-  write_result(_OUTPUT.value, {
-      "config": flags.FLAGS["config"].serialize().split("=", 1)[-1], "batch_size": batch_size, "steps": _STEPS.value,
-      "model": {"decoder_layers": model_config.decoder_layers, "d_model": model_config.d_model,
-                "vocab_size": model_config.vocab_size, "encoder": model_config.encoder},
-      "goal": "deed step <= 1.3x final-only step", "rows": rows})
+    print(
+      f"{r['devices']:>7} {r['loss_mode']:>6} {r['step_ms']:>9.2f} {r['steps_per_second']:>8.2f} "
+      f"{r['vs_final_only'] or float('nan'):>9.2f} {r['vs_one_device'] or float('nan'):>9.2f} "
+      f"{r['compiled_bytes_per_device'] / 2**20:>17.1f} {peak:>9}"
+    )
 
 
 if __name__ == "__main__":

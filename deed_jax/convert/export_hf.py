@@ -15,10 +15,14 @@ from flax import nnx
 from deed_jax import checkpoint
 from deed_jax.convert import hf_files, rules, safetensors_io
 from deed_jax.convert.families import family_for
-from deed_jax.convert.import_hf import (ADAPTER_PREFIX, EXIT_MODULES_FILE, EXIT_PREFIXES,
-                                       EXPORTED_MODEL_CONFIG_FILE)
-from deed_jax.staging import check_empty_target, staged_directory
+from deed_jax.convert.import_hf import (
+  ADAPTER_PREFIX,
+  EXIT_MODULES_FILE,
+  EXIT_PREFIXES,
+  EXPORTED_MODEL_CONFIG_FILE,
+)
 from deed_jax.errors import MissingPathError
+from deed_jax.staging import check_empty_target, staged_directory
 from deed_jax.workdir import HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files
 
 _ADAPTER_RESIDUAL = ("up", "up_bias", "w", "b")  # zero in an identity adapter (ExitAdapter)
@@ -28,19 +32,30 @@ def _warn_if_last_adapter_moved(adapters: dict[str, np.ndarray], num_layers: int
   """HF's model has no exit adapters: it computes our last exit only while that adapter is the
   identity (as converted). After training it usually is not, which the user should know."""
   prefix = f"{ADAPTER_PREFIX}{num_layers - 1}/"
-  moved = max((float(np.abs(v).max()) for k, v in adapters.items()
-               if k.startswith(prefix) and k.removeprefix(prefix) in _ADAPTER_RESIDUAL), default=0.0)
+  moved = max(
+    (
+      float(np.abs(v).max())
+      for k, v in adapters.items()
+      if k.startswith(prefix) and k.removeprefix(prefix) in _ADAPTER_RESIDUAL
+    ),
+    default=0.0,
+  )
   if moved > 0:
-    warnings.warn(f"The last exit adapter is not the identity (residual weights up to {moved:.3g}); the "
-                  "exported Hugging Face model has no adapters, so its logits are the last layer's without "
-                  f"it. The adapters are in {EXIT_MODULES_FILE}.", stacklevel=3)
+    warnings.warn(
+      f"The last exit adapter is not the identity (residual weights up to {moved:.3g}); the "
+      "exported Hugging Face model has no adapters, so its logits are the last layer's without "
+      f"it. The adapters are in {EXIT_MODULES_FILE}.",
+      stacklevel=3,
+    )
 
 
 def read_hf_source(workdir: str) -> dict:
   path = os.path.join(workdir, HF_SOURCE_FILE)
   if not os.path.isfile(path):
-    raise MissingPathError(f"{path} not found: only workdirs converted from (or trained from) a Hugging "
-                            "Face checkpoint can be exported to one.")
+    raise MissingPathError(
+      f"{path} not found: only workdirs converted from (or trained from) a Hugging "
+      "Face checkpoint can be exported to one."
+    )
   with open(path) as f:
     return json.load(f)
 
@@ -51,8 +66,10 @@ def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:
   source = read_hf_source(workdir)
   hf, dtypes = source["resolved"], source["dtypes"]
   model = checkpoint.load_model(workdir, step)
-  ours = {k: np.asarray(v) for k, v in
-          checkpoint.flat_params(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()}
+  ours = {
+    k: np.asarray(v)
+    for k, v in checkpoint.flat_params(nnx.to_pure_dict(nnx.state(model, nnx.Param))).items()
+  }
   tensors = rules.to_hf(family_for(hf).keymap(model.config, hf), ours)
   unused = os.path.join(workdir, HF_UNUSED_FILE)
   if os.path.isfile(unused):

@@ -36,8 +36,10 @@ def resolved_config(directory: str) -> dict:
   try:
     import transformers  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise UserError("Converting a Hugging Face checkpoint needs transformers (the convert extra: "
-                    "pip install -e '.[convert]').") from e
+    raise UserError(
+      "Converting a Hugging Face checkpoint needs transformers (the convert extra: "
+      "pip install -e '.[convert]')."
+    ) from e
   return transformers.AutoConfig.from_pretrained(directory, local_files_only=True).to_dict()
 
 
@@ -45,15 +47,21 @@ def _torch():
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise UserError("Reading a pytorch_model.bin needs PyTorch (the pytorch extra: pip install -e "
-                    "'.[convert,pytorch]'); model.safetensors checkpoints convert without it.") from e
+    raise UserError(
+      "Reading a pytorch_model.bin needs PyTorch (the pytorch extra: pip install -e "
+      "'.[convert,pytorch]'); model.safetensors checkpoints convert without it."
+    ) from e
   return torch
 
 
 def _as_float32(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   """Floating arrays as float32 (what the model is built from); others as they are."""
-  return {k: v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) or
-          v.dtype == safetensors_io.numpy_dtype("bfloat16") else v for k, v in arrays.items()}
+  return {
+    k: v.astype(np.float32)
+    if np.issubdtype(v.dtype, np.floating) or v.dtype == safetensors_io.numpy_dtype("bfloat16")
+    else v
+    for k, v in arrays.items()
+  }
 
 
 def read_weights(directory: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -68,23 +76,33 @@ def read_weights(directory: str) -> tuple[dict[str, np.ndarray], dict[str, str]]
     try:
       tensors = torch.load(bin_path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError (or RuntimeError) for disallowed objects.
-      raise UserError(f"{bin_path} cannot be loaded with weights_only=True (it holds objects other "
-                       f"than tensors, which are never unpickled here): {e}") from e
+      raise UserError(
+        f"{bin_path} cannot be loaded with weights_only=True (it holds objects other "
+        f"than tensors, which are never unpickled here): {e}"
+      ) from e
     if not isinstance(tensors, dict):
       raise UserError(f"{bin_path} holds a {type(tensors).__name__}, not a state dict of tensors.")
     bad = sorted(f"{k} ({type(v).__name__})" for k, v in tensors.items() if not torch.is_tensor(v))
     if bad:
       raise UserError(f"{bin_path} holds non-tensor entries: {', '.join(bad[:10])}.")
     dtypes = {k: str(v.dtype).removeprefix("torch.") for k, v in tensors.items()}
-    return {k: (v.to(torch.float32) if v.is_floating_point() else v).detach().cpu().numpy()
-            for k, v in tensors.items()}, dtypes
-  raise MissingPathError(f"Neither {SAFETENSORS_FILE} nor {BIN_FILE} is in {directory} "
-                          "(sharded checkpoints are not supported).")
+    return {
+      k: (v.to(torch.float32) if v.is_floating_point() else v).detach().cpu().numpy()
+      for k, v in tensors.items()
+    }, dtypes
+  raise MissingPathError(
+    f"Neither {SAFETENSORS_FILE} nor {BIN_FILE} is in {directory} "
+    "(sharded checkpoints are not supported)."
+  )
 
 
 def write_weights(directory: str, tensors: dict[str, np.ndarray], dtypes: dict[str, str]) -> None:
   """Write model.safetensors, casting each tensor to its recorded source dtype (default: its own)."""
-  out = {key: np.asarray(value).astype(safetensors_io.numpy_dtype(dtypes[key])) if key in dtypes
-         else np.asarray(value) for key, value in tensors.items()}
+  out = {
+    key: np.asarray(value).astype(safetensors_io.numpy_dtype(dtypes[key]))
+    if key in dtypes
+    else np.asarray(value)
+    for key, value in tensors.items()
+  }
   # "format": "pt" is what transformers expects of a PyTorch model's safetensors file.
   safetensors_io.write(os.path.join(directory, SAFETENSORS_FILE), out, metadata={"format": "pt"})

@@ -23,11 +23,11 @@ from deed_jax.convert import hf_files, rules, safetensors_io
 from deed_jax.convert.families import family_for
 from deed_jax.convert.options import ConvertOptions
 from deed_jax.convert.rules import ConversionError
-from deed_jax.staging import check_empty_target, staged_directory
 from deed_jax.models import ModelConfig
 from deed_jax.models.exits import ExitAdapter, ExitClassifier
-from deed_jax.workdir import (HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files,
-                              path_name)
+from deed_jax.param_tree import path_name
+from deed_jax.staging import check_empty_target, staged_directory
+from deed_jax.workdir import HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files
 
 ADAPTER_PREFIX = "decoder/adapters/"
 CLASSIFIER_PREFIX = "decoder/exit_classifier/"
@@ -51,12 +51,17 @@ def initial_exit_modules(config: ModelConfig, seed: int) -> dict[str, np.ndarray
   """Fresh exit adapters (the identity: their output halves start at zero) and exit classifier (if
   the config has one), by our parameter path."""
   rngs = nnx.Rngs(seed)
-  modules = [(f"{ADAPTER_PREFIX}{layer}/", ExitAdapter(config, rngs))
-             for layer in range(config.decoder_layers)]
+  modules = [
+    (f"{ADAPTER_PREFIX}{layer}/", ExitAdapter(config, rngs))
+    for layer in range(config.decoder_layers)
+  ]
   if config.exit_classifier != "none":
     modules.append((CLASSIFIER_PREFIX, ExitClassifier(config, rngs)))
-  return {prefix + name: np.asarray(v) for prefix, module in modules
-          for name, v in nnx.to_pure_dict(nnx.state(module, nnx.Param)).items()}
+  return {
+    prefix + name: np.asarray(v)
+    for prefix, module in modules
+    for name, v in nnx.to_pure_dict(nnx.state(module, nnx.Param)).items()
+  }
 
 
 def exported_exit_modules(source: str) -> tuple[ModelConfig, dict[str, np.ndarray]] | None:
@@ -86,24 +91,36 @@ def convert_params(source: str, options: ConvertOptions = ConvertOptions()) -> C
   exits = initial_exit_modules(config, options.seed)
   if exported is not None:  # the exit modules as they were exported, checked like HF's tensors
     held = exported[1]
-    wrong = sorted(f"{k}: {held[k].shape if k in held else 'missing'} vs {v.shape}"
-                   for k, v in exits.items() if k not in held or held[k].shape != v.shape)
+    wrong = sorted(
+      f"{k}: {held[k].shape if k in held else 'missing'} vs {v.shape}"
+      for k, v in exits.items()
+      if k not in held or held[k].shape != v.shape
+    )
     wrong += sorted(f"{k}: not a parameter of this model" for k in set(held) - set(exits))
     if wrong:
-      raise ConversionError(f"{os.path.join(source, EXIT_MODULES_FILE)} does not fit the model its "
-                            f"{EXPORTED_MODEL_CONFIG_FILE} describes: {'; '.join(wrong[:10])}.")
+      raise ConversionError(
+        f"{os.path.join(source, EXIT_MODULES_FILE)} does not fit the model its "
+        f"{EXPORTED_MODEL_CONFIG_FILE} describes: {'; '.join(wrong[:10])}."
+      )
     exits = held
   converted.update(exits)
   uncovered = sorted(set(shapes) - set(converted))
-  if uncovered:  # A mapping that forgets one of our parameters is a bug here, not in the checkpoint.
+  if (
+    uncovered
+  ):  # A mapping that forgets one of our parameters is a bug here, not in the checkpoint.
     raise RuntimeError(f"The {family.__name__} mapping does not cover {uncovered}.")
   params = jax.tree_util.tree_map_with_path(
-      lambda path, x: converted[path_name(path)].astype(x.dtype), abstract)
+    lambda path, x: converted[path_name(path)].astype(x.dtype), abstract
+  )
   unused = {key: weights[key] for key in keymap.ignored if key in weights}
-  return ConvertedCheckpoint(config, params, {"config": raw, "resolved": hf, "dtypes": dtypes}, unused)
+  return ConvertedCheckpoint(
+    config, params, {"config": raw, "resolved": hf, "dtypes": dtypes}, unused
+  )
 
 
-def hf_to_orbax(source: str, workdir: str, options: ConvertOptions = ConvertOptions()) -> ModelConfig:
+def hf_to_orbax(
+  source: str, workdir: str, options: ConvertOptions = ConvertOptions()
+) -> ModelConfig:
   """Convert the HF checkpoint in `source` into a new deed-jax workdir. Returns its ModelConfig.
 
   Everything is read and checked before anything is written; `workdir` must be new or empty.

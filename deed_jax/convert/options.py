@@ -10,7 +10,12 @@ from deed_jax.models import ModelConfig
 
 # HF `ACT2FN` names -> ours. HF's "gelu" is the exact erf form; "gelu_new" and "gelu_pytorch_tanh"
 # are the tanh approximation.
-_ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+_ACTIVATIONS = {
+  "gelu": "gelu",
+  "relu": "relu",
+  "gelu_new": "gelu_tanh",
+  "gelu_pytorch_tanh": "gelu_tanh",
+}
 
 
 def refuse(message: str) -> None:
@@ -25,8 +30,12 @@ def activation(hf: dict, key: str) -> str:
 
 
 # The exit modules HF models lack, and their defaults.
-EXIT_OPTIONS = {"adapter": "bottleneck", "adapter_dim": 64, "exit_classifier": "none",
-                "exit_classifier_dim": 64}
+EXIT_OPTIONS = {
+  "adapter": "bottleneck",
+  "adapter_dim": 64,
+  "exit_classifier": "none",
+  "exit_classifier_dim": 64,
+}
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -37,6 +46,7 @@ class ConvertOptions:
   (`EXIT_OPTIONS`), or, for a directory deed-jax exported, the exit modules it holds. A value given
   for such a directory must agree with them. `max_target_length`: decoder positions for models
   without a learned position table (T5); None keeps the family's default (the table size, or 512)."""
+
   adapter: str | None = None
   adapter_dim: int | None = None
   exit_classifier: str | None = None
@@ -44,15 +54,17 @@ class ConvertOptions:
   max_target_length: int | None = None
   seed: int = 0  # initialises the exit modules' non-zero parts
 
-  def resolved(self, exported: ModelConfig | None) -> "ConvertOptions":
+  def resolved(self, exported: ModelConfig | None) -> ConvertOptions:
     """Every exit option filled: from these options, else `exported` (the ModelConfig of a directory
     deed-jax exported, whose exit modules are then restored), else the defaults."""
     values = {}
     for name, default in EXIT_OPTIONS.items():
       given, held = getattr(self, name), None if exported is None else getattr(exported, name)
       if given is not None and held is not None and given != held:
-        refuse(f"{name}={given!r} was asked for, but the directory holds the exit modules deed-jax "
-               f"exported with {name}={held!r} (leave {name} unset to keep them)")
+        refuse(
+          f"{name}={given!r} was asked for, but the directory holds the exit modules deed-jax "
+          f"exported with {name}={held!r} (leave {name} unset to keep them)"
+        )
       values[name] = next(v for v in (given, held, default) if v is not None)
     return dataclasses.replace(self, **values)
 
@@ -60,9 +72,13 @@ class ConvertOptions:
     options = self.resolved(None)
     changes = {name: getattr(options, name) for name in EXIT_OPTIONS}
     if self.max_target_length is not None:
-      if config.position_embedding == "learned" and self.max_target_length > config.max_target_length:
-        raise ValueError(f"max_target_length={self.max_target_length} exceeds the source model's "
-                         f"{config.max_target_length} learned decoder positions.")
+      if (
+        config.position_embedding == "learned" and self.max_target_length > config.max_target_length
+      ):
+        raise ValueError(
+          f"max_target_length={self.max_target_length} exceeds the source model's "
+          f"{config.max_target_length} learned decoder positions."
+        )
       changes["max_target_length"] = self.max_target_length
     return dataclasses.replace(config, **changes)
 

@@ -10,18 +10,32 @@ from __future__ import annotations
 import numpy as np
 
 # Settings HF would otherwise take from the model's config or generation_config.json.
-PLAIN_SEARCH = dict(do_sample=False, forced_bos_token_id=None, forced_eos_token_id=None,
-                    no_repeat_ngram_size=0, repetition_penalty=1.0, min_new_tokens=0,
-                    length_penalty=1.0, early_stopping=False)
+PLAIN_SEARCH = dict(
+  do_sample=False,
+  forced_bos_token_id=None,
+  forced_eos_token_id=None,
+  no_repeat_ngram_size=0,
+  repetition_penalty=1.0,
+  min_new_tokens=0,
+  length_penalty=1.0,
+  early_stopping=False,
+)
 
 
-def hf_generate(hf_model, inputs: dict, max_new_tokens: int, *, eos_id: int, pad_id: int,
-                **search) -> tuple[np.ndarray, np.ndarray | None]:
+def hf_generate(
+  hf_model, inputs: dict, max_new_tokens: int, *, eos_id: int, pad_id: int, **search
+) -> tuple[np.ndarray, np.ndarray | None]:
   """-> tokens [B * num_return_sequences, <= max_new_tokens], beam scores (None for greedy)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   with torch.inference_mode():
-    out = hf_model.generate(**inputs, max_new_tokens=max_new_tokens, return_dict_in_generate=True,
-                            output_scores=True, **{**PLAIN_SEARCH, **search})
+    out = hf_model.generate(
+      **inputs,
+      max_new_tokens=max_new_tokens,
+      return_dict_in_generate=True,
+      output_scores=True,
+      **{**PLAIN_SEARCH, **search},
+    )
   tokens = out.sequences[:, 1:].cpu().numpy()  # drop the decoder start token
   # What HF leaves after a hypothesis' EOS is filler (EOS or pad, by version); ours is pad.
   is_eos = tokens == eos_id

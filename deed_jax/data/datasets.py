@@ -20,16 +20,22 @@ def check(name: str, config: str, manual_dir: str = "") -> None:
     raise UserError(f"Unknown dataset {name!r}; datasets: {sorted(BUILDERS)}.")
   if name in forms_tfds.BUILDERS:
     if config not in forms_tfds.CONFIGS:
-      raise UserError(f"Unknown config {config!r} of {name}; configs: {sorted(forms_tfds.CONFIGS)}.")
+      raise UserError(
+        f"Unknown config {config!r} of {name}; configs: {sorted(forms_tfds.CONFIGS)}."
+      )
     return
   if config:  # "" is resolved from the model (resolve_config)
     vqa_tfds.image_config(config)
   if not manual_dir:
-    raise UserError(f"Dataset {name!r} is built from files you have: set task.manual_dir to their "
-                     "folder (the layout is in the README, 'Real VQA data').")
+    raise UserError(
+      f"Dataset {name!r} is built from files you have: set task.manual_dir to their "
+      "folder (the layout is in the README, 'Real VQA data')."
+    )
   if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
-    raise MissingPathError(f"task.manual_dir={manual_dir!r} is not a directory holding the {name} "
-                            "files (it is missing or empty).")
+    raise MissingPathError(
+      f"task.manual_dir={manual_dir!r} is not a directory holding the {name} "
+      "files (it is missing or empty)."
+    )
 
 
 def resolve_config(name: str, config: str, model_dir: str, image_size: tuple[int, int]) -> str:
@@ -40,16 +46,21 @@ def resolve_config(name: str, config: str, model_dir: str, image_size: tuple[int
   return vqa_tfds.image_config_name(model_dir, image_size)
 
 
-def builder(name: str, config: str, data_dir: str, manual_dir: str = "") -> tfds.core.DatasetBuilder:
+def builder(
+  name: str, config: str, data_dir: str, manual_dir: str = ""
+) -> tfds.core.DatasetBuilder:
   """The builder of `name`/`config` over `data_dir` (checked first; prepares nothing)."""
   check(name, config, manual_dir)
   if name in forms_tfds.BUILDERS:
     return forms_tfds.BUILDERS[name](config=config, data_dir=data_dir, file_format="array_record")
-  return vqa_tfds.BUILDERS[name](config=vqa_tfds.image_config(config), data_dir=data_dir,
-                                 file_format="array_record")
+  return vqa_tfds.BUILDERS[name](
+    config=vqa_tfds.image_config(config), data_dir=data_dir, file_format="array_record"
+  )
 
 
-def prepare(name: str, config: str, data_dir: str, manual_dir: str = "") -> tfds.core.DatasetBuilder:
+def prepare(
+  name: str, config: str, data_dir: str, manual_dir: str = ""
+) -> tfds.core.DatasetBuilder:
   """The builder, its data generated (forms) or read from `manual_dir` (VQA) into `data_dir` unless
   it is already there (idempotent)."""
   ready = builder(name, config, data_dir, manual_dir)

@@ -62,24 +62,25 @@ FIRST_DATE, LAST_DATE = datetime.date(1970, 1, 1), datetime.date(2025, 12, 31)
 
 def _date(f: Faker) -> str:
   """A date in [FIRST_DATE, LAST_DATE] as YYYY-MM-DD, a function of the generator's seed alone."""
-  return (FIRST_DATE + datetime.timedelta(days=f.random.randint(0, (LAST_DATE - FIRST_DATE).days))
-          ).isoformat()
+  return (
+    FIRST_DATE + datetime.timedelta(days=f.random.randint(0, (LAST_DATE - FIRST_DATE).days))
+  ).isoformat()
 
 
 # Label -> how faker produces its value. Values longer than MAX_VALUE_LENGTH are redrawn.
 FIELD_GENERATORS = {
-    "name": lambda f: f.name(),
-    "city": lambda f: f.city(),
-    "date": _date,
-    "phone": lambda f: f.numerify("###-###-####"),
-    "zip": lambda f: f.postcode(),
-    "job": lambda f: f.job(),
-    "company": lambda f: f.company(),
-    "country": lambda f: f.country(),
-    "color": lambda f: f.color_name(),
-    "street": lambda f: f.street_name(),
-    "plate": lambda f: f.license_plate(),
-    "user": lambda f: f.user_name(),
+  "name": lambda f: f.name(),
+  "city": lambda f: f.city(),
+  "date": _date,
+  "phone": lambda f: f.numerify("###-###-####"),
+  "zip": lambda f: f.postcode(),
+  "job": lambda f: f.job(),
+  "company": lambda f: f.company(),
+  "country": lambda f: f.country(),
+  "color": lambda f: f.color_name(),
+  "street": lambda f: f.street_name(),
+  "plate": lambda f: f.license_plate(),
+  "user": lambda f: f.user_name(),
 }
 
 
@@ -134,8 +135,10 @@ def make_form(seed: int, style: str = "plain") -> Form:
   faker.seed_instance(seed)
   labels = rng.sample(sorted(FIELD_GENERATORS), FIELDS_PER_FORM)
   fields = []
-  fits = lambda label, value: value.isascii() and all(
-      len(v) <= MAX_VALUE_LENGTH for v in drawn_and_answer(label, value, style))
+  fits = lambda label, value: (
+    value.isascii()
+    and all(len(v) <= MAX_VALUE_LENGTH for v in drawn_and_answer(label, value, style))
+  )
   for label in labels:
     value = FIELD_GENERATORS[label](faker)
     while not fits(label, value):

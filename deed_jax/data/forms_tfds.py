@@ -21,30 +21,41 @@ from deed_jax.data import forms
 # a threshold is certified with up to six losses. (With 1000, the loss counts of a good threshold
 # were too few to tell it from a risky one: README, "The embedded forms task".)
 SIZES = {
-    "tiny": {"train": 256, "validation": 64, "calibration": 64, "test": 64},
-    "small": {"train": 2048, "validation": 128, "calibration": 128, "test": 128},
-    "base": {"train": 20_000, "validation": 500, "calibration": 5000, "test": 1000},
+  "tiny": {"train": 256, "validation": 64, "calibration": 64, "test": 64},
+  "small": {"train": 2048, "validation": 128, "calibration": 128, "test": 128},
+  "base": {"train": 20_000, "validation": 500, "calibration": 5000, "test": 1000},
 }
 # Builder config name -> (size, form style): "base" is the plain style, "base_normalised" the
 # normalised one (see deed_jax.data.forms).
-CONFIGS = {**{size: (size, "plain") for size in SIZES},
-           **{f"{size}_normalised": (size, "normalised") for size in SIZES}}
-_SPLIT_SEEDS = {"train": 1_000_000_000, "validation": 2_000_000_000, "calibration": 3_000_000_000,
-                "test": 4_000_000_000}
+CONFIGS = {
+  **{size: (size, "plain") for size in SIZES},
+  **{f"{size}_normalised": (size, "normalised") for size in SIZES},
+}
+_SPLIT_SEEDS = {
+  "train": 1_000_000_000,
+  "validation": 2_000_000_000,
+  "calibration": 3_000_000_000,
+  "test": 4_000_000_000,
+}
 
 
 class _FormsBuilder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.3.0")
-  RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "Calibration and test splits.",
-                   "1.2.0": "Dates from a fixed range (1970-2025), the same whenever generated.",
-                   "1.3.0": "5000 calibration examples in `base` (was 1000); other splits unchanged."}
+  RELEASE_NOTES = {
+    "1.0.0": "First release.",
+    "1.1.0": "Calibration and test splits.",
+    "1.2.0": "Dates from a fixed range (1970-2025), the same whenever generated.",
+    "1.3.0": "5000 calibration examples in `base` (was 1000); other splits unchanged.",
+  }
   BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=name) for name in CONFIGS]
   DEFAULT_CONFIG_NAME = "base"
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is generated locally.
     size, style = CONFIGS[self.builder_config.name]
-    return {split: self._generate_examples(split, count, style) for split, count in SIZES[size].items()}
+    return {
+      split: self._generate_examples(split, count, style) for split, count in SIZES[size].items()
+    }
 
   def _generate_examples(self, split: str, count: int, style: str):
     for index in range(count):
@@ -61,17 +72,23 @@ class FormsVqa(_FormsBuilder):
   def _info(self):
     height, width = forms.IMAGE_SIZE
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(height, width, 3), encoding_format="png"),
-            "question": tfds.features.Text(),
-            "answer": tfds.features.Text(),
-        }),
-        supervised_keys=None,
-        description=__doc__)
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(shape=(height, width, 3), encoding_format="png"),
+          "question": tfds.features.Text(),
+          "answer": tfds.features.Text(),
+        }
+      ),
+      supervised_keys=None,
+      description=__doc__,
+    )
 
   def _example(self, form: forms.Form) -> dict:
-    return {"image": forms.png_bytes(forms.render_form(form)), "question": form.question,
-            "answer": form.answer}
+    return {
+      "image": forms.png_bytes(forms.render_form(form)),
+      "question": form.question,
+      "answer": form.answer,
+    }
 
 
 class FormsText(_FormsBuilder):
@@ -79,9 +96,11 @@ class FormsText(_FormsBuilder):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({"source": tfds.features.Text(),
-                                             "target": tfds.features.Text()}),
-        description=__doc__)
+      features=tfds.features.FeaturesDict(
+        {"source": tfds.features.Text(), "target": tfds.features.Text()}
+      ),
+      description=__doc__,
+    )
 
   def _example(self, form: forms.Form) -> dict:
     return {"source": forms.form_as_text(form), "target": form.answer}

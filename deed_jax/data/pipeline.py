@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import grain
 import jax
@@ -30,10 +30,10 @@ from deed_jax.errors import UserError
 from deed_jax.models.config import IMAGE_ENCODERS
 
 
-
 @dataclasses.dataclass(frozen=True)
 class TaskFeatures:
   """Which TFDS features feed the encoder and decoder, and the fixed lengths."""
+
   encoder: str  # "text", or an image encoder ("image", "swin")
   source_key: str  # "image" or e.g. "source"
   target_key: str  # e.g. "answer" or "target"
@@ -43,7 +43,7 @@ class TaskFeatures:
 
 def _pad(ids: list[int], length: int, pad_id: int) -> np.ndarray:
   out = np.full((length,), pad_id, np.int32)
-  out[:len(ids)] = ids
+  out[: len(ids)] = ids
   return out
 
 
@@ -59,7 +59,9 @@ class Preprocess(grain.transforms.Map):
     self.tokenizer = tokenizer
     self.decoder_start_id = tokenizer.bos_id if decoder_start_id is None else decoder_start_id
     if self.decoder_start_id is None:
-      raise UserError("The tokenizer has no BOS token; give the decoder start id (the model's bos_id).")
+      raise UserError(
+        "The tokenizer has no BOS token; give the decoder start id (the model's bos_id)."
+      )
 
   def map(self, example: dict) -> dict:
     task, tok = self.task, self.tokenizer
@@ -70,8 +72,10 @@ class Preprocess(grain.transforms.Map):
       ids = tok.encode_source(_text(example[task.source_key]), task.max_source_length)
       features["input_ids"] = _pad(ids, task.max_source_length, tok.pad_id)
       features["attention_mask"] = _pad([1] * len(ids), task.max_source_length, 0)
-    answer = tok.encode(_text(example[task.target_key]))[:task.max_target_length - 1]
-    features["decoder_input_ids"] = _pad([self.decoder_start_id] + answer, task.max_target_length, tok.pad_id)
+    answer = tok.encode(_text(example[task.target_key]))[: task.max_target_length - 1]
+    features["decoder_input_ids"] = _pad(
+      [self.decoder_start_id] + answer, task.max_target_length, tok.pad_id
+    )
     features["targets"] = _pad(answer + [tok.eos_id], task.max_target_length, tok.pad_id)
     features["target_mask"] = _pad([1] * (len(answer) + 1), task.max_target_length, 0)
     return features
@@ -98,17 +102,28 @@ def process_rows(sharding: jax.sharding.Sharding, global_batch_size: int) -> tup
   """The rows [start, stop) of every global batch that this process's devices hold under `sharding`
   (a batch sharding over the leading axis). Processes whose devices hold the same rows read the same
   examples; a process never reads rows it does not hold."""
-  spans = {(index[0].start or 0, global_batch_size if index[0].stop is None else index[0].stop)
-           for index in sharding.addressable_devices_indices_map((global_batch_size,)).values()}
+  spans = {
+    (index[0].start or 0, global_batch_size if index[0].stop is None else index[0].stop)
+    for index in sharding.addressable_devices_indices_map((global_batch_size,)).values()
+  }
   start, stop = min(a for a, _ in spans), max(b for _, b in spans)
   if sum(b - a for a, b in spans) != stop - start:  # holes: not one contiguous run of rows
-    raise ValueError(f"This process's devices hold rows {sorted(spans)} of each batch, not one "
-                     "contiguous run; order the mesh's devices by process.")
+    raise ValueError(
+      f"This process's devices hold rows {sorted(spans)} of each batch, not one "
+      "contiguous run; order the mesh's devices by process."
+    )
   return start, stop
 
 
-def train_batches(source, preprocess: Preprocess, global_batch_size: int, rows: tuple[int, int], *,
-                  seed: int, first_step: int = 1) -> Iterator[dict]:
+def train_batches(
+  source,
+  preprocess: Preprocess,
+  global_batch_size: int,
+  rows: tuple[int, int],
+  *,
+  seed: int,
+  first_step: int = 1,
+) -> Iterator[dict]:
   """This process's `rows` of the global training batches of steps `first_step`, `first_step` + 1, ...
 
   The example at row r of step s is the (s - 1) * B + r-th of an endless stream that reshuffles
@@ -131,8 +146,9 @@ def train_batches(source, preprocess: Preprocess, global_batch_size: int, rows: 
   return iter(local_examples.batch(local).to_iter_dataset())
 
 
-def eval_batches(source, preprocess: Preprocess, global_batch_size: int, rows: tuple[int, int]
-                 ) -> Iterator[dict]:
+def eval_batches(
+  source, preprocess: Preprocess, global_batch_size: int, rows: tuple[int, int]
+) -> Iterator[dict]:
   """One pass over `source` in order: this process's `rows` of each global batch of B examples. The
   last batch is filled up with copies of the last example, marked `valid` = 0 (int32 [rows])."""
   size = len(source)
@@ -160,12 +176,15 @@ def pad_rows(batch: dict, size: int) -> dict:
   rows = len(next(iter(batch.values())))
   if rows >= size:
     return batch
-  return {k: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[-1:], size - rows, axis=0)])
-          for k, v in batch.items()}
+  return {
+    k: np.concatenate([np.asarray(v), np.repeat(np.asarray(v)[-1:], size - rows, axis=0)])
+    for k, v in batch.items()
+  }
 
 
-def read_examples(source, preprocess: Preprocess, count: int, answers_key: str = ""
-                  ) -> tuple[list[dict], list[list[str]]]:
+def read_examples(
+  source, preprocess: Preprocess, count: int, answers_key: str = ""
+) -> tuple[list[dict], list[list[str]]]:
   """The first `count` examples of `source` (0: all) in order, preprocessed (no batch axis), and each
   one's reference answers (the strings under `answers_key`; "" = its target text). For evaluation,
   where the metric needs every answer an example has, not only the trained target."""

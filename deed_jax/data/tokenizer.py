@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 from deed_jax.errors import UserError
 
@@ -60,13 +61,19 @@ class HuggingFaceTokenizer:
   `<s>`, `</s>`; BOS may be absent, as in T5), and the file's post-processor adding the special
   tokens around an encoder input."""
 
-  def __init__(self, path: str, pad: str | None = None, bos: str | None = None, eos: str | None = None):
+  def __init__(
+    self, path: str, pad: str | None = None, bos: str | None = None, eos: str | None = None
+  ):
     from tokenizers import Tokenizer as _HfTokenizer  # pylint: disable=g-import-not-at-top
+
     self._tok = _HfTokenizer.from_file(path)
     self.vocab_size = self._tok.get_vocab_size()
     named = _special_tokens(os.path.dirname(path))
-    tokens = {"pad": pad or named.get("pad_token", "<pad>"), "bos": bos or named.get("bos_token", "<s>"),
-              "eos": eos or named.get("eos_token", "</s>")}
+    tokens = {
+      "pad": pad or named.get("pad_token", "<pad>"),
+      "bos": bos or named.get("bos_token", "<s>"),
+      "eos": eos or named.get("eos_token", "</s>"),
+    }
     ids = {name: self._tok.token_to_id(token) for name, token in tokens.items()}
     missing = [f"{name} ({tokens[name]!r})" for name in ("pad", "eos") if ids[name] is None]
     if missing:
@@ -88,7 +95,7 @@ class HuggingFaceTokenizer:
   def decode(self, ids: Sequence[int]) -> str:
     ids = [int(i) for i in ids]
     if self.eos_id in ids:
-      ids = ids[:ids.index(self.eos_id)]
+      ids = ids[: ids.index(self.eos_id)]
     return self._tok.decode(ids, skip_special_tokens=True)
 
 
@@ -114,6 +121,7 @@ class SentencePieceTokenizer:
 
   def __init__(self, path: str):
     import sentencepiece  # Optional dependency.
+
     self._sp = sentencepiece.SentencePieceProcessor(model_file=path)
     self.vocab_size = self._sp.get_piece_size()
     self.pad_id, self.bos_id, self.eos_id = self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()
@@ -123,12 +131,12 @@ class SentencePieceTokenizer:
 
   def encode_source(self, text: str, max_length: int) -> list[int]:
     """The pieces and EOS, as transformers' sentencepiece tokenizers (T5's) end a source."""
-    return self.encode(text)[:max(max_length - 1, 0)] + [self.eos_id]
+    return self.encode(text)[: max(max_length - 1, 0)] + [self.eos_id]
 
   def decode(self, ids: Sequence[int]) -> str:
     ids = [int(i) for i in ids]
     if self.eos_id in ids:
-      ids = ids[:ids.index(self.eos_id)]
+      ids = ids[: ids.index(self.eos_id)]
     return self._sp.decode(ids)
 
 
@@ -137,7 +145,7 @@ _DIRECTORY_FILES = ("tokenizer.json", "spiece.model", "sentencepiece.bpe.model")
 
 
 def get_tokenizer(spec: str) -> Tokenizer:
-  """"byte", a path to a `tokenizer.json` or a sentencepiece `.model`, or a directory holding one
+  """ "byte", a path to a `tokenizer.json` or a sentencepiece `.model`, or a directory holding one
   (a Hugging Face model directory, or a workdir converted from one)."""
   if spec == "byte":
     return ByteTokenizer()

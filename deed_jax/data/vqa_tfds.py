@@ -47,6 +47,7 @@ _CONFIG_NAME = re.compile(r"^(\d+)x(\d+)_(pad|resize)$")
 @dataclasses.dataclass(eq=False)
 class ImageConfig(tfds.core.BuilderConfig):
   """A builder config: the image size [height, width] and how images are fitted to it."""
+
   height: int = 0
   width: int = 0
   fit: str = "pad"  # pad | resize
@@ -56,8 +57,10 @@ def image_config(name: str) -> ImageConfig:
   """`<height>x<width>_<pad|resize>` -> its builder config; refuses anything else, naming it."""
   match = _CONFIG_NAME.match(name or "")
   if not match:
-    raise UserError(f"Dataset config {name!r} of a VQA builder must be '<height>x<width>_pad' or "
-                     "'<height>x<width>_resize' (e.g. '160x320_pad'; see image_config_name).")
+    raise UserError(
+      f"Dataset config {name!r} of a VQA builder must be '<height>x<width>_pad' or "
+      "'<height>x<width>_resize' (e.g. '160x320_pad'; see image_config_name)."
+    )
   height, width, fit = int(match[1]), int(match[2]), match[3]
   if not (8 <= height <= 8192 and 8 <= width <= 8192):
     raise UserError(f"Dataset config {name!r}: the image size must be 8..8192 pixels per side.")
@@ -100,7 +103,7 @@ def _read_questions(path: str) -> list[dict]:
     raise UserError(f"{path} is not a readable JSON question file: {e}") from None
   data = content.get("data") if isinstance(content, dict) else None
   if not isinstance(data, list) or not all(isinstance(d, dict) and "question" in d for d in data):
-    raise UserError(f"{path} must hold {{\"data\": [{{\"question\": ..., \"answers\": [...], ...}}]}}.")
+    raise UserError(f'{path} must hold {{"data": [{{"question": ..., "answers": [...], ...}}]}}.')
   return data
 
 
@@ -110,20 +113,27 @@ class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = [ImageConfig(name="160x320_pad", height=160, width=320, fit="pad")]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = "See the module docstring of deed_jax.data.vqa_tfds for the layout."
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "See the module docstring of deed_jax.data.vqa_tfds for the layout."
+  )
 
   def _info(self):
     config = self.builder_config
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(config.height, config.width, 3), encoding_format="png"),
-            "question": tfds.features.Text(),
-            "prompt": tfds.features.Text(),
-            "answer": tfds.features.Text(),  # the first answer: the training target
-            "answers": tfds.features.Sequence(tfds.features.Text()),
-            "question_id": tfds.features.Text(),
-        }),
-        description=self.__doc__)
+      features=tfds.features.FeaturesDict(
+        {
+          "image": tfds.features.Image(
+            shape=(config.height, config.width, 3), encoding_format="png"
+          ),
+          "question": tfds.features.Text(),
+          "prompt": tfds.features.Text(),
+          "answer": tfds.features.Text(),  # the first answer: the training target
+          "answers": tfds.features.Sequence(tfds.features.Text()),
+          "question_id": tfds.features.Text(),
+        }
+      ),
+      description=self.__doc__,
+    )
 
   expected: str  # the layout, in words, for error messages
   question_paths: dict[str, tuple[str, ...]]  # file split -> the question file's path in manual_dir
@@ -144,8 +154,10 @@ class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
     question files, a malformed one, or a missing image. Writes nothing."""
     files = cls.question_files(manual_dir)
     if "train" not in files and "validation" not in files:
-      raise UserError(f"manual_dir {manual_dir} holds no question files of the {cls.name} layout "
-                       f"(expected {cls.expected}); see the README, 'Real VQA data'.")
+      raise UserError(
+        f"manual_dir {manual_dir} holds no question files of the {cls.name} layout "
+        f"(expected {cls.expected}); see the README, 'Real VQA data'."
+      )
     out = {}
     for split, path in files.items():
       entries = _read_questions(path)
@@ -172,7 +184,9 @@ class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
       splits[split] = self._generate_examples(manual_dir, path, entries, labelled)
     return splits
 
-  def _generate_examples(self, manual_dir: str, question_file: str, entries: list[dict], labelled: bool):
+  def _generate_examples(
+    self, manual_dir: str, question_file: str, entries: list[dict], labelled: bool
+  ):
     config = self.builder_config
     for index, entry in enumerate(entries):
       path = self.image_path(manual_dir, question_file, entry)
@@ -180,10 +194,17 @@ class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
       with Image.open(path) as image:
         pixels = fit_image(image, config.height, config.width, config.fit)
       question = str(entry["question"])
-      yield index, {"image": forms.png_bytes(pixels), "question": question,
-                    "prompt": f"<s_docvqa><s_question>{question}</s_question><s_answer>",
-                    "answer": answers[0] if answers else "", "answers": answers,
-                    "question_id": str(entry.get("questionId", entry.get("question_id", index)))}
+      yield (
+        index,
+        {
+          "image": forms.png_bytes(pixels),
+          "question": question,
+          "prompt": f"<s_docvqa><s_question>{question}</s_question><s_answer>",
+          "answer": answers[0] if answers else "",
+          "answers": answers,
+          "question_id": str(entry.get("questionId", entry.get("question_id", index))),
+        },
+      )
 
 
 class DocVqa(_VqaBuilder):
@@ -191,8 +212,11 @@ class DocVqa(_VqaBuilder):
 
   name = "docvqa"
   expected = "train/train_v1.0.json and/or val/val_v1.0.json, images under <split>/documents/"
-  question_paths = {"train": ("train", "train_v1.0.json"), "validation": ("val", "val_v1.0.json"),
-                    "test_unlabelled": ("test", "test_v1.0.json")}
+  question_paths = {
+    "train": ("train", "train_v1.0.json"),
+    "validation": ("val", "val_v1.0.json"),
+    "test_unlabelled": ("test", "test_v1.0.json"),
+  }
 
   @classmethod
   def image_path(cls, manual_dir, question_file, entry):
@@ -203,9 +227,14 @@ class StVqa(_VqaBuilder):
   """ST-VQA / TextVQA style scene-text VQA (answers scored with ANLS or VQA accuracy)."""
 
   name = "stvqa"
-  expected = "train.json and/or val.json (and test.json), images by file_path or images/<image_id>.jpg"
-  question_paths = {"train": ("train.json",), "validation": ("val.json",),
-                    "test_unlabelled": ("test.json",)}
+  expected = (
+    "train.json and/or val.json (and test.json), images by file_path or images/<image_id>.jpg"
+  )
+  question_paths = {
+    "train": ("train.json",),
+    "validation": ("val.json",),
+    "test_unlabelled": ("test.json",),
+  }
 
   @classmethod
   def image_path(cls, manual_dir, question_file, entry):

@@ -43,8 +43,9 @@ def _normalise(sum_log_probs: Array, length: Array, config: DecodeConfig) -> Arr
   return sum_log_probs / length.astype(jnp.float32) ** config.length_penalty
 
 
-def _add_to_pool(finished: Hypotheses, valid: Array, new: Hypotheses, new_valid: Array
-                 ) -> tuple[Hypotheses, Array]:
+def _add_to_pool(
+  finished: Hypotheses, valid: Array, new: Hypotheses, new_valid: Array
+) -> tuple[Hypotheses, Array]:
   """Keep the K best of the pool and the new hypotheses (existing ones win ties, as in HF)."""
   k = finished.scores.shape[1]
   merged = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), finished, new)
@@ -55,19 +56,25 @@ def _add_to_pool(finished: Hypotheses, valid: Array, new: Hypotheses, new_valid:
   return jax.tree.map(take, merged), take(merged_valid)
 
 
-def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig,
-                threshold: Array | float) -> DecodeOutput:
+def beam_decode(
+  model: MultiExitEncoderDecoder,
+  encoder_inputs: dict,
+  config: DecodeConfig,
+  threshold: Array | float,
+) -> DecodeOutput:
   """Pure function of the model's arrays (call it under jit). `config` must be `resolve`d."""
   n, k = config.max_new_tokens, config.num_beams
   encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
   batch = encoder_out.shape[0]
   repeat = lambda x: jnp.repeat(x, k, axis=0)  # [B, ...] -> [B * K, ...], beams of a row adjacent
-  decode_step = DecodeStep(model, repeat(encoder_out), repeat(encoder_mask), config, threshold,
-                           log_probs=True)
+  decode_step = DecodeStep(
+    model, repeat(encoder_out), repeat(encoder_mask), config, threshold, log_probs=True
+  )
 
   def step(beams: _Beams) -> _Beams:
-    decoder, emitted, work = decode_step(beams.decoder, beams.position, beams.last_token,
-                                         repeat(~beams.done))
+    decoder, emitted, work = decode_step(
+      beams.decoder, beams.position, beams.last_token, repeat(~beams.done)
+    )
     return _advance(beams, decoder, emitted, work, config)
 
   init = _initial_beams(batch, config, decode_step.init_state(), model.config.decoder_layers)
@@ -75,34 +82,51 @@ def beam_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: De
 
   # Rows that reached max_new_tokens offer their live beams too.
   live = final.live._replace(scores=_normalise(final.live.scores, final.position, config))
-  pool, _ = _add_to_pool(final.finished, final.valid, live, jnp.broadcast_to(~final.done[:, None],
-                                                                             (batch, k)))
+  pool, _ = _add_to_pool(
+    final.finished, final.valid, live, jnp.broadcast_to(~final.done[:, None], (batch, k))
+  )
   best = jax.tree.map(lambda x: x[:, 0], pool)
-  return DecodeOutput(best.tokens, best.scores, best.exit_layers, best.confidences, final.layers_run,
-                      final.backfilled, beams=pool)
+  return DecodeOutput(
+    best.tokens,
+    best.scores,
+    best.exit_layers,
+    best.confidences,
+    final.layers_run,
+    final.backfilled,
+    beams=pool,
+  )
 
 
-def _initial_beams(batch: int, config: DecodeConfig, decoder: DecoderState, num_layers: int) -> _Beams:
+def _initial_beams(
+  batch: int, config: DecodeConfig, decoder: DecoderState, num_layers: int
+) -> _Beams:
   """Every row starts from the start token with K beams, of which only the first can be expanded."""
   n, k = config.max_new_tokens, config.num_beams
   empty = lambda fill, dtype: jnp.full((batch, k, n), fill, dtype)
   live_scores = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(_UNREACHABLE)
   return _Beams(
-      position=jnp.int32(0),
-      last_token=jnp.full((batch * k,), config.bos_id, jnp.int32),
-      done=jnp.zeros((batch,), bool),
-      decoder=decoder,
-      live=Hypotheses(empty(config.pad_id, jnp.int32), live_scores, empty(0, jnp.int32),
-                      empty(0.0, jnp.float32)),
-      finished=Hypotheses(empty(config.pad_id, jnp.int32), jnp.full((batch, k), -jnp.inf),
-                          empty(0, jnp.int32), empty(0.0, jnp.float32)),
-      valid=jnp.zeros((batch, k), bool),
-      layers_run=jnp.zeros((n,), jnp.int32),
-      backfilled=jnp.zeros((num_layers,), jnp.int32))
+    position=jnp.int32(0),
+    last_token=jnp.full((batch * k,), config.bos_id, jnp.int32),
+    done=jnp.zeros((batch,), bool),
+    decoder=decoder,
+    live=Hypotheses(
+      empty(config.pad_id, jnp.int32), live_scores, empty(0, jnp.int32), empty(0.0, jnp.float32)
+    ),
+    finished=Hypotheses(
+      empty(config.pad_id, jnp.int32),
+      jnp.full((batch, k), -jnp.inf),
+      empty(0, jnp.int32),
+      empty(0.0, jnp.float32),
+    ),
+    valid=jnp.zeros((batch, k), bool),
+    layers_run=jnp.zeros((n,), jnp.int32),
+    backfilled=jnp.zeros((num_layers,), jnp.int32),
+  )
 
 
-def _advance(beams: _Beams, decoder: DecoderState, emitted: ExitChoice, work: StepWork,
-             config: DecodeConfig) -> _Beams:
+def _advance(
+  beams: _Beams, decoder: DecoderState, emitted: ExitChoice, work: StepWork, config: DecodeConfig
+) -> _Beams:
   """One beam-search step from each beam's exit log-probs (`emitted`, rows b * K + k): new beams,
   finished hypotheses into the pool, rows that are done, and the decoder rows reordered."""
   p, k = beams.position, config.num_beams
@@ -118,22 +142,27 @@ def _advance(beams: _Beams, decoder: DecoderState, emitted: ExitChoice, work: St
     exit_layers = emitted.exit_layer.reshape(batch, k)
     confidences = emitted.confidence.reshape(batch, k)
     return Hypotheses(
-        take(beams.live.tokens).at[:, :, p].set(token), scores,
-        take(beams.live.exit_layers).at[:, :, p].set(jnp.take_along_axis(exit_layers, parent, 1)),
-        take(beams.live.confidences).at[:, :, p].set(jnp.take_along_axis(confidences, parent, 1)))
+      take(beams.live.tokens).at[:, :, p].set(token),
+      scores,
+      take(beams.live.exit_layers).at[:, :, p].set(jnp.take_along_axis(exit_layers, parent, 1)),
+      take(beams.live.confidences).at[:, :, p].set(jnp.take_along_axis(confidences, parent, 1)),
+    )
 
   is_eos = cand_token == config.eos_id
   rank = jnp.arange(2 * k)[None, :]
   ended = extend(cand_beam, cand_token, _normalise(cand_scores, p + 1, config))
-  finished, valid = _add_to_pool(beams.finished, beams.valid, ended,
-                                 is_eos & (rank < k) & ~beams.done[:, None])
+  finished, valid = _add_to_pool(
+    beams.finished, beams.valid, ended, is_eos & (rank < k) & ~beams.done[:, None]
+  )
   # The best K candidates that do not end; at most K of the 2K end, so K always remain.
   _, chosen = jax.lax.top_k(jnp.where(is_eos, -jnp.inf, cand_scores), k)  # [B, K]
   pick = lambda x: jnp.take_along_axis(x, chosen, axis=1)
   parent, token = pick(cand_beam), pick(cand_token)
   live = extend(parent, token, pick(cand_scores))
 
-  best_possible = _normalise(live.scores[:, 0], p + 1, config)  # [B] the best running beam (HF 4.57)
+  best_possible = _normalise(
+    live.scores[:, 0], p + 1, config
+  )  # [B] the best running beam (HF 4.57)
   worst_finished = jnp.min(jnp.where(valid, finished.scores, jnp.inf), axis=1)
   full = jnp.all(valid, axis=1)
   stop = full if config.early_stopping else full & (worst_finished >= best_possible)
@@ -144,6 +173,14 @@ def _advance(beams: _Beams, decoder: DecoderState, emitted: ExitChoice, work: St
   parent = keep(jnp.broadcast_to(jnp.arange(k), (batch, k)), parent)
   row_base = (jnp.arange(batch) * k)[:, None]  # [B, 1]
   decoder = decoder.take_rows((row_base + parent).reshape(batch * k))
-  return _Beams(p + 1, live.tokens[:, :, p].reshape(batch * k), beams.done | stop, decoder, live,
-                finished, valid, beams.layers_run.at[p].set(work.layers_run),
-                beams.backfilled + work.backfilled)
+  return _Beams(
+    p + 1,
+    live.tokens[:, :, p].reshape(batch * k),
+    beams.done | stop,
+    decoder,
+    live,
+    finished,
+    valid,
+    beams.layers_run.at[p].set(work.layers_run),
+    beams.backfilled + work.backfilled,
+  )

@@ -54,6 +54,7 @@ def state_confidence(state: jax.Array, previous_state: jax.Array) -> jax.Array:
 
 class ExitSignals(NamedTuple):
   """Everything an exit's confidence may read, for every exit at once (the naive references)."""
+
   logits: jax.Array  # [L, ..., V]
   states: jax.Array  # [L + 1, ..., D]: the embedding, then each layer's output
   classifier: jax.Array | None  # [L, ...] the exit classifier's probabilities (None: no classifier)
@@ -73,6 +74,7 @@ def exit_confidences(kind: str, signals: ExitSignals) -> jax.Array:
 def exit_signals(model, features: jax.Array, states: jax.Array) -> ExitSignals:
   """The signals of exit features [L, ..., D] and layer states [L + 1, ..., D] of `model` (a
   MultiExitEncoderDecoder): its head's logits and, when it has one, its classifier's probabilities."""
-  classifier = (model.decoder.exit_probability(features)
-                if model.config.exit_classifier != "none" else None)
+  classifier = (
+    model.decoder.exit_probability(features) if model.config.exit_classifier != "none" else None
+  )
   return ExitSignals(model.logits(features), states, classifier)

@@ -53,11 +53,16 @@ class DecodeConfig:
 
   def __post_init__(self, exit_layers):
     if exit_layers is not None:
-      raise UserError(f"DecodeConfig.exit_layers={exit_layers!r}: the option is now called "
-                       "allowed_exit_layers (the layers a row may exit at; DecodeOutput.exit_layers "
-                       "holds the layers the tokens were taken from).")
-    for name, allowed in (("strategy", STRATEGIES), ("exit_mode", tuple(EXIT_MODES)),
-                          ("confidence", CONFIDENCES)):
+      raise UserError(
+        f"DecodeConfig.exit_layers={exit_layers!r}: the option is now called "
+        "allowed_exit_layers (the layers a row may exit at; DecodeOutput.exit_layers "
+        "holds the layers the tokens were taken from)."
+      )
+    for name, allowed in (
+      ("strategy", STRATEGIES),
+      ("exit_mode", tuple(EXIT_MODES)),
+      ("confidence", CONFIDENCES),
+    ):
       if getattr(self, name) not in allowed:
         raise UserError(f"DecodeConfig.{name}={getattr(self, name)!r} is not one of {allowed}.")
     if self.num_beams < 1:
@@ -73,35 +78,50 @@ class DecodeConfig:
     check_threshold(self.threshold)
     if self.allowed_exit_layers is not None:
       layers = self.allowed_exit_layers
-      if (not isinstance(layers, (tuple, list)) or not layers
-          or any(isinstance(l, bool) or not isinstance(l, (int, np.integer)) for l in layers)):
-        raise UserError(f"DecodeConfig.allowed_exit_layers={layers!r} must be None or a non-empty "
-                         "tuple of 1-based layer numbers.")
+      if (
+        not isinstance(layers, (tuple, list))
+        or not layers
+        or any(isinstance(l, bool) or not isinstance(l, (int, np.integer)) for l in layers)
+      ):
+        raise UserError(
+          f"DecodeConfig.allowed_exit_layers={layers!r} must be None or a non-empty "
+          "tuple of 1-based layer numbers."
+        )
       object.__setattr__(self, "allowed_exit_layers", tuple(sorted({int(l) for l in layers})))
     if self.exit_mode == "fixed" and self.fixed_exit_layer is None:
       raise UserError("DecodeConfig.exit_mode='fixed' needs fixed_exit_layer.")
 
-  def resolve(self, model: ModelConfig) -> "DecodeConfig":
+  def resolve(self, model: ModelConfig) -> DecodeConfig:
     """Fill the special ids from `model` and check every field against it."""
-    ids = {name: getattr(model, name) if getattr(self, name) is None else getattr(self, name)
-           for name in ("bos_id", "eos_id", "pad_id")}
+    ids = {
+      name: getattr(model, name) if getattr(self, name) is None else getattr(self, name)
+      for name in ("bos_id", "eos_id", "pad_id")
+    }
     for name, value in ids.items():
       if not 0 <= value < model.vocab_size:
-        raise UserError(f"DecodeConfig.{name}={value} is outside the vocabulary [0, {model.vocab_size}).")
+        raise UserError(
+          f"DecodeConfig.{name}={value} is outside the vocabulary [0, {model.vocab_size})."
+        )
     if self.max_new_tokens > model.max_target_length:
-      raise UserError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} exceeds the model's "
-                       f"max_target_length={model.max_target_length} (its decoder positions).")
+      raise UserError(
+        f"DecodeConfig.max_new_tokens={self.max_new_tokens} exceeds the model's "
+        f"max_target_length={model.max_target_length} (its decoder positions)."
+      )
     layers = model.decoder_layers
     if not 1 <= self.min_exit_layer <= layers:
       raise UserError(f"DecodeConfig.min_exit_layer={self.min_exit_layer} is outside 1..{layers}.")
     if self.fixed_exit_layer is not None and not 1 <= self.fixed_exit_layer <= layers:
-      raise UserError(f"DecodeConfig.fixed_exit_layer={self.fixed_exit_layer} is outside 1..{layers}.")
+      raise UserError(
+        f"DecodeConfig.fixed_exit_layer={self.fixed_exit_layer} is outside 1..{layers}."
+      )
     allowed = self.allowed_exit_layers
     if allowed is not None and not all(1 <= l <= layers for l in allowed):
       raise UserError(f"DecodeConfig.allowed_exit_layers={allowed} has layers outside 1..{layers}.")
     if self.confidence == "classifier" and model.exit_classifier == "none":
-      raise UserError("DecodeConfig.confidence='classifier' needs a model trained with an exit "
-                       "classifier, but its ModelConfig.exit_classifier='none'.")
+      raise UserError(
+        "DecodeConfig.confidence='classifier' needs a model trained with an exit "
+        "classifier, but its ModelConfig.exit_classifier='none'."
+      )
     return dataclasses.replace(self, **ids)
 
   def early_exits(self, num_layers: int) -> tuple[bool, ...]:
@@ -109,19 +129,28 @@ class DecodeConfig:
     exit early, at or above `min_exit_layer`, in `allowed_exit_layers`. The last layer always exits."""
     if not EXIT_MODES[self.exit_mode].exits_early:
       return (False,) * num_layers
-    return tuple(j + 1 >= self.min_exit_layer
-                 and (self.allowed_exit_layers is None or j + 1 in self.allowed_exit_layers)
-                 for j in range(num_layers))
+    return tuple(
+      j + 1 >= self.min_exit_layer
+      and (self.allowed_exit_layers is None or j + 1 in self.allowed_exit_layers)
+      for j in range(num_layers)
+    )
 
 
 def check_threshold(threshold) -> float:
   """A threshold is a real number >= 0: a Python, NumPy or (concrete) JAX scalar, not a bool. Above 1
   it never exits early (max_prob, margin, entropy-based confidences are <= 1). -> it as a float."""
   value = None if isinstance(threshold, bool) else np.asarray(threshold)
-  if (value is None or value.ndim != 0 or value.dtype == bool
-      or not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
-      or np.isnan(value) or value < 0):
-    raise UserError(f"threshold={threshold!r} must be a number >= 0 (above 1 means never exit early).")
+  if (
+    value is None
+    or value.ndim != 0
+    or value.dtype == bool
+    or not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating))
+    or np.isnan(value)
+    or value < 0
+  ):
+    raise UserError(
+      f"threshold={threshold!r} must be a number >= 0 (above 1 means never exit early)."
+    )
   return float(value)
 
 

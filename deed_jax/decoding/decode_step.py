@@ -58,8 +58,11 @@ class DecoderState(NamedTuple):
   def take_rows(self, rows: Array) -> DecoderState:
     """Beam search: row r continues the history of row rows[r] ([R] int32). Fill pointers are
     batch-wide, so only the caches and the frontier move."""
-    return DecoderState(tuple(c.take_rows(rows) for c in self.caches), self.fill,
-                        jnp.take(self.frontier, rows, axis=0))
+    return DecoderState(
+      tuple(c.take_rows(rows) for c in self.caches),
+      self.fill,
+      jnp.take(self.frontier, rows, axis=0),
+    )
 
 
 class ExitChoice(NamedTuple):
@@ -121,8 +124,16 @@ class DecodeStep:
   log-probabilities over the vocabulary at its exit (beam search scores all continuations).
   """
 
-  def __init__(self, model: MultiExitEncoderDecoder, encoder_out: Array, encoder_mask: Array,
-               config: DecodeConfig, threshold: Array | float, *, log_probs: bool = False):
+  def __init__(
+    self,
+    model: MultiExitEncoderDecoder,
+    encoder_out: Array,
+    encoder_mask: Array,
+    config: DecodeConfig,
+    threshold: Array | float,
+    *,
+    log_probs: bool = False,
+  ):
     cfg = model.config
     self.model, self.config, self.threshold = model, config, threshold
     self.mode = EXIT_MODES[config.exit_mode]
@@ -142,15 +153,17 @@ class DecodeStep:
 
   def init_state(self) -> DecoderState:
     return DecoderState(
-        caches=self.decoder.init_cache(self.rows, self.cache_length),
-        fill=jnp.zeros((self.num_layers,), jnp.int32),
-        frontier=jnp.zeros((self.rows, self.cache_length, self.d_model), self.dtype))
+      caches=self.decoder.init_cache(self.rows, self.cache_length),
+      fill=jnp.zeros((self.num_layers,), jnp.int32),
+      frontier=jnp.zeros((self.rows, self.cache_length, self.d_model), self.dtype),
+    )
 
   # -----------------------------------------------------------------------------------------------
   # The step: layers up the stack until every row has its token.
   # -----------------------------------------------------------------------------------------------
-  def __call__(self, state: DecoderState, position: Array, last_token: Array, live: Array
-               ) -> tuple[DecoderState, ExitChoice, StepWork]:
+  def __call__(
+    self, state: DecoderState, position: Array, last_token: Array, live: Array
+  ) -> tuple[DecoderState, ExitChoice, StepWork]:
     """Decode `position` (traced []) from `last_token` [R]; rows with `live` False never force depth.
 
     Layers j+1.. sit inside a `while_loop` that runs at most once, entered only if some row still
@@ -163,10 +176,13 @@ class DecodeStep:
     at = _Position(p, live, self.decoder.block_bias(p, 1, self.cache_length))
     work = StepWork(jnp.int32(0), jnp.zeros((self.num_layers,), jnp.int32))
     # The caller only steps while some row is live, so layer 1 always runs.
-    top = self._layers_from(at, 0, _LayerCarry(frontier, x, state.caches, state.fill,
-                                               self._undecided(live), work))
+    top = self._layers_from(
+      at, 0, _LayerCarry(frontier, x, state.caches, state.fill, self._undecided(live), work)
+    )
     if self.mode.defers and self.num_layers > 1:
-      top = run_once(self._wants_deeper(at, top), functools.partial(self._backfilling_layers, at), top)
+      top = run_once(
+        self._wants_deeper(at, top), functools.partial(self._backfilling_layers, at), top
+      )
     choice = top.choice if self.head_at_exits else self._head_after_stack(top.choice)
     caches = self.mode.after_stack(self.decoder, top.caches, p, choice.exit_layer, choice.hidden)
     return DecoderState(tuple(caches), top.fill, top.frontier), choice, top.work
@@ -178,8 +194,16 @@ class DecodeStep:
     zeros_i = jnp.zeros((self.rows,), jnp.int32)
     keep = self.keep_log_probs and self.head_at_exits
     log_probs = jnp.zeros((self.rows, self.model.config.vocab_size)) if keep else None
-    return ExitChoice(decided=~live, token=zeros_i, log_prob=zeros_f, log_probs=log_probs,
-                      features=zeros_d, exit_layer=zeros_i, confidence=zeros_f, hidden=zeros_d)
+    return ExitChoice(
+      decided=~live,
+      token=zeros_i,
+      log_prob=zeros_f,
+      log_probs=log_probs,
+      features=zeros_d,
+      exit_layer=zeros_i,
+      confidence=zeros_f,
+      hidden=zeros_d,
+    )
 
   def _wants_deeper(self, at: _Position, carry: _LayerCarry) -> Array:
     return self.mode.wants_deeper(at.live, carry.choice.decided)
@@ -201,11 +225,16 @@ class DecodeStep:
     (fill never grows with depth), so every layer from m on has deferred positions. Flat: layer j
     runs when it is next (layers_run == j) and some row is undecided."""
     for j in range(1, self.num_layers):
-      carry = run_once(self._wants_deeper(at, carry) & (carry.work.layers_run == j),
-                       functools.partial(self._layer, at, j, backfill=True), carry)
+      carry = run_once(
+        self._wants_deeper(at, carry) & (carry.work.layers_run == j),
+        functools.partial(self._layer, at, j, backfill=True),
+        carry,
+      )
     return carry
 
-  def _layer(self, at: _Position, j: int, carry: _LayerCarry, backfill: bool = False) -> _LayerCarry:
+  def _layer(
+    self, at: _Position, j: int, carry: _LayerCarry, backfill: bool = False
+  ) -> _LayerCarry:
     """Layer j at p (after its deferred positions, with `backfill`), then its exit."""
     p = at.index
     frontier, cache, backfilled = carry.frontier, carry.caches[j], carry.work.backfilled
@@ -213,13 +242,15 @@ class DecodeStep:
       start = carry.fill[j]
       frontier, cache = self._backfill(j, frontier, cache, start, p)
       backfilled = backfilled.at[j].set(p - start)
-    hidden, cache = self.decoder.run_block(j, carry.current, p, cache, self.memory, at.bias)  # [R,1,D]
+    hidden, cache = self.decoder.run_block(
+      j, carry.current, p, cache, self.memory, at.bias
+    )  # [R,1,D]
     hidden = hidden.astype(self.dtype)
     frontier = jax.lax.dynamic_update_slice_in_dim(frontier, hidden, p, axis=1)
     choice = carry.choice
     if self.early_exits[j] or j == self.last_layer:  # Elsewhere no exit: no head, no confidence.
       choice = self._exit(j, hidden[:, 0], carry.current[:, 0], choice)
-    caches = carry.caches[:j] + (cache,) + carry.caches[j + 1:]
+    caches = carry.caches[:j] + (cache,) + carry.caches[j + 1 :]
     work = StepWork(carry.work.layers_run + 1, backfilled)
     return _LayerCarry(frontier, hidden, caches, carry.fill.at[j].set(p + 1), choice, work)
 
@@ -230,6 +261,7 @@ class DecodeStep:
     """-> body((block_start, frontier, cache)): deed's backfill, layer j over [block_start,
     block_start + width) into the cache and the frontier. With `deferred_only`, positions from
     `position` on (padding) keep their frontier values (at `position`: layer j's input there)."""
+
     def body(carry):
       block_start, frontier, cache = carry
       x = jax.lax.dynamic_slice_in_dim(frontier, block_start, width, axis=1)  # [R, W, D]
@@ -237,13 +269,16 @@ class DecodeStep:
       if deferred_only:
         real = block_start + jnp.arange(width) < position  # [W]
         y = jnp.where(real[None, :, None], y.astype(x.dtype), x)
-      frontier = jax.lax.dynamic_update_slice_in_dim(frontier, y.astype(frontier.dtype), block_start,
-                                                     axis=1)
+      frontier = jax.lax.dynamic_update_slice_in_dim(
+        frontier, y.astype(frontier.dtype), block_start, axis=1
+      )
       return block_start + width, frontier, cache
+
     return body
 
-  def _backfill(self, j: int, frontier: Array, cache: KVCache, start: Array, position: Array
-                ) -> tuple[Array, KVCache]:
+  def _backfill(
+    self, j: int, frontier: Array, cache: KVCache, start: Array, position: Array
+  ) -> tuple[Array, KVCache]:
     """deed: layer j over its deferred positions [start, position), start < position: whole calls of
     `chunk` positions, then the remaining r < chunk as one call of the smallest width in
     `self.widths` that holds them (a padded call costs far less than r one-position calls). Padding
@@ -253,11 +288,14 @@ class DecodeStep:
     is left as it was."""
     remaining = lambda c: position - c[0]  # deferred positions left
     carry = (start, frontier, cache)
-    carry = jax.lax.while_loop(lambda c: remaining(c) >= self.chunk,
-                               self._block(j, self.chunk, position), carry)
+    carry = jax.lax.while_loop(
+      lambda c: remaining(c) >= self.chunk, self._block(j, self.chunk, position), carry
+    )
     smaller = 0
     for width in self.widths:  # At most one of these runs, once.
-      fits = lambda c, smaller=smaller, width=width: (remaining(c) > smaller) & (remaining(c) <= width)
+      fits = lambda c, smaller=smaller, width=width: (
+        (remaining(c) > smaller) & (remaining(c) <= width)
+      )
       carry = jax.lax.while_loop(fits, self._block(j, width, position, deferred_only=True), carry)
       smaller = width
     return carry[1], carry[2]
@@ -288,21 +326,24 @@ class DecodeStep:
     pick = lambda new, old: jnp.where(take.reshape(take.shape + (1,) * (old.ndim - 1)), new, old)
     if log_probs is not None:
       choice = choice._replace(
-          token=pick(jnp.argmax(log_probs, axis=-1).astype(jnp.int32), choice.token),
-          log_prob=pick(log_probs.max(axis=-1), choice.log_prob),
-          log_probs=None if choice.log_probs is None else pick(log_probs, choice.log_probs))
+        token=pick(jnp.argmax(log_probs, axis=-1).astype(jnp.int32), choice.token),
+        log_prob=pick(log_probs.max(axis=-1), choice.log_prob),
+        log_probs=None if choice.log_probs is None else pick(log_probs, choice.log_probs),
+      )
     return choice._replace(
-        decided=choice.decided | take,
-        features=pick(layer_features, choice.features),
-        exit_layer=pick(jnp.int32(j + 1), choice.exit_layer),
-        confidence=pick(layer_conf, choice.confidence),
-        hidden=pick(hidden, choice.hidden))
+      decided=choice.decided | take,
+      features=pick(layer_features, choice.features),
+      exit_layer=pick(jnp.int32(j + 1), choice.exit_layer),
+      confidence=pick(layer_conf, choice.confidence),
+      hidden=pick(hidden, choice.hidden),
+    )
 
   def _head_after_stack(self, choice: ExitChoice) -> ExitChoice:
     """Head-free confidences (state, classifier): the head runs once, on each row's exit features."""
     log_probs = self._log_probs(choice.features)  # [R, V]
     emitted = choice.exit_layer > 0  # [R] rows that were not live get zeros
     return choice._replace(
-        token=jnp.where(emitted, jnp.argmax(log_probs, axis=-1), 0).astype(jnp.int32),
-        log_prob=jnp.where(emitted, log_probs.max(axis=-1), 0.0),
-        log_probs=log_probs if self.keep_log_probs else None)
+      token=jnp.where(emitted, jnp.argmax(log_probs, axis=-1), 0).astype(jnp.int32),
+      log_prob=jnp.where(emitted, log_probs.max(axis=-1), 0.0),
+      log_probs=log_probs if self.keep_log_probs else None,
+    )

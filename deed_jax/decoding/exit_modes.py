@@ -49,8 +49,14 @@ class ExitMode:
     del live
     return jnp.any(~decided)
 
-  def after_stack(self, decoder: Decoder, caches: tuple[KVCache, ...], position: Array,
-                  exit_layer: Array, exit_hidden: Array) -> tuple[KVCache, ...]:
+  def after_stack(
+    self,
+    decoder: Decoder,
+    caches: tuple[KVCache, ...],
+    position: Array,
+    exit_layer: Array,
+    exit_hidden: Array,
+  ) -> tuple[KVCache, ...]:
     """The caches once the step's layers have run; exit_layer [R] (1-based, 0: not live) and
     exit_hidden [R, D] are each row's exit."""
     del decoder, position, exit_layer, exit_hidden
@@ -97,8 +103,14 @@ class Copy(ExitMode):
 
   exits_early = True
 
-  def after_stack(self, decoder: Decoder, caches: tuple[KVCache, ...], position: Array,
-                  exit_layer: Array, exit_hidden: Array) -> tuple[KVCache, ...]:
+  def after_stack(
+    self,
+    decoder: Decoder,
+    caches: tuple[KVCache, ...],
+    position: Array,
+    exit_layer: Array,
+    exit_hidden: Array,
+  ) -> tuple[KVCache, ...]:
     exited_early = jnp.any((exit_layer > 0) & (exit_layer < len(caches)))
 
     def project(caches: tuple[KVCache, ...]) -> tuple[KVCache, ...]:
@@ -114,4 +126,9 @@ class Copy(ExitMode):
 
 
 EXIT_MODES: dict[str, ExitMode] = {
-    "deed": Deed(), "oracle": Oracle(), "copy": Copy(), "static": Static(), "fixed": Fixed()}
+  "deed": Deed(),
+  "oracle": Oracle(),
+  "copy": Copy(),
+  "static": Static(),
+  "fixed": Fixed(),
+}

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from flax import nnx
 
-from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.decoding.beam import beam_decode
+from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.decoding.greedy import greedy_decode
 from deed_jax.decoding.output import DecodeOutput
 from deed_jax.models import MultiExitEncoderDecoder
@@ -65,7 +65,8 @@ class Generate:
 
 
 def make_generate(model: MultiExitEncoderDecoder, config: DecodeConfig) -> Generate:
-  """Check `config` against the model and split the model once; -> run(encoder_inputs, threshold=None)."""
+  """Check `config` against the model and split the model once;
+  -> run(encoder_inputs, threshold=None)."""
   return Generate(model, config)
 
 
@@ -77,6 +78,8 @@ def make_encode(model: MultiExitEncoderDecoder) -> Callable[[dict], tuple[jax.Ar
   return lambda encoder_inputs: encode(params, encoder_inputs)
 
 
-def generate(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig) -> DecodeOutput:
+def generate(
+  model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig
+) -> DecodeOutput:
   """Decode a batch. Everything a user can get wrong is checked here, before compiling."""
   return make_generate(model, config)(encoder_inputs)

@@ -26,8 +26,12 @@ class _Loop(NamedTuple):
   out: DecodeOutput
 
 
-def greedy_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig,
-                  threshold: Array | float) -> DecodeOutput:
+def greedy_decode(
+  model: MultiExitEncoderDecoder,
+  encoder_inputs: dict,
+  config: DecodeConfig,
+  threshold: Array | float,
+) -> DecodeOutput:
   """Pure function of the model's arrays (call it under jit). `config` must be `resolve`d."""
   n = config.max_new_tokens
   encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
@@ -39,21 +43,29 @@ def greedy_decode(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: 
     decoder, emitted, work = decode_step(loop.decoder, p, loop.last_token, live)
     token = jnp.where(live, emitted.token, config.pad_id)
     out = loop.out
-    out = out._replace(tokens=out.tokens.at[:, p].set(token),
-                       scores=out.scores + jnp.where(live, emitted.log_prob, 0.0),
-                       exit_layers=out.exit_layers.at[:, p].set(emitted.exit_layer),
-                       confidences=out.confidences.at[:, p].set(emitted.confidence),
-                       layers_run=out.layers_run.at[p].set(work.layers_run),
-                       backfilled=out.backfilled + work.backfilled)
+    out = out._replace(
+      tokens=out.tokens.at[:, p].set(token),
+      scores=out.scores + jnp.where(live, emitted.log_prob, 0.0),
+      exit_layers=out.exit_layers.at[:, p].set(emitted.exit_layer),
+      confidences=out.confidences.at[:, p].set(emitted.confidence),
+      layers_run=out.layers_run.at[p].set(work.layers_run),
+      backfilled=out.backfilled + work.backfilled,
+    )
     return _Loop(p + 1, token, loop.done | (token == config.eos_id), decoder, out)
 
   init = _Loop(
-      position=jnp.int32(0),
-      last_token=jnp.full((batch,), config.bos_id, jnp.int32),
-      done=jnp.zeros((batch,), bool),
-      decoder=decode_step.init_state(),
-      out=DecodeOutput(jnp.full((batch, n), config.pad_id, jnp.int32), jnp.zeros((batch,), jnp.float32),
-                       jnp.zeros((batch, n), jnp.int32), jnp.zeros((batch, n), jnp.float32),
-                       jnp.zeros((n,), jnp.int32), jnp.zeros((model.config.decoder_layers,), jnp.int32)))
+    position=jnp.int32(0),
+    last_token=jnp.full((batch,), config.bos_id, jnp.int32),
+    done=jnp.zeros((batch,), bool),
+    decoder=decode_step.init_state(),
+    out=DecodeOutput(
+      jnp.full((batch, n), config.pad_id, jnp.int32),
+      jnp.zeros((batch,), jnp.float32),
+      jnp.zeros((batch, n), jnp.int32),
+      jnp.zeros((batch, n), jnp.float32),
+      jnp.zeros((n,), jnp.int32),
+      jnp.zeros((model.config.decoder_layers,), jnp.int32),
+    ),
+  )
   final = jax.lax.while_loop(lambda s: (s.position < n) & jnp.any(~s.done), step, init)
   return final.out

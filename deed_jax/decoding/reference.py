@@ -8,13 +8,14 @@ tokens must equal "the first confident layer" of this full recomputation).
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.decoding.confidence import ExitSignals, exit_confidences, exit_signals
+from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.models import MultiExitEncoderDecoder
 
 # every exit's signals at one position (logits [L, B, V], ...) -> (exit taken, 0-based [B]; its
@@ -28,8 +29,9 @@ class ReferenceOutput(NamedTuple):
   confidences: jax.Array  # [B, N] float32, the confidence at that exit; 0 after EOS
 
 
-def first_confident_exit(threshold: jax.Array | float, kind: str,
-                         early_exits: tuple[bool, ...] | None = None) -> ExitRule:
+def first_confident_exit(
+  threshold: jax.Array | float, kind: str, early_exits: tuple[bool, ...] | None = None
+) -> ExitRule:
   """DEED's rule: the first layer allowed to exit early (`early_exits[j]`, default all) whose
   confidence is >= threshold, else the last."""
 
@@ -55,41 +57,60 @@ def fixed_exit(exit_layer: jax.Array | int, kind: str = "max_prob") -> ExitRule:
   return rule
 
 
-def greedy_with_rule(model: MultiExitEncoderDecoder, encoder_out: jax.Array, encoder_mask: jax.Array,
-                     rule: ExitRule, max_new_tokens: int, *, bos_id: int, eos_id: int,
-                     pad_id: int, copy_states: bool = False) -> ReferenceOutput:
+def greedy_with_rule(
+  model: MultiExitEncoderDecoder,
+  encoder_out: jax.Array,
+  encoder_mask: jax.Array,
+  rule: ExitRule,
+  max_new_tokens: int,
+  *,
+  bos_id: int,
+  eos_id: int,
+  pad_id: int,
+  copy_states: bool = False,
+) -> ReferenceOutput:
   """The naive loop, from encoder states [B, S, D] and mask [B, S] computed once by the caller.
 
   `copy_states` (CALM): a position's layers above its exit see K/V projected from its exit state.
   """
   cfg = model.config
   if not 1 <= max_new_tokens <= cfg.max_target_length:
-    raise ValueError(f"max_new_tokens={max_new_tokens} must be in [1, max_target_length="
-                     f"{cfg.max_target_length}].")
+    raise ValueError(
+      f"max_new_tokens={max_new_tokens} must be in [1, max_target_length={cfg.max_target_length}]."
+    )
   batch, n = encoder_out.shape[0], max_new_tokens
   prefix = jnp.full((batch, n), pad_id, jnp.int32).at[:, 0].set(bos_id)  # [B, N] decoder input
-  out = ReferenceOutput(jnp.full((batch, n), pad_id, jnp.int32), jnp.zeros((batch, n), jnp.int32),
-                        jnp.zeros((batch, n), jnp.float32))
+  out = ReferenceOutput(
+    jnp.full((batch, n), pad_id, jnp.int32),
+    jnp.zeros((batch, n), jnp.int32),
+    jnp.zeros((batch, n), jnp.float32),
+  )
   done = jnp.zeros((batch,), bool)  # [B]
-  exit_states = jnp.zeros((batch, n, cfg.d_model), jnp.dtype(cfg.dtype))  # [B, N, D], copy_states only
+  exit_states = jnp.zeros(
+    (batch, n, cfg.d_model), jnp.dtype(cfg.dtype)
+  )  # [B, N, D], copy_states only
 
   def step(t, carry):
     prefix, out, done, exit_states = carry
     if copy_states:
-      states, features = copied_state_pass(model, prefix, t, out.exit_layers, exit_states, encoder_out,
-                                           encoder_mask)  # [L + 1, B, D], [L, B, D]
+      states, features = copied_state_pass(
+        model, prefix, t, out.exit_layers, exit_states, encoder_out, encoder_mask
+      )  # [L + 1, B, D], [L, B, D]
     else:
       at_t = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=2, keepdims=False)
-      features, states = map(at_t, model.decoder(prefix, encoder_out, encoder_mask,
-                                                 return_states=True))  # [L, B, D], [L + 1, B, D]
+      features, states = map(
+        at_t, model.decoder(prefix, encoder_out, encoder_mask, return_states=True)
+      )  # [L, B, D], [L + 1, B, D]
     signals = exit_signals(model, features, states)  # logits [L, B, V], ...
     logits = signals.logits
     chosen, conf = rule(signals)  # [B], [B]
     token = jnp.take_along_axis(jnp.argmax(logits, axis=-1), chosen[None], axis=0)[0]  # [B]
     token = jnp.where(done, pad_id, token).astype(jnp.int32)
-    out = ReferenceOutput(out.tokens.at[:, t].set(token),
-                          out.exit_layers.at[:, t].set(jnp.where(done, 0, chosen + 1)),
-                          out.confidences.at[:, t].set(jnp.where(done, 0.0, conf)))
+    out = ReferenceOutput(
+      out.tokens.at[:, t].set(token),
+      out.exit_layers.at[:, t].set(jnp.where(done, 0, chosen + 1)),
+      out.confidences.at[:, t].set(jnp.where(done, 0.0, conf)),
+    )
     if copy_states:
       state = jnp.take_along_axis(states[1:], chosen[None, :, None], axis=0)[0]  # [B, D]
       exit_states = exit_states.at[:, t].set(state.astype(exit_states.dtype))
@@ -101,9 +122,15 @@ def greedy_with_rule(model: MultiExitEncoderDecoder, encoder_out: jax.Array, enc
   return out
 
 
-def copied_state_pass(model: MultiExitEncoderDecoder, prefix: jax.Array, t: jax.Array,
-                       exit_layers: jax.Array, exit_states: jax.Array, encoder_out: jax.Array,
-                       encoder_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+def copied_state_pass(
+  model: MultiExitEncoderDecoder,
+  prefix: jax.Array,
+  t: jax.Array,
+  exit_layers: jax.Array,
+  exit_states: jax.Array,
+  encoder_out: jax.Array,
+  encoder_mask: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
   """The whole decoder over the prefix [B, N], where each earlier position's layers above its exit
   (exit_layers [B, N], 1-based) take K/V from its exit state [B, N, D] (its exit layer's output).
 
@@ -116,23 +143,40 @@ def copied_state_pass(model: MultiExitEncoderDecoder, prefix: jax.Array, t: jax.
     return jnp.where(own_state[..., None], x, exit_states.astype(x.dtype))
 
   at_t = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=2, keepdims=False)
-  features, states = model.decoder(prefix, encoder_out, encoder_mask, kv_input_fn=kv_input_fn,
-                                   return_states=True)
+  features, states = model.decoder(
+    prefix, encoder_out, encoder_mask, kv_input_fn=kv_input_fn, return_states=True
+  )
   return at_t(states), at_t(features)
 
 
-def greedy_at_exit(model: MultiExitEncoderDecoder, encoder_inputs: dict, exit_layer: jax.Array | int,
-                   max_new_tokens: int) -> jax.Array:
+def greedy_at_exit(
+  model: MultiExitEncoderDecoder,
+  encoder_inputs: dict,
+  exit_layer: jax.Array | int,
+  max_new_tokens: int,
+) -> jax.Array:
   """Greedy tokens [B, max_new_tokens] from exit `exit_layer` (1-based; may be traced); pad after EOS."""
   model.check_inputs(encoder_inputs)
   encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
   cfg = model.config
-  return greedy_with_rule(model, encoder_out, encoder_mask, fixed_exit(exit_layer), max_new_tokens,
-                          bos_id=cfg.bos_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id).tokens
+  return greedy_with_rule(
+    model,
+    encoder_out,
+    encoder_mask,
+    fixed_exit(exit_layer),
+    max_new_tokens,
+    bos_id=cfg.bos_id,
+    eos_id=cfg.eos_id,
+    pad_id=cfg.pad_id,
+  ).tokens
 
 
-def greedy_reference(model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig,
-                     threshold: jax.Array | float | None = None) -> ReferenceOutput:
+def greedy_reference(
+  model: MultiExitEncoderDecoder,
+  encoder_inputs: dict,
+  config: DecodeConfig,
+  threshold: jax.Array | float | None = None,
+) -> ReferenceOutput:
   """What greedy decoding with `config.exit_mode` must produce.
 
   `threshold` (default `config.threshold`) may be traced. deed, oracle and copy share the rule: the
@@ -152,8 +196,17 @@ def greedy_reference(model: MultiExitEncoderDecoder, encoder_inputs: dict, confi
   elif config.exit_mode == "fixed":
     rule = fixed_exit(config.fixed_exit_layer, config.confidence)
   else:
-    rule = first_confident_exit(threshold, config.confidence,
-                                early_exits=config.early_exits(model.config.decoder_layers))
-  return greedy_with_rule(model, encoder_out, encoder_mask, rule, config.max_new_tokens,
-                          bos_id=config.bos_id, eos_id=config.eos_id, pad_id=config.pad_id,
-                          copy_states=config.exit_mode == "copy")
+    rule = first_confident_exit(
+      threshold, config.confidence, early_exits=config.early_exits(model.config.decoder_layers)
+    )
+  return greedy_with_rule(
+    model,
+    encoder_out,
+    encoder_mask,
+    rule,
+    config.max_new_tokens,
+    bos_id=config.bos_id,
+    eos_id=config.eos_id,
+    pad_id=config.pad_id,
+    copy_states=config.exit_mode == "copy",
+  )

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -50,7 +50,8 @@ def bentkus_p_value(risk: float, n: int, eps: float) -> float:
 
 
 def p_value(risk: float, n: int, eps: float) -> float:
-  """A valid p-value for H0: the true risk exceeds eps, given the empirical risk of n losses in [0, 1]."""
+  """A valid p-value for H0: the true risk exceeds eps, given the empirical risk of n losses in
+  [0, 1]."""
   return min(hoeffding_p_value(risk, n, eps), bentkus_p_value(risk, n, eps))
 
 
@@ -58,6 +59,7 @@ def p_value(risk: float, n: int, eps: float) -> float:
 class Calibration:
   """The outcome: `threshold` is the chosen one (None when even the safest failed); `tested` holds a
   row per threshold tested (threshold, risk: the empirical mean drop in [0, 1], p_value, rejected)."""
+
   threshold: float | None
   max_drop: float  # points, 0..100
   delta: float
@@ -66,12 +68,16 @@ class Calibration:
 
   def guarantee(self) -> str:
     if self.threshold is None:
-      return (f"No threshold in the grid keeps the drop within {self.max_drop:g} points at confidence "
-              f"{1 - self.delta:.3g} on {self.num_examples} calibration examples; decode at full depth.")
-    return (f"With probability >= {1 - self.delta:.3g} over the calibration split ({self.num_examples} "
-            f"examples), threshold {self.threshold:g} loses at most {self.max_drop:g} points of the metric "
-            f"against full depth in expectation (Learn-then-Test, Hoeffding-Bentkus p-values, "
-            f"fixed-sequence testing over {len(self.tested)} thresholds tested).")
+      return (
+        f"No threshold in the grid keeps the drop within {self.max_drop:g} points at confidence "
+        f"{1 - self.delta:.3g} on {self.num_examples} calibration examples; decode at full depth."
+      )
+    return (
+      f"With probability >= {1 - self.delta:.3g} over the calibration split ({self.num_examples} "
+      f"examples), threshold {self.threshold:g} loses at most {self.max_drop:g} points of the metric "
+      f"against full depth in expectation (Learn-then-Test, Hoeffding-Bentkus p-values, "
+      f"fixed-sequence testing over {len(self.tested)} thresholds tested)."
+    )
 
 
 def check_settings(max_drop: float, delta: float) -> None:
@@ -82,8 +88,12 @@ def check_settings(max_drop: float, delta: float) -> None:
     raise UserError(f"delta must be in (0, 1); got {delta}.")
 
 
-def calibrate(full: Sequence[float], by_threshold: Mapping[float, Sequence[float]], max_drop: float,
-              delta: float) -> Calibration:
+def calibrate(
+  full: Sequence[float],
+  by_threshold: Mapping[float, Sequence[float]],
+  max_drop: float,
+  delta: float,
+) -> Calibration:
   """full: per-example metric values in [0, 1] at full depth [n]; by_threshold: the same examples
   decoded at each threshold {tau: [n]}, read safest first and only as far as the test goes.
   -> the fastest threshold with the guarantee."""
@@ -115,13 +125,22 @@ def calibrate(full: Sequence[float], by_threshold: Mapping[float, Sequence[float
 def check_sizes(calibration_size: int, test_size: int, num_examples: int) -> None:
   """Disjoint calibration and test sets of these sizes must fit in `num_examples`."""
   if calibration_size < 1 or test_size < 1 or calibration_size + test_size > num_examples:
-    raise UserError(f"Calibration ({calibration_size}) and test ({test_size}) sets of at least one "
-                    f"example each must fit, disjoint, in the {num_examples} examples.")
+    raise UserError(
+      f"Calibration ({calibration_size}) and test ({test_size}) sets of at least one "
+      f"example each must fit, disjoint, in the {num_examples} examples."
+    )
 
 
-def resampled_drops(full: Sequence[float], by_threshold: Mapping[float, Sequence[float]],
-                    calibration_size: int, test_size: int, max_drop: float, delta: float, trials: int,
-                    seed: int = 0) -> list[tuple[float | None, float]]:
+def resampled_drops(
+  full: Sequence[float],
+  by_threshold: Mapping[float, Sequence[float]],
+  calibration_size: int,
+  test_size: int,
+  max_drop: float,
+  delta: float,
+  trials: int,
+  seed: int = 0,
+) -> list[tuple[float | None, float]]:
   """How a calibration setup fares on data like `full` / `by_threshold` (per-example metric values in
   [0, 1] of n examples, at full depth and at each threshold): `trials` times, draw disjoint random
   calibration and test sets of the given sizes, calibrate on the first and measure the chosen
@@ -134,7 +153,7 @@ def resampled_drops(full: Sequence[float], by_threshold: Mapping[float, Sequence
   out = []
   for _ in range(trials):
     order = rng.permutation(full.shape[0])
-    cal, test = order[:calibration_size], order[calibration_size:calibration_size + test_size]
+    cal, test = order[:calibration_size], order[calibration_size : calibration_size + test_size]
     tau = calibrate(full[cal], {t: s[cal] for t, s in scores.items()}, max_drop, delta).threshold
     drop = 0.0 if tau is None else 100.0 * float(full[test].mean() - scores[tau][test].mean())
     out.append((tau, drop))

@@ -10,17 +10,17 @@ after it.
 from __future__ import annotations
 
 import collections.abc
+import dataclasses
 import datetime
 import json
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import ml_collections
 import numpy as np
 import tqdm
 
 from deed_jax import checkpoint
-from deed_jax.bench.report import machine_facts
 from deed_jax.config_defaults import validate_task
 from deed_jax.data import datasets, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
@@ -28,12 +28,27 @@ from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation import calibration, metrics, plots
 from deed_jax.evaluation.report import settings_table
-from deed_jax.evaluation.sweep import (Setting, SettingRun, decode_settings, exit_histogram,
-                                       per_example_scores, setting_grid, summarise)
+from deed_jax.evaluation.sweep import (
+  Setting,
+  SettingRun,
+  decode_settings,
+  exit_histogram,
+  per_example_scores,
+  setting_grid,
+  summarise,
+)
+from deed_jax.machine import machine_facts
 from deed_jax.models import ModelConfig
 from deed_jax.staging import staged_directory
-from deed_jax.workdir import (CHECKPOINT_DIR, DECODE_CONFIG_FILE, EVALUATION_DIR, TRAIN_CONFIG_FILE,
-                              read_json, read_model_config, write_json)
+from deed_jax.workdir import (
+  CHECKPOINT_DIR,
+  DECODE_CONFIG_FILE,
+  EVALUATION_DIR,
+  TRAIN_CONFIG_FILE,
+  read_json,
+  read_model_config,
+  write_json,
+)
 
 # Thresholds of the default grid: dense near 1, where max-prob confidences of a trained model sit.
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
@@ -44,15 +59,19 @@ NUM_TOKEN_EXAMPLES = 8  # answers drawn in the per-token exit plot
 CALIBRATION_BATCH_SIZE = 64
 
 
-def task_config(workdir: str, config: ml_collections.ConfigDict | None) -> ml_collections.ConfigDict:
+def task_config(
+  workdir: str, config: ml_collections.ConfigDict | None
+) -> ml_collections.ConfigDict:
   """The training config whose task is evaluated: `config` when given, else the one the workdir was
   trained with."""
   if config is not None:
     return config
   stored = read_json(workdir, TRAIN_CONFIG_FILE)
   if stored is None:
-    raise UserError(f"{workdir} holds no {TRAIN_CONFIG_FILE} (a converted checkpoint, or trained "
-                     "before configs were stored): name the task with --config configs/<task>.py.")
+    raise UserError(
+      f"{workdir} holds no {TRAIN_CONFIG_FILE} (a converted checkpoint, or trained "
+      "before configs were stored): name the task with --config configs/<task>.py."
+    )
   return ml_collections.ConfigDict(stored)
 
 
@@ -62,10 +81,14 @@ def check_workdir(workdir: str, step: int | None) -> tuple[ModelConfig, int]:
   if not os.path.isdir(workdir):
     raise MissingPathError(f"--workdir {workdir} is not a directory.")
   model_config = read_model_config(workdir)
-  steps = sorted(int(name) for name in _listdir(os.path.join(workdir, CHECKPOINT_DIR)) if name.isdigit())
+  steps = sorted(
+    int(name) for name in _listdir(os.path.join(workdir, CHECKPOINT_DIR)) if name.isdigit()
+  )
   if model_config is None or not steps:
-    raise MissingPathError(f"--workdir {workdir} holds no checkpoint (no model_config.json or "
-                            f"{CHECKPOINT_DIR}/<step>/): train or convert a model into it first.")
+    raise MissingPathError(
+      f"--workdir {workdir} holds no checkpoint (no model_config.json or "
+      f"{CHECKPOINT_DIR}/<step>/): train or convert a model into it first."
+    )
   if step is not None and step not in steps:
     raise UserError(f"--step {step} is not among the checkpoints of {workdir}: {steps}.")
   return model_config, steps[-1] if step is None else step
@@ -83,8 +106,14 @@ def parse_thresholds(values: Sequence[str]) -> list[float]:
     raise UserError(f"--thresholds={','.join(values)} must be numbers in [0, 1].") from None
 
 
-def check_options(thresholds: Sequence[float], batch_size: int, num_examples: int, max_drop: float,
-                  delta: float, calibrate: bool) -> list[float]:
+def check_options(
+  thresholds: Sequence[float],
+  batch_size: int,
+  num_examples: int,
+  max_drop: float,
+  delta: float,
+  calibrate: bool,
+) -> list[float]:
   """The threshold grid, sorted; refuses values that cannot work."""
   if not thresholds:
     raise UserError("--thresholds is empty; give at least one threshold in [0, 1].")
@@ -105,27 +134,44 @@ def check_options(thresholds: Sequence[float], batch_size: int, num_examples: in
 class Split:
   """A split as the evaluator reads it: examples in order, each one's answers, the tokenizer."""
 
-  def __init__(self, config: ml_collections.ConfigDict, model_config: ModelConfig, split: str,
-               num_examples: int, workdir: str):
+  def __init__(
+    self,
+    config: ml_collections.ConfigDict,
+    model_config: ModelConfig,
+    split: str,
+    num_examples: int,
+    workdir: str,
+  ):
     task = config.task
     data_dir = os.path.expanduser(task.data_dir or "~/tensorflow_datasets")
-    dataset_config = datasets.resolve_config(task.dataset, task.dataset_config, workdir,
-                                             model_config.image_size)
+    dataset_config = datasets.resolve_config(
+      task.dataset, task.dataset_config, workdir, model_config.image_size
+    )
     builder = datasets.prepare(task.dataset, dataset_config, data_dir, task.manual_dir)
     if split not in builder.info.splits:
-      raise UserError(f"Split {split!r} is not in {task.dataset}/{dataset_config}; it has "
-                       f"{sorted(builder.info.splits)}.")
+      raise UserError(
+        f"Split {split!r} is not in {task.dataset}/{dataset_config}; it has "
+        f"{sorted(builder.info.splits)}."
+      )
     self.tokenizer = get_tokenizer(task.tokenizer)
     features = pipeline.TaskFeatures(
-        encoder=model_config.encoder, source_key=task.source_key, target_key=task.target_key,
-        max_source_length=task.max_source_length, max_target_length=model_config.max_target_length)
+      encoder=model_config.encoder,
+      source_key=task.source_key,
+      target_key=task.target_key,
+      max_source_length=task.max_source_length,
+      max_target_length=model_config.max_target_length,
+    )
     preprocess = pipeline.Preprocess(features, self.tokenizer, decoder_start_id=model_config.bos_id)
     self.name = split
-    self.examples, self.answers = pipeline.read_examples(builder.as_data_source(split=split), preprocess,
-                                                         num_examples, task.answers_key)
+    self.examples, self.answers = pipeline.read_examples(
+      builder.as_data_source(split=split), preprocess, num_examples, task.answers_key
+    )
 
   def batches(self, size: int) -> list[dict]:
-    return [pipeline.stack_examples(self.examples[i:i + size]) for i in range(0, len(self.examples), size)]
+    return [
+      pipeline.stack_examples(self.examples[i : i + size])
+      for i in range(0, len(self.examples), size)
+    ]
 
 
 def _bar(total: int, desc: str, progress: bool):
@@ -137,7 +183,9 @@ class _DecodedOnDemand(collections.abc.Mapping):
   time it is read. Calibration reads thresholds safest first and stops at the first it cannot
   certify, so the thresholds below it (and their decoding time) are never spent."""
 
-  def __init__(self, decode_scores: Callable[[Setting], np.ndarray], settings: dict[float, Setting]):
+  def __init__(
+    self, decode_scores: Callable[[Setting], np.ndarray], settings: dict[float, Setting]
+  ):
     self._decode_scores, self._settings, self._scores = decode_scores, settings, {}
 
   def __getitem__(self, threshold: float) -> np.ndarray:
@@ -155,30 +203,59 @@ class _DecodedOnDemand(collections.abc.Mapping):
 def check_per_example_metric(metric: str) -> None:
   """Calibration scores examples one by one; a corpus metric (BLEU) has no per-example value."""
   if metric in metrics.CORPUS_METRICS:
-    raise UserError(f"Calibration needs a per-example metric; {metric!r} is scored over a corpus "
-                     f"(use one of {sorted(metrics.METRICS)}).")
+    raise UserError(
+      f"Calibration needs a per-example metric; {metric!r} is scored over a corpus "
+      f"(use one of {sorted(metrics.METRICS)})."
+    )
 
 
-def split_quality(model, split: Split, setting: Setting, metric: str, confidence: str, batch_size: int,
-                  progress: Callable[[int], None] | None = None) -> np.ndarray:
+def split_quality(
+  model,
+  split: Split,
+  setting: Setting,
+  metric: str,
+  confidence: str,
+  batch_size: int,
+  progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
   """Per-example quality [n] in [0, 1], higher is better, of `setting` on `split` (decoded untimed)."""
-  run, = decode_settings(model, split.batches(batch_size), [setting], model.config.max_target_length,
-                         confidence=confidence, timing=False, progress=progress)
+  (run,) = decode_settings(
+    model,
+    split.batches(batch_size),
+    [setting],
+    model.config.max_target_length,
+    confidence=confidence,
+    timing=False,
+    progress=progress,
+  )
   return _quality(per_example_scores(run, metric, split.tokenizer.decode, split.answers), metric)
 
 
-def run_calibration(model, split: Split, thresholds: list[float], metric: str, confidence: str,
-                    early_exit: dict, batch_size: int, max_drop: float, delta: float, progress: bool
-                    ) -> calibration.Calibration:
+def run_calibration(
+  model,
+  split: Split,
+  thresholds: list[float],
+  metric: str,
+  confidence: str,
+  early_exit: dict,
+  batch_size: int,
+  max_drop: float,
+  delta: float,
+  progress: bool,
+) -> calibration.Calibration:
   """Decode the calibration split under static, then under DEED threshold by threshold as the
   fixed-sequence test reads them (safest first, up to the first it cannot certify)."""
   check_per_example_metric(metric)
-  with _bar(len(split.examples) * (1 + len(thresholds)), f"calibrate ({split.name})", progress) as bar:
-    decode = lambda setting: split_quality(model, split, setting, metric, confidence, batch_size,
-                                           bar.update)
+  with _bar(
+    len(split.examples) * (1 + len(thresholds)), f"calibrate ({split.name})", progress
+  ) as bar:
+    decode = lambda setting: split_quality(
+      model, split, setting, metric, confidence, batch_size, bar.update
+    )
     deed = {t: Setting("deed", threshold=t, **early_exit) for t in thresholds}
-    outcome = calibration.calibrate(decode(Setting("static")), _DecodedOnDemand(decode, deed),
-                                    max_drop, delta)
+    outcome = calibration.calibrate(
+      decode(Setting("static")), _DecodedOnDemand(decode, deed), max_drop, delta
+    )
     bar.total = bar.n  # the thresholds left untested were never decoded
   return outcome
 
@@ -197,98 +274,231 @@ def _token_examples(run: SettingRun, split: Split, count: int) -> list:
   return out
 
 
-def evaluate(workdir: str, config: ml_collections.ConfigDict | None = None, *, split: str = "test",
-             calibration_split: str = "calibration", num_examples: int = 500,
-             num_calibration_examples: int = 0, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-             batch_size: int = 8, confidence: str = "max_prob", min_exit_layer: int = 1,
-             backfill_chunk: int = DecodeConfig.backfill_chunk, calibrate: bool = False,
-             max_drop: float = 0.5, delta: float = 0.1, step: int | None = None,
-             progress: bool = True) -> dict:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvaluateOptions:
+  """What `evaluate` decodes and how (the command line's flags, `python -m deed_jax.evaluate`)."""
+
+  split: str = "test"
+  calibration_split: str = "calibration"
+  num_examples: int = 500  # of `split`; 0: all
+  num_calibration_examples: int = 0  # of `calibration_split`; 0: all
+  thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+  batch_size: int = 8  # the second batch size evaluated, besides 1
+  confidence: str = "max_prob"
+  min_exit_layer: int = 1
+  backfill_chunk: int = DecodeConfig.backfill_chunk
+  calibrate: bool = False
+  max_drop: float = 0.5  # calibration: the largest drop allowed, metric points
+  delta: float = 0.1  # calibration: the guarantee holds with probability 1 - delta
+  step: int | None = None  # the checkpoint step; None: the newest
+
+  @property
+  def early_exit(self) -> dict:
+    """The DecodeConfig fields DEED and copy exit early with."""
+    return dict(min_exit_layer=self.min_exit_layer, backfill_chunk=self.backfill_chunk)
+
+
+def evaluate(
+  workdir: str,
+  config: ml_collections.ConfigDict | None = None,
+  options: EvaluateOptions = EvaluateOptions(),
+  *,
+  progress: bool = True,
+) -> dict:
   """Evaluate `workdir` (see the module docstring); -> the report as written to report.json."""
   # Everything a user can get wrong, before anything is decoded or written.
-  model_config, step = check_workdir(workdir, step)
-  thresholds = check_options(thresholds, batch_size, num_examples, max_drop, delta, calibrate)
+  model_config, step = check_workdir(workdir, options.step)
+  thresholds = check_options(
+    options.thresholds,
+    options.batch_size,
+    options.num_examples,
+    options.max_drop,
+    options.delta,
+    options.calibrate,
+  )
   config = task_config(workdir, config)
   validate_task(config.task)
   metric = config.task.metric
-  if calibrate and num_calibration_examples < 0:
-    raise UserError(f"--num_calibration_examples={num_calibration_examples} must be >= 0 (0: all).")
+  if options.calibrate and options.num_calibration_examples < 0:
+    raise UserError(
+      f"--num_calibration_examples={options.num_calibration_examples} must be >= 0 (0: all)."
+    )
   # DEED and copy exit early with these; the confidence must be known and usable by this model,
   # min_exit_layer within 1..L, backfill_chunk >= 1 (DecodeConfig checks).
-  early_exit = dict(min_exit_layer=min_exit_layer, backfill_chunk=backfill_chunk)
-  Setting("deed", threshold=0.5, **early_exit).decode_config(
-      model_config.max_target_length, confidence).resolve(model_config)
-  stored = read_json(workdir, DECODE_CONFIG_FILE)
-  evaluation_split = Split(config, model_config, split, num_examples, workdir)
-  calibration_data = (Split(config, model_config, calibration_split, num_calibration_examples, workdir)
-                      if calibrate else None)
+  Setting("deed", threshold=0.5, **options.early_exit).decode_config(
+    model_config.max_target_length, options.confidence
+  ).resolve(model_config)
+  evaluation_split = Split(config, model_config, options.split, options.num_examples, workdir)
+  calibration_data = (
+    Split(
+      config, model_config, options.calibration_split, options.num_calibration_examples, workdir
+    )
+    if options.calibrate
+    else None
+  )
   model = checkpoint.load_model(workdir, step)
 
-  chosen = None
-  result_calibration = None
-  if calibrate:
-    outcome = run_calibration(model, calibration_data, thresholds, metric, confidence, early_exit,
-                              CALIBRATION_BATCH_SIZE, max_drop, delta, progress)
-    chosen = outcome.threshold
-    result_calibration = {"split": calibration_split, "threshold": chosen, "max_drop": max_drop,
-                          "delta": delta, "num_examples": outcome.num_examples, "metric_name": metric,
-                          "confidence": confidence, **early_exit, "guarantee": outcome.guarantee(),
-                          "tested": list(outcome.tested)}
-  elif (stored is not None and stored.get("confidence") == confidence
-        and stored.get("min_exit_layer") == min_exit_layer):  # exits as it was calibrated
-    chosen = stored.get("threshold")
-    result_calibration = stored.get("calibration")
+  chosen, result_calibration = _threshold(
+    model, workdir, calibration_data, thresholds, metric, options, progress
+  )
   grid = thresholds if chosen is None else sorted(set(thresholds) | {chosen})
-
-  rows, histograms, token_examples = [], {}, None
-  sizes = [1] if batch_size == 1 else [1, batch_size]
-  for size in sizes:
-    settings = setting_grid(model_config.decoder_layers, grid, **early_exit)
-    with _bar(len(evaluation_split.examples) * len(settings), f"{split}, batch {size}", progress) as bar:
-      runs = decode_settings(model, evaluation_split.batches(size), settings,
-                             model_config.max_target_length, confidence=confidence,
-                             progress=bar.update)
-    rows += summarise(runs, metric, evaluation_split.tokenizer.decode, evaluation_split.answers)
-    if size == 1:
-      deed = [r for r in runs if r.setting.exit_mode == "deed"]
-      shown = [r for r in deed if r.setting.threshold == chosen] or deed[len(deed) // 2:][:1]
-      for run in sorted({r.setting.name: r for r in _spread(deed, 3) + shown[:1]}.values(),
-                        key=lambda r: r.setting.threshold):
-        histograms[run.setting.name] = exit_histogram(run, model_config.decoder_layers)
-      token_examples = (shown[0].setting.name, _token_examples(shown[0], evaluation_split,
-                                                               NUM_TOKEN_EXAMPLES))
-
+  sizes = [1] if options.batch_size == 1 else [1, options.batch_size]
+  rows, histograms, token_examples = _decode_grid(
+    model, evaluation_split, grid, sizes, chosen, metric, options, progress
+  )
   report = {
-      "workdir": os.path.abspath(workdir), "step": step,
-      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "dataset": f"{config.task.dataset}/{config.task.dataset_config}", "split": split,
-      "num_examples": len(evaluation_split.examples), "metric_name": metric, "confidence": confidence,
-      **early_exit,
-      "thresholds": grid, "batch_sizes": sizes, "calibrated_threshold": chosen,
-      "settings": rows, "exit_histograms": histograms, "machine": machine_facts()}
+    "workdir": os.path.abspath(workdir),
+    "step": step,
+    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "dataset": f"{config.task.dataset}/{config.task.dataset_config}",
+    "split": options.split,
+    "num_examples": len(evaluation_split.examples),
+    "metric_name": metric,
+    "confidence": options.confidence,
+    **options.early_exit,
+    "thresholds": grid,
+    "batch_sizes": sizes,
+    "calibrated_threshold": chosen,
+    "settings": rows,
+    "exit_histograms": histograms,
+    "machine": machine_facts(),
+  }
   if result_calibration is not None:
     report["calibration"] = result_calibration
+  _write_report(report, workdir, model_config.decoder_layers, histograms, token_examples)
+  if options.calibrate:  # stored last: only a complete evaluation changes it
+    # No threshold certified: decode at full depth (an earlier choice no longer holds for this model).
+    choice = (
+      {
+        "exit_mode": "deed",
+        "confidence": options.confidence,
+        "threshold": chosen,
+        **options.early_exit,
+      }
+      if chosen is not None
+      else {"exit_mode": "static"}
+    )
+    write_json(workdir, DECODE_CONFIG_FILE, {**choice, "calibration": result_calibration})
+  return report
+
+
+def _threshold(
+  model,
+  workdir: str,
+  calibration_data: Split | None,
+  thresholds: list[float],
+  metric: str,
+  options: EvaluateOptions,
+  progress: bool,
+) -> tuple[float | None, dict | None]:
+  """The threshold to mark in the report and its calibration record: calibrated now (`calibrate`),
+  else the one stored in the workdir when it was calibrated for these exits; (None, None) if none."""
+  if options.calibrate:
+    outcome = run_calibration(
+      model,
+      calibration_data,
+      thresholds,
+      metric,
+      options.confidence,
+      options.early_exit,
+      CALIBRATION_BATCH_SIZE,
+      options.max_drop,
+      options.delta,
+      progress,
+    )
+    return outcome.threshold, {
+      "split": options.calibration_split,
+      "threshold": outcome.threshold,
+      "max_drop": options.max_drop,
+      "delta": options.delta,
+      "num_examples": outcome.num_examples,
+      "metric_name": metric,
+      "confidence": options.confidence,
+      **options.early_exit,
+      "guarantee": outcome.guarantee(),
+      "tested": list(outcome.tested),
+    }
+  stored = read_json(workdir, DECODE_CONFIG_FILE)
+  if (
+    stored is not None
+    and stored.get("confidence") == options.confidence
+    and stored.get("min_exit_layer") == options.min_exit_layer
+  ):  # exits as it was calibrated
+    return stored.get("threshold"), stored.get("calibration")
+  return None, None
+
+
+def _decode_grid(
+  model,
+  split: Split,
+  grid: list[float],
+  sizes: list[int],
+  chosen: float | None,
+  metric: str,
+  options: EvaluateOptions,
+  progress: bool,
+) -> tuple[list, dict, tuple]:
+  """Every setting of the grid at each batch size. -> (summary rows, exit histograms of a few DEED
+  thresholds at batch 1, (name, per-token exits of a few answers) of the marked threshold)."""
+  rows, histograms, token_examples = [], {}, None
+  num_layers = model.config.decoder_layers
+  for size in sizes:
+    settings = setting_grid(num_layers, grid, **options.early_exit)
+    with _bar(len(split.examples) * len(settings), f"{split.name}, batch {size}", progress) as bar:
+      runs = decode_settings(
+        model,
+        split.batches(size),
+        settings,
+        model.config.max_target_length,
+        confidence=options.confidence,
+        progress=bar.update,
+      )
+    rows += summarise(runs, metric, split.tokenizer.decode, split.answers)
+    if size == 1:
+      deed = [r for r in runs if r.setting.exit_mode == "deed"]
+      shown = [r for r in deed if r.setting.threshold == chosen] or deed[len(deed) // 2 :][:1]
+      for run in sorted(
+        {r.setting.name: r for r in _spread(deed, 3) + shown[:1]}.values(),
+        key=lambda r: r.setting.threshold,
+      ):
+        histograms[run.setting.name] = exit_histogram(run, num_layers)
+      token_examples = (shown[0].setting.name, _token_examples(shown[0], split, NUM_TOKEN_EXAMPLES))
+  return rows, histograms, token_examples
+
+
+def _write_report(
+  report: dict, workdir: str, num_layers: int, histograms: dict, token_examples: tuple
+) -> None:
+  """report.json, report.md and the plots, into a staged directory that replaces `W/evaluation/`
+  only once complete."""
+  rows = report["settings"]
   with staged_directory(os.path.join(workdir, EVALUATION_DIR), replace=True) as out:
-    report["plots"] = [os.path.basename(p) for p in (
-        plots.pareto(rows, os.path.join(out, "pareto.png"), chosen),
-        plots.metric_per_layer([r for r in rows if r["batch_size"] == 1], model_config.decoder_layers,
-                               os.path.join(out, "metric_per_layer.png")),
-        plots.exit_histogram(histograms, os.path.join(out, "exit_histogram.png"),
-                             f"Where tokens exit (DEED, batch 1, early exits from layer "
-                             f"{min_exit_layer})"),
-        plots.token_exits(token_examples[1], model_config.decoder_layers,
-                          os.path.join(out, "token_exits.png"),
-                          f"Answer tokens coloured by exit layer ({token_examples[0]}, batch 1)"))]
+    report["plots"] = [
+      os.path.basename(p)
+      for p in (
+        plots.pareto(rows, os.path.join(out, "pareto.png"), report["calibrated_threshold"]),
+        plots.metric_per_layer(
+          [r for r in rows if r["batch_size"] == 1],
+          num_layers,
+          os.path.join(out, "metric_per_layer.png"),
+        ),
+        plots.exit_histogram(
+          histograms,
+          os.path.join(out, "exit_histogram.png"),
+          f"Where tokens exit (DEED, batch 1, early exits from layer {report['min_exit_layer']})",
+        ),
+        plots.token_exits(
+          token_examples[1],
+          num_layers,
+          os.path.join(out, "token_exits.png"),
+          f"Answer tokens coloured by exit layer ({token_examples[0]}, batch 1)",
+        ),
+      )
+    ]
     with open(os.path.join(out, "report.json"), "w") as f:
       json.dump(report, f, indent=1)
     with open(os.path.join(out, "report.md"), "w") as f:
       f.write(markdown(report))
-  if calibrate:  # stored last: only a complete evaluation changes it
-    # No threshold certified: decode at full depth (an earlier choice no longer holds for this model).
-    choice = ({"exit_mode": "deed", "confidence": confidence, "threshold": chosen, **early_exit}
-              if chosen is not None else {"exit_mode": "static"})
-    write_json(workdir, DECODE_CONFIG_FILE, {**choice, "calibration": result_calibration})
-  return report
 
 
 def _spread(runs: list, count: int) -> list:
@@ -300,26 +510,42 @@ def _spread(runs: list, count: int) -> list:
 
 def markdown(report: dict) -> str:
   """report.md: what was evaluated, the tables per batch size, the calibration and the plots."""
-  lines = [f"# Evaluation of {report['workdir']} (step {report['step']})", "",
-           f"{report['dataset']}, split `{report['split']}`, {report['num_examples']} examples; "
-           f"metric `{report['metric_name']}` (0-100); DEED and copy: confidence "
-           f"`{report['confidence']}`, min_exit_layer {report['min_exit_layer']}, backfill_chunk "
-           f"{report['backfill_chunk']}; "
-           f"greedy decoding. Latencies are medians per sample over batches, decoder time = generate "
-           f"minus encoder; speedup = median per-batch ratio to static. Device: "
-           f"{report['machine']['device_kind']}, {report['machine']['cpu_count']} CPUs.", ""]
+  lines = [
+    f"# Evaluation of {report['workdir']} (step {report['step']})",
+    "",
+    f"{report['dataset']}, split `{report['split']}`, {report['num_examples']} examples; "
+    f"metric `{report['metric_name']}` (0-100); DEED and copy: confidence "
+    f"`{report['confidence']}`, min_exit_layer {report['min_exit_layer']}, backfill_chunk "
+    f"{report['backfill_chunk']}; "
+    f"greedy decoding. Latencies are medians per sample over batches, decoder time = generate "
+    f"minus encoder; speedup = median per-batch ratio to static. Device: "
+    f"{report['machine']['device_kind']}, {report['machine']['cpu_count']} CPUs.",
+    "",
+  ]
   for size in report["batch_sizes"]:
-    lines += [f"## Batch {size}", "", "```",
-              settings_table([r for r in report["settings"] if r["batch_size"] == size]), "```", ""]
+    lines += [
+      f"## Batch {size}",
+      "",
+      "```",
+      settings_table([r for r in report["settings"] if r["batch_size"] == size]),
+      "```",
+      "",
+    ]
   if "calibration" in report:
     cal = report["calibration"]
-    lines += ["## Calibration", "", f"Split `{cal['split']}`, {cal['num_examples']} examples, "
-              f"max drop {cal['max_drop']:g} points, delta {cal['delta']:g}. {cal['guarantee']}", "",
-              "| threshold | empirical drop (points) | p-value | rejected |", "|---|---|---|---|"]
-    lines += [f"| {t['threshold']:g} | {100 * t['risk']:.2f} | {t['p_value']:.3g} | {t['rejected']} |"
-              for t in cal["tested"]]
+    lines += [
+      "## Calibration",
+      "",
+      f"Split `{cal['split']}`, {cal['num_examples']} examples, "
+      f"max drop {cal['max_drop']:g} points, delta {cal['delta']:g}. {cal['guarantee']}",
+      "",
+      "| threshold | empirical drop (points) | p-value | rejected |",
+      "|---|---|---|---|",
+    ]
+    lines += [
+      f"| {t['threshold']:g} | {100 * t['risk']:.2f} | {t['p_value']:.3g} | {t['rejected']} |"
+      for t in cal["tested"]
+    ]
     lines.append("")
   lines += ["## Plots", ""] + [f"![{name}]({name})" for name in report["plots"]]
   return "\n".join(lines) + "\n"
-
-

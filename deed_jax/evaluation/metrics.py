@@ -23,7 +23,7 @@ BLEU (0..100), imported when called.
 from __future__ import annotations
 
 import re
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from deed_jax.errors import UserError
 
@@ -71,20 +71,81 @@ def anls(prediction: str, answers: Answers, threshold: float = 0.5) -> float:
 
 
 # VQA answer normalisation (the VQAv2 evaluation's rules, written out here).
-_NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-                 "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_NUMBER_WORDS = {
+  "none": "0",
+  "zero": "0",
+  "one": "1",
+  "two": "2",
+  "three": "3",
+  "four": "4",
+  "five": "5",
+  "six": "6",
+  "seven": "7",
+  "eight": "8",
+  "nine": "9",
+  "ten": "10",
+}
 _ARTICLES = {"a", "an", "the"}
 # Contractions written without their apostrophe, restored (a common subset of the official table).
 _CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldnt": "couldn't", "didnt": "didn't",
-    "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't", "havent": "haven't",
-    "hes": "he's", "im": "i'm", "isnt": "isn't", "itd": "it'd", "itll": "it'll", "ive": "i've",
-    "lets": "let's", "shes": "she's", "shouldnt": "shouldn't", "thats": "that's",
-    "theres": "there's", "theyre": "they're", "theyve": "they've", "wasnt": "wasn't",
-    "werent": "weren't", "whats": "what's", "wheres": "where's", "whos": "who's", "wont": "won't",
-    "wouldnt": "wouldn't", "youd": "you'd", "youll": "you'll", "youre": "you're", "youve": "you've"}
-_PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@",
-                "`", ",", "?", "!"]
+  "aint": "ain't",
+  "arent": "aren't",
+  "cant": "can't",
+  "couldnt": "couldn't",
+  "didnt": "didn't",
+  "doesnt": "doesn't",
+  "dont": "don't",
+  "hadnt": "hadn't",
+  "hasnt": "hasn't",
+  "havent": "haven't",
+  "hes": "he's",
+  "im": "i'm",
+  "isnt": "isn't",
+  "itd": "it'd",
+  "itll": "it'll",
+  "ive": "i've",
+  "lets": "let's",
+  "shes": "she's",
+  "shouldnt": "shouldn't",
+  "thats": "that's",
+  "theres": "there's",
+  "theyre": "they're",
+  "theyve": "they've",
+  "wasnt": "wasn't",
+  "werent": "weren't",
+  "whats": "what's",
+  "wheres": "where's",
+  "whos": "who's",
+  "wont": "won't",
+  "wouldnt": "wouldn't",
+  "youd": "you'd",
+  "youll": "you'll",
+  "youre": "you're",
+  "youve": "you've",
+}
+_PUNCTUATION = [
+  ";",
+  "/",
+  "[",
+  "]",
+  '"',
+  "{",
+  "}",
+  "(",
+  ")",
+  "=",
+  "+",
+  "\\",
+  "_",
+  "-",
+  ">",
+  "<",
+  "@",
+  "`",
+  ",",
+  "?",
+  "!",
+]
 _PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")  # a period that is not a decimal point
 _COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
 
@@ -130,12 +191,15 @@ def bleu(predictions: Sequence[str], references: Sequence[Answers]) -> float:
   """Corpus BLEU with sacrebleu's defaults (13a tokenisation), 0..100. Each
   reference entry is one string or a list of them (all examples must have as many)."""
   import sacrebleu  # pylint: disable=g-import-not-at-top
+
   if len(predictions) != len(references):
     raise UserError(f"bleu got {len(predictions)} predictions and {len(references)} references.")
   per_example = [_as_list(r) for r in references]
   count = {len(r) for r in per_example}
   if len(count) > 1:
-    raise UserError(f"bleu needs as many references per example everywhere; got counts {sorted(count)}.")
+    raise UserError(
+      f"bleu needs as many references per example everywhere; got counts {sorted(count)}."
+    )
   streams = [list(stream) for stream in zip(*per_example)]  # [references per example][examples]
   return float(sacrebleu.corpus_bleu(list(predictions), streams).score)
 
@@ -143,8 +207,10 @@ def bleu(predictions: Sequence[str], references: Sequence[Answers]) -> float:
 # Per-example metrics a task config may name (scores averaged over examples, shown as 0..100);
 # "bleu" is scored over the corpus.
 METRICS: dict[str, Callable[[str, Answers], float]] = {
-    "exact_match": exact_match, "anls": anls, "vqa_accuracy": vqa_accuracy,
-    "cer": lambda prediction, answers: cer(prediction, _as_list(answers)[0]),
+  "exact_match": exact_match,
+  "anls": anls,
+  "vqa_accuracy": vqa_accuracy,
+  "cer": lambda prediction, answers: cer(prediction, _as_list(answers)[0]),
 }
 CORPUS_METRICS = {"bleu": bleu}
 LOWER_IS_BETTER = frozenset({"cer"})  # an error rate: a drop in quality is a rise in it

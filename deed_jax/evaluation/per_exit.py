@@ -6,7 +6,7 @@ the tokens up to and including EOS with the target.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +15,8 @@ from flax import nnx
 
 from deed_jax import sharding
 from deed_jax.decoding.reference import fixed_exit, greedy_with_rule
+from deed_jax.exit_metrics import exit_metrics
 from deed_jax.models import encoder_inputs
-from deed_jax.training.train_step import exit_metrics
 
 
 def exact_match(tokens: jax.Array, targets: jax.Array, target_mask: jax.Array) -> jax.Array:
@@ -26,8 +26,13 @@ def exact_match(tokens: jax.Array, targets: jax.Array, target_mask: jax.Array) -
   return jnp.all((tokens == targets) | (target_mask == 0), axis=-1)
 
 
-def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int, num_samples: int = 0,
-                 param_shardings=None, batch_sharding: jax.sharding.NamedSharding | None = None):
+def make_eval_fn(
+  graphdef: nnx.GraphDef,
+  max_new_tokens: int,
+  num_samples: int = 0,
+  param_shardings=None,
+  batch_sharding: jax.sharding.NamedSharding | None = None,
+):
   """-> jitted fn(params, batch) -> dict of sums over the batch's valid rows (`valid`: int32 [B]),
   and the targets [S, T] and decoded tokens [L, S, N] of its first S = `num_samples` rows.
 
@@ -38,32 +43,57 @@ def make_eval_fn(graphdef: nnx.GraphDef, max_new_tokens: int, num_samples: int =
     model = nnx.merge(graphdef, params)
     valid = batch["valid"].astype(jnp.float32)  # [B]; 0 on rows padding the last batch
     mask = batch["target_mask"] * batch["valid"][:, None]
-    encoder_out, encoder_mask = model.encode(encoder_inputs(batch))  # Once for every metric and exit.
+    encoder_out, encoder_mask = model.encode(
+      encoder_inputs(batch)
+    )  # Once for every metric and exit.
     exits = exit_metrics(model, {**batch, "target_mask": mask}, encoded=(encoder_out, encoder_mask))
     num_tokens = mask.sum()
     cfg = model.config
 
     def exact_at(exit_layer):
-      tokens = greedy_with_rule(model, encoder_out, encoder_mask, fixed_exit(exit_layer), max_new_tokens,
-                                bos_id=cfg.bos_id, eos_id=cfg.eos_id, pad_id=cfg.pad_id).tokens
+      tokens = greedy_with_rule(
+        model,
+        encoder_out,
+        encoder_mask,
+        fixed_exit(exit_layer),
+        max_new_tokens,
+        bos_id=cfg.bos_id,
+        eos_id=cfg.eos_id,
+        pad_id=cfg.pad_id,
+      ).tokens
       return (exact_match(tokens, batch["targets"], batch["target_mask"]) * valid).sum(), tokens
 
     matches, tokens = jax.lax.map(exact_at, jnp.arange(1, cfg.decoder_layers + 1))  # [L], [L, B, N]
-    sums = {"loss_sum": exits.loss * num_tokens, "correct_tokens": exits.token_accuracy * num_tokens,
-            "num_tokens": num_tokens, "exact_matches": matches, "num_examples": valid.sum(),
-            "sample_targets": batch["targets"][:num_samples], "sample_tokens": tokens[:, :num_samples]}
+    sums = {
+      "loss_sum": exits.loss * num_tokens,
+      "correct_tokens": exits.token_accuracy * num_tokens,
+      "num_tokens": num_tokens,
+      "exact_matches": matches,
+      "num_examples": valid.sum(),
+      "sample_targets": batch["targets"][:num_samples],
+      "sample_tokens": tokens[:, :num_samples],
+    }
     if exits.classifier_accuracy is not None:
       sums["classifier_correct"] = exits.classifier_accuracy * num_tokens
     return sums
 
   if param_shardings is None:
     return jax.jit(eval_batch)
-  return jax.jit(eval_batch, in_shardings=(param_shardings, batch_sharding),
-                 out_shardings=sharding.replicated(batch_sharding.mesh))
+  return jax.jit(
+    eval_batch,
+    in_shardings=(param_shardings, batch_sharding),
+    out_shardings=sharding.replicated(batch_sharding.mesh),
+  )
 
 
-def evaluate_exits(eval_fn, params, batches: Iterable[dict], decode_text=None, num_samples: int = 0,
-                   to_device: Callable[[dict], dict] = lambda batch: batch) -> dict:
+def evaluate_exits(
+  eval_fn,
+  params,
+  batches: Iterable[dict],
+  decode_text=None,
+  num_samples: int = 0,
+  to_device: Callable[[dict], dict] = lambda batch: batch,
+) -> dict:
   """Run `eval_fn` over `batches` (each with `valid` rows; `to_device` makes the arrays it takes,
   e.g. global ones from this process's rows); -> {exit_loss, exit_token_accuracy, exit_exact_match:
   [L] lists, (exit_classifier_accuracy [L] for a model with an exit classifier), num_examples,
@@ -75,17 +105,19 @@ def evaluate_exits(eval_fn, params, batches: Iterable[dict], decode_text=None, n
     totals = out if totals is None else jax.tree.map(np.add, totals, out)
     if decode_text is not None and not samples:
       rows = min(num_samples, int(out["num_examples"]), len(targets))
-      samples = [{"target": decode_text(targets[row]), "exits": [decode_text(t[row]) for t in tokens]}
-                 for row in range(rows)]
+      samples = [
+        {"target": decode_text(targets[row]), "exits": [decode_text(t[row]) for t in tokens]}
+        for row in range(rows)
+      ]
   if totals is None:
     raise ValueError("The validation split yielded no batches.")
   tokens, examples = max(float(totals["num_tokens"]), 1.0), max(float(totals["num_examples"]), 1.0)
   results = {
-      "exit_loss": (totals["loss_sum"] / tokens).tolist(),
-      "exit_token_accuracy": (totals["correct_tokens"] / tokens).tolist(),
-      "exit_exact_match": (totals["exact_matches"] / examples).tolist(),
-      "num_examples": int(totals["num_examples"]),
-      "samples": samples,
+    "exit_loss": (totals["loss_sum"] / tokens).tolist(),
+    "exit_token_accuracy": (totals["correct_tokens"] / tokens).tolist(),
+    "exit_exact_match": (totals["exact_matches"] / examples).tolist(),
+    "num_examples": int(totals["num_examples"]),
+    "samples": samples,
   }
   if "classifier_correct" in totals:
     results["exit_classifier_accuracy"] = (totals["classifier_correct"] / tokens).tolist()

@@ -7,7 +7,7 @@ where tokens exit, and a few answers with each token coloured by the layer it ex
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -15,8 +15,12 @@ matplotlib.use("Agg")  # files only: no display on a TPU VM or in CI
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-_STYLE = {"deed": dict(color="tab:blue", marker="o"), "copy": dict(color="tab:orange", marker="^"),
-          "fixed": dict(color="tab:gray", marker="s"), "static": dict(color="black", marker="*")}
+_STYLE = {
+  "deed": dict(color="tab:blue", marker="o"),
+  "copy": dict(color="tab:orange", marker="^"),
+  "fixed": dict(color="tab:gray", marker="s"),
+  "static": dict(color="black", marker="*"),
+}
 
 
 def _save(fig, path: str) -> str:
@@ -48,37 +52,76 @@ def pareto(rows: Sequence[dict], path: str, calibrated: float | None = None) -> 
     at_size = [r for r in rows if r["batch_size"] == size and "decoder_ms_per_sample" in r]
     for mode in ("deed", "copy", "fixed", "static"):
       # DEED and copy as curves in threshold order (timing noise may fold them back a little).
-      points = sorted((r for r in at_size if r["exit_mode"] == mode),
-                      key=lambda r: (r["threshold"] or 0.0, r["fixed_exit_layer"] or 0))
+      points = sorted(
+        (r for r in at_size if r["exit_mode"] == mode),
+        key=lambda r: (r["threshold"] or 0.0, r["fixed_exit_layer"] or 0),
+      )
       if not points:
         continue
       x = [r["decoder_ms_per_sample"] for r in points]
       y = [r["metric"] for r in points]
       style = _STYLE[mode]
-      label = {"deed": "DEED (thresholds)", "copy": "copy (CALM baseline)", "fixed": "fixed exit k",
-               "static": "static (all layers)"}[mode]
-      ax.plot(x, y, linestyle="-" if mode in ("deed", "copy") else "none", label=label,
-              markersize=11 if mode == "static" else 6, **style)
+      label = {
+        "deed": "DEED (thresholds)",
+        "copy": "copy (CALM baseline)",
+        "fixed": "fixed exit k",
+        "static": "static (all layers)",
+      }[mode]
+      ax.plot(
+        x,
+        y,
+        linestyle="-" if mode in ("deed", "copy") else "none",
+        label=label,
+        markersize=11 if mode == "static" else 6,
+        **style,
+      )
       for r in points:
-        note = (f"{r['threshold']:g}" if mode == "deed"
-                else f"k={r['fixed_exit_layer']}" if mode == "fixed" else None)
+        note = (
+          f"{r['threshold']:g}"
+          if mode == "deed"
+          else f"k={r['fixed_exit_layer']}"
+          if mode == "fixed"
+          else None
+        )
         if note:
-          ax.annotate(note, (r["decoder_ms_per_sample"], r["metric"]), textcoords="offset points",
-                      xytext=(4, -10 if mode == "fixed" else 5), fontsize=7, color=style["color"])
+          ax.annotate(
+            note,
+            (r["decoder_ms_per_sample"], r["metric"]),
+            textcoords="offset points",
+            xytext=(4, -10 if mode == "fixed" else 5),
+            fontsize=7,
+            color=style["color"],
+          )
       if mode == "deed" and calibrated is not None:
         chosen = [r for r in points if r["threshold"] == calibrated]
         if chosen:
-          ax.plot([chosen[0]["decoder_ms_per_sample"]], [chosen[0]["metric"]], "o", markersize=15,
-                  markerfacecolor="none", markeredgecolor="tab:red", markeredgewidth=2,
-                  label=f"calibrated (tau={calibrated:g})")
+          ax.plot(
+            [chosen[0]["decoder_ms_per_sample"]],
+            [chosen[0]["metric"]],
+            "o",
+            markersize=15,
+            markerfacecolor="none",
+            markeredgecolor="tab:red",
+            markeredgewidth=2,
+            label=f"calibrated (tau={calibrated:g})",
+          )
     # Zoom on where the early-exit curves are; fixed exits far below are named instead.
     bottom, top = metric_window(at_size)
-    hidden = [f"k={r['fixed_exit_layer']}: {r['metric']:.1f}" for r in at_size
-              if r["exit_mode"] == "fixed" and r["metric"] < bottom]
+    hidden = [
+      f"k={r['fixed_exit_layer']}: {r['metric']:.1f}"
+      for r in at_size
+      if r["exit_mode"] == "fixed" and r["metric"] < bottom
+    ]
     ax.set_ylim(bottom, top)
     if hidden:
-      ax.text(0.01, 0.01, "below the axis: fixed " + ", ".join(hidden), transform=ax.transAxes,
-              fontsize=7, color=_STYLE["fixed"]["color"])
+      ax.text(
+        0.01,
+        0.01,
+        "below the axis: fixed " + ", ".join(hidden),
+        transform=ax.transAxes,
+        fontsize=7,
+        color=_STYLE["fixed"]["color"],
+      )
     ax.set_xlabel("decoder latency (ms per sample)")
     ax.set_ylabel(f"{metric} (0-100)")
     ax.set_title(f"{metric} vs decoder latency, batch {size}")
@@ -90,7 +133,7 @@ def pareto(rows: Sequence[dict], path: str, calibrated: float | None = None) -> 
 def metric_per_layer(rows: Sequence[dict], num_layers: int, path: str) -> str:
   """The metric when every token exits at layer k (fixed exits; k = L is static)."""
   by_layer = {r["fixed_exit_layer"]: r["metric"] for r in rows if r["exit_mode"] == "fixed"}
-  by_layer.update({num_layers: r["metric"] for r in rows if r["exit_mode"] == "static"})
+  by_layer.update({num_layers: r["metric"] for r in rows if r["exit_mode"] == "static"})  # noqa: B035 (one static row)
   layers = sorted(by_layer)
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   bars = ax.bar(layers, [by_layer[k] for k in layers], color="tab:gray")
@@ -113,8 +156,12 @@ def exit_histogram(histograms: dict[str, Sequence[int]], path: str, title: str) 
   layers = np.arange(1, num_layers + 1)
   for index, name in enumerate(names):
     counts = np.asarray(histograms[name], np.float64)
-    ax.bar(layers + (index - (len(names) - 1) / 2) * width, 100 * counts / max(counts.sum(), 1),
-           width, label=name)
+    ax.bar(
+      layers + (index - (len(names) - 1) / 2) * width,
+      100 * counts / max(counts.sum(), 1),
+      width,
+      label=name,
+    )
   ax.set_xticks(layers)
   ax.set_xlabel("exit layer")
   ax.set_ylabel("tokens (%)")
@@ -123,8 +170,12 @@ def exit_histogram(histograms: dict[str, Sequence[int]], path: str, title: str) 
   return _save(fig, path)
 
 
-def token_exits(examples: Sequence[tuple[Sequence[str], Sequence[int], str]], num_layers: int,
-                path: str, title: str) -> str:
+def token_exits(
+  examples: Sequence[tuple[Sequence[str], Sequence[int], str]],
+  num_layers: int,
+  path: str,
+  title: str,
+) -> str:
   """A few answers, each token in a box coloured by the layer it exited at.
   examples: (tokens as strings, their exit layers, the reference answer)."""
   cmap = plt.get_cmap("viridis", num_layers)
@@ -133,14 +184,26 @@ def token_exits(examples: Sequence[tuple[Sequence[str], Sequence[int], str]], nu
   for row, (tokens, layers, reference) in enumerate(examples):
     y = len(examples) - 1 - row
     for col, (token, layer) in enumerate(zip(tokens, layers)):
-      ax.add_patch(plt.Rectangle((col, y + 0.1), 0.95, 0.8, color=cmap((layer - 1) / max(num_layers - 1, 1))))
-      ax.text(col + 0.47, y + 0.5, token.replace(" ", "\u2423"), ha="center", va="center", fontsize=9,
-              color="white" if layer <= num_layers / 2 else "black", family="monospace")
+      ax.add_patch(
+        plt.Rectangle((col, y + 0.1), 0.95, 0.8, color=cmap((layer - 1) / max(num_layers - 1, 1)))
+      )
+      ax.text(
+        col + 0.47,
+        y + 0.5,
+        token.replace(" ", "\u2423"),
+        ha="center",
+        va="center",
+        fontsize=9,
+        color="white" if layer <= num_layers / 2 else "black",
+        family="monospace",
+      )
     ax.text(width + 0.3, y + 0.5, f"reference: {reference}", va="center", fontsize=8)
   ax.set_xlim(0, width + 3.2)
   ax.set_ylim(0, len(examples))
   ax.axis("off")
-  mappable = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0.5, num_layers + 0.5))
+  mappable = matplotlib.cm.ScalarMappable(
+    cmap=cmap, norm=matplotlib.colors.Normalize(0.5, num_layers + 0.5)
+  )
   bar = fig.colorbar(mappable, ax=ax, ticks=range(1, num_layers + 1), fraction=0.04)
   bar.set_label("exit layer")
   ax.set_title(title)

@@ -11,7 +11,7 @@ comparison after training (`deed_jax.train`) and the evaluator (`python -m deed_
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -31,6 +31,7 @@ class Setting:
   """One way to decode: `exit_mode` with its `threshold` (copy, deed) or `fixed_exit_layer` (fixed);
   copy and deed exit early only from `min_exit_layer` on; deed backfills in blocks of at most
   `backfill_chunk` positions."""
+
   exit_mode: str
   threshold: float | None = None
   fixed_exit_layer: int | None = None
@@ -46,13 +47,19 @@ class Setting:
     return "static" if self.exit_mode == "static" else self.exit_mode
 
   def decode_config(self, max_new_tokens: int, confidence: str) -> DecodeConfig:
-    return DecodeConfig(exit_mode=self.exit_mode, max_new_tokens=max_new_tokens, confidence=confidence,
-                        fixed_exit_layer=self.fixed_exit_layer, min_exit_layer=self.min_exit_layer,
-                        backfill_chunk=self.backfill_chunk)
+    return DecodeConfig(
+      exit_mode=self.exit_mode,
+      max_new_tokens=max_new_tokens,
+      confidence=confidence,
+      fixed_exit_layer=self.fixed_exit_layer,
+      min_exit_layer=self.min_exit_layer,
+      backfill_chunk=self.backfill_chunk,
+    )
 
 
-def setting_grid(num_layers: int, thresholds: Sequence[float], modes: Sequence[str] = EXIT_MODES,
-                 **early_exit) -> list[Setting]:
+def setting_grid(
+  num_layers: int, thresholds: Sequence[float], modes: Sequence[str] = EXIT_MODES, **early_exit
+) -> list[Setting]:
   """static; fixed exits 1..L-1 (fixed L is static); copy and deed at each threshold, with the
   `early_exit` options of Setting (min_exit_layer, backfill_chunk)."""
   grid = []
@@ -69,18 +76,28 @@ def setting_grid(num_layers: int, thresholds: Sequence[float], modes: Sequence[s
 @dataclasses.dataclass
 class SettingRun:
   """What one setting produced, per example (in split order) and per batch."""
+
   setting: Setting
   batch_size: int = 0  # of the batches decoded (the last may hold fewer examples)
   tokens: list[np.ndarray] = dataclasses.field(default_factory=list)  # per example [N]
-  exit_layers: list[np.ndarray] = dataclasses.field(default_factory=list)  # per example [N], 0 after EOS
+  exit_layers: list[np.ndarray] = dataclasses.field(
+    default_factory=list
+  )  # per example [N], 0 after EOS
   exact: list[bool] = dataclasses.field(default_factory=list)  # per example: tokens == target
   decoder_seconds: list[float] = dataclasses.field(default_factory=list)  # per batch, per sample
   total_seconds: list[float] = dataclasses.field(default_factory=list)  # per batch, per sample
 
 
-def decode_settings(model: MultiExitEncoderDecoder, batches: Iterable[dict], settings: Sequence[Setting],
-                    max_new_tokens: int, *, confidence: str = "max_prob", timing: bool = True,
-                    progress: Callable[[int], None] | None = None) -> list[SettingRun]:
+def decode_settings(
+  model: MultiExitEncoderDecoder,
+  batches: Iterable[dict],
+  settings: Sequence[Setting],
+  max_new_tokens: int,
+  *,
+  confidence: str = "max_prob",
+  timing: bool = True,
+  progress: Callable[[int], None] | None = None,
+) -> list[SettingRun]:
   """Decode every batch (dicts of encoder inputs, `targets`, `target_mask`; all the same batch size,
   except maybe the last) under every setting. `progress(n)` is told of each decoded example.
   Without `timing` nothing is timed (calibration needs the outputs only)."""
@@ -106,8 +123,11 @@ def decode_settings(model: MultiExitEncoderDecoder, batches: Iterable[dict], set
       tokens, layers = np.asarray(out.tokens)[:rows], np.asarray(out.exit_layers)[:rows]
       run.tokens.extend(tokens)
       run.exit_layers.extend(layers)
-      run.exact.extend(np.asarray(exact_match(tokens, batch["targets"][:rows],
-                                              batch["target_mask"][:rows])).tolist())
+      run.exact.extend(
+        np.asarray(
+          exact_match(tokens, batch["targets"][:rows], batch["target_mask"][:rows])
+        ).tolist()
+      )
       if timing:  # per sample of a full batch: the padded rows cost as much as real ones
         run.decoder_seconds.append(max(seconds - encoder_time, 1e-9) / batch_size)
         run.total_seconds.append(seconds / batch_size)
@@ -116,8 +136,9 @@ def decode_settings(model: MultiExitEncoderDecoder, batches: Iterable[dict], set
   return runs
 
 
-def per_example_scores(run: SettingRun, metric: str, decode_text: Callable | None,
-                       answers: Sequence | None) -> np.ndarray:
+def per_example_scores(
+  run: SettingRun, metric: str, decode_text: Callable | None, answers: Sequence | None
+) -> np.ndarray:
   """[n] per-example metric values in [0, 1]: the task metric on decoded strings, or token exact
   match without `decode_text`. Corpus metrics (BLEU) have none."""
   if decode_text is None or answers is None:
@@ -126,8 +147,12 @@ def per_example_scores(run: SettingRun, metric: str, decode_text: Callable | Non
   return np.asarray([score(decode_text(t), a) for t, a in zip(run.tokens, answers)], np.float64)
 
 
-def summarise(runs: Sequence[SettingRun], metric: str = "exact_match", decode_text: Callable | None = None,
-              answers: Sequence | None = None) -> list[dict]:
+def summarise(
+  runs: Sequence[SettingRun],
+  metric: str = "exact_match",
+  decode_text: Callable | None = None,
+  answers: Sequence | None = None,
+) -> list[dict]:
   """One row per setting: exit_mode, threshold, fixed_exit_layer, metric (0..100), metric_name,
   exact_match (0..1, on tokens), mean_exit_layer, decoder_ms_per_sample, total_ms_per_sample,
   batch_size, decoder_speedup (against the static run, when one is among `runs`)."""
@@ -140,18 +165,29 @@ def summarise(runs: Sequence[SettingRun], metric: str = "exact_match", decode_te
       score, name = metrics.corpus_score(metric, predictions, answers), metric
     else:
       score, name = 100.0 * float(np.mean(run.exact)), "exact_match"
-    row = {"setting": run.setting.name, "exit_mode": run.setting.exit_mode,
-           "threshold": run.setting.threshold, "fixed_exit_layer": run.setting.fixed_exit_layer,
-           "min_exit_layer": run.setting.min_exit_layer, "backfill_chunk": run.setting.backfill_chunk,
-           "metric": score, "metric_name": name, "exact_match": float(np.mean(run.exact)),
-           "mean_exit_layer": float(layers.mean()) if layers.size else 0.0,
-           "num_examples": len(run.exact), "batch_size": run.batch_size}
+    row = {
+      "setting": run.setting.name,
+      "exit_mode": run.setting.exit_mode,
+      "threshold": run.setting.threshold,
+      "fixed_exit_layer": run.setting.fixed_exit_layer,
+      "min_exit_layer": run.setting.min_exit_layer,
+      "backfill_chunk": run.setting.backfill_chunk,
+      "metric": score,
+      "metric_name": name,
+      "exact_match": float(np.mean(run.exact)),
+      "mean_exit_layer": float(layers.mean()) if layers.size else 0.0,
+      "num_examples": len(run.exact),
+      "batch_size": run.batch_size,
+    }
     if run.decoder_seconds:
-      row.update(decoder_ms_per_sample=1000 * float(np.median(run.decoder_seconds)),
-                 total_ms_per_sample=1000 * float(np.median(run.total_seconds)))
+      row.update(
+        decoder_ms_per_sample=1000 * float(np.median(run.decoder_seconds)),
+        total_ms_per_sample=1000 * float(np.median(run.total_seconds)),
+      )
       if static is not None:  # paired per batch with static's time, medianed
-        row["decoder_speedup"] = float(np.median(np.asarray(static.decoder_seconds)
-                                                 / np.asarray(run.decoder_seconds)))
+        row["decoder_speedup"] = float(
+          np.median(np.asarray(static.decoder_seconds) / np.asarray(run.decoder_seconds))
+        )
     rows.append(row)
   return rows
 

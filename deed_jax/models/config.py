@@ -14,25 +14,36 @@ from typing import Any
 from deed_jax.errors import UserError
 
 _CHOICES = {
-    "encoder": ("text", "image", "swin"),
-    "patch_positions": ("1d", "2d"),
-    "norm_type": ("layernorm", "rmsnorm"),
-    "norm_position": ("pre", "post"),
-    "position_embedding": ("learned", "sinusoidal", "relative"),
-    "mlp_activation": ("gelu", "gelu_tanh", "relu", "gated-gelu", "gated-relu"),
-    "adapter": ("none", "linear", "bottleneck"),
-    "exit_classifier": ("none", "linear", "mlp"),
-    "dtype": ("float32", "bfloat16", "float16"),
-    "param_dtype": ("float32", "bfloat16"),
+  "encoder": ("text", "image", "swin"),
+  "patch_positions": ("1d", "2d"),
+  "norm_type": ("layernorm", "rmsnorm"),
+  "norm_position": ("pre", "post"),
+  "position_embedding": ("learned", "sinusoidal", "relative"),
+  "mlp_activation": ("gelu", "gelu_tanh", "relu", "gated-gelu", "gated-relu"),
+  "adapter": ("none", "linear", "bottleneck"),
+  "exit_classifier": ("none", "linear", "mlp"),
+  "dtype": ("float32", "bfloat16", "float16"),
+  "param_dtype": ("float32", "bfloat16"),
 }
 
 
 IMAGE_ENCODERS = ("image", "swin")  # encoders that take pixel_values
 
 # Options the encoder stack may set differently from the decoder (a ViT encoder under a BART decoder).
-ENCODER_OVERRIDABLE = ("d_model", "num_heads", "d_ff", "head_dim", "attention_bias", "scale_attention",
-                       "mlp_activation", "mlp_bias", "norm_type", "norm_position", "norm_eps",
-                       "embedding_norm")
+ENCODER_OVERRIDABLE = (
+  "d_model",
+  "num_heads",
+  "d_ff",
+  "head_dim",
+  "attention_bias",
+  "scale_attention",
+  "mlp_activation",
+  "mlp_bias",
+  "norm_type",
+  "norm_position",
+  "norm_eps",
+  "embedding_norm",
+)
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -60,8 +71,12 @@ class ModelConfig:
   image_size: int | tuple[int, int] = 224
   patch_size: int | tuple[int, int] = 16
   num_channels: int = 3
-  patch_positions: str = "1d"  # "1d": one learned vector per patch (ViT); "2d": row + column vectors.
-  image_cls_token: bool = False  # ViT: a learned [CLS] vector before the patches (it gets a position).
+  patch_positions: str = (
+    "1d"  # "1d": one learned vector per patch (ViT); "2d": row + column vectors.
+  )
+  image_cls_token: bool = (
+    False  # ViT: a learned [CLS] vector before the patches (it gets a position).
+  )
   # encoder="swin" (Donut): stages of windowed attention, the patch grid merged 2 x 2 between stages;
   # stage i has swin_embed_dim * 2**i channels and swin_heads[i] heads. `encoder_layers` is unused.
   swin_depths: tuple[int, ...] = (2, 2, 6, 2)
@@ -81,7 +96,9 @@ class ModelConfig:
   mlp_bias: bool = True
   # Normalisation.
   norm_type: str = "layernorm"
-  norm_position: str = "pre"  # "pre": norm before each sublayer + a final norm; "post": after (BART).
+  norm_position: str = (
+    "pre"  # "pre": norm before each sublayer + a final norm; "post": after (BART).
+  )
   norm_eps: float = 1e-5
   embedding_norm: bool = False  # LayerNorm right after the embeddings (BART, mBART).
   # Positions.
@@ -114,52 +131,73 @@ class ModelConfig:
     overrides = dict(self.encoder_overrides)
     unknown = sorted(set(overrides) - set(ENCODER_OVERRIDABLE))
     if unknown:
-      raise UserError(f"ModelConfig.encoder_overrides sets {unknown}; the encoder may override only "
-                       f"{list(ENCODER_OVERRIDABLE)}.")
+      raise UserError(
+        f"ModelConfig.encoder_overrides sets {unknown}; the encoder may override only "
+        f"{list(ENCODER_OVERRIDABLE)}."
+      )
     object.__setattr__(self, "encoder_overrides", tuple(sorted(overrides.items())))
     if self.encoder == "text" and overrides.get("d_model", self.d_model) != self.d_model:
-      raise UserError(f"encoder_overrides d_model={overrides['d_model']} differs from d_model="
-                       f"{self.d_model}, but a text encoder shares the decoder's token embedding.")
+      raise UserError(
+        f"encoder_overrides d_model={overrides['d_model']} differs from d_model="
+        f"{self.d_model}, but a text encoder shares the decoder's token embedding."
+      )
     if overrides:
-      self.encoder_config  # pylint: disable=pointless-statement  (validates the encoder's options)
+      _ = self.encoder_config  # validates the encoder's options
     for name, allowed in _CHOICES.items():
       value = getattr(self, name)
       if value not in allowed:
         raise UserError(f"ModelConfig.{name}={value!r} is not one of {allowed}.")
-    for name in ("vocab_size", "d_model", "num_heads", "d_ff", "decoder_layers", "max_target_length",
-                 "exit_classifier_dim"):
+    for name in (
+      "vocab_size",
+      "d_model",
+      "num_heads",
+      "d_ff",
+      "decoder_layers",
+      "max_target_length",
+      "exit_classifier_dim",
+    ):
       if getattr(self, name) < 1:
         raise UserError(f"ModelConfig.{name}={getattr(self, name)} must be >= 1.")
     if self.encoder_layers < 0:
       raise UserError(f"ModelConfig.encoder_layers={self.encoder_layers} must be >= 0.")
     if self.head_dim is None and self.d_model % self.num_heads:
       raise UserError(
-          f"ModelConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
-          "set head_dim explicitly.")
+        f"ModelConfig.d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
+        "set head_dim explicitly."
+      )
     for name in ("pad_id", "bos_id", "eos_id"):
       if not 0 <= getattr(self, name) < self.vocab_size:
-        raise UserError(f"ModelConfig.{name}={getattr(self, name)} is outside [0, {self.vocab_size}).")
+        raise UserError(
+          f"ModelConfig.{name}={getattr(self, name)} is outside [0, {self.vocab_size})."
+        )
     if self.encoder == "swin":
       if len(self.swin_depths) != len(self.swin_heads) or not self.swin_depths:
-        raise UserError(f"ModelConfig.swin_depths={self.swin_depths} and swin_heads={self.swin_heads} "
-                         "need one entry per stage.")
+        raise UserError(
+          f"ModelConfig.swin_depths={self.swin_depths} and swin_heads={self.swin_heads} "
+          "need one entry per stage."
+        )
       for i, heads in enumerate(self.swin_heads):
         if (self.swin_embed_dim * 2**i) % heads:
-          raise UserError(f"Swin stage {i} has {self.swin_embed_dim * 2**i} channels, not divisible "
-                           f"by swin_heads[{i}]={heads}.")
+          raise UserError(
+            f"Swin stage {i} has {self.swin_embed_dim * 2**i} channels, not divisible "
+            f"by swin_heads[{i}]={heads}."
+          )
     if self.encoder in IMAGE_ENCODERS:
       (h, w), (ph, pw) = self.image_hw, self.patch_hw
       if h % ph or w % pw:
         raise UserError(
-            f"ModelConfig.image_size={self.image_size} is not divisible by patch_size={self.patch_size}.")
+          f"ModelConfig.image_size={self.image_size} is not divisible by patch_size={self.patch_size}."
+        )
     if self.image_cls_token and self.patch_positions != "1d":
-      raise UserError("ModelConfig.image_cls_token needs patch_positions='1d' (the [CLS] position is "
-                       "one more row of that table).")
+      raise UserError(
+        "ModelConfig.image_cls_token needs patch_positions='1d' (the [CLS] position is "
+        "one more row of that table)."
+      )
     if not 0.0 <= self.dropout_rate < 1.0:
       raise UserError(f"ModelConfig.dropout_rate={self.dropout_rate} must be in [0, 1).")
 
   @property
-  def encoder_config(self) -> "ModelConfig":
+  def encoder_config(self) -> ModelConfig:
     """The options the encoder stack is built with (this config with the overrides applied)."""
     if not self.encoder_overrides:
       return self
@@ -208,17 +246,22 @@ class ModelConfig:
     return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
   @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+  def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
       raise UserError(f"Unknown ModelConfig option(s) {unknown}; known options: {sorted(known)}.")
     values = dict(values)
-    for name in ("image_size", "patch_size", "swin_depths", "swin_heads"):  # JSON turns tuples into lists.
+    for name in (
+      "image_size",
+      "patch_size",
+      "swin_depths",
+      "swin_heads",
+    ):  # JSON turns tuples into lists.
       if isinstance(values.get(name), list):
         values[name] = tuple(values[name])
     return cls(**values)
 
   @classmethod
-  def from_json(cls, text: str) -> "ModelConfig":
+  def from_json(cls, text: str) -> ModelConfig:
     return cls.from_dict(json.loads(text))

@@ -10,17 +10,25 @@ the model. Two ways in:
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.layers import (Norm, PositionEmbedding, RelativePositionBias, TokenEmbedding,
-                                    call_layer, dropout, split_rng)
 from deed_jax.models.exits import ExitAdapter, ExitClassifier
 from deed_jax.models.kv_cache import KVCache
+from deed_jax.models.layers import (
+  Norm,
+  PositionEmbedding,
+  RelativePositionBias,
+  TokenEmbedding,
+  call_layer,
+  dropout,
+  split_rng,
+)
 from deed_jax.models.transformer_layer import TransformerLayer, causal_bias, padding_bias
 
 Array = jax.Array
@@ -28,12 +36,12 @@ Array = jax.Array
 
 class CrossMemory(NamedTuple):
   """The encoder output as every decoder layer's cross-attention reads it; built once per decode."""
+
   kv: tuple[tuple[Array, Array], ...]  # L x (k, v), each [B, H, S, Dh]
   bias: Array  # [B, 1, 1, S] additive padding bias
 
 
 class Decoder(nnx.Module):
-
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.config = config
     self.token_embedding = TokenEmbedding(config, rngs)
@@ -42,9 +50,12 @@ class Decoder(nnx.Module):
       self.relative_bias = RelativePositionBias(config, bidirectional=False, rngs=rngs)
     if config.embedding_norm:
       self.embedding_norm = Norm(config)
-    self.layers = nnx.List([
-        TransformerLayer(config, cross_attention=True, rngs=rngs) for _ in range(config.decoder_layers)
-    ])
+    self.layers = nnx.List(
+      [
+        TransformerLayer(config, cross_attention=True, rngs=rngs)
+        for _ in range(config.decoder_layers)
+      ]
+    )
     self.adapters = nnx.List([ExitAdapter(config, rngs) for _ in range(config.decoder_layers)])
     if config.exit_classifier != "none":
       self.exit_classifier = ExitClassifier(config, rngs)
@@ -70,29 +81,41 @@ class Decoder(nnx.Module):
   def init_cache(self, rows: int, length: int) -> tuple[KVCache, ...]:
     """Empty self-attention caches of every layer: L x (k, v) [rows, H, length, Dh], compute dtype."""
     cfg = self.config
-    return tuple(KVCache.zeros(rows, cfg.num_heads, length, cfg.resolved_head_dim, jnp.dtype(cfg.dtype))
-                 for _ in range(cfg.decoder_layers))
+    return tuple(
+      KVCache.zeros(rows, cfg.num_heads, length, cfg.resolved_head_dim, jnp.dtype(cfg.dtype))
+      for _ in range(cfg.decoder_layers)
+    )
 
   def cross_memory(self, encoder_out: Array, encoder_mask: Array) -> CrossMemory:
     """encoder_out [B, S, D_enc], encoder_mask [B, S] -> every layer's cross K/V and the padding bias."""
-    return CrossMemory(tuple(layer.cross_attention.project_kv(encoder_out) for layer in self.layers),
-                       padding_bias(encoder_mask))
+    return CrossMemory(
+      tuple(layer.cross_attention.project_kv(encoder_out) for layer in self.layers),
+      padding_bias(encoder_mask),
+    )
 
   def block_bias(self, start: Array | int, width: int, cache_length: int) -> Array:
     """The self-attention bias of a block [start, start + W) over a cache of `cache_length`
     positions: [1, 1|H, W, T]. The same for every layer, so a caller may build it once."""
     return self.self_bias(start + jnp.arange(width), jnp.arange(cache_length))
 
-  def run_block(self, j: int, x: Array, start: Array | int, cache: KVCache, memory: CrossMemory,
-                bias: Array | None = None) -> tuple[Array, KVCache]:
+  def run_block(
+    self,
+    j: int,
+    x: Array,
+    start: Array | int,
+    cache: KVCache,
+    memory: CrossMemory,
+    bias: Array | None = None,
+  ) -> tuple[Array, KVCache]:
     """Layer j (0-based) over the block of positions [start, start + W): x [B, W, D] is layer j-1's
     output there. The block attends to the cache's positions before `start` and to itself (causally),
     and its K/V are written into the cache at `start`. `bias` is `block_bias(start, W, T)`, built
     here when not given. -> (layer j's output [B, W, D], cache)."""
     if bias is None:
       bias = self.block_bias(start, x.shape[1], cache.k.shape[2])  # [1, 1|H, W, T]
-    return self.layers[j](x, bias, cross_kv=memory.kv[j], cross_bias=memory.bias, cache=cache,
-                          cache_index=start)
+    return self.layers[j](
+      x, bias, cross_kv=memory.kv[j], cross_bias=memory.bias, cache=cache, cache_index=start
+    )
 
   def self_kv(self, j: int, x: Array) -> tuple[Array, Array]:
     """The self-attention K/V layer j derives from an input x [B, T, D]: 2 x [B, H, T, Dh]. (CALM's
@@ -111,9 +134,18 @@ class Decoder(nnx.Module):
       raise ValueError("This model has no exit classifier (ModelConfig.exit_classifier='none').")
     return self.exit_classifier(features, layer)
 
-  def __call__(self, token_ids: Array, encoder_out: Array, encoder_mask: Array, *, num_layers: int | None = None, dropout_rng: Array | None = None,
-               kv_input_fn: Callable[[int, Array], Array] | None = None, return_states: bool = False,
-               remat: bool = False) -> Array | tuple[Array, Array]:
+  def __call__(
+    self,
+    token_ids: Array,
+    encoder_out: Array,
+    encoder_mask: Array,
+    *,
+    num_layers: int | None = None,
+    dropout_rng: Array | None = None,
+    kv_input_fn: Callable[[int, Array], Array] | None = None,
+    return_states: bool = False,
+    remat: bool = False,
+  ) -> Array | tuple[Array, Array]:
     """Full-sequence (teacher-forced) pass. Returns the features of exits 1..num_layers: [L', B, T, D]
     (and with `return_states`, the layer states [L' + 1, B, T, D]: the embedding, then each layer's
     output, which head-free confidences and CALM's copy mode read).
@@ -132,8 +164,16 @@ class Decoder(nnx.Module):
       layer = self.layers[index]
       cross_kv = layer.cross_attention.project_kv(encoder_out)
       kv_input = None if kv_input_fn is None else kv_input_fn(index, x)
-      x, _ = call_layer(layer, remat, x, self_bias, cross_kv=cross_kv, cross_bias=cross_bias,
-                        kv_input=kv_input, dropout_rng=rngs[index])
+      x, _ = call_layer(
+        layer,
+        remat,
+        x,
+        self_bias,
+        cross_kv=cross_kv,
+        cross_bias=cross_bias,
+        kv_input=kv_input,
+        dropout_rng=rngs[index],
+      )
       exits.append(self.exit(index, x))
       states.append(x)
     if return_states:

@@ -10,8 +10,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from deed_jax.models.config import ModelConfig
-from deed_jax.models.layers import (Norm, PositionEmbedding, RelativePositionBias, TokenEmbedding,
-                                    call_layer, dropout, param, split_rng)
+from deed_jax.models.layers import (
+  Norm,
+  PositionEmbedding,
+  RelativePositionBias,
+  TokenEmbedding,
+  call_layer,
+  dropout,
+  param,
+  split_rng,
+)
 from deed_jax.models.transformer_layer import TransformerLayer, padding_bias
 
 Array = jax.Array
@@ -27,50 +35,63 @@ class Encoder(nnx.Module):
     self.config = config
     if config.encoder == "image":
       (ph, pw), c = config.patch_hw, config.num_channels
-      self.patch_embedding = param(rngs, (ph * pw * c, config.d_model), (None, "embed"),
-                                   dtype=config.param_dtype)
+      self.patch_embedding = param(
+        rngs, (ph * pw * c, config.d_model), (None, "embed"), dtype=config.param_dtype
+      )
       self.patch_bias = param(None, (config.d_model,), ("embed",), "zeros", config.param_dtype)
       if config.image_cls_token:
         self.cls_token = param(rngs, (config.d_model,), ("embed",), dtype=config.param_dtype)
       if config.patch_positions == "2d":  # Factorised: rows and columns of the patch grid.
         rows, cols = config.patch_grid
-        self.patch_row_positions = param(rngs, (rows, config.d_model), (None, "embed"),
-                                         dtype=config.param_dtype)
-        self.patch_column_positions = param(rngs, (cols, config.d_model), (None, "embed"),
-                                            dtype=config.param_dtype)
+        self.patch_row_positions = param(
+          rngs, (rows, config.d_model), (None, "embed"), dtype=config.param_dtype
+        )
+        self.patch_column_positions = param(
+          rngs, (cols, config.d_model), (None, "embed"), dtype=config.param_dtype
+        )
       else:
         num_positions = config.num_patches + int(config.image_cls_token)  # [CLS] comes first
-        self.patch_positions = param(rngs, (num_positions, config.d_model), (None, "embed"),
-                                     dtype=config.param_dtype)
+        self.patch_positions = param(
+          rngs, (num_positions, config.d_model), (None, "embed"), dtype=config.param_dtype
+        )
     else:
       self.positions = PositionEmbedding(config, config.max_source_length, rngs)
     if config.position_embedding == "relative":
       self.relative_bias = RelativePositionBias(config, bidirectional=True, rngs=rngs)
     if config.embedding_norm:
       self.embedding_norm = Norm(config)
-    self.layers = nnx.List([
-        TransformerLayer(config, cross_attention=False, rngs=rngs) for _ in range(config.encoder_layers)
-    ])
+    self.layers = nnx.List(
+      [
+        TransformerLayer(config, cross_attention=False, rngs=rngs)
+        for _ in range(config.encoder_layers)
+      ]
+    )
     if config.norm_position == "pre":
       self.final_norm = Norm(config)
 
   def _embed_text(self, input_ids: Array, token_embedding: TokenEmbedding) -> Array:
-    return token_embedding.embed(input_ids) + self.positions(jnp.arange(input_ids.shape[1]))  # [B,S,D]
+    return token_embedding.embed(input_ids) + self.positions(
+      jnp.arange(input_ids.shape[1])
+    )  # [B,S,D]
 
   def _embed_image(self, pixel_values: Array) -> Array:
     cfg = self.config
     (h, w), (ph, pw), c = cfg.image_hw, cfg.patch_hw, cfg.num_channels
     if pixel_values.ndim != 4 or pixel_values.shape[1:] != (h, w, c):
       raise ValueError(
-          f"pixel_values has shape {tuple(pixel_values.shape)}; this model expects [B, {h}, {w}, {c}] "
-          f"(image_size={cfg.image_size}, num_channels={c}).")
+        f"pixel_values has shape {tuple(pixel_values.shape)}; this model expects [B, {h}, {w}, {c}] "
+        f"(image_size={cfg.image_size}, num_channels={c})."
+      )
     b = pixel_values.shape[0]
     patches = pixel_values.astype(jnp.float32).reshape(b, h // ph, ph, w // pw, pw, c)
-    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, cfg.num_patches, ph * pw * c)  # [B, N, P]
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(
+      b, cfg.num_patches, ph * pw * c
+    )  # [B, N, P]
     x = patches @ self.patch_embedding[...].astype(jnp.float32) + self.patch_bias[...]  # [B, N, D]
     if cfg.patch_positions == "2d":
-      positions = (self.patch_row_positions[...][:, None, :]
-                   + self.patch_column_positions[...][None, :, :])  # [rows, cols, D]
+      positions = (
+        self.patch_row_positions[...][:, None, :] + self.patch_column_positions[...][None, :, :]
+      )  # [rows, cols, D]
       positions = positions.reshape(cfg.num_patches, cfg.d_model)
     else:
       positions = self.patch_positions[...]
@@ -79,8 +100,13 @@ class Encoder(nnx.Module):
       x = jnp.concatenate([cls, x], axis=1)  # [B, 1 + N, D]
     return x + positions.astype(jnp.float32)
 
-  def __call__(self, encoder_inputs: dict[str, Array], token_embedding: TokenEmbedding,
-               dropout_rng: Array | None = None, remat: bool = False) -> tuple[Array, Array]:
+  def __call__(
+    self,
+    encoder_inputs: dict[str, Array],
+    token_embedding: TokenEmbedding,
+    dropout_rng: Array | None = None,
+    remat: bool = False,
+  ) -> tuple[Array, Array]:
     cfg = self.config
     if cfg.encoder == "image":
       x = self._embed_image(encoder_inputs["pixel_values"])

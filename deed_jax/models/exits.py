@@ -39,7 +39,9 @@ class ExitAdapter(nnx.Module):
     x = h.astype(self.dtype)
     if self.kind == "linear":
       return h + (x @ self.w[...].astype(self.dtype) + self.b[...].astype(self.dtype))
-    hidden = jax.nn.gelu(x @ self.down[...].astype(self.dtype) + self.down_bias[...].astype(self.dtype))
+    hidden = jax.nn.gelu(
+      x @ self.down[...].astype(self.dtype) + self.down_bias[...].astype(self.dtype)
+    )
     return h + (hidden @ self.up[...].astype(self.dtype) + self.up_bias[...].astype(self.dtype))
 
 
@@ -53,7 +55,12 @@ class ExitClassifier(nnx.Module):
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.kind = config.exit_classifier
-    layers, d, a, pd = config.decoder_layers, config.d_model, config.exit_classifier_dim, config.param_dtype
+    layers, d, a, pd = (
+      config.decoder_layers,
+      config.d_model,
+      config.exit_classifier_dim,
+      config.param_dtype,
+    )
     inputs = d
     if self.kind == "mlp":
       self.hidden = param(rngs, (layers, d, a), (None, "embed", "mlp"), dtype=pd)
@@ -65,8 +72,11 @@ class ExitClassifier(nnx.Module):
   def logit(self, features: Array, layer: int | None = None) -> Array:
     """Exit `layer`'s (0-based) logit from its features [..., D] -> [...] float32; with `layer`
     None, every exit's at once from features [L, ..., D] -> [L, ...]."""
-    weights = {name: getattr(self, name)[...].astype(jnp.float32)
-               for name in ("hidden", "hidden_bias", "kernel", "bias") if hasattr(self, name)}
+    weights = {
+      name: getattr(self, name)[...].astype(jnp.float32)
+      for name in ("hidden", "hidden_bias", "kernel", "bias")
+      if hasattr(self, name)
+    }
     if layer is not None:
       return _probe_logit(features.astype(jnp.float32), {k: v[layer] for k, v in weights.items()})
     return jax.vmap(_probe_logit)(features.astype(jnp.float32), weights)

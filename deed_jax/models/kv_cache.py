@@ -33,8 +33,10 @@ class KVCache(NamedTuple):
   def write(self, k: Array, v: Array, start: Array | int) -> KVCache:
     """The block's K/V [R, H, W, Dh] written at positions [start, start + W)."""
     at = (0, 0, start, 0)
-    return KVCache(jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), at),
-                   jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), at))
+    return KVCache(
+      jax.lax.dynamic_update_slice(self.k, k.astype(self.k.dtype), at),
+      jax.lax.dynamic_update_slice(self.v, v.astype(self.v.dtype), at),
+    )
 
   def write_rows(self, k: Array, v: Array, position: Array, rows: Array) -> KVCache:
     """K/V [R, H, 1, Dh] written at `position` for the rows where `rows` [R] is True; the others keep

@@ -23,8 +23,13 @@ NEG_INF = -1e9  # Additive mask value; finite so fully masked rows give a unifor
 _INIT_STDDEV = 0.02
 
 
-def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: LogicalAxes, init: str = "normal",
-          dtype: str = "float32") -> nnx.Param:
+def param(
+  rngs: nnx.Rngs | None,
+  shape: tuple[int, ...],
+  axes: LogicalAxes,
+  init: str = "normal",
+  dtype: str = "float32",
+) -> nnx.Param:
   """A parameter with logical axis names; `init` is "normal" (std 0.02), "zeros" or "ones"."""
   if init == "normal":
     value = _INIT_STDDEV * jax.random.normal(rngs.params(), shape, jnp.float32)
@@ -103,7 +108,9 @@ class Attention(nnx.Module):
   def _project(self, x: Array, w: nnx.Param, b: nnx.Param | None) -> Array:
     # Contract into [B, T, H, Dh] and move the heads after: asking the dot for [B, H, T, Dh] directly
     # made XLA:CPU relayout the weight on every call (4x slower decoding projections).
-    y = jnp.einsum("btd,dhk->bthk", x.astype(self.dtype), w[...].astype(self.dtype))  # [B, T, H, Dh]
+    y = jnp.einsum(
+      "btd,dhk->bthk", x.astype(self.dtype), w[...].astype(self.dtype)
+    )  # [B, T, H, Dh]
     if b is not None:
       y = y + b[...].astype(self.dtype)
     return jnp.swapaxes(y, 1, 2)  # [B, H, T, Dh]
@@ -124,7 +131,9 @@ class Attention(nnx.Module):
     """Attention over the union of several (k [B, H, S_i, Dh], v, bias [.., T, S_i]) key sets, one
     softmax over all of them, without concatenating the keys: a KV cache is read where it lies (and
     can be updated in place afterwards) while a block attends to it and to its own new keys."""
-    scores = [jnp.einsum("bhtk,bhsk->bhts", q, k).astype(jnp.float32) + bias for k, _, bias in parts]
+    scores = [
+      jnp.einsum("bhtk,bhsk->bhts", q, k).astype(jnp.float32) + bias for k, _, bias in parts
+    ]
     probs = jax.nn.softmax(jnp.concatenate(scores, axis=-1), axis=-1)  # [B, H, T, sum of S_i]
     probs = probs.astype(self.dtype)
     ctx, offset = 0, 0
@@ -146,11 +155,11 @@ class Mlp(nnx.Module):
     self.dtype = jnp.dtype(config.dtype)
     self.gated = config.is_gated_mlp
     self.activation = {
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-        "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-        "relu": jax.nn.relu,
-        "gated-gelu": lambda x: jax.nn.gelu(x, approximate=True),  # T5 v1.1 uses gelu_new (tanh).
-        "gated-relu": jax.nn.relu,
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "relu": jax.nn.relu,
+      "gated-gelu": lambda x: jax.nn.gelu(x, approximate=True),  # T5 v1.1 uses gelu_new (tanh).
+      "gated-relu": jax.nn.relu,
     }[config.mlp_activation]
     self.wi = param(rngs, (d, f), ("embed", "mlp"), dtype=pd)
     if self.gated:
@@ -194,8 +203,9 @@ class RelativePositionBias(nnx.Module):
     self.bidirectional = bidirectional
     self.num_buckets = config.relative_attention_num_buckets
     self.max_distance = config.relative_attention_max_distance
-    self.embedding = param(rngs, (self.num_buckets, config.num_heads), (None, "heads"),
-                           dtype=config.param_dtype)
+    self.embedding = param(
+      rngs, (self.num_buckets, config.num_heads), (None, "heads"), dtype=config.param_dtype
+    )
 
   def _bucket(self, relative: Array) -> Array:
     num_buckets, bucket = self.num_buckets, jnp.zeros_like(relative)
@@ -208,8 +218,10 @@ class RelativePositionBias(nnx.Module):
     max_exact = num_buckets // 2
     is_small = relative < max_exact
     large = max_exact + (
-        jnp.log(jnp.maximum(relative, 1).astype(jnp.float32) / max_exact)
-        / math.log(self.max_distance / max_exact) * (num_buckets - max_exact)).astype(jnp.int32)
+      jnp.log(jnp.maximum(relative, 1).astype(jnp.float32) / max_exact)
+      / math.log(self.max_distance / max_exact)
+      * (num_buckets - max_exact)
+    ).astype(jnp.int32)
     large = jnp.minimum(large, num_buckets - 1)
     return bucket + jnp.where(is_small, relative, large)
 
@@ -226,8 +238,9 @@ class TokenEmbedding(nnx.Module):
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.scale = config.d_model**0.5 if config.scale_embedding else None
-    self.embedding = param(rngs, (config.vocab_size, config.d_model), ("vocab", "embed"),
-                           dtype=config.param_dtype)
+    self.embedding = param(
+      rngs, (config.vocab_size, config.d_model), ("vocab", "embed"), dtype=config.param_dtype
+    )
 
   def embed(self, token_ids: Array) -> Array:  # [...] int -> [..., D] float32
     x = self.embedding[...][token_ids].astype(jnp.float32)
@@ -249,8 +262,9 @@ class PositionEmbedding(nnx.Module):
     self.dim = config.d_model
     self.max_length = max_length
     if self.kind == "learned":
-      self.table = param(rngs, (max_length + self.offset, config.d_model), (None, "embed"),
-                         dtype=config.param_dtype)
+      self.table = param(
+        rngs, (max_length + self.offset, config.d_model), (None, "embed"), dtype=config.param_dtype
+      )
 
   def __call__(self, positions: Array) -> Array:  # [T] int -> [T, D] float32
     if self.kind == "learned":

@@ -11,8 +11,8 @@ from deed_jax.errors import UserError
 from deed_jax.models.config import IMAGE_ENCODERS, ModelConfig
 from deed_jax.models.decoder import Decoder
 from deed_jax.models.encoder import Encoder
-from deed_jax.models.swin import SwinEncoder
 from deed_jax.models.layers import TokenEmbedding, param, split_rng
+from deed_jax.models.swin import SwinEncoder
 
 Array = jax.Array
 
@@ -33,8 +33,10 @@ def check_token_ids(ids, vocab_size: int, name: str) -> None:
   ids = np.asarray(ids)
   if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
     bad = ids[(ids < 0) | (ids >= vocab_size)]
-    raise UserError(f"{name} holds token id(s) {sorted(set(bad.tolist()))[:8]} outside the vocabulary "
-                     f"[0, {vocab_size}).")
+    raise UserError(
+      f"{name} holds token id(s) {sorted(set(bad.tolist()))[:8]} outside the vocabulary "
+      f"[0, {vocab_size})."
+    )
 
 
 class MultiExitEncoderDecoder(nnx.Module):
@@ -42,17 +44,23 @@ class MultiExitEncoderDecoder(nnx.Module):
 
   def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
     self.config = config
-    self.encoder = (SwinEncoder(config, rngs) if config.encoder == "swin"
-                    else Encoder(config.encoder_config, rngs))
+    self.encoder = (
+      SwinEncoder(config, rngs)
+      if config.encoder == "swin"
+      else Encoder(config.encoder_config, rngs)
+    )
     if config.encoder_d_model != config.d_model:  # HF VisionEncoderDecoderModel's enc_to_dec_proj.
-      self.encoder_projection = param(rngs, (config.encoder_d_model, config.d_model), (None, "embed"),
-                                      dtype=config.param_dtype)
-      self.encoder_projection_bias = param(None, (config.d_model,), ("embed",), "zeros",
-                                           config.param_dtype)
+      self.encoder_projection = param(
+        rngs, (config.encoder_d_model, config.d_model), (None, "embed"), dtype=config.param_dtype
+      )
+      self.encoder_projection_bias = param(
+        None, (config.d_model,), ("embed",), "zeros", config.param_dtype
+      )
     self.decoder = Decoder(config, rngs)
     if not config.tie_word_embeddings:
-      self.lm_head = param(rngs, (config.d_model, config.vocab_size), ("embed", "vocab"),
-                           dtype=config.param_dtype)
+      self.lm_head = param(
+        rngs, (config.d_model, config.vocab_size), ("embed", "vocab"), dtype=config.param_dtype
+      )
     if config.final_logits_bias:
       self.logits_bias = param(None, (config.vocab_size,), ("vocab",), "zeros", config.param_dtype)
 
@@ -70,44 +78,65 @@ class MultiExitEncoderDecoder(nnx.Module):
     required = {"pixel_values"} if pixels else {"input_ids"}
     keys = set(encoder_inputs)
     if not required <= keys or not keys <= expected:
-      raise UserError(f"encoder_inputs has keys {sorted(keys)}; a {cfg.encoder!r} encoder takes "
-                       f"{sorted(expected)} (required: {sorted(required)}).")
+      raise UserError(
+        f"encoder_inputs has keys {sorted(keys)}; a {cfg.encoder!r} encoder takes "
+        f"{sorted(expected)} (required: {sorted(required)})."
+      )
     if cfg.encoder == "text":
       length = encoder_inputs["input_ids"].shape[1]
       if cfg.position_embedding != "relative" and length > cfg.max_source_length:
-        raise UserError(f"input_ids length {length} exceeds max_source_length={cfg.max_source_length}.")
+        raise UserError(
+          f"input_ids length {length} exceeds max_source_length={cfg.max_source_length}."
+        )
       check_token_ids(encoder_inputs["input_ids"], cfg.vocab_size, "input_ids")
     if decoder_input_ids is not None:
       length = decoder_input_ids.shape[1]
       if length > cfg.max_target_length:
         raise UserError(
-            f"decoder_input_ids length {length} exceeds max_target_length={cfg.max_target_length}.")
+          f"decoder_input_ids length {length} exceeds max_target_length={cfg.max_target_length}."
+        )
       check_token_ids(decoder_input_ids, cfg.vocab_size, "decoder_input_ids")
 
   # -- pieces used by training and decoding ---------------------------------------------------------
-  def encode(self, encoder_inputs: dict, dropout_rng: Array | None = None, remat: bool = False
-             ) -> tuple[Array, Array]:
+  def encode(
+    self, encoder_inputs: dict, dropout_rng: Array | None = None, remat: bool = False
+  ) -> tuple[Array, Array]:
     """-> encoder states [B, S, D], encoder mask [B, S]. `remat` rematerialises every layer."""
-    states, mask = self.encoder(encoder_inputs, self.token_embedding, dropout_rng,
-                                remat=remat)  # [B, S, D_enc]
+    states, mask = self.encoder(
+      encoder_inputs, self.token_embedding, dropout_rng, remat=remat
+    )  # [B, S, D_enc]
     if self.config.encoder_d_model != self.config.d_model:
       dtype = states.dtype
-      states = (states @ self.encoder_projection[...].astype(dtype)
-                + self.encoder_projection_bias[...].astype(dtype))  # [B, S, D]
+      states = states @ self.encoder_projection[...].astype(dtype) + self.encoder_projection_bias[
+        ...
+      ].astype(dtype)  # [B, S, D]
     return states, mask
 
-  def exit_features(self, encoder_inputs: dict, decoder_input_ids: Array, *,
-                    num_layers: int | None = None, dropout_rng: Array | None = None,
-                    return_states: bool = False, remat: bool = False
-                    ) -> Array | tuple[Array, Array]:
+  def exit_features(
+    self,
+    encoder_inputs: dict,
+    decoder_input_ids: Array,
+    *,
+    num_layers: int | None = None,
+    dropout_rng: Array | None = None,
+    return_states: bool = False,
+    remat: bool = False,
+  ) -> Array | tuple[Array, Array]:
     """Teacher-forced features of exits 1..num_layers (pre-head): [L', B, T, D] (and with
     `return_states` the layer states [L' + 1, B, T, D], the embedding first). `remat`
     rematerialises every encoder and decoder layer in the backward pass."""
     self.check_inputs(encoder_inputs, decoder_input_ids)
     enc_rng, dec_rng = split_rng(dropout_rng, 2)
     encoder_out, encoder_mask = self.encode(encoder_inputs, enc_rng, remat=remat)
-    return self.decoder(decoder_input_ids, encoder_out, encoder_mask, num_layers=num_layers,
-                        dropout_rng=dec_rng, return_states=return_states, remat=remat)
+    return self.decoder(
+      decoder_input_ids,
+      encoder_out,
+      encoder_mask,
+      num_layers=num_layers,
+      dropout_rng=dec_rng,
+      return_states=return_states,
+      remat=remat,
+    )
 
   def logits(self, features: Array) -> Array:
     """The shared LM head: [..., D] -> [..., V] float32."""
@@ -123,8 +152,11 @@ class MultiExitEncoderDecoder(nnx.Module):
       out = out + self.logits_bias[...].astype(jnp.float32)
     return out
 
-  def __call__(self, encoder_inputs: dict, decoder_input_ids: Array, *,
-               dropout_rng: Array | None = None) -> Array:
+  def __call__(
+    self, encoder_inputs: dict, decoder_input_ids: Array, *, dropout_rng: Array | None = None
+  ) -> Array:
     """Logits of every exit: [L, B, T, V] float32. For training, prefer `exit_features` + a loss that
     applies `logits` one exit at a time (see `deed_jax.training.losses`)."""
-    return self.logits(self.exit_features(encoder_inputs, decoder_input_ids, dropout_rng=dropout_rng))
+    return self.logits(
+      self.exit_features(encoder_inputs, decoder_input_ids, dropout_rng=dropout_rng)
+    )

@@ -26,7 +26,9 @@ _MASKED = -100.0  # Swin's additive mask between shifted-window regions
 def relative_position_index(window: int) -> np.ndarray:
   """[w*w, w*w] index into the [(2w - 1)^2, heads] bias table for each (query, key) pair."""
   coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
-  relative = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)  # [N, N, 2]
+  relative = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (
+    window - 1
+  )  # [N, N, 2]
   return relative[..., 0] * (2 * window - 1) + relative[..., 1]
 
 
@@ -50,7 +52,9 @@ def shifted_window_mask(h: int, w: int, window: int, shift: int) -> np.ndarray:
   slices = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
   for i, (rows, cols) in enumerate((r, c) for r in slices for c in slices):
     regions[rows, cols] = i
-  ids = _partition(regions[None, :, :, None], window)[..., 0]  # [nW, w*w], numpy: a trace-time constant
+  ids = _partition(regions[None, :, :, None], window)[
+    ..., 0
+  ]  # [nW, w*w], numpy: a trace-time constant
   return np.where(ids[:, None, :] != ids[:, :, None], _MASKED, 0.0).astype(np.float32)
 
 
@@ -61,8 +65,9 @@ class SwinBlock(nnx.Module):
     self.window, self.shift = window, shift
     self.attention_norm = Norm(config)
     self.attention = Attention(config, rngs)
-    self.relative_bias = param(rngs, ((2 * window - 1) ** 2, config.num_heads), (None, "heads"),
-                               dtype=config.param_dtype)
+    self.relative_bias = param(
+      rngs, ((2 * window - 1) ** 2, config.num_heads), (None, "heads"), dtype=config.param_dtype
+    )
     self.mlp_norm = Norm(config)
     self.mlp = Mlp(config, rngs)
 
@@ -92,25 +97,39 @@ class SwinBlock(nnx.Module):
 
 
 class PatchMerging(nnx.Module):
-  """2 x 2 neighbours -> LayerNorm(4C) -> Linear(4C -> 2C, no bias). [B, H, W, C] -> [B, H/2, W/2, 2C]."""
+  """2 x 2 neighbours -> LayerNorm(4C) -> Linear(4C -> 2C, no bias).
+  [B, H, W, C] -> [B, H/2, W/2, 2C]."""
 
   def __init__(self, config: ModelConfig, channels: int, rngs: nnx.Rngs):
     self.norm = Norm(dataclasses.replace(config, d_model=4 * channels))
-    self.reduction = param(rngs, (4 * channels, 2 * channels), ("mlp", "embed"), dtype=config.param_dtype)
+    self.reduction = param(
+      rngs, (4 * channels, 2 * channels), ("mlp", "embed"), dtype=config.param_dtype
+    )
 
   def __call__(self, x: Array) -> Array:
     x = jnp.pad(x, [(0, 0), (0, x.shape[1] % 2), (0, x.shape[2] % 2), (0, 0)])
-    x = jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+    x = jnp.concatenate(
+      [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1
+    )
     return self.norm(x) @ self.reduction[...].astype(x.dtype)
 
 
 def stage_configs(config: ModelConfig) -> list[ModelConfig]:
   """Per stage: the config its blocks are built with (width, heads, MLP width)."""
   base = config.encoder_config
-  return [dataclasses.replace(base, d_model=config.swin_embed_dim * 2**i, num_heads=heads, head_dim=None,
-                              d_ff=int(config.swin_embed_dim * 2**i * config.swin_mlp_ratio),
-                              attention_bias=True, mlp_bias=True, norm_type="layernorm")
-          for i, heads in enumerate(config.swin_heads)]
+  return [
+    dataclasses.replace(
+      base,
+      d_model=config.swin_embed_dim * 2**i,
+      num_heads=heads,
+      head_dim=None,
+      d_ff=int(config.swin_embed_dim * 2**i * config.swin_mlp_ratio),
+      attention_bias=True,
+      mlp_bias=True,
+      norm_type="layernorm",
+    )
+    for i, heads in enumerate(config.swin_heads)
+  ]
 
 
 def stage_resolutions(config: ModelConfig) -> list[tuple[int, int]]:
@@ -129,7 +148,9 @@ class SwinEncoder(nnx.Module):
     self.config = config
     (ph, pw), channels, dim = config.patch_hw, config.num_channels, config.swin_embed_dim
     stage_config = stage_configs(config)
-    self.patch_embedding = param(rngs, (ph * pw * channels, dim), (None, "embed"), dtype=config.param_dtype)
+    self.patch_embedding = param(
+      rngs, (ph * pw * channels, dim), (None, "embed"), dtype=config.param_dtype
+    )
     self.patch_bias = param(None, (dim,), ("embed",), "zeros", config.param_dtype)
     self.embedding_norm = Norm(stage_config[0])
     self.stages = nnx.List()
@@ -138,25 +159,39 @@ class SwinEncoder(nnx.Module):
       window, shift = config.swin_window_size, config.swin_window_size // 2
       if min(resolution) <= window:  # the whole grid fits one window: no shifting
         window, shift = min(resolution), 0
-      self.stages.append(nnx.List([SwinBlock(stage_config[i], window, shift if j % 2 else 0, rngs)
-                                   for j in range(depth)]))
+      self.stages.append(
+        nnx.List(
+          [SwinBlock(stage_config[i], window, shift if j % 2 else 0, rngs) for j in range(depth)]
+        )
+      )
       if i + 1 < len(config.swin_depths):
         self.merges.append(PatchMerging(config.encoder_config, stage_config[i].d_model, rngs))
 
-  def __call__(self, encoder_inputs: dict, token_embedding: TokenEmbedding | None = None,
-               dropout_rng: Array | None = None, remat: bool = False) -> tuple[Array, Array]:
-    del token_embedding, dropout_rng  # Swin has no token input; dropout is not applied in the encoder.
+  def __call__(
+    self,
+    encoder_inputs: dict,
+    token_embedding: TokenEmbedding | None = None,
+    dropout_rng: Array | None = None,
+    remat: bool = False,
+  ) -> tuple[Array, Array]:
+    del (
+      token_embedding,
+      dropout_rng,
+    )  # Swin has no token input; dropout is not applied in the encoder.
     cfg = self.config
     (h, w), (ph, pw), c = cfg.image_hw, cfg.patch_hw, cfg.num_channels
     pixel_values = encoder_inputs["pixel_values"]
     if pixel_values.ndim != 4 or pixel_values.shape[1:] != (h, w, c):
-      raise ValueError(f"pixel_values has shape {tuple(pixel_values.shape)}; this model expects "
-                       f"[B, {h}, {w}, {c}] (image_size={cfg.image_size}, num_channels={c}).")
+      raise ValueError(
+        f"pixel_values has shape {tuple(pixel_values.shape)}; this model expects "
+        f"[B, {h}, {w}, {c}] (image_size={cfg.image_size}, num_channels={c})."
+      )
     b, (rows, cols) = pixel_values.shape[0], cfg.patch_grid
     patches = pixel_values.astype(jnp.float32).reshape(b, rows, ph, cols, pw, c)
     patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, rows, cols, ph * pw * c)
-    x = self.embedding_norm(patches @ self.patch_embedding[...].astype(jnp.float32)
-                            + self.patch_bias[...]).astype(cfg.dtype)  # [B, rows, cols, D0]
+    x = self.embedding_norm(
+      patches @ self.patch_embedding[...].astype(jnp.float32) + self.patch_bias[...]
+    ).astype(cfg.dtype)  # [B, rows, cols, D0]
     for i, blocks in enumerate(self.stages):
       for block in blocks:
         x = call_layer(block, remat, x)

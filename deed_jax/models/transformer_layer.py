@@ -47,16 +47,16 @@ class TransformerLayer(nnx.Module):
     return norm(x + dropout(sublayer(x), self.dropout_rate, rng))
 
   def __call__(
-      self,
-      x: Array,  # [B, T, D]
-      self_bias: Array,  # broadcastable to [B, H, T, S]; S = T, or T_max with a cache
-      *,
-      cross_kv: tuple[Array, Array] | None = None,  # 2 x [B, H, S_enc, Dh]
-      cross_bias: Array | None = None,  # [B, 1, 1, S_enc]
-      cache: KVCache | None = None,
-      cache_index: Array | int | None = None,  # first position of this block in the cache
-      kv_input: Array | None = None,  # [B, T, D]: derive the self-attention K/V from it, not from x
-      dropout_rng: Array | None = None,
+    self,
+    x: Array,  # [B, T, D]
+    self_bias: Array,  # broadcastable to [B, H, T, S]; S = T, or T_max with a cache
+    *,
+    cross_kv: tuple[Array, Array] | None = None,  # 2 x [B, H, S_enc, Dh]
+    cross_bias: Array | None = None,  # [B, 1, 1, S_enc]
+    cache: KVCache | None = None,
+    cache_index: Array | int | None = None,  # first position of this block in the cache
+    kv_input: Array | None = None,  # [B, T, D]: derive the self-attention K/V from it, not from x
+    dropout_rng: Array | None = None,
   ) -> tuple[Array, KVCache | None]:
     rngs = split_rng(dropout_rng, 3)
     kv = None if kv_input is None else self.self_kv(kv_input)
@@ -75,7 +75,8 @@ class TransformerLayer(nnx.Module):
       before_block = jnp.where(cache_positions < cache_index, 0.0, NEG_INF)  # [T_max]
       block_bias = jax.lax.dynamic_slice_in_dim(self_bias, cache_index, k.shape[2], axis=-1)
       out = attention.attend_parts(
-          q, ((cache.k, cache.v, self_bias + before_block), (k, v, block_bias)))  # [B, T, D]
+        q, ((cache.k, cache.v, self_bias + before_block), (k, v, block_bias))
+      )  # [B, T, D]
       k, v = (ordered_after(x, out) for x in (k, v))
       cache = cache.write(k, v, cache_index)
       return out
@@ -85,7 +86,8 @@ class TransformerLayer(nnx.Module):
       if cross_kv is None:
         raise ValueError("A decoder layer needs the encoder's cross-attention keys and values.")
       cross = lambda h: self.cross_attention.attend(
-          self.cross_attention.project_q(h), cross_kv[0], cross_kv[1], cross_bias)
+        self.cross_attention.project_q(h), cross_kv[0], cross_kv[1], cross_bias
+      )
       x = self._residual(self.cross_attention_norm, cross, x, rngs[1])
     x = self._residual(self.mlp_norm, self.mlp, x, rngs[2])
     return x, cache

@@ -17,20 +17,25 @@ from etils import epath
 
 
 class MetricWriter:
-
   def __init__(self, workdir: str, resumed_at: int = 0):
     self.enabled = jax.process_index() == 0
     self.jsonl_path = epath.Path(workdir) / "metrics.jsonl"
     self._tb = None
     if self.enabled:
       from tensorboardX import SummaryWriter
+
       epath.Path(workdir).mkdir(parents=True, exist_ok=True)
       if resumed_at and self.jsonl_path.exists():
-        kept = [line for line in self.jsonl_path.read_text().splitlines(keepends=True)
-                if line.strip() and json.loads(line)["step"] <= resumed_at]
+        kept = [
+          line
+          for line in self.jsonl_path.read_text().splitlines(keepends=True)
+          if line.strip() and json.loads(line)["step"] <= resumed_at
+        ]
         self.jsonl_path.write_text("".join(kept))
-      self._tb = SummaryWriter(os.fspath(epath.Path(workdir) / "tensorboard"),
-                               purge_step=resumed_at + 1 if resumed_at else None)
+      self._tb = SummaryWriter(
+        os.fspath(epath.Path(workdir) / "tensorboard"),
+        purge_step=resumed_at + 1 if resumed_at else None,
+      )
 
   def write(self, step: int, metrics: dict, prefix: str = "") -> None:
     if not self.enabled:

@@ -7,7 +7,8 @@ other parameter stays bit-identical (a frozen model's exit classifier trained af
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,23 +17,15 @@ import optax
 from flax import nnx
 
 from deed_jax import sharding
-from deed_jax.models import ModelConfig, MultiExitEncoderDecoder, encoder_inputs
-from deed_jax.training.losses import exit_classifier_losses, per_exit_losses
-from deed_jax.workdir import filter_params, merge_params, path_holds
+from deed_jax.exit_metrics import ExitMetrics, exit_metrics
+from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
+from deed_jax.param_tree import filter_params, merge_params, path_holds
 
 
 class TrainState(NamedTuple):
   step: jax.Array  # int32 []
   params: Any  # pure dict of arrays (nnx.to_pure_dict of the model's Params)
   opt_state: Any  # of the trained params only (`trained_params`)
-
-
-class ExitMetrics(NamedTuple):
-  """Teacher-forced metrics of every exit on a batch."""
-  loss: jax.Array  # [L] mean cross-entropy
-  token_accuracy: jax.Array  # [L]
-  classifier_loss: jax.Array | None  # [L] binary cross-entropy of the exit classifier (None: none)
-  classifier_accuracy: jax.Array | None  # [L]
 
 
 def trained_params(params: dict, train_only: Sequence[str] = ()) -> dict:
@@ -55,38 +48,9 @@ def merge_model(graphdef: nnx.GraphDef, params: dict) -> MultiExitEncoderDecoder
   return nnx.merge(graphdef, params)
 
 
-def exit_metrics(model: MultiExitEncoderDecoder, batch: dict, label_smoothing: float = 0.0,
-                 dropout_rng: jax.Array | None = None,
-                 encoded: tuple[jax.Array, jax.Array] | None = None,
-                 remat: bool = False, exits: Sequence[int] | None = None) -> ExitMetrics:
-  """Teacher-forced metrics of every exit on a batch (and of its exit classifier, if any).
-
-  `encoded` (encoder states [B, S, D], mask [B, S]) reuses an encoder pass the caller already ran.
-  The classifier reads the exit features through `stop_gradient`: its loss trains the classifier
-  alone and never moves the model it judges. `remat` rematerialises every layer. `exits` (0-based,
-  for a model without an exit classifier) limits the head passes to those exits: the metrics are
-  then theirs alone, [len(exits)] (a final-exit-only loss pays for one head, not L).
-  """
-  if encoded is None:
-    features = model.exit_features(encoder_inputs(batch), batch["decoder_input_ids"],
-                                   dropout_rng=dropout_rng, remat=remat)  # [L, B, T, D]
-  else:
-    features = model.decoder(batch["decoder_input_ids"], *encoded, dropout_rng=dropout_rng,
-                             remat=remat)  # [L, B, T, D]
-  if exits is not None:
-    if model.config.exit_classifier != "none":
-      raise ValueError("A model with an exit classifier needs every exit's predictions.")
-    features = features[np.asarray(exits)]  # [len(exits), B, T, D]
-  losses, accuracies, predictions = per_exit_losses(
-      model.logits, features, batch["targets"], batch["target_mask"], label_smoothing)
-  if model.config.exit_classifier == "none":
-    return ExitMetrics(losses, accuracies, None, None)
-  logits = model.decoder.exit_classifier.logit(jax.lax.stop_gradient(features))  # [L, B, T]
-  return ExitMetrics(losses, accuracies,
-                     *exit_classifier_losses(logits, predictions, batch["target_mask"]))
-
-
-def total_loss(metrics: ExitMetrics, exit_weights: jax.Array, classifier_weight: float) -> jax.Array:
+def total_loss(
+  metrics: ExitMetrics, exit_weights: jax.Array, classifier_weight: float
+) -> jax.Array:
   """The training objective: weighted exit losses (`losses.exit_weights`), plus the classifier's
   binary cross-entropy averaged over the exits below the last, times `classifier_weight`."""
   loss = jnp.sum(exit_weights * metrics.loss)
@@ -95,47 +59,68 @@ def total_loss(metrics: ExitMetrics, exit_weights: jax.Array, classifier_weight:
   return loss
 
 
-def init_train_state(model: MultiExitEncoderDecoder, tx: optax.GradientTransformation,
-                     train_only: Sequence[str] = ()) -> tuple[nnx.GraphDef, TrainState]:
+def init_train_state(
+  model: MultiExitEncoderDecoder, tx: optax.GradientTransformation, train_only: Sequence[str] = ()
+) -> tuple[nnx.GraphDef, TrainState]:
   graphdef, params = split_model(model)
-  return graphdef, TrainState(jnp.zeros((), jnp.int32), params,
-                              tx.init(trained_params(params, train_only)))
+  return graphdef, TrainState(
+    jnp.zeros((), jnp.int32), params, tx.init(trained_params(params, train_only))
+  )
 
 
 class StateLayout(NamedTuple):
   """Where a train state lives on a mesh, known before any of it exists."""
+
   graphdef: nnx.GraphDef
   abstract: TrainState  # of ShapeDtypeStructs carrying their shardings (a restore target)
   shardings: TrainState  # of NamedShardings
-  init: Callable[[], TrainState]  # builds the initial state, already sharded (no copy on one device)
+  init: Callable[
+    [], TrainState
+  ]  # builds the initial state, already sharded (no copy on one device)
 
 
-def train_state_layout(config: ModelConfig, tx: optax.GradientTransformation, seed: int,
-                       train_only: Sequence[str], mesh: jax.sharding.Mesh,
-                       rules: sharding.Rules) -> StateLayout:
+def train_state_layout(
+  config: ModelConfig,
+  tx: optax.GradientTransformation,
+  seed: int,
+  train_only: Sequence[str],
+  mesh: jax.sharding.Mesh,
+  rules: sharding.Rules,
+) -> StateLayout:
   """The train state's structure and shardings (parameters by their logical axes and `rules`;
   optimizer moments like their parameters), and a jitted init that creates each array in its shards.
 
   The init's random draws do not depend on the mesh (jax's partitionable threefry), so every topology
   starts from the same parameters."""
+
   def init() -> TrainState:
     return init_train_state(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(seed)), tx, train_only)[1]
 
   abstract_model = nnx.eval_shape(lambda: MultiExitEncoderDecoder(config, rngs=nnx.Rngs(seed)))
   graphdef, _ = split_model(abstract_model)
   shapes = jax.eval_shape(init)
-  params = sharding.param_shardings(shapes.params, sharding.param_logical_axes(abstract_model), mesh,
-                                    rules)
+  params = sharding.param_shardings(
+    shapes.params, sharding.param_logical_axes(abstract_model), mesh, rules
+  )
   shardings = sharding.tree_shardings(shapes, params, mesh)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          shapes, shardings)
+  abstract = jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+  )
   return StateLayout(graphdef, abstract, shardings, jax.jit(init, out_shardings=shardings))
 
 
-def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, exit_weights: np.ndarray,
-                    label_smoothing: float = 0.0, *, classifier_weight: float = 0.0,
-                    train_only: Sequence[str] = (), state_shardings: TrainState | None = None,
-                    batch_sharding: jax.sharding.NamedSharding | None = None, remat: bool = False):
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  exit_weights: np.ndarray,
+  label_smoothing: float = 0.0,
+  *,
+  classifier_weight: float = 0.0,
+  train_only: Sequence[str] = (),
+  state_shardings: TrainState | None = None,
+  batch_sharding: jax.sharding.NamedSharding | None = None,
+  remat: bool = False,
+):
   """-> jitted `step(state, batch, rng) -> (state, metrics)`; the state's buffers are donated.
 
   With `state_shardings` and `batch_sharding` (a `StateLayout`'s and `sharding.batch_sharding`) the
@@ -148,31 +133,44 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, ex
 
   def loss_fn(trained, params, batch, rng):
     model = merge_model(graphdef, merge_params(params, trained))
-    exits = None if model.config.exit_classifier != "none" or len(weighted) == num_exits else weighted
+    exits = (
+      None if model.config.exit_classifier != "none" or len(weighted) == num_exits else weighted
+    )
     metrics = exit_metrics(model, batch, label_smoothing, dropout_rng=rng, remat=remat, exits=exits)
     weights = jnp.asarray(exit_weights if exits is None else np.asarray(exit_weights)[exits])
     loss = total_loss(metrics, weights, classifier_weight)
     if exits is not None:  # back to one entry per exit
-      metrics = jax.tree.map(lambda m: jnp.full((num_exits,), jnp.nan, m.dtype).at[exits].set(m),
-                             metrics)
+      metrics = jax.tree.map(
+        lambda m: jnp.full((num_exits,), jnp.nan, m.dtype).at[exits].set(m), metrics
+      )
     return loss, metrics
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     trained = trained_params(state.params, train_only)
     (loss, exits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        trained, state.params, batch, jax.random.fold_in(rng, state.step))
+      trained, state.params, batch, jax.random.fold_in(rng, state.step)
+    )
     updates, opt_state = tx.update(grads, state.opt_state, trained)
     params = merge_params(state.params, optax.apply_updates(trained, updates))
-    metrics = {"loss": loss, "exit_loss": exits.loss, "exit_token_accuracy": exits.token_accuracy,
-               "grad_norm": optax.tree.norm(grads)}
+    metrics = {
+      "loss": loss,
+      "exit_loss": exits.loss,
+      "exit_token_accuracy": exits.token_accuracy,
+      "grad_norm": optax.tree.norm(grads),
+    }
     if exits.classifier_loss is not None:
-      metrics.update(exit_classifier_loss=exits.classifier_loss,
-                     exit_classifier_accuracy=exits.classifier_accuracy)
+      metrics.update(
+        exit_classifier_loss=exits.classifier_loss,
+        exit_classifier_accuracy=exits.classifier_accuracy,
+      )
     return TrainState(state.step + 1, params, opt_state), metrics
 
   if state_shardings is None:
     return jax.jit(train_step, donate_argnums=0)
   replicated = sharding.replicated(batch_sharding.mesh)
-  return jax.jit(train_step, donate_argnums=0,
-                 in_shardings=(state_shardings, batch_sharding, replicated),
-                 out_shardings=(state_shardings, replicated))
+  return jax.jit(
+    train_step,
+    donate_argnums=0,
+    in_shardings=(state_shardings, batch_sharding, replicated),
+    out_shardings=(state_shardings, replicated),
+  )

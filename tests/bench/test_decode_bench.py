@@ -26,18 +26,38 @@ def test_layer_units_replay_the_deed_schedule():
 
 def test_decode_benchmark_writes_its_table_and_json(tmp_path):
   output = tmp_path / "decode.json"
-  command = [sys.executable, "-m", "deed_jax.bench.decode", "--decoder_layers=3", "--d_model=32",
-             "--num_heads=2", "--d_ff=64", "--source_length=8", "--max_new_tokens=6",
-             "--vocab_size=259", "--batch_sizes=1", "--target_depths=1.5,2.5", "--repeats=1",
-             "--backfill_chunk=2", "--min_exit_check=2", f"--output={output}"]
+  command = [
+    sys.executable,
+    "-m",
+    "deed_jax.bench.decode",
+    "--decoder_layers=3",
+    "--d_model=32",
+    "--num_heads=2",
+    "--d_ff=64",
+    "--source_length=8",
+    "--max_new_tokens=6",
+    "--vocab_size=259",
+    "--batch_sizes=1",
+    "--target_depths=1.5,2.5",
+    "--repeats=1",
+    "--backfill_chunk=2",
+    "--min_exit_check=2",
+    f"--output={output}",
+  ]
   run = subprocess.run(command, capture_output=True, text=True, check=True)
   assert "sp/bound" in run.stdout and "Goals (batch 1)" in run.stdout
   result = json.loads(output.read_text())
   rows = {row["variant"]: row for row in result["rows"]}
-  assert [r["variant"] for r in result["rows"]][:4] == ["static", "fixed k=1", "fixed k=2", "fixed k=3"]
+  assert [r["variant"] for r in result["rows"]][:4] == [
+    "static",
+    "fixed k=1",
+    "fixed k=2",
+    "fixed k=3",
+  ]
   confidences = ("max_prob", "state", "classifier")  # the default --confidences
   assert {c: sorted(t) for c, t in result["thresholds"].items()} == {
-      c: ["1.5", "2.5"] for c in confidences}
+    c: ["1.5", "2.5"] for c in confidences
+  }
   assert result["xla_flags"] == os.environ.get("XLA_FLAGS", "")
   for confidence in confidences:  # two tuned thresholds each, and the min-exit check
     for mode in ("deed", "copy"):
@@ -58,12 +78,15 @@ def test_decode_benchmark_writes_its_table_and_json(tmp_path):
       assert abs(row["heads_per_token"] - row["mean_exit_layer"]) < 1e-9
     else:  # Head-free, fixed, static, or min=2 with every exit at 2: the head once.
       assert row["heads_per_token"] == 1.0
-    assert abs(row["bound"] - (3 + h) / (row["mean_exit_layer"] + h * row["heads_per_token"])) < 1e-9
+    assert (
+      abs(row["bound"] - (3 + h) / (row["mean_exit_layer"] + h * row["heads_per_token"])) < 1e-9
+    )
     assert row["speedup"] > 0 and len(row["repeats_ms"]) == 1 and row["compile_s"] >= 0
   assert rows["static"]["speedup"] == 1.0 and rows["static"]["bound"] == 1.0
   deed_checks = {n for n in rows if n.startswith("deed") and "min=" not in n}
-  assert {g["variant"] for g in result["goals"]} == ({n for n in rows if n.startswith("fixed")}
-                                                     | deed_checks | {n for n in rows if "min=" in n})
+  assert {g["variant"] for g in result["goals"]} == (
+    {n for n in rows if n.startswith("fixed")} | deed_checks | {n for n in rows if "min=" in n}
+  )
   for row in result["rows"]:  # with measured block costs (all >= 1) the bound can only be lower
     if row["exit_mode"] == "deed":
       assert 0 < row["bound_with_block_costs"] <= row["bound"] + 1e-9
@@ -74,7 +97,17 @@ def test_decode_benchmark_writes_its_table_and_json(tmp_path):
 
 def test_decode_benchmark_rejects_a_bad_fixed_layer(tmp_path):
   output = tmp_path / "decode.json"
-  run = subprocess.run([sys.executable, "-m", "deed_jax.bench.decode", "--decoder_layers=3",
-                        "--fixed_layers=4", f"--output={output}"], capture_output=True, text=True)
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "deed_jax.bench.decode",
+      "--decoder_layers=3",
+      "--fixed_layers=4",
+      f"--output={output}",
+    ],
+    capture_output=True,
+    text=True,
+  )
   assert run.returncode != 0 and "--fixed_layers has 4, outside 1..3" in run.stderr
   assert not output.exists()

@@ -15,13 +15,32 @@ pytest.importorskip("transformers", reason="the HF-vs-deed-jax benchmark needs t
 
 def test_hf_generate_benchmark_writes_its_table_and_json(tmp_path):
   output = tmp_path / "hf_generate.json"
-  command = [sys.executable, "-m", "deed_jax.bench.hf_generate", "--decoder_layers=2", "--d_model=32",
-             "--num_heads=4", "--d_ff=48", "--vocab_size=97", "--source_length=8",
-             "--max_new_tokens=6", "--batch_sizes=1,3", "--num_beams=2", "--repeats=1",
-             f"--output={output}"]
-  run = subprocess.run(command, capture_output=True, text=True, check=True,
-                       env={**os.environ, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1"})
-  assert "vs HF greedy" in run.stdout and "Our static greedy vs HF eager greedy at batch 1" in run.stdout
+  command = [
+    sys.executable,
+    "-m",
+    "deed_jax.bench.hf_generate",
+    "--decoder_layers=2",
+    "--d_model=32",
+    "--num_heads=4",
+    "--d_ff=48",
+    "--vocab_size=97",
+    "--source_length=8",
+    "--max_new_tokens=6",
+    "--batch_sizes=1,3",
+    "--num_beams=2",
+    "--repeats=1",
+    f"--output={output}",
+  ]
+  run = subprocess.run(
+    command,
+    capture_output=True,
+    text=True,
+    check=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1"},
+  )
+  assert (
+    "vs HF greedy" in run.stdout and "Our static greedy vs HF eager greedy at batch 1" in run.stdout
+  )
   assert "Weight-streaming floor" in run.stdout
   result = json.loads(output.read_text())
   rows = {(r["batch"], r["variant"]): r for r in result["rows"]}
@@ -45,6 +64,12 @@ def test_hf_generate_benchmark_writes_its_table_and_json(tmp_path):
   # (static_over_floor is a difference of two timings over the floor: at this size and one repeat it
   # can come out at or below 0 on a busy machine, so only its definition is checked.)
   assert summary["static_over_floor"] == pytest.approx(
-      summary["static_decoder_ms_per_token"] / summary["floor_ms_per_token"])
-  assert abs(summary["floor_ms_per_token"]
-             - 1e3 * summary["bytes_per_token"] / (1e9 * summary["memory_bandwidth_gb_s"])) < 1e-9
+    summary["static_decoder_ms_per_token"] / summary["floor_ms_per_token"]
+  )
+  assert (
+    abs(
+      summary["floor_ms_per_token"]
+      - 1e3 * summary["bytes_per_token"] / (1e9 * summary["memory_bandwidth_gb_s"])
+    )
+    < 1e-9
+  )

@@ -12,13 +12,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def test_train_benchmark_compares_losses_and_device_counts(tmp_path):
   output = tmp_path / "train.json"
-  command = [sys.executable, "-m", "deed_jax.bench.train", "--config",
-             "configs/forms_text.py:runlocal", "--config.model.d_model=32", "--config.model.d_ff=32",
-             "--config.model.adapter_dim=8", "--devices=1,2", "--batch_size=4", "--steps=1",
-             f"--output={output}"]
+  command = [
+    sys.executable,
+    "-m",
+    "deed_jax.bench.train",
+    "--config",
+    "configs/forms_text.py:runlocal",
+    "--config.model.d_model=32",
+    "--config.model.d_ff=32",
+    "--config.model.adapter_dim=8",
+    "--devices=1,2",
+    "--batch_size=4",
+    "--steps=1",
+    f"--output={output}",
+  ]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS" or "device_count" not in v}
-  run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env={**env, "JAX_PLATFORMS": "cpu"})
+  run = subprocess.run(
+    command,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env={**env, "JAX_PLATFORMS": "cpu"},
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   assert "vs final" in run.stdout and "compiled MiB/dev" in run.stdout
   result = json.loads(output.read_text())

@@ -7,14 +7,16 @@ import pytest
 
 # The conversion tests build their reference models with PyTorch `transformers`: without the convert
 # and pytorch extras they are skipped (everything else runs).
-torch = pytest.importorskip("torch", reason="the conversion tests need PyTorch (pip install -e "
-                            "'.[convert,pytorch]')")
-pytest.importorskip("transformers", reason="the conversion tests need transformers (the convert extra)")
+torch = pytest.importorskip(
+  "torch", reason="the conversion tests need PyTorch (pip install -e '.[convert,pytorch]')"
+)
+pytest.importorskip(
+  "transformers", reason="the conversion tests need transformers (the convert extra)"
+)
 
-from deed_jax import checkpoint  # pylint: disable=wrong-import-position
-from deed_jax.convert import hf_to_orbax  # pylint: disable=wrong-import-position
-from tests.convert import hf_models  # pylint: disable=wrong-import-position
-
+from deed_jax import checkpoint  # noqa: E402 (after the importorskips)
+from deed_jax.convert import hf_to_orbax  # noqa: E402 (after the importorskips)
+from tests.convert import hf_models  # noqa: E402 (after the importorskips)
 
 # One intra-op thread: the suite runs on 2 xdist workers, and torch's spinning OpenMP threads would
 # otherwise starve the other worker's XLA compiles (a 35 s test took 390 s that way).

@@ -18,28 +18,62 @@ DONUT_HW = (64, 88)  # DonutSwin: 4 x 4 patches, a 16 x 22 grid
 
 
 def _bart_options(**overrides) -> dict:
-  values = dict(vocab_size=60, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4,
-                decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48,
-                max_position_embeddings=40, forced_eos_token_id=None, dropout=0.0)
+  values = dict(
+    vocab_size=60,
+    d_model=32,
+    encoder_layers=2,
+    decoder_layers=3,
+    encoder_attention_heads=4,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=48,
+    decoder_ffn_dim=48,
+    max_position_embeddings=40,
+    forced_eos_token_id=None,
+    dropout=0.0,
+  )
   values.update(overrides)
   return values
 
 
 def _t5_options(**overrides) -> dict:
-  values = dict(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=4, num_decoder_layers=3,
-                num_heads=4, decoder_start_token_id=0, relative_attention_num_buckets=8,
-                relative_attention_max_distance=20, dropout_rate=0.0)
+  values = dict(
+    vocab_size=64,
+    d_model=32,
+    d_kv=8,
+    d_ff=48,
+    num_layers=4,
+    num_decoder_layers=3,
+    num_heads=4,
+    decoder_start_token_id=0,
+    relative_attention_num_buckets=8,
+    relative_attention_max_distance=20,
+    dropout_rate=0.0,
+  )
   values.update(overrides)
   return values
 
 
 def _vision(decoder_class, decoder_width: int, **decoder_overrides):
-  vit = T.ViTConfig(hidden_size=24, num_hidden_layers=2, num_attention_heads=4, intermediate_size=40,
-                    image_size=IMAGE_HW, patch_size=8, num_channels=3)
+  vit = T.ViTConfig(
+    hidden_size=24,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=40,
+    image_size=IMAGE_HW,
+    patch_size=8,
+    num_channels=3,
+  )
   # encoder_layers = decoder_layers: HF sizes a decoder-only BART's KV cache by `num_hidden_layers`,
   # which BartConfig maps to encoder_layers.
-  decoder = decoder_class(**_bart_options(d_model=decoder_width, is_decoder=True, encoder_layers=3,
-                                          add_cross_attention=True, **decoder_overrides))
+  decoder = decoder_class(
+    **_bart_options(
+      d_model=decoder_width,
+      is_decoder=True,
+      encoder_layers=3,
+      add_cross_attention=True,
+      **decoder_overrides,
+    )
+  )
   config = T.VisionEncoderDecoderConfig.from_encoder_decoder_configs(vit, decoder)
   config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 2, 1, 2
   return T.VisionEncoderDecoderModel(config)
@@ -47,31 +81,66 @@ def _vision(decoder_class, decoder_width: int, **decoder_overrides):
 
 def _donut(decoder_width: int):
   """DonutSwin (3 stages; a 16 x 22 patch grid, so windows pad and the second merge is odd) + mBART."""
-  swin = T.DonutSwinConfig(image_size=list(DONUT_HW), patch_size=4, embed_dim=8, depths=[2, 2, 2],
-                           num_heads=[2, 2, 4], window_size=4)
-  decoder = T.MBartConfig(**_bart_options(d_model=decoder_width, is_decoder=True, encoder_layers=3,
-                                          add_cross_attention=True))
+  swin = T.DonutSwinConfig(
+    image_size=list(DONUT_HW),
+    patch_size=4,
+    embed_dim=8,
+    depths=[2, 2, 2],
+    num_heads=[2, 2, 4],
+    window_size=4,
+  )
+  decoder = T.MBartConfig(
+    **_bart_options(
+      d_model=decoder_width, is_decoder=True, encoder_layers=3, add_cross_attention=True
+    )
+  )
   config = T.VisionEncoderDecoderConfig.from_encoder_decoder_configs(swin, decoder)
   config.decoder_start_token_id, config.pad_token_id, config.eos_token_id = 2, 1, 2
   return T.VisionEncoderDecoderModel(config)
 
 
 BUILDERS = {
-    "bart": lambda: T.BartForConditionalGeneration(T.BartConfig(**_bart_options())),
-    "bart_untied_scaled_relu": lambda: T.BartForConditionalGeneration(T.BartConfig(**_bart_options(
-        vocab_size=75, encoder_attention_heads=2, decoder_attention_heads=2, scale_embedding=True,
-        tie_word_embeddings=False, activation_function="relu"))),
-    "mbart": lambda: T.MBartForConditionalGeneration(T.MBartConfig(**_bart_options(scale_embedding=True))),
-    "mbart_8heads_gelu_new": lambda: T.MBartForConditionalGeneration(T.MBartConfig(**_bart_options(
-        encoder_attention_heads=8, decoder_attention_heads=8, activation_function="gelu_new"))),
-    "t5_v1_0": lambda: T.T5ForConditionalGeneration(T.T5Config(**_t5_options())),
-    "t5_v1_1": lambda: T.T5ForConditionalGeneration(T.T5Config(**_t5_options(
-        d_kv=6, num_heads=3, vocab_size=70, feed_forward_proj="gated-gelu", tie_word_embeddings=False))),
-    "vit_bart": lambda: _vision(T.BartConfig, 32),  # 24-wide ViT -> enc_to_dec_proj -> 32-wide BART
-    "vit_mbart_untied": lambda: _vision(T.MBartConfig, 24, tie_word_embeddings=False,
-                                        scale_embedding=True),
-    "donut": lambda: _donut(32),  # Swin's last stage is 32 wide: no projection
-    "donut_projected": lambda: _donut(24),
+  "bart": lambda: T.BartForConditionalGeneration(T.BartConfig(**_bart_options())),
+  "bart_untied_scaled_relu": lambda: T.BartForConditionalGeneration(
+    T.BartConfig(
+      **_bart_options(
+        vocab_size=75,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        scale_embedding=True,
+        tie_word_embeddings=False,
+        activation_function="relu",
+      )
+    )
+  ),
+  "mbart": lambda: T.MBartForConditionalGeneration(
+    T.MBartConfig(**_bart_options(scale_embedding=True))
+  ),
+  "mbart_8heads_gelu_new": lambda: T.MBartForConditionalGeneration(
+    T.MBartConfig(
+      **_bart_options(
+        encoder_attention_heads=8, decoder_attention_heads=8, activation_function="gelu_new"
+      )
+    )
+  ),
+  "t5_v1_0": lambda: T.T5ForConditionalGeneration(T.T5Config(**_t5_options())),
+  "t5_v1_1": lambda: T.T5ForConditionalGeneration(
+    T.T5Config(
+      **_t5_options(
+        d_kv=6,
+        num_heads=3,
+        vocab_size=70,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+      )
+    )
+  ),
+  "vit_bart": lambda: _vision(T.BartConfig, 32),  # 24-wide ViT -> enc_to_dec_proj -> 32-wide BART
+  "vit_mbart_untied": lambda: _vision(
+    T.MBartConfig, 24, tie_word_embeddings=False, scale_embedding=True
+  ),
+  "donut": lambda: _donut(32),  # Swin's last stage is 32 wide: no projection
+  "donut_projected": lambda: _donut(24),
 }
 
 
@@ -114,8 +183,9 @@ def to_ours(inputs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
   return {k: v.numpy() for k, v in inputs.items()}
 
 
-def copy_task_batch(model, batch: int, seed: int, lengths: tuple[int, ...] | None = None
-                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def copy_task_batch(
+  model, batch: int, seed: int, lengths: tuple[int, ...] | None = None
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
   """A copy task: the target is the source's tokens then EOS. Images draw token i as a fixed random
   8x8 template in cell i of a 2 x 3 grid (left to right, top to bottom), blank after the last token.
   `lengths` (one per row) fixes how many tokens each row copies; by default they are random."""
@@ -134,7 +204,9 @@ def copy_task_batch(model, batch: int, seed: int, lengths: tuple[int, ...] | Non
   if is_image(model):
     templates = torch.randn(13, 3, 8, 8, generator=torch.Generator().manual_seed(123))
     patches = templates[tokens] * real[:, :, None, None, None]  # [B, 6, 3, 8, 8]
-    pixels = patches.reshape(batch, 2, 3, 3, 8, 8).permute(0, 3, 1, 4, 2, 5).reshape(batch, 3, *IMAGE_HW)
+    pixels = (
+      patches.reshape(batch, 2, 3, 3, 8, 8).permute(0, 3, 1, 4, 2, 5).reshape(batch, 3, *IMAGE_HW)
+    )
     if image_hw(model) != IMAGE_HW:  # the same drawing, scaled to this model's input size
       pixels = torch.nn.functional.interpolate(pixels, size=image_hw(model), mode="nearest")
     return {"pixel_values": pixels}, labels
@@ -174,8 +246,13 @@ class _Jitter(T.LogitsProcessor):
 def _generate(model, inputs, **search):
   """HF `generate` with the same search settings as `parity.hf_generate`, keeping its raw output."""
   with torch.inference_mode():
-    return model.generate(**inputs, max_new_tokens=PARITY_MAX_NEW_TOKENS, return_dict_in_generate=True,
-                          output_scores=True, **{**PLAIN_SEARCH, **search})
+    return model.generate(
+      **inputs,
+      max_new_tokens=PARITY_MAX_NEW_TOKENS,
+      return_dict_in_generate=True,
+      output_scores=True,
+      **{**PLAIN_SEARCH, **search},
+    )
 
 
 def generation_problem(model, inputs: dict[str, torch.Tensor]) -> str | None:
@@ -198,12 +275,17 @@ def generation_problem(model, inputs: dict[str, torch.Tensor]) -> str | None:
   if gap < DECISION_MARGIN:
     return f"a greedy choice wins by only {gap:.2g}"
   for length_penalty, early_stopping in PARITY_BEAM_SEARCHES:
-    search = dict(num_beams=PARITY_BEAMS, num_return_sequences=PARITY_BEAMS,
-                  length_penalty=length_penalty, early_stopping=early_stopping)
+    search = dict(
+      num_beams=PARITY_BEAMS,
+      num_return_sequences=PARITY_BEAMS,
+      length_penalty=length_penalty,
+      early_stopping=early_stopping,
+    )
     plain = _generate(model, inputs, **search).sequences
     for seed in range(3):
-      jittered = _generate(model, inputs, logits_processor=T.LogitsProcessorList([_Jitter(seed)]),
-                           **search).sequences
+      jittered = _generate(
+        model, inputs, logits_processor=T.LogitsProcessorList([_Jitter(seed)]), **search
+      ).sequences
       if plain.shape != jittered.shape or not torch.equal(plain, jittered):
         return f"beam search (length_penalty={length_penalty}) has a near-tie"
   return None

@@ -42,6 +42,7 @@ def test_missing_unexpected_and_misshaped_keys_are_all_listed(bart_dir, tmp_path
     del tensors["model.decoder.layers.1.fc2.bias"]
     tensors["model.decoder.extra_head.weight"] = torch.zeros(3)
     tensors["model.encoder.layers.0.self_attn.q_proj.weight"] = torch.zeros(32, 31)
+
   _edit_weights(bart_dir, edit)
   with pytest.raises(ConversionError) as error:
     hf_to_orbax(str(bart_dir), str(tmp_path / "out"))
@@ -56,8 +57,11 @@ def test_missing_unexpected_and_misshaped_keys_are_all_listed(bart_dir, tmp_path
 def test_untied_copy_of_a_tied_embedding_is_refused(bart_dir, tmp_path):
   def edit(tensors):
     tensors["lm_head.weight"] = tensors["model.shared.weight"] + 1.0
+
   _edit_weights(bart_dir, edit)
-  with pytest.raises(ConversionError, match="tied keys that differ: lm_head.weight != model.shared.weight"):
+  with pytest.raises(
+    ConversionError, match="tied keys that differ: lm_head.weight != model.shared.weight"
+  ):
     hf_to_orbax(str(bart_dir), str(tmp_path / "out"))
   _assert_nothing_written(tmp_path)
 
@@ -104,7 +108,9 @@ def _bin_dir(tmp_path, state) -> str:
 
 def test_bin_with_pickled_objects_is_refused_without_running_them(tmp_path):
   marker = tmp_path / "payload_ran"
-  source = _bin_dir(tmp_path, {"model.shared.weight": torch.zeros(2), "evil": _Payload(str(marker))})
+  source = _bin_dir(
+    tmp_path, {"model.shared.weight": torch.zeros(2), "evil": _Payload(str(marker))}
+  )
   with pytest.raises(ValueError, match="weights_only=True"):
     hf_to_orbax(source, str(tmp_path / "out"))
   assert not marker.exists()
@@ -141,14 +147,22 @@ def test_export_needs_a_converted_workdir(tmp_path, bart_dir):
 
 def test_cli_both_ways_with_the_checkpoints_own_tokenizer(tmp_path, bart_dir):
   from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+
   vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(57)}}
   tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
   tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
   tokenizer.save(str(bart_dir / "tokenizer.json"))
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  run = lambda *args: subprocess.run([sys.executable, "-m", "deed_jax.convert", *args], env=env,
-                                     capture_output=True, text=True, timeout=600)
-  result = run("--source", str(bart_dir), "--workdir", str(tmp_path / "orbax"), "--adapter", "linear")
+  run = lambda *args: subprocess.run(
+    [sys.executable, "-m", "deed_jax.convert", *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  result = run(
+    "--source", str(bart_dir), "--workdir", str(tmp_path / "orbax"), "--adapter", "linear"
+  )
   assert result.returncode == 0, result.stderr
   model = checkpoint.load_model(str(tmp_path / "orbax"))
   assert model.config.adapter == "linear" and model.config.decoder_layers == 3
@@ -158,8 +172,11 @@ def test_cli_both_ways_with_the_checkpoints_own_tokenizer(tmp_path, bart_dir):
   result = run("--workdir", str(tmp_path / "orbax"), "--to_hf", str(tmp_path / "back"))
   assert result.returncode == 0, result.stderr
   assert sorted(load_file(str(tmp_path / "back" / "model.safetensors"))) == sorted(
-      load_file(str(bart_dir / "model.safetensors")))
-  assert (tmp_path / "back" / "tokenizer.json").read_text() == (bart_dir / "tokenizer.json").read_text()
+    load_file(str(bart_dir / "model.safetensors"))
+  )
+  assert (tmp_path / "back" / "tokenizer.json").read_text() == (
+    bart_dir / "tokenizer.json"
+  ).read_text()
   result = run("--workdir", str(tmp_path / "x"))  # neither --source nor --to_hf
   assert result.returncode != 0 and "exactly one of --source" in result.stderr
   assert np.asarray(model.token_embedding.embedding[...]).shape == (60, 32)

@@ -19,8 +19,12 @@ MAX_NEW_TOKENS = hf_models.PARITY_MAX_NEW_TOKENS
 def test_final_exit_logits_match_pytorch(converted, name):
   c = converted(name)
   inputs = hf_models.random_inputs(c.hf_model)
-  decoder_ids = torch.randint(3, c.hf_model.config.get_text_config().vocab_size, (3, 6),
-                              generator=torch.Generator().manual_seed(1))
+  decoder_ids = torch.randint(
+    3,
+    c.hf_model.config.get_text_config().vocab_size,
+    (3, 6),
+    generator=torch.Generator().manual_seed(1),
+  )
   with torch.no_grad():
     expected = c.hf_model(**inputs, decoder_input_ids=decoder_ids).logits.numpy()  # [B, T, V]
   logits = np.asarray(c.model(hf_models.to_ours(inputs), decoder_ids.numpy()))  # [L, B, T, V]
@@ -33,8 +37,9 @@ def test_final_exit_logits_match_pytorch(converted, name):
 
 def _hf_generate(c, inputs, **search) -> tuple[np.ndarray, np.ndarray | None]:
   config = c.model.config
-  return hf_generate(c.hf_model, inputs, MAX_NEW_TOKENS, eos_id=config.eos_id, pad_id=config.pad_id,
-                     **search)
+  return hf_generate(
+    c.hf_model, inputs, MAX_NEW_TOKENS, eos_id=config.eos_id, pad_id=config.pad_id, **search
+  )
 
 
 @pytest.mark.parametrize("name", GENERATION_VARIANTS)
@@ -43,8 +48,9 @@ def test_greedy_matches_hf_generate(converted, name):
   inputs = hf_models.parity_batch(c.hf_model)
   expected, _ = _hf_generate(c, inputs, num_beams=1)
   expected = pad_to(expected, MAX_NEW_TOKENS, c.model.config.pad_id)
-  out = generate(c.model, hf_models.to_ours(inputs),
-                 DecodeConfig(max_new_tokens=MAX_NEW_TOKENS, threshold=1.5))  # DEED that never exits
+  out = generate(
+    c.model, hf_models.to_ours(inputs), DecodeConfig(max_new_tokens=MAX_NEW_TOKENS, threshold=1.5)
+  )  # DEED that never exits
   np.testing.assert_array_equal(np.asarray(out.tokens), expected)
   _check_varied(expected, c.model.config.eos_id)
 
@@ -55,7 +61,9 @@ def _check_varied(tokens: np.ndarray, eos_id: int) -> None:
   assert tokens.shape[1] == MAX_NEW_TOKENS
   assert len({tuple(row) for row in tokens.tolist()}) > 1
   is_eos = tokens == eos_id
-  lengths = np.where(is_eos.any(1), is_eos.argmax(1) + 1, MAX_NEW_TOKENS + 1)  # incl. EOS; none: over
+  lengths = np.where(
+    is_eos.any(1), is_eos.argmax(1) + 1, MAX_NEW_TOKENS + 1
+  )  # incl. EOS; none: over
   assert lengths.min() < MAX_NEW_TOKENS and len(set(lengths.tolist())) > 1, tokens
 
 
@@ -63,7 +71,9 @@ def _check_varied(tokens: np.ndarray, eos_id: int) -> None:
 # early stopping (the pool/stopping rules themselves are covered in tests/decoding/test_beam.py).
 # (Training checked that no beam decision of these searches is a near-tie: hf_models.generation_problem.)
 BEAM_CASES = [(name, 0.6, False) for name in GENERATION_VARIANTS] + [
-    ("bart", 2.0, True), ("t5_v1_1", 2.0, True)]
+  ("bart", 2.0, True),
+  ("t5_v1_1", 2.0, True),
+]
 assert {case[1:] for case in BEAM_CASES} <= set(hf_models.PARITY_BEAM_SEARCHES)
 
 
@@ -72,15 +82,31 @@ def test_beam_matches_hf_generate(converted, name, length_penalty, early_stoppin
   c = converted(name, trained=True)
   inputs = hf_models.parity_batch(c.hf_model)
   beams = hf_models.PARITY_BEAMS
-  expected, expected_scores = _hf_generate(c, inputs, num_beams=beams, num_return_sequences=beams,
-                                           length_penalty=length_penalty, early_stopping=early_stopping)
-  out = generate(c.model, hf_models.to_ours(inputs), DecodeConfig(
-      strategy="beam", num_beams=beams, max_new_tokens=MAX_NEW_TOKENS, threshold=1.5,
-      length_penalty=length_penalty, early_stopping=early_stopping))
+  expected, expected_scores = _hf_generate(
+    c,
+    inputs,
+    num_beams=beams,
+    num_return_sequences=beams,
+    length_penalty=length_penalty,
+    early_stopping=early_stopping,
+  )
+  out = generate(
+    c.model,
+    hf_models.to_ours(inputs),
+    DecodeConfig(
+      strategy="beam",
+      num_beams=beams,
+      max_new_tokens=MAX_NEW_TOKENS,
+      threshold=1.5,
+      length_penalty=length_penalty,
+      early_stopping=early_stopping,
+    ),
+  )
   pad, batch = c.model.config.pad_id, expected.shape[0] // beams
   expected = pad_to(expected, MAX_NEW_TOKENS, pad).reshape(batch, beams, MAX_NEW_TOKENS)
   np.testing.assert_array_equal(np.asarray(out.beams.tokens), expected)
-  np.testing.assert_allclose(np.asarray(out.beams.scores), expected_scores.reshape(batch, beams),
-                             rtol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(out.beams.scores), expected_scores.reshape(batch, beams), rtol=1e-4
+  )
   np.testing.assert_array_equal(np.asarray(out.tokens), expected[:, 0])
   _check_varied(expected.reshape(batch * beams, -1), c.model.config.eos_id)

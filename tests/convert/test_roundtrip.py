@@ -15,8 +15,13 @@ from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import load_file
 
 from deed_jax import checkpoint
-from deed_jax.convert import (ConversionError, ConvertOptions, convert_params, hf_to_orbax,
-                              orbax_to_hf)
+from deed_jax.convert import (
+  ConversionError,
+  ConvertOptions,
+  convert_params,
+  hf_to_orbax,
+  orbax_to_hf,
+)
 from deed_jax.convert.import_hf import EXIT_MODULES_FILE
 from tests.convert import hf_models
 
@@ -39,7 +44,9 @@ def test_hf_orbax_hf_reproduces_every_tensor(converted, name, tmp_path):
   with open(os.path.join(c.hf_dir, "config.json")) as f, open(tmp_path / "hf" / "config.json") as g:
     assert json.load(g) == json.load(f)
   adapters = load_numpy(str(tmp_path / "hf" / EXIT_MODULES_FILE))
-  assert len(adapters) == 4 * c.model.config.decoder_layers  # bottleneck: down, down_bias, up, up_bias
+  assert (
+    len(adapters) == 4 * c.model.config.decoder_layers
+  )  # bottleneck: down, down_bias, up, up_bias
   # HF loads the exported directory exactly as it loads the source directory. (Compared with a reload
   # of the source, not the in-memory model: transformers 4.57 reloads an untied-head BART it saved
   # itself with fresh encoder/decoder embeddings, since save_pretrained drops them as tied copies.)
@@ -89,8 +96,9 @@ def test_model_changed_here_is_served_by_hf(tmp_path):
   model = checkpoint.load_model(workdir)
   params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   rng = np.random.default_rng(0)
-  params = jax_tree_map(lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32),
-                        params)
+  params = jax_tree_map(
+    lambda x: np.asarray(x) + 0.05 * rng.standard_normal(x.shape).astype(np.float32), params
+  )
   checkpoint.save_params(workdir, model.config, params, step=1)
   changed = checkpoint.load_model(workdir)
   orbax_to_hf(workdir, str(tmp_path / "exported"))
@@ -128,12 +136,15 @@ def test_exit_modules_come_back_when_an_exported_directory_is_converted_again(tm
   exported directory holds is refused before anything is written."""
   hf_models.build("bart").save_pretrained(tmp_path / "hf")
   workdir = str(tmp_path / "orbax")
-  config = hf_to_orbax(str(tmp_path / "hf"), workdir,
-                       ConvertOptions(exit_classifier="mlp", exit_classifier_dim=8))
+  config = hf_to_orbax(
+    str(tmp_path / "hf"), workdir, ConvertOptions(exit_classifier="mlp", exit_classifier_dim=8)
+  )
   assert config.exit_classifier == "mlp" and config.adapter == "bottleneck"
   params = nnx.to_pure_dict(nnx.state(checkpoint.load_model(workdir), nnx.Param))
   rng = np.random.default_rng(0)
-  changed = jax_tree_map(lambda x: np.asarray(x) + rng.standard_normal(x.shape).astype(x.dtype), params)
+  changed = jax_tree_map(
+    lambda x: np.asarray(x) + rng.standard_normal(x.shape).astype(x.dtype), params
+  )
   checkpoint.save_params(workdir, config, changed, step=1)
   with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # the last adapter moved (tested above)
@@ -143,17 +154,22 @@ def test_exit_modules_come_back_when_an_exported_directory_is_converted_again(tm
   again = str(tmp_path / "again")
   assert hf_to_orbax(str(tmp_path / "exported"), again) == config
   expected = checkpoint.flat_params(changed)
-  restored = checkpoint.flat_params(nnx.to_pure_dict(nnx.state(checkpoint.load_model(again),
-                                                               nnx.Param)))
+  restored = checkpoint.flat_params(
+    nnx.to_pure_dict(nnx.state(checkpoint.load_model(again), nnx.Param))
+  )
   assert sorted(restored) == sorted(expected)
   for key, value in expected.items():
     np.testing.assert_array_equal(np.asarray(restored[key]), value, err_msg=key)
   with pytest.raises(ConversionError, match="exit_classifier='linear' was asked for.*'mlp'"):
-    hf_to_orbax(str(tmp_path / "exported"), str(tmp_path / "refused"),
-                ConvertOptions(exit_classifier="linear"))
+    hf_to_orbax(
+      str(tmp_path / "exported"),
+      str(tmp_path / "refused"),
+      ConvertOptions(exit_classifier="linear"),
+    )
   assert not os.path.exists(tmp_path / "refused")
 
 
 def jax_tree_map(fn, tree):
   import jax  # pylint: disable=g-import-not-at-top
+
   return jax.tree.map(fn, tree)

@@ -24,12 +24,28 @@ from tests.training.configs import tiny_text_config
 TEXTS = [forms.form_as_text(forms.make_form(seed)) for seed in range(40)]
 # (special tokens in id order, the tokenizer_config.json transformers reads, source template)
 FAMILIES = {
-    "bart": (["<s>", "<pad>", "</s>", "<unk>"],
-             {"tokenizer_class": "BartTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-              "pad_token": "<pad>", "unk_token": "<unk>", "model_max_length": 128}),
-    "t5": (["<pad>", "</s>", "<unk>"],
-           {"tokenizer_class": "T5TokenizerFast", "eos_token": "</s>", "pad_token": "<pad>",
-            "unk_token": "<unk>", "extra_ids": 0, "model_max_length": 128}),
+  "bart": (
+    ["<s>", "<pad>", "</s>", "<unk>"],
+    {
+      "tokenizer_class": "BartTokenizerFast",
+      "bos_token": "<s>",
+      "eos_token": "</s>",
+      "pad_token": "<pad>",
+      "unk_token": "<unk>",
+      "model_max_length": 128,
+    },
+  ),
+  "t5": (
+    ["<pad>", "</s>", "<unk>"],
+    {
+      "tokenizer_class": "T5TokenizerFast",
+      "eos_token": "</s>",
+      "pad_token": "<pad>",
+      "unk_token": "<unk>",
+      "extra_ids": 0,
+      "model_max_length": 128,
+    },
+  ),
 }
 
 
@@ -40,14 +56,21 @@ def _tokenizer(family: str, directory) -> int:
   tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
   tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tokenizer.decoder = decoders.ByteLevel()
-  tokenizer.train_from_iterator(TEXTS, trainers.BpeTrainer(
-      vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tokenizer.train_from_iterator(
+    TEXTS,
+    trainers.BpeTrainer(
+      vocab_size=320, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    ),
+  )
   ids = {token: tokenizer.token_to_id(token) for token in specials}
   if family == "bart":  # as BART's own tokenizer.json
-    tokenizer.post_processor = processors.RobertaProcessing(("</s>", ids["</s>"]), ("<s>", ids["<s>"]))
+    tokenizer.post_processor = processors.RobertaProcessing(
+      ("</s>", ids["</s>"]), ("<s>", ids["<s>"])
+    )
   else:  # as T5's: the text, then </s>
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", ids["</s>"])])
+      single="$A </s>", special_tokens=[("</s>", ids["</s>"])]
+    )
   directory.mkdir(parents=True, exist_ok=True)
   tokenizer.save(str(directory / "tokenizer.json"))
   (directory / "tokenizer_config.json").write_text(json.dumps(config))
@@ -57,14 +80,38 @@ def _tokenizer(family: str, directory) -> int:
 def _model(family: str, vocab: int):
   torch.manual_seed(0)
   if family == "bart":
-    return T.BartForConditionalGeneration(T.BartConfig(
-        vocab_size=vocab, d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=48, decoder_ffn_dim=48, max_position_embeddings=112,
-        bos_token_id=0, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2,
-        forced_eos_token_id=None))
-  return T.T5ForConditionalGeneration(T.T5Config(
-      vocab_size=vocab, d_model=32, d_kv=8, d_ff=48, num_layers=1, num_decoder_layers=2, num_heads=4,
-      pad_token_id=0, eos_token_id=1, decoder_start_token_id=0))
+    return T.BartForConditionalGeneration(
+      T.BartConfig(
+        vocab_size=vocab,
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=48,
+        decoder_ffn_dim=48,
+        max_position_embeddings=112,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_eos_token_id=None,
+      )
+    )
+  return T.T5ForConditionalGeneration(
+    T.T5Config(
+      vocab_size=vocab,
+      d_model=32,
+      d_kv=8,
+      d_ff=48,
+      num_layers=1,
+      num_decoder_layers=2,
+      num_heads=4,
+      pad_token_id=0,
+      eos_token_id=1,
+      decoder_start_token_id=0,
+    )
+  )
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -74,8 +121,9 @@ def test_fine_tuning_a_converted_model_with_its_own_tokenizer(tmp_path, tfds_dir
   _model(family, vocab).save_pretrained(hf_dir)
   converted = str(tmp_path / "converted")
   # T5's relative positions need a bound on the decoder length; BART's table gives one.
-  hf_to_orbax(str(hf_dir), converted,
-              ConvertOptions(max_target_length=40 if family == "t5" else None))
+  hf_to_orbax(
+    str(hf_dir), converted, ConvertOptions(max_target_length=40 if family == "t5" else None)
+  )
 
   ours = get_tokenizer(converted)  # the tokenizer files travelled with the weights
   theirs = T.AutoTokenizer.from_pretrained(str(hf_dir))
@@ -99,20 +147,29 @@ def test_fine_tuning_a_converted_model_with_its_own_tokenizer(tmp_path, tfds_dir
 
   # The training pipeline feeds the encoder exactly what transformers' tokenizer gives.
   model = checkpoint.load_model(workdir)
-  features = pipeline.TaskFeatures(encoder="text", source_key="source", target_key="target",
-                                   max_source_length=config.task.max_source_length,
-                                   max_target_length=model.config.max_target_length)
+  features = pipeline.TaskFeatures(
+    encoder="text",
+    source_key="source",
+    target_key="target",
+    max_source_length=config.task.max_source_length,
+    max_target_length=model.config.max_target_length,
+  )
   example = {"source": TEXTS[0].encode(), "target": b"x"}
   batch = pipeline.Preprocess(features, ours, decoder_start_id=model.config.bos_id).map(example)
-  expected = theirs(TEXTS[0], truncation=True, max_length=config.task.max_source_length)["input_ids"]
-  assert batch["input_ids"][:len(expected)].tolist() == expected
+  expected = theirs(TEXTS[0], truncation=True, max_length=config.task.max_source_length)[
+    "input_ids"
+  ]
+  assert batch["input_ids"][: len(expected)].tolist() == expected
   assert batch["attention_mask"].sum() == len(expected)
   assert batch["decoder_input_ids"][0] == theirs.convert_tokens_to_ids(
-      "</s>" if family == "bart" else "<pad>")  # HF's decoder start: EOS for BART, pad for T5
+    "</s>" if family == "bart" else "<pad>"
+  )  # HF's decoder start: EOS for BART, pad for T5
 
-  out = generate(model, {"input_ids": batch["input_ids"][None],
-                         "attention_mask": batch["attention_mask"][None]},
-                 DecodeConfig(max_new_tokens=8, threshold=0.5))
+  out = generate(
+    model,
+    {"input_ids": batch["input_ids"][None], "attention_mask": batch["attention_mask"][None]},
+    DecodeConfig(max_new_tokens=8, threshold=0.5),
+  )
   tokens = np.asarray(out.tokens)
   assert tokens.shape == (1, 8) and tokens.max() < model.config.vocab_size
   assert isinstance(ours.decode(tokens[0]), str)

@@ -54,13 +54,30 @@ def test_a_safetensors_checkpoint_converts_decodes_and_exports_without_torch(tmp
   hf = hf_models.build("bart")
   hf.save_pretrained(tmp_path / "hf")
   ids = [[5, 9, 30, 12, 2, 0], [7, 8, 2, 0, 0, 0]]
-  env = {"PATH": os.environ.get("PATH", ""), "JAX_PLATFORMS": "cpu", "HOME": str(tmp_path),
-         "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),  # the same floats as this process's init
-         "PYTHONPATH": os.pathsep.join([_site_packages_without_torch(tmp_path), REPO])}
+  env = {
+    "PATH": os.environ.get("PATH", ""),
+    "JAX_PLATFORMS": "cpu",
+    "HOME": str(tmp_path),
+    "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),  # the same floats as this process's init
+    "PYTHONPATH": os.pathsep.join([_site_packages_without_torch(tmp_path), REPO]),
+  }
   # -S: no site-packages but the mirror's (and no .pth hooks).
-  run = subprocess.run([sys.executable, "-S", "-c", _CHILD, str(tmp_path / "hf"),
-                        str(tmp_path / "orbax"), str(tmp_path / "exported"), json.dumps(ids)],
-                       capture_output=True, text=True, env=env, timeout=600)
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-S",
+      "-c",
+      _CHILD,
+      str(tmp_path / "hf"),
+      str(tmp_path / "orbax"),
+      str(tmp_path / "exported"),
+      json.dumps(ids),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=600,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   tokens = json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -68,15 +85,24 @@ def test_a_safetensors_checkpoint_converts_decodes_and_exports_without_torch(tmp
   hf_to_orbax(str(tmp_path / "hf"), str(tmp_path / "with_torch"))
   expected = checkpoint.load_model(str(tmp_path / "with_torch"))
   converted = checkpoint.load_model(str(tmp_path / "orbax"))
-  params = lambda m: {k: np.asarray(v) for k, v in checkpoint.flat_params(
-      nnx.to_pure_dict(nnx.state(m, nnx.Param))).items()}
+  params = lambda m: {
+    k: np.asarray(v)
+    for k, v in checkpoint.flat_params(nnx.to_pure_dict(nnx.state(m, nnx.Param))).items()
+  }
   want, got = params(expected), params(converted)
   assert sorted(got) == sorted(want)
   for key in want:
     np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-  inputs = {"input_ids": np.array(ids, np.int32), "attention_mask": (np.array(ids) > 0).astype(np.int32)}
-  assert tokens == np.asarray(generate(expected, inputs, DecodeConfig(
-      exit_mode="static", max_new_tokens=6)).tokens).tolist()
+  inputs = {
+    "input_ids": np.array(ids, np.int32),
+    "attention_mask": (np.array(ids) > 0).astype(np.int32),
+  }
+  assert (
+    tokens
+    == np.asarray(
+      generate(expected, inputs, DecodeConfig(exit_mode="static", max_new_tokens=6)).tokens
+    ).tolist()
+  )
   # The export written without PyTorch is HF's model again, tensor for tensor.
   source = load_file(str(tmp_path / "hf" / "model.safetensors"))
   exported = load_file(str(tmp_path / "exported" / "model.safetensors"))

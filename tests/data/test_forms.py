@@ -13,7 +13,9 @@ from deed_jax.data import forms
 
 def test_forms_are_reproducible_and_varied():
   assert forms.make_form(7) == forms.make_form(7)
-  np.testing.assert_array_equal(forms.render_form(forms.make_form(7)), forms.render_form(forms.make_form(7)))
+  np.testing.assert_array_equal(
+    forms.render_form(forms.make_form(7)), forms.render_form(forms.make_form(7))
+  )
   many = [forms.make_form(seed) for seed in range(200)]
   assert len({f.answer for f in many}) > 150
   assert len({f.question for f in many}) == len(forms.FIELD_GENERATORS)
@@ -46,9 +48,15 @@ def test_image_shape_and_the_answer_is_drawn_in_its_row():
   pixels = forms.render_form(form)
   assert pixels.shape == forms.IMAGE_SIZE + (3,) and pixels.dtype == np.uint8
   row = 1 + [label for label, _ in form.fields].index(form.question)
-  other_value = "X" * len(form.answer) if form.answer != "X" * len(form.answer) else "Y" * len(form.answer)
-  changed = dataclasses.replace(form, fields=tuple(
-      (label, other_value if label == form.question else value) for label, value in form.fields))
+  other_value = (
+    "X" * len(form.answer) if form.answer != "X" * len(form.answer) else "Y" * len(form.answer)
+  )
+  changed = dataclasses.replace(
+    form,
+    fields=tuple(
+      (label, other_value if label == form.question else value) for label, value in form.fields
+    ),
+  )
   diff = np.abs(forms.render_form(changed).astype(int) - pixels.astype(int)).sum(axis=(1, 2))  # [H]
   rows_changed = {y // forms.CELL_HEIGHT for y in np.nonzero(diff)[0]}
   assert rows_changed == {row}
@@ -58,8 +66,10 @@ def test_only_the_asked_row_is_highlighted():
   for seed in range(5):
     form = forms.make_form(seed)
     pixels = forms.render_form(form)
-    row_darkness = [255 - pixels[r * forms.CELL_HEIGHT:(r + 1) * forms.CELL_HEIGHT].mean()
-                    for r in range(forms.ROWS)]
+    row_darkness = [
+      255 - pixels[r * forms.CELL_HEIGHT : (r + 1) * forms.CELL_HEIGHT].mean()
+      for r in range(forms.ROWS)
+    ]
     asked = 1 + [label for label, _ in form.fields].index(form.question)
     assert [r for r, d in enumerate(row_darkness) if d > 128] == [asked]
 
@@ -67,8 +77,10 @@ def test_only_the_asked_row_is_highlighted():
 def test_question_is_drawn_in_the_header_row():
   form = forms.make_form(11)
   other = next(label for label, _ in form.fields if label != form.question)
-  diff = np.abs(forms.render_form(dataclasses.replace(form, question=other)).astype(int)
-                - forms.render_form(form).astype(int)).sum(axis=(1, 2))
+  diff = np.abs(
+    forms.render_form(dataclasses.replace(form, question=other)).astype(int)
+    - forms.render_form(form).astype(int)
+  ).sum(axis=(1, 2))
   rows = [label for label, _ in form.fields]
   moved_highlight = {1 + rows.index(form.question), 1 + rows.index(other)}
   assert {y // forms.CELL_HEIGHT for y in np.nonzero(diff)[0]} == {0} | moved_highlight

@@ -18,8 +18,9 @@ def data_dir(tfds_dir):
 def _loader(data_dir, name, task, split="train", seed=0, rows=(0, 8), first_step=1, steps=None):
   """Global batches of 8 (this reader's `rows` of each), for `steps` steps (default: one epoch)."""
   source = pipeline.data_source(name, "tiny", split, data_dir)
-  batches = pipeline.train_batches(source, pipeline.Preprocess(task, ByteTokenizer()), 8, rows,
-                                   seed=seed, first_step=first_step)
+  batches = pipeline.train_batches(
+    source, pipeline.Preprocess(task, ByteTokenizer()), 8, rows, seed=seed, first_step=first_step
+  )
   return [next(batches) for _ in range(len(source) // 8 if steps is None else steps)]
 
 
@@ -37,8 +38,9 @@ def test_prepared_splits_have_the_configured_sizes(data_dir):
 
 def test_image_batches_decode_to_the_rendered_forms(data_dir):
   source = pipeline.data_source("forms_vqa", "tiny", "validation", data_dir)
-  expected = {forms.make_form(2_000_000_000 + i).answer: forms.make_form(2_000_000_000 + i)
-              for i in range(64)}
+  expected = {
+    forms.make_form(2_000_000_000 + i).answer: forms.make_form(2_000_000_000 + i) for i in range(64)
+  }
   example = source[0]
   form = expected[example["answer"].decode()]
   np.testing.assert_array_equal(example["image"], forms.render_form(form))
@@ -51,7 +53,9 @@ def test_image_batches_decode_to_the_rendered_forms(data_dir):
     assert answer in {f.answer for f in (forms.make_form(1_000_000_000 + i) for i in range(256))}
     n = int(batch["target_mask"][row].sum())
     assert n == len(answer) + 1 and batch["targets"][row, n - 1] == tok.eos_id
-    np.testing.assert_array_equal(batch["decoder_input_ids"][row, 1:n], batch["targets"][row, :n - 1])
+    np.testing.assert_array_equal(
+      batch["decoder_input_ids"][row, 1:n], batch["targets"][row, : n - 1]
+    )
 
 
 def test_text_batches(data_dir):
@@ -74,10 +78,13 @@ def test_training_order_is_a_function_of_seed_and_step(data_dir):
   # One epoch reads every example once; the next epoch reads them all again, in another order.
   source = pipeline.data_source("forms_vqa", "tiny", "train", data_dir)
   tok = ByteTokenizer()
-  everything = sorted(tok.decode(pipeline.Preprocess(IMAGE_TASK, tok).map(source[i])["targets"])
-                      for i in range(len(source)))
-  epoch_2 = np.stack([b["targets"] for b in _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3,
-                                                    first_step=33)])
+  everything = sorted(
+    tok.decode(pipeline.Preprocess(IMAGE_TASK, tok).map(source[i])["targets"])
+    for i in range(len(source))
+  )
+  epoch_2 = np.stack(
+    [b["targets"] for b in _loader(data_dir, "forms_vqa", IMAGE_TASK, seed=3, first_step=33)]
+  )
   for epoch in (first, epoch_2):
     assert sorted(tok.decode(t) for t in epoch.reshape(-1, epoch.shape[-1])) == everything
   assert not np.array_equal(first, epoch_2)
@@ -94,8 +101,9 @@ def test_processes_read_their_rows_of_the_same_global_batches(data_dir):
   bottom = _loader(data_dir, "forms_text", TEXT_TASK, rows=(4, 8), steps=3)
   for step in range(3):
     for key in whole[step]:
-      np.testing.assert_array_equal(np.concatenate([top[step][key], bottom[step][key]]),
-                                    whole[step][key])
+      np.testing.assert_array_equal(
+        np.concatenate([top[step][key], bottom[step][key]]), whole[step][key]
+      )
   assert pipeline.process_rows(jax.sharding.SingleDeviceSharding(jax.devices()[0]), 8) == (0, 8)
 
 
@@ -110,9 +118,12 @@ def test_eval_batches_cover_the_split_once_and_mark_the_padding(data_dir):
   for i in (0, 30, 63):
     np.testing.assert_array_equal(targets[i], preprocess.map(source[i])["targets"])
   np.testing.assert_array_equal(targets[64:], np.repeat(targets[63:64], 8, axis=0))
-  halves = [list(pipeline.eval_batches(source, preprocess, 24, rows)) for rows in ((0, 12), (12, 24))]
+  halves = [
+    list(pipeline.eval_batches(source, preprocess, 24, rows)) for rows in ((0, 12), (12, 24))
+  ]
   np.testing.assert_array_equal(
-      np.concatenate([np.concatenate([a["targets"], b["targets"]]) for a, b in zip(*halves)]), targets)
+    np.concatenate([np.concatenate([a["targets"], b["targets"]]) for a, b in zip(*halves)]), targets
+  )
 
 
 def test_unknown_dataset_or_config_is_refused(tmp_path):

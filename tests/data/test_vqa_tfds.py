@@ -26,8 +26,15 @@ def _docvqa(root):
     for i in range(count):
       _image(os.path.join(root, split, "documents", f"doc{i}.png"), (20 + 10 * i, 60), "white")
       answers = [f"answer {split} {i}", f"alt {i}"] if not (split == "val" and i == 4) else []
-      data.append({"questionId": 100 * (split == "val") + i, "question": f"what is {i}?",
-                   "image": f"documents/doc{i}.png", "docId": i, "answers": answers})
+      data.append(
+        {
+          "questionId": 100 * (split == "val") + i,
+          "question": f"what is {i}?",
+          "image": f"documents/doc{i}.png",
+          "docId": i,
+          "answers": answers,
+        }
+      )
     with open(os.path.join(root, split, f"{split}_v1.0.json"), "w") as f:
       json.dump({"dataset_name": "docvqa", "dataset_split": split, "data": data}, f)
 
@@ -48,8 +55,13 @@ def test_docvqa_layout_prepares_splits_and_features(tmp_path):
   assert pipeline.answers(example, "answer") == ["answer val 2"]
   assert example["question"].decode() == "what is 2?"
   # The pipeline turns it into model features, with every answer beside them.
-  features = pipeline.TaskFeatures(encoder="image", source_key="image", target_key="answer",
-                                   max_source_length=0, max_target_length=16)
+  features = pipeline.TaskFeatures(
+    encoder="image",
+    source_key="image",
+    target_key="answer",
+    max_source_length=0,
+    max_target_length=16,
+  )
   preprocess = pipeline.Preprocess(features, ByteTokenizer())
   examples, answers = pipeline.read_examples(source, preprocess, 0, "answers")
   assert sorted(answers) == [["answer val 2", "alt 2"], ["answer val 3", "alt 3"]]
@@ -61,8 +73,10 @@ def test_stvqa_layouts_with_file_paths_and_image_ids(tmp_path):
   manual = str(tmp_path / "stvqa")
   _image(os.path.join(manual, "coco", "a.jpg"), (30, 30), "red")
   _image(os.path.join(manual, "images", "b.jpg"), (30, 30), "blue")
-  entries = [{"question": "q a", "answers": ["x"] * 10, "file_path": "coco/a.jpg"},
-             {"question": "q b", "answers": ["y", "z"], "image_id": "b"}]
+  entries = [
+    {"question": "q a", "answers": ["x"] * 10, "file_path": "coco/a.jpg"},
+    {"question": "q b", "answers": ["y", "z"], "image_id": "b"},
+  ]
   with open(os.path.join(manual, "train.json"), "w") as f:
     json.dump({"data": entries}, f)
   with open(os.path.join(manual, "val.json"), "w") as f:
@@ -90,14 +104,20 @@ def test_fit_image_pads_centred_or_stretches():
 
 def test_image_config_name_follows_the_preprocessor(tmp_path):
   assert vqa_tfds.image_config_name(str(tmp_path), (64, 96)) == "64x96_pad"  # no file: pad
-  (tmp_path / "preprocessor_config.json").write_text(json.dumps({"do_resize": True, "do_pad": False}))
+  (tmp_path / "preprocessor_config.json").write_text(
+    json.dumps({"do_resize": True, "do_pad": False})
+  )
   assert vqa_tfds.image_config_name(str(tmp_path), (64, 96)) == "64x96_resize"
-  (tmp_path / "preprocessor_config.json").write_text(json.dumps({"do_thumbnail": True, "do_pad": True}))
+  (tmp_path / "preprocessor_config.json").write_text(
+    json.dumps({"do_thumbnail": True, "do_pad": True})
+  )
   assert vqa_tfds.image_config_name(str(tmp_path), (2560, 1920)) == "2560x1920_pad"
   assert vqa_tfds.image_config_name(str(tmp_path), 224) == "224x224_pad"
   # A task config leaving the VQA builder's config empty gets the model's; others keep theirs.
   assert datasets.resolve_config("docvqa", "", str(tmp_path), (64, 96)) == "64x96_pad"
-  assert datasets.resolve_config("docvqa", "32x32_resize", str(tmp_path), (64, 96)) == "32x32_resize"
+  assert (
+    datasets.resolve_config("docvqa", "32x32_resize", str(tmp_path), (64, 96)) == "32x32_resize"
+  )
   assert datasets.resolve_config("forms_vqa", "tiny", str(tmp_path), (64, 96)) == "tiny"
 
 
@@ -115,17 +135,22 @@ def _bad_folders(tmp_path):
   (wrong_shape / "val" / "val_v1.0.json").write_text(json.dumps({"data": [{"answers": ["a"]}]}))
   no_image = tmp_path / "no_image"
   (no_image / "val").mkdir(parents=True)
-  (no_image / "val" / "val_v1.0.json").write_text(json.dumps(
-      {"data": [{"question": "q", "answers": ["a"], "image": "documents/gone.png"}]}))
-  return {"missing": (str(tmp_path / "missing"), MissingPathError, "missing"),
-          "empty": (str(empty), MissingPathError, "empty"),
-          "unrelated": (str(unrelated), UserError, "no question files"),
-          "malformed": (str(malformed), UserError, "val_v1.0.json"),
-          "wrong_shape": (str(wrong_shape), UserError, "val_v1.0.json"),
-          "no_image": (str(no_image), MissingPathError, "gone.png")}
+  (no_image / "val" / "val_v1.0.json").write_text(
+    json.dumps({"data": [{"question": "q", "answers": ["a"], "image": "documents/gone.png"}]})
+  )
+  return {
+    "missing": (str(tmp_path / "missing"), MissingPathError, "missing"),
+    "empty": (str(empty), MissingPathError, "empty"),
+    "unrelated": (str(unrelated), UserError, "no question files"),
+    "malformed": (str(malformed), UserError, "val_v1.0.json"),
+    "wrong_shape": (str(wrong_shape), UserError, "val_v1.0.json"),
+    "no_image": (str(no_image), MissingPathError, "gone.png"),
+  }
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unrelated", "malformed", "wrong_shape", "no_image"])
+@pytest.mark.parametrize(
+  "case", ["missing", "empty", "unrelated", "malformed", "wrong_shape", "no_image"]
+)
 def test_bad_manual_dirs_are_refused_before_anything_is_written(tmp_path, case):
   manual, error, named = _bad_folders(tmp_path)[case]
   data_dir = tmp_path / "tfds"
@@ -134,12 +159,15 @@ def test_bad_manual_dirs_are_refused_before_anything_is_written(tmp_path, case):
   assert not data_dir.exists()
 
 
-@pytest.mark.parametrize("name, config, manual, named", [
+@pytest.mark.parametrize(
+  "name, config, manual, named",
+  [
     ("docvqa", "32x48", "x", "'32x48'"),
     ("docvqa", "4x48_pad", "x", "'4x48_pad'"),
     ("docvqa", "32x48_pad", "", "manual_dir"),
     ("textcaps", "32x48_pad", "x", "'textcaps'"),
-])
+  ],
+)
 def test_bad_dataset_names_and_configs(tmp_path, name, config, manual, named):
   with pytest.raises(UserError, match=named):
     datasets.check(name, config, manual)

@@ -44,8 +44,9 @@ def classifier_probabilities(model, features):
   weight = lambda name: np.asarray(getattr(probe, name)[...], np.float64)
   layers = range(x.shape[0])
   if model.config.exit_classifier == "mlp":
-    x = np.stack([np.maximum(x[l] @ weight("hidden")[l] + weight("hidden_bias")[l], 0.0)
-                  for l in layers])
+    x = np.stack(
+      [np.maximum(x[l] @ weight("hidden")[l] + weight("hidden_bias")[l], 0.0) for l in layers]
+    )
   logit = np.stack([x[l] @ weight("kernel")[l] + weight("bias")[l] for l in layers])
   return 1.0 / (1.0 + np.exp(-logit))
 
@@ -62,9 +63,21 @@ def _confidences(log_probs, states, features, kind, model):
   return (1.0 + cos) / 2.0
 
 
-def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, length_penalty=1.0,
-                early_stopping=False, threshold=2.0, min_exit_layer=1, allowed_exit_layers=None,
-                confidence="max_prob", copy_states=False):
+def beam_search(
+  model,
+  encoder_inputs,
+  *,
+  num_beams,
+  max_new_tokens,
+  eos_id,
+  length_penalty=1.0,
+  early_stopping=False,
+  threshold=2.0,
+  min_exit_layer=1,
+  allowed_exit_layers=None,
+  confidence="max_prob",
+  copy_states=False,
+):
   """-> BeamResult: per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)];
   per step, the deepest exit any beam of a still-running row took ([max_new_tokens] ints, 0 once every
   row is done: the layers a batched decoder must run at that step, no more); per row, the steps it
@@ -74,6 +87,7 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
   K/V projected from their exit state, through the naive reference's copied-state forward."""
   cfg = model.config
   k, n = num_beams, max_new_tokens
+
   # Prefixes are padded to n: causal attention makes position p's logits those of the prefix alone,
   # and one compiled forward serves every step.
   @jax.jit
@@ -83,41 +97,52 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
 
   @jax.jit
   def copied_forward(inputs, prefix, t, exit_layers, exit_states):  # -> the same at t
-    states, features = copied_state_pass(model, prefix, t, exit_layers, exit_states,
-                                         *model.encode(inputs))
+    states, features = copied_state_pass(
+      model, prefix, t, exit_layers, exit_states, *model.encode(inputs)
+    )
     return model.logits(features), states, features
 
   def may_exit(layer):  # 0-based
-    return layer >= min_exit_layer - 1 and (allowed_exit_layers is None or layer + 1 in allowed_exit_layers)
+    return layer >= min_exit_layer - 1 and (
+      allowed_exit_layers is None or layer + 1 in allowed_exit_layers
+    )
+
   pools, layers_run, row_steps = [], [0] * max_new_tokens, []
   for b in range(len(next(iter(encoder_inputs.values())))):
-    row_inputs = {name: np.repeat(value[b:b + 1], k, axis=0) for name, value in encoder_inputs.items()}
+    row_inputs = {
+      name: np.repeat(value[b : b + 1], k, axis=0) for name, value in encoder_inputs.items()
+    }
     # (sum of log-probs, tokens, exit layers, confidences)
     beams = [(0.0, [], [], [])] + [(-1e9, [], [], [])] * (k - 1)
     states = [np.zeros((n, cfg.d_model), np.float32)] * k  # per beam: each position's exit state
     pool, done = [], False
     for p in range(n):
-      prefixes = np.array([[cfg.bos_id] + beam[1] + [cfg.pad_id] * (n - 1 - p) for beam in beams],
-                          np.int32)  # [K, N]
+      prefixes = np.array(
+        [[cfg.bos_id] + beam[1] + [cfg.pad_id] * (n - 1 - p) for beam in beams], np.int32
+      )  # [K, N]
       if copy_states:
         taken = np.array([beam[2] + [0] * (n - p) for beam in beams], np.int32)  # [K, N]
-        logits, hidden, features = map(np.asarray, copied_forward(row_inputs, prefixes, p, taken,
-                                                                  np.stack(states)))
+        logits, hidden, features = map(
+          np.asarray, copied_forward(row_inputs, prefixes, p, taken, np.stack(states))
+        )
       else:  # [L, K, V], [L + 1, K, D], [L, K, D] at p
         logits, hidden, features = (np.asarray(x)[:, :, p] for x in forward(row_inputs, prefixes))
       log_probs = _log_softmax(logits.astype(np.float64))
       confidences = _confidences(log_probs, hidden, features, confidence, model)  # [L, K]
       candidates = []
-      for i, (score, tokens, exits, confs) in enumerate(beams):
-        layer = next((l for l in range(cfg.decoder_layers)
-                      if may_exit(l) and confidences[l, i] >= threshold), cfg.decoder_layers - 1)
+      for i, (score, _tokens, _exits, _confs) in enumerate(beams):
+        layer = next(
+          (l for l in range(cfg.decoder_layers) if may_exit(l) and confidences[l, i] >= threshold),
+          cfg.decoder_layers - 1,
+        )
         layers_run[p] = max(layers_run[p], layer + 1)
         for token in range(cfg.vocab_size):
-          candidates.append((score + log_probs[layer, i, token], i, token, layer + 1,
-                             confidences[layer, i]))
+          candidates.append(
+            (score + log_probs[layer, i, token], i, token, layer + 1, confidences[layer, i])
+          )
       candidates.sort(key=lambda c: -c[0])  # stable: ties keep (beam, token) order
       new_beams, new_states = [], []
-      for rank, (score, i, token, layer, conf) in enumerate(candidates[:2 * k]):
+      for rank, (score, i, token, layer, conf) in enumerate(candidates[: 2 * k]):
         _, tokens, exits, confs = beams[i]
         extended = (tokens + [token], exits + [layer], confs + [conf])
         if token == eos_id:
@@ -139,6 +164,6 @@ def beam_search(model, encoder_inputs, *, num_beams, max_new_tokens, eos_id, len
     row_steps.append(p + 1)
     if not done:
       for score, tokens, exits, confs in beams:
-        _add(pool, (score / n ** length_penalty, tokens, exits, confs), k)
+        _add(pool, (score / n**length_penalty, tokens, exits, confs), k)
     pools.append(sorted(pool, key=lambda h: -h[0]))
   return BeamResult(pools, layers_run, row_steps)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -31,8 +31,15 @@ THRESHOLD_MARGIN = 1e-4
 
 
 def spread_model(encoder: str, seed: int, **overrides) -> MultiExitEncoderDecoder:
-  config = tiny_config(**{"encoder": encoder, "decoder_layers": 4, "vocab_size": 11,
-                          "max_target_length": 10, **overrides})
+  config = tiny_config(
+    **{
+      "encoder": encoder,
+      "decoder_layers": 4,
+      "vocab_size": 11,
+      "max_target_length": 10,
+      **overrides,
+    }
+  )
   return randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(seed)), seed=seed, scale=0.5)
 
 
@@ -44,14 +51,16 @@ def distinct_exits(exit_layers) -> int:
 def full_model_prefix(model, encoder_inputs, max_new_tokens: int) -> np.ndarray:
   """The decoder inputs [B, N] of the full model's greedy output (BOS, then its tokens but the last):
   teacher-forcing them reproduces every exit along that decode."""
-  static = greedy_reference(model, encoder_inputs,
-                            DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens))
+  static = greedy_reference(
+    model, encoder_inputs, DecodeConfig(exit_mode="static", max_new_tokens=max_new_tokens)
+  )
   tokens = np.asarray(static.tokens)
   return np.concatenate([np.full((len(tokens), 1), model.config.bos_id), tokens[:, :-1]], axis=1)
 
 
-def confidence_quantiles(model, encoder_inputs, max_new_tokens: int, kind: str = "max_prob",
-                         count: int = 19) -> np.ndarray:
+def confidence_quantiles(
+  model, encoder_inputs, max_new_tokens: int, kind: str = "max_prob", count: int = 19
+) -> np.ndarray:
   """Candidate thresholds: `count` quantiles of every exit's confidence (`kind`) along the full
   model's greedy output."""
   prefix = full_model_prefix(model, encoder_inputs, max_new_tokens)
@@ -79,8 +88,11 @@ def spread_probe(model, encoder_inputs, max_new_tokens: int, spread: float = 1.5
 def frequent_token(model, encoder_inputs, steps: int) -> int:
   """An EOS id that the full model emits mid-sequence, so rows end at different steps (random models
   rarely emit id 2)."""
-  tokens = np.asarray(greedy_reference(model, encoder_inputs, DecodeConfig(
-      exit_mode="static", max_new_tokens=steps)).tokens)
+  tokens = np.asarray(
+    greedy_reference(
+      model, encoder_inputs, DecodeConfig(exit_mode="static", max_new_tokens=steps)
+    ).tokens
+  )
   return int(np.bincount(tokens[:, 2:].ravel()).argmax())
 
 
@@ -102,8 +114,12 @@ def is_stable(decode_fn: Callable, threshold: float, margin: float = THRESHOLD_M
   return True
 
 
-def find_threshold(decode_fn: Callable, thresholds, require: Callable[[float], bool] | None = None,
-                   margin: float = THRESHOLD_MARGIN) -> float | None:
+def find_threshold(
+  decode_fn: Callable,
+  thresholds,
+  require: Callable[[float], bool] | None = None,
+  margin: float = THRESHOLD_MARGIN,
+) -> float | None:
   """The stable threshold among `thresholds` whose exits (`decode_fn(threshold)`: a greedy or beam
   output) cover the most layers, among those for which `require(threshold)` holds (e.g. "the deed
   decode backfilled something"); None if there is none. `decode_fn` should be compiled once with a
@@ -115,13 +131,19 @@ def find_threshold(decode_fn: Callable, thresholds, require: Callable[[float], b
   return None
 
 
-def spread_threshold(decode_fn: Callable, thresholds, require: Callable[[float], bool] | None = None,
-                     margin: float = THRESHOLD_MARGIN) -> float:
+def spread_threshold(
+  decode_fn: Callable,
+  thresholds,
+  require: Callable[[float], bool] | None = None,
+  margin: float = THRESHOLD_MARGIN,
+) -> float:
   """`find_threshold`, which must find one."""
   threshold = find_threshold(decode_fn, thresholds, require, margin)
-  assert threshold is not None, (f"no candidate threshold is stable (no decision within {margin})"
-                                 f"{'' if require is None else ' and meets the requirement'}: "
-                                 f"{thresholds}")
+  assert threshold is not None, (
+    f"no candidate threshold is stable (no decision within {margin})"
+    f"{'' if require is None else ' and meets the requirement'}: "
+    f"{thresholds}"
+  )
   return threshold
 
 
@@ -149,7 +171,9 @@ def assert_same(out, expected):
   """Greedy: tokens and exits equal, confidences within float error."""
   np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(expected.tokens))
   np.testing.assert_array_equal(np.asarray(out.exit_layers), np.asarray(expected.exit_layers))
-  np.testing.assert_allclose(np.asarray(out.confidences), np.asarray(expected.confidences), atol=1e-5)
+  np.testing.assert_allclose(
+    np.asarray(out.confidences), np.asarray(expected.confidences), atol=1e-5
+  )
 
 
 def assert_pools_equal(out, pools, pad_id):

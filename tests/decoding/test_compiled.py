@@ -20,8 +20,8 @@ def loop_copies(hlo_text: str, shapes: tuple[str, ...]) -> dict[str, list[str]]:
   """`copy` instructions of any of `shapes` (e.g. "f32[2,4,21,8]") outside the entry computation, by
   where they run: "step" (the body of a while loop called from the entry: once per token) or "inner"
   (nested loops and cond branches: per layer or per chunk)."""
-  entry = hlo_text[hlo_text.index("\nENTRY"):]
-  step_bodies = set(re.findall(r"while\(.*?body=%?([\w.\-]+)", entry[:entry.index("\n}")]))
+  entry = hlo_text[hlo_text.index("\nENTRY") :]
+  step_bodies = set(re.findall(r"while\(.*?body=%?([\w.\-]+)", entry[: entry.index("\n}")]))
   found, computation = {"step": [], "inner": []}, None
   for line in hlo_text.splitlines():
     if not line.startswith(" ") and line.rstrip().endswith("{"):
@@ -40,7 +40,8 @@ def _cache_loop(threshold, cache):
     new = []
     for layer, c in enumerate(caches):
       write = lambda c, layer=layer: jax.lax.dynamic_update_slice_in_dim(
-          c, jnp.full(c.shape[:2] + (1,) + c.shape[3:], i + layer, c.dtype), i, axis=2)
+        c, jnp.full(c.shape[:2] + (1,) + c.shape[3:], i + layer, c.dtype), i, axis=2
+      )
       new.append(jax.lax.cond(threshold <= layer, lambda c: c, write, c))
     return i + 1, tuple(new)
 
@@ -58,14 +59,17 @@ def test_the_check_finds_a_cache_threaded_through_cond():
 def test_deed_decode_does_not_copy_the_cache_per_layer(batch):
   # d_model 64 and the state confidence: at these, reading a layer's input back from the frontier
   # made XLA:CPU copy the frontier in every layer's loop (tiny widths with max_prob did not show it).
-  config = tiny_config(decoder_layers=4, vocab_size=11, max_target_length=20, num_heads=4, d_model=64)
+  config = tiny_config(
+    decoder_layers=4, vocab_size=11, max_target_length=20, num_heads=4, d_model=64
+  )
   model = MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
   encoder_inputs, _ = random_inputs(config, batch=batch, seed=0)
-  for decode, rows in ((DecodeConfig(max_new_tokens=17, backfill_chunk=4), batch),
-                       (DecodeConfig(max_new_tokens=17, backfill_chunk=4, confidence="state"), batch),
-                       (DecodeConfig(max_new_tokens=17, backfill_chunk=4, exit_mode="copy"), batch),
-                       (DecodeConfig(max_new_tokens=17, backfill_chunk=4, strategy="beam", num_beams=3),
-                        3 * batch)):
+  for decode, rows in (
+    (DecodeConfig(max_new_tokens=17, backfill_chunk=4), batch),
+    (DecodeConfig(max_new_tokens=17, backfill_chunk=4, confidence="state"), batch),
+    (DecodeConfig(max_new_tokens=17, backfill_chunk=4, exit_mode="copy"), batch),
+    (DecodeConfig(max_new_tokens=17, backfill_chunk=4, strategy="beam", num_beams=3), 3 * batch),
+  ):
     text = make_generate(model, decode).lower(encoder_inputs, 0.5).compile().as_text()
     length = 17 + (4 if decode.exit_mode == "deed" else 1)
     cache = f"f32[{rows},4,{length},{config.resolved_head_dim}]"
@@ -73,7 +77,9 @@ def test_deed_decode_does_not_copy_the_cache_per_layer(batch):
     assert re.search(re.escape(cache), text)  # The shapes we look for are the real ones.
     copies = loop_copies(text, (cache, frontier))
     assert copies["inner"] == []  # Never per layer or per chunk.
-    if decode.strategy == "beam":  # Reordering beams moves each cache and the frontier once per step.
+    if (
+      decode.strategy == "beam"
+    ):  # Reordering beams moves each cache and the frontier once per step.
       assert len(copies["step"]) <= 2 * config.decoder_layers + 1
     else:
       assert copies["step"] == []
@@ -91,6 +97,7 @@ def predicate_count(monkeypatch):
     def counted(value):
       count[0] += 1
       return cond_fun(value)
+
     return real_while(counted, body_fun, init_val)
 
   def cond(pred, *args, **kwargs):
@@ -129,11 +136,13 @@ def test_a_one_position_step_evaluates_few_predicates_per_layer(predicate_count)
   config = tiny_config(decoder_layers=4, vocab_size=11, max_target_length=20, num_heads=4)
   model = MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
   layers = config.decoder_layers
-  full = _step_predicates(model, DecodeConfig(max_new_tokens=8, exit_mode="static"), [2.0] * 3,
-                          predicate_count)
+  full = _step_predicates(
+    model, DecodeConfig(max_new_tokens=8, exit_mode="static"), [2.0] * 3, predicate_count
+  )
   assert all(run == layers and count <= 2 * layers - 1 for count, run in full), full
-  deed = _step_predicates(model, DecodeConfig(max_new_tokens=8, backfill_chunk=4),
-                          [2.0, 0.0, 0.0, 2.0], predicate_count)
+  deed = _step_predicates(
+    model, DecodeConfig(max_new_tokens=8, backfill_chunk=4), [2.0, 0.0, 0.0, 2.0], predicate_count
+  )
   (all_layers, run0), (shallow, run1), _, (backfill, run3) = deed
   assert (run0, run1, run3) == (layers, 1, layers)
   assert all_layers <= 2 * layers  # one-position step through every layer: <= 2 per layer

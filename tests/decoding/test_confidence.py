@@ -25,8 +25,10 @@ def _numpy_confidence(logits: np.ndarray, kind: str) -> np.ndarray:
   return 1.0 - entropy / math.log(p.shape[-1])
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("max_prob", 0.5), ("margin", 0.25), ("entropy", 1.0 - 1.5 * math.log(2) / math.log(3))])
+@pytest.mark.parametrize(
+  "kind, expected",
+  [("max_prob", 0.5), ("margin", 0.25), ("entropy", 1.0 - 1.5 * math.log(2) / math.log(3))],
+)
 def test_hand_worked_distribution(kind, expected):
   logits = np.log(np.array([[0.25, 0.5, 0.25]], np.float32))  # p = (1/4, 1/2, 1/4)
   np.testing.assert_allclose(np.asarray(confidence(logits, kind)), [expected], rtol=1e-6)
@@ -50,8 +52,9 @@ def test_state_confidence_is_the_mapped_cosine_of_a_layer_output_and_its_input()
   NaN; scale does not matter."""
   h = np.array([[3.0, 4.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]], np.float32)
   previous = np.array([[6.0, 8.0], [0.0, 2.0], [-2.0, -2.0], [1.0, 0.0]], np.float32)
-  np.testing.assert_allclose(np.asarray(state_confidence(h, previous)), [1.0, 0.5, 0.0, 0.5],
-                             atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(state_confidence(h, previous)), [1.0, 0.5, 0.0, 0.5], atol=1e-6
+  )
   rng = np.random.default_rng(1)
   a, b = rng.normal(size=(2, 3, 7, 16)).astype(np.float32)
   expected = 0.5 * (1 + (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)))
@@ -64,14 +67,18 @@ def test_exit_classifier_is_the_probe_written_out_in_numpy(probe):
   path) equal sigmoid(relu(f W_j + c_j) w_j + b_j) (mlp) / sigmoid(f w_j + b_j) (linear) in float64."""
   model = spread_model("text", 0, exit_classifier=probe, exit_classifier_dim=5)
   layers, d = model.config.decoder_layers, model.config.d_model
-  features = np.random.default_rng(0).normal(size=(layers, 3, 2, d)).astype(np.float32)  # [L, B, T, D]
+  features = (
+    np.random.default_rng(0).normal(size=(layers, 3, 2, d)).astype(np.float32)
+  )  # [L, B, T, D]
   expected = classifier_probabilities(model, features)  # [L, B, T]
   assert expected.std() > 0.05  # the randomized probe separates inputs: a real check
-  np.testing.assert_allclose(np.asarray(model.decoder.exit_probability(features)), expected,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(model.decoder.exit_probability(features)), expected, rtol=1e-5, atol=1e-6
+  )
   for j in range(layers):
-    np.testing.assert_allclose(np.asarray(model.decoder.exit_probability(features[j], j)),
-                               expected[j], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+      np.asarray(model.decoder.exit_probability(features[j], j)), expected[j], rtol=1e-5, atol=1e-6
+    )
 
 
 def test_exit_classifier_refuses_a_model_without_one():

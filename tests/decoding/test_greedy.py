@@ -12,18 +12,33 @@ from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import generate, make_generate
 from deed_jax.decoding.reference import greedy_reference
 from tests.conftest import random_inputs
-from tests.decoding.helpers import (SPREAD_SEEDS, assert_same, confidence_quantiles,
-                                    count_compilations, distinct_exits, find_threshold,
-                                    frequent_token, replace, spread_model, spread_threshold)
+from tests.decoding.helpers import (
+  SPREAD_SEEDS,
+  assert_same,
+  confidence_quantiles,
+  count_compilations,
+  distinct_exits,
+  find_threshold,
+  frequent_token,
+  replace,
+  spread_model,
+  spread_threshold,
+)
 
 
 def _rows(encoder_inputs, b):
-  return {k: v[b:b + 1] for k, v in encoder_inputs.items()}
+  return {k: v[b : b + 1] for k, v in encoder_inputs.items()}
 
 
-@pytest.mark.parametrize("encoder, seed, chunk", [
-    ("text", 0, 4), ("image", 3, 2), ("image", 2, 3),  # chunk 3: padded widths 1, 2, 3
-    pytest.param("text", 0, 1, marks=pytest.mark.slow)])  # chunk 1: no block is wider than one
+@pytest.mark.parametrize(
+  "encoder, seed, chunk",
+  [
+    ("text", 0, 4),
+    ("image", 3, 2),
+    ("image", 2, 3),  # chunk 3: padded widths 1, 2, 3
+    pytest.param("text", 0, 1, marks=pytest.mark.slow),
+  ],
+)  # chunk 1: no block is wider than one
 def test_deed_and_oracle_equal_the_naive_reference(encoder, seed, chunk):
   model = spread_model(encoder, seed)
   encoder_inputs, _ = random_inputs(model.config, batch=4, seed=seed)
@@ -31,20 +46,25 @@ def test_deed_and_oracle_equal_the_naive_reference(encoder, seed, chunk):
   reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
   deed = make_generate(model, decode)
   backfills = lambda t: int(np.asarray(deed(encoder_inputs, t).backfilled).sum()) > 0
-  threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 9),
-                               require=backfills)
+  threshold = spread_threshold(
+    reference, confidence_quantiles(model, encoder_inputs, 9), require=backfills
+  )
   expected = reference(threshold)
   assert distinct_exits(expected.exit_layers) >= 3  # Exits really happen at many layers.
   out = deed(encoder_inputs, threshold)
   assert_same(out, expected)
   assert np.asarray(out.backfilled).sum() > 0  # The batch, too, computed skipped layers later.
-  assert_same(generate(model, encoder_inputs, replace(decode, exit_mode="oracle", threshold=threshold)),
-               expected)
+  assert_same(
+    generate(model, encoder_inputs, replace(decode, exit_mode="oracle", threshold=threshold)),
+    expected,
+  )
   backfilled = 0
   for b in range(4):  # Alone, a row's exits vary step to step, so skipped layers get backfilled.
     alone = deed(_rows(encoder_inputs, b), threshold)
     np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(expected.tokens)[b])
-    np.testing.assert_array_equal(np.asarray(alone.exit_layers)[0], np.asarray(expected.exit_layers)[b])
+    np.testing.assert_array_equal(
+      np.asarray(alone.exit_layers)[0], np.asarray(expected.exit_layers)[b]
+    )
     backfilled += int(np.asarray(alone.backfilled).sum())
   assert backfilled > 0  # Skipped layers really were computed later, and tokens stayed exact.
 
@@ -69,8 +89,9 @@ def test_layers_run_is_the_deepest_exit_among_rows_still_decoding():
   (emitted EOS) or exited lower never force depth."""
   model = spread_model("text", 0)
   encoder_inputs, _ = random_inputs(model.config, batch=4, seed=0)
-  decode = DecodeConfig(exit_mode="deed", max_new_tokens=9,
-                        eos_id=frequent_token(model, encoder_inputs, 9))  # rows end at different steps
+  decode = DecodeConfig(
+    exit_mode="deed", max_new_tokens=9, eos_id=frequent_token(model, encoder_inputs, 9)
+  )  # rows end at different steps
   layers = model.config.decoder_layers
   run = make_generate(model, decode)
 
@@ -78,13 +99,14 @@ def test_layers_run_is_the_deepest_exit_among_rows_still_decoding():
     """Some step has a finished row beside live ones that all exit below the top, and some step has
     live rows exiting at different layers."""
     exits = np.asarray(run(encoder_inputs, threshold).exit_layers).T  # [N, B], 0: finished
-    finished_beside_shallow = ((exits == 0).any(1) & (exits.max(1) > 0) & (exits.max(1) < layers))
+    finished_beside_shallow = (exits == 0).any(1) & (exits.max(1) > 0) & (exits.max(1) < layers)
     mixed = [len(set(step[step > 0].tolist())) > 1 for step in exits]
     return bool(finished_beside_shallow.any() and any(mixed))
 
   reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
-  threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 9),
-                               require=telling)
+  threshold = spread_threshold(
+    reference, confidence_quantiles(model, encoder_inputs, 9), require=telling
+  )
   out = run(encoder_inputs, threshold)
   assert_same(out, reference(threshold))
   exits = np.asarray(out.exit_layers)  # [B, N]
@@ -96,18 +118,22 @@ def test_rows_decode_as_if_alone_and_static_fixed_match_reference():
   encoder_inputs, _ = random_inputs(model.config, batch=3, seed=3)
   decode = DecodeConfig(exit_mode="deed", max_new_tokens=8)
   reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
-  decode = replace(decode, threshold=spread_threshold(
-      reference, confidence_quantiles(model, encoder_inputs, 8)))
+  decode = replace(
+    decode, threshold=spread_threshold(reference, confidence_quantiles(model, encoder_inputs, 8))
+  )
   batch = generate(model, encoder_inputs, decode)
   assert distinct_exits(batch.exit_layers) >= 2  # Rows (and steps) exit at different layers.
   for b in range(3):
     alone = generate(model, _rows(encoder_inputs, b), decode)
     np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(batch.tokens)[b])
-    np.testing.assert_array_equal(np.asarray(alone.exit_layers)[0], np.asarray(batch.exit_layers)[b])
+    np.testing.assert_array_equal(
+      np.asarray(alone.exit_layers)[0], np.asarray(batch.exit_layers)[b]
+    )
   static = greedy_reference(model, encoder_inputs, replace(decode, exit_mode="static"))
   np.testing.assert_array_equal(
-      np.asarray(generate(model, encoder_inputs, replace(decode, threshold=1.5)).tokens),
-      np.asarray(static.tokens))
+    np.asarray(generate(model, encoder_inputs, replace(decode, threshold=1.5)).tokens),
+    np.asarray(static.tokens),
+  )
   for k in (1, 3):
     config = replace(decode, exit_mode="fixed", fixed_exit_layer=k)
     out = generate(model, encoder_inputs, config)
@@ -128,8 +154,10 @@ def test_threshold_and_batch_contents_do_not_recompile():
   model = spread_model("text", 4)
   encoder_inputs, _ = random_inputs(model.config, batch=2, seed=4)
   other_inputs, _ = random_inputs(model.config, batch=2, seed=5)
-  for decode in (DecodeConfig(max_new_tokens=6),
-                 DecodeConfig(max_new_tokens=6, strategy="beam", num_beams=2)):
+  for decode in (
+    DecodeConfig(max_new_tokens=6),
+    DecodeConfig(max_new_tokens=6, strategy="beam", num_beams=2),
+  ):
     generate(model, encoder_inputs, replace(decode, threshold=0.3))  # compiles
     with count_compilations() as compiled:
       for threshold in (0.6, np.float32(0.95), jnp.float32(2.0)):
@@ -147,11 +175,18 @@ def test_bad_inputs_fail_before_compiling():
   bad_ids = dict(encoder_inputs, input_ids=np.asarray(encoder_inputs["input_ids"]).copy())
   bad_ids["input_ids"][1, 0] = 11
   failures = [
-      (bad_ids, DecodeConfig(max_new_tokens=6), r"11"),
-      (encoder_inputs, DecodeConfig(max_new_tokens=11), "max_new_tokens=11 exceeds"),
-      (encoder_inputs, DecodeConfig(max_new_tokens=6, exit_mode="fixed", fixed_exit_layer=5),
-       "fixed_exit_layer=5"),
-      (encoder_inputs, DecodeConfig(max_new_tokens=6, pad_id=-1), r"pad_id=-1 is outside the vocabulary"),
+    (bad_ids, DecodeConfig(max_new_tokens=6), r"11"),
+    (encoder_inputs, DecodeConfig(max_new_tokens=11), "max_new_tokens=11 exceeds"),
+    (
+      encoder_inputs,
+      DecodeConfig(max_new_tokens=6, exit_mode="fixed", fixed_exit_layer=5),
+      "fixed_exit_layer=5",
+    ),
+    (
+      encoder_inputs,
+      DecodeConfig(max_new_tokens=6, pad_id=-1),
+      r"pad_id=-1 is outside the vocabulary",
+    ),
   ]
   with count_compilations() as compiled:
     for inputs, config, message in failures:
@@ -195,11 +230,13 @@ def test_padded_blocks_stay_exact(chunk):
   layers = model.config.decoder_layers
   has_padding = lambda calls: any(width > real for _, real, width in calls)
   chunk = min(chunk, steps)
-  telling = lambda t: has_padding(_replay_block_rule(np.asarray(deed(encoder_inputs, t).layers_run),
-                                                     layers, chunk)[0])
+  telling = lambda t: has_padding(
+    _replay_block_rule(np.asarray(deed(encoder_inputs, t).layers_run), layers, chunk)[0]
+  )
   reference = jax.jit(lambda t: greedy_reference(model, encoder_inputs, decode, t))
-  threshold = spread_threshold(reference, confidence_quantiles(model, encoder_inputs, steps),
-                               require=telling)
+  threshold = spread_threshold(
+    reference, confidence_quantiles(model, encoder_inputs, steps), require=telling
+  )
   out = deed(encoder_inputs, threshold)
   assert_same(out, reference(threshold))
   calls, backfilled = _replay_block_rule(np.asarray(out.layers_run), layers, chunk)
@@ -207,11 +244,14 @@ def test_padded_blocks_stay_exact(chunk):
   assert has_padding(calls)  # Some block's last call ran padded.
 
 
-@pytest.mark.parametrize("overrides, options", [
+@pytest.mark.parametrize(
+  "overrides, options",
+  [
     ({"position_embedding": "relative", "norm_type": "rmsnorm"}, {"confidence": "margin"}),
     ({"norm_position": "post"}, {"confidence": "entropy"}),
     ({}, {"min_exit_layer": 2}),
-])
+  ],
+)
 def test_deed_equals_the_naive_reference_across_model_and_exit_options(overrides, options):
   """T5-style relative positions + RMSNorm, post-norm (BART); margin and entropy confidences; a
   minimum exit layer. The first of the spread models with a stable threshold that backfills is tested."""
@@ -220,10 +260,12 @@ def test_deed_equals_the_naive_reference_across_model_and_exit_options(overrides
     model = spread_model(encoder, seed, **overrides)
     encoder_inputs, _ = random_inputs(model.config, batch=3, seed=seed)
     deed = make_generate(model, decode)
-    reference = jax.jit(lambda t, model=model, inputs=encoder_inputs: greedy_reference(
-        model, inputs, decode, t))
-    backfills = lambda t, inputs=encoder_inputs, deed=deed: int(
-        np.asarray(deed(inputs, t).backfilled).sum()) > 0
+    reference = jax.jit(
+      lambda t, model=model, inputs=encoder_inputs: greedy_reference(model, inputs, decode, t)
+    )
+    backfills = lambda t, inputs=encoder_inputs, deed=deed: (
+      int(np.asarray(deed(inputs, t).backfilled).sum()) > 0
+    )
     quantiles = confidence_quantiles(model, encoder_inputs, 9, decode.confidence)
     threshold = find_threshold(reference, quantiles, require=backfills)
     if threshold is not None:
@@ -243,8 +285,11 @@ def test_bf16_deed_decisions_match_the_full_forward_within_rounding():
   encoder_inputs, _ = random_inputs(model.config, batch=3, seed=0)
   decode = DecodeConfig(exit_mode="deed", max_new_tokens=9, backfill_chunk=4)
   deed = make_generate(model, decode)
-  threshold = next(float(t) for t in confidence_quantiles(model, encoder_inputs, 9)[::-1]
-                   if np.asarray(deed(encoder_inputs, float(t)).backfilled).sum() > 0)
+  threshold = next(
+    float(t)
+    for t in confidence_quantiles(model, encoder_inputs, 9)[::-1]
+    if np.asarray(deed(encoder_inputs, float(t)).backfilled).sum() > 0
+  )
   out = deed(encoder_inputs, threshold)
   tokens, exits = np.asarray(out.tokens), np.asarray(out.exit_layers)  # [B, N]
   assert distinct_exits(exits) >= 2

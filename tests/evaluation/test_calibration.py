@@ -28,10 +28,14 @@ def test_p_values_by_hand():
   kl = 0.1 * math.log(0.1 / 0.3) + 0.9 * math.log(0.9 / 0.7)
   assert calibration.hoeffding_p_value(0.1, 10, 0.3) == pytest.approx(math.exp(-10 * kl))
   assert calibration.hoeffding_p_value(0.1, 10, 0.3) == pytest.approx(0.3125, abs=1e-4)
-  assert calibration.bentkus_p_value(0.1, 10, 0.3) == pytest.approx(math.e * _binomial_cdf(1, 10, 0.3))
+  assert calibration.bentkus_p_value(0.1, 10, 0.3) == pytest.approx(
+    math.e * _binomial_cdf(1, 10, 0.3)
+  )
   assert calibration.bentkus_p_value(0.1, 10, 0.3) == pytest.approx(0.4059, abs=1e-4)
   # With many examples Bentkus' bound is the smaller: 1000 examples, risk 0.03 against 0.05.
-  assert calibration.p_value(0.03, 1000, 0.05) == pytest.approx(math.e * _binomial_cdf(30, 1000, 0.05))
+  assert calibration.p_value(0.03, 1000, 0.05) == pytest.approx(
+    math.e * _binomial_cdf(30, 1000, 0.05)
+  )
   assert calibration.p_value(0.03, 1000, 0.05) < calibration.hoeffding_p_value(0.03, 1000, 0.05)
   assert calibration.p_value(0.06, 1000, 0.05) == 1.0  # above eps: never rejected
 
@@ -42,8 +46,9 @@ def test_fixed_sequence_stops_at_the_first_failure():
   right, wrong = np.ones(n), np.r_[np.zeros(30), np.ones(n - 30)]  # risk 0 and 0.3
   # Safest first: 0.9 and 0.7 lose nothing (p = 0.95 ** 100 = 0.006 <= 0.1), 0.5 loses 30 points
   # and is not rejected, so 0.3 is never tested although it loses nothing either.
-  result = calibration.calibrate(full, {0.3: right, 0.5: wrong, 0.7: right, 0.9: right},
-                                 max_drop=5.0, delta=0.1)
+  result = calibration.calibrate(
+    full, {0.3: right, 0.5: wrong, 0.7: right, 0.9: right}, max_drop=5.0, delta=0.1
+  )
   assert result.threshold == 0.7
   assert [row["threshold"] for row in result.tested] == [0.9, 0.7, 0.5]
   assert [row["rejected"] for row in result.tested] == [True, True, False]
@@ -51,8 +56,12 @@ def test_fixed_sequence_stops_at_the_first_failure():
   assert result.tested[2]["risk"] == pytest.approx(0.3)
   assert "0.7" in result.guarantee() and "100 examples" in result.guarantee()
   # Gains do not offset losses: an example that gets better does not pay for one that got worse.
-  mixed = calibration.calibrate(np.r_[np.ones(50), np.zeros(50)], {0.5: np.r_[np.zeros(50), np.ones(50)]},
-                                max_drop=5.0, delta=0.1)
+  mixed = calibration.calibrate(
+    np.r_[np.ones(50), np.zeros(50)],
+    {0.5: np.r_[np.zeros(50), np.ones(50)]},
+    max_drop=5.0,
+    delta=0.1,
+  )
   assert mixed.tested[0]["risk"] == pytest.approx(0.5) and mixed.threshold is None
   assert "No threshold" in mixed.guarantee()
 
@@ -106,11 +115,14 @@ def test_the_guarantee_holds_by_simulation():
   assert chosen_when_safe / trials >= 0.95
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     (dict(max_drop=-1.0, delta=0.1), "max_drop must be in"),
     (dict(max_drop=1.0, delta=0.0), "delta must be in"),
     (dict(max_drop=1.0, delta=1.5), "delta must be in"),
-])
+  ],
+)
 def test_bad_settings(kwargs, message):
   with pytest.raises(UserError, match=message):
     calibration.calibrate(np.ones(4), {0.5: np.ones(4)}, **kwargs)

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -20,15 +21,25 @@ from deed_jax.data.tokenizer import get_tokenizer
 from deed_jax.decoding import DecodeConfig
 from deed_jax.decoding.reference import greedy_at_exit
 from deed_jax.errors import MissingPathError, UserError
-from deed_jax.evaluation.evaluator import evaluate
+from deed_jax.evaluation.evaluator import EvaluateOptions, evaluate
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
 from deed_jax.workdir import DECODE_CONFIG_FILE, TRAIN_CONFIG_FILE, read_decode_config
 from tests.training.configs import tiny_text_config, train_tiny
 
 THRESHOLDS = (0.0, 0.5, 1.0)
-REQUIRED = {"exit_mode", "threshold", "fixed_exit_layer", "metric", "metric_name", "mean_exit_layer",
-            "decoder_ms_per_sample", "total_ms_per_sample", "batch_size", "min_exit_layer",
-            "backfill_chunk"}
+REQUIRED = {
+  "exit_mode",
+  "threshold",
+  "fixed_exit_layer",
+  "metric",
+  "metric_name",
+  "mean_exit_layer",
+  "decoder_ms_per_sample",
+  "total_ms_per_sample",
+  "batch_size",
+  "min_exit_layer",
+  "backfill_chunk",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,23 +52,44 @@ def _naive_exact_match(workdir, config, split, count, exit_layer):
   """Exact match (0..100) of greedy decoding at a fixed exit, by the naive reference decoder."""
   model = checkpoint.load_model(workdir)
   mc = model.config
-  features = pipeline.TaskFeatures(encoder=mc.encoder, source_key=config.task.source_key,
-                                   target_key=config.task.target_key,
-                                   max_source_length=config.task.max_source_length,
-                                   max_target_length=mc.max_target_length)
+  features = pipeline.TaskFeatures(
+    encoder=mc.encoder,
+    source_key=config.task.source_key,
+    target_key=config.task.target_key,
+    max_source_length=config.task.max_source_length,
+    max_target_length=mc.max_target_length,
+  )
   tokenizer = get_tokenizer(config.task.tokenizer)
-  source = pipeline.data_source(config.task.dataset, config.task.dataset_config, split,
-                                config.task.data_dir)
-  examples, answers = pipeline.read_examples(source, pipeline.Preprocess(features, tokenizer), count)
-  tokens = np.asarray(greedy_at_exit(model, encoder_inputs(pipeline.stack_examples(examples)), exit_layer,
-                                     mc.max_target_length))
+  source = pipeline.data_source(
+    config.task.dataset, config.task.dataset_config, split, config.task.data_dir
+  )
+  examples, answers = pipeline.read_examples(
+    source, pipeline.Preprocess(features, tokenizer), count
+  )
+  tokens = np.asarray(
+    greedy_at_exit(
+      model, encoder_inputs(pipeline.stack_examples(examples)), exit_layer, mc.max_target_length
+    )
+  )
   return 100 * np.mean([tokenizer.decode(t) == a[0] for t, a in zip(tokens, answers)])
 
 
 def test_report_rows_files_and_calibration(trained, tfds_dir):
   config = tiny_text_config(tfds_dir)
-  report = evaluate(trained, split="test", num_examples=6, thresholds=THRESHOLDS, batch_size=4,
-                    backfill_chunk=2, calibrate=True, max_drop=100.0, delta=0.5, progress=False)
+  report = evaluate(
+    trained,
+    options=EvaluateOptions(
+      split="test",
+      num_examples=6,
+      thresholds=THRESHOLDS,
+      batch_size=4,
+      backfill_chunk=2,
+      calibrate=True,
+      max_drop=100.0,
+      delta=0.5,
+    ),
+    progress=False,
+  )
   out = os.path.join(trained, "evaluation")
   with open(os.path.join(out, "report.json")) as f:
     stored = json.load(f)
@@ -71,9 +103,15 @@ def test_report_rows_files_and_calibration(trained, tfds_dir):
   for size in (1, 4):
     at = {r["setting"]: r for r in rows if r["batch_size"] == size}
     # Independent references: greedy decoding at a fixed exit by the naive decoder.
-    assert at["static"]["metric"] == pytest.approx(_naive_exact_match(trained, config, "test", 6, 2))
-    assert at["fixed exit 1"]["metric"] == pytest.approx(_naive_exact_match(trained, config, "test", 6, 1))
-    assert at["deed tau=0"]["metric"] == at["fixed exit 1"]["metric"]  # tau 0: every token at exit 1
+    assert at["static"]["metric"] == pytest.approx(
+      _naive_exact_match(trained, config, "test", 6, 2)
+    )
+    assert at["fixed exit 1"]["metric"] == pytest.approx(
+      _naive_exact_match(trained, config, "test", 6, 1)
+    )
+    assert (
+      at["deed tau=0"]["metric"] == at["fixed exit 1"]["metric"]
+    )  # tau 0: every token at exit 1
     assert at["deed tau=0"]["mean_exit_layer"] == 1.0 and at["static"]["mean_exit_layer"] == 2.0
     assert at["deed tau=0"]["threshold"] == 0.0 and at["fixed exit 1"]["fixed_exit_layer"] == 1
   for name in ("pareto.png", "metric_per_layer.png", "exit_histogram.png", "token_exits.png"):
@@ -87,24 +125,61 @@ def test_report_rows_files_and_calibration(trained, tfds_dir):
   assert report["calibration"]["num_examples"] == 64  # the tiny calibration split, whole
   assert "Calibration" in markdown and "probability >= 0.5" in markdown
   stored_config = read_decode_config(trained)
-  assert (stored_config.threshold, stored_config.backfill_chunk, stored_config.exit_mode) == (0.0, 2, "deed")
+  assert (stored_config.threshold, stored_config.backfill_chunk, stored_config.exit_mode) == (
+    0.0,
+    2,
+    "deed",
+  )
   assert read_decode_config(trained, threshold=0.7).threshold == 0.7
   # Without --calibrate the stored threshold is evaluated and marked.
-  again = evaluate(trained, split="validation", num_examples=3, thresholds=(0.5,), batch_size=1,
-                   progress=False)
+  again = evaluate(
+    trained,
+    options=EvaluateOptions(split="validation", num_examples=3, thresholds=(0.5,), batch_size=1),
+    progress=False,
+  )
   assert again["calibrated_threshold"] == 0.0 and again["split"] == "validation"
-  assert {r["setting"] for r in again["settings"]} == {"static", "fixed exit 1", "copy tau=0",
-                                                      "copy tau=0.5", "deed tau=0", "deed tau=0.5"}
+  assert {r["setting"] for r in again["settings"]} == {
+    "static",
+    "fixed exit 1",
+    "copy tau=0",
+    "copy tau=0.5",
+    "deed tau=0",
+    "deed tau=0.5",
+  }
   # Calibrating again replaces the stored choice.
-  evaluate(trained, split="validation", num_examples=3, thresholds=(0.5,), batch_size=1, calibrate=True,
-           max_drop=100.0, delta=0.5, progress=False)
+  evaluate(
+    trained,
+    options=EvaluateOptions(
+      split="validation",
+      num_examples=3,
+      thresholds=(0.5,),
+      batch_size=1,
+      calibrate=True,
+      max_drop=100.0,
+      delta=0.5,
+    ),
+    progress=False,
+  )
   assert read_decode_config(trained).threshold == 0.5
   assert read_decode_config(trained).backfill_chunk == DecodeConfig.backfill_chunk
   # A calibration that certifies nothing (no drop at all allowed) leaves full depth as the default.
-  failed = evaluate(trained, split="validation", num_examples=3, thresholds=(0.5,), batch_size=1,
-                    calibrate=True, max_drop=0.0, delta=0.5, progress=False)
-  assert failed["calibration"]["threshold"] is None and "decode at full depth" in (
-      failed["calibration"]["guarantee"])
+  failed = evaluate(
+    trained,
+    options=EvaluateOptions(
+      split="validation",
+      num_examples=3,
+      thresholds=(0.5,),
+      batch_size=1,
+      calibrate=True,
+      max_drop=0.0,
+      delta=0.5,
+    ),
+    progress=False,
+  )
+  assert (
+    failed["calibration"]["threshold"] is None
+    and "decode at full depth" in (failed["calibration"]["guarantee"])
+  )
   assert read_decode_config(trained).exit_mode == "static"
 
 
@@ -112,18 +187,27 @@ def test_a_model_only_workdir_needs_the_task(tmp_path, tfds_dir):
   """A converted checkpoint has a model but no training config: --config names the task."""
   config = tiny_text_config(tfds_dir)
   from deed_jax.config_defaults import validate
+
   model = MultiExitEncoderDecoder(validate(config), rngs=nnx.Rngs(0))
   workdir = str(tmp_path / "converted")
   checkpoint.save_params(workdir, model.config, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
   with pytest.raises(UserError, match=TRAIN_CONFIG_FILE):
     evaluate(workdir, progress=False)
   assert not os.path.exists(os.path.join(workdir, "evaluation"))
-  report = evaluate(workdir, config, split="validation", num_examples=2, thresholds=(0.9,), batch_size=1,
-                    progress=False)
-  assert len(report["settings"]) == 4 and os.path.isfile(os.path.join(workdir, "evaluation", "pareto.png"))
+  report = evaluate(
+    workdir,
+    config,
+    EvaluateOptions(split="validation", num_examples=2, thresholds=(0.9,), batch_size=1),
+    progress=False,
+  )
+  assert len(report["settings"]) == 4 and os.path.isfile(
+    os.path.join(workdir, "evaluation", "pareto.png")
+  )
 
 
-@pytest.mark.parametrize("kwargs, config_change, error, named", [
+@pytest.mark.parametrize(
+  "kwargs, config_change, error, named",
+  [
     (dict(thresholds=(0.5, 1.5)), {}, UserError, "1.5"),
     (dict(thresholds=(-0.1,)), {}, UserError, "-0.1"),
     (dict(thresholds=()), {}, UserError, "--thresholds"),
@@ -137,18 +221,24 @@ def test_a_model_only_workdir_needs_the_task(tmp_path, tfds_dir):
     (dict(split="nope"), {}, UserError, "'nope'"),
     (dict(), {"metric": "rouge"}, UserError, "'rouge'"),
     (dict(), {"dataset": "forms_audio"}, UserError, "'forms_audio'"),
-    (dict(), {"dataset": "docvqa", "dataset_config": "32x48_pad", "manual_dir": "/nonexistent/docvqa"},
-     MissingPathError, "/nonexistent/docvqa"),
-])
-def test_bad_input_is_refused_and_nothing_is_written(trained, tfds_dir, kwargs, config_change, error,
-                                                     named):
+    (
+      dict(),
+      {"dataset": "docvqa", "dataset_config": "32x48_pad", "manual_dir": "/nonexistent/docvqa"},
+      MissingPathError,
+      "/nonexistent/docvqa",
+    ),
+  ],
+)
+def test_bad_input_is_refused_and_nothing_is_written(
+  trained, tfds_dir, kwargs, config_change, error, named
+):
   config = tiny_text_config(tfds_dir)
   config.task.update(config_change)
   report = os.path.join(trained, "evaluation", "report.json")
   before = open(report).read() if os.path.exists(report) else None
   decode_before = os.path.exists(os.path.join(trained, DECODE_CONFIG_FILE))
   with pytest.raises(error, match=named.replace("(", r"\(")):
-    evaluate(trained, config, **{"num_examples": 2, "progress": False, **kwargs})
+    evaluate(trained, config, EvaluateOptions(**{"num_examples": 2, **kwargs}), progress=False)
   assert (open(report).read() if os.path.exists(report) else None) == before
   assert os.path.exists(os.path.join(trained, DECODE_CONFIG_FILE)) == decode_before
 
@@ -168,19 +258,18 @@ def test_an_empty_manual_dir_is_named(tmp_path):
     datasets.check("docvqa", "32x48_pad", str(tmp_path / "DocVQA"))
 
 
-def test_the_comparison_after_training(tmp_path, tfds_dir):
-  """`config.decode.thresholds` (a tuple, as the command line gives it): static and DEED rows in the
-  results, through the same sweep as the evaluator."""
-  from deed_jax.train import train_and_evaluate
-  config = tiny_text_config(tfds_dir, total_steps=2, checkpoint_every_steps=2)
-  config.decode.update(dict(thresholds=(0.0, 1.5), num_examples=3))
-  rows = train_and_evaluate(config, str(tmp_path / "run"), progress=False)["decoding"]
-  static, first, never = rows
-  assert [r["setting"] for r in rows] == ["static", "deed tau=0", "deed tau=1.5"]
-  assert first["mean_exit_layer"] == 1.0 and never["mean_exit_layer"] == static["mean_exit_layer"] == 2.0
-  assert never["metric"] == static["metric"] and all(r["num_examples"] == 3 for r in rows)
-  with open(tmp_path / "run" / TRAIN_CONFIG_FILE) as f:
-    assert json.load(f)["decode"]["thresholds"] == [0.0, 1.5]
+def test_training_no_longer_decodes_and_older_runs_still_resume(tfds_dir):
+  """The decoding comparison after training is `deed_jax.evaluate`'s job: a config asking for it is
+  refused with a pointer there, and a run whose stored config still holds it resumes unchanged."""
+  from deed_jax.config_defaults import run_changes, validate
+
+  config = tiny_text_config(tfds_dir)
+  stored = json.loads(json.dumps(config.to_dict()))
+  assert run_changes({**stored, "decode": {"thresholds": [0.5], "num_examples": 100}}, config) == []
+  with config.unlocked():
+    config.decode = ml_collections.ConfigDict(dict(thresholds=(0.5,)))
+  with pytest.raises(UserError, match=r"config\.decode .*python -m deed_jax\.evaluate"):
+    validate(config)
 
 
 def test_calibration_noise_bench(trained, tfds_dir, tmp_path):
@@ -189,15 +278,29 @@ def test_calibration_noise_bench(trained, tfds_dir, tmp_path):
   threshold (the lowest is chosen), max_drop 0 none (nothing is chosen, nothing drops)."""
   config = tiny_text_config(tfds_dir)
   output = tmp_path / "noise.json"
-  command = [sys.executable, "-m", "deed_jax.bench.calibration_noise", f"--workdir={trained}",
-             "--splits=calibration,test", "--thresholds=0,0.5", "--calibration_sizes=40,60",
-             "--test_size=30", "--settings=100/0.5,0/0.5", "--trials=20", f"--json={output}"]
+  command = [
+    sys.executable,
+    "-m",
+    "deed_jax.bench.calibration_noise",
+    f"--workdir={trained}",
+    "--splits=calibration,test",
+    "--thresholds=0,0.5",
+    "--calibration_sizes=40,60",
+    "--test_size=30",
+    "--settings=100/0.5,0/0.5",
+    "--trials=20",
+    f"--json={output}",
+  ]
   run = subprocess.run(command, capture_output=True, text=True, check=True)
   assert "test drop > 0.5" in run.stdout
   result = json.loads(output.read_text())
   assert result["pool"] == 128  # the tiny calibration and test splits, 64 each
-  naive = lambda exit_layer: np.mean([_naive_exact_match(trained, config, split, 64, exit_layer)
-                                      for split in ("calibration", "test")])
+  naive = lambda exit_layer: np.mean(
+    [
+      _naive_exact_match(trained, config, split, 64, exit_layer)
+      for split in ("calibration", "test")
+    ]
+  )
   assert result["static"] == pytest.approx(naive(2))
   at_zero = next(row for row in result["pooled"] if row["threshold"] == 0.0)
   assert at_zero["drop"] == pytest.approx(naive(2) - naive(1))
@@ -208,9 +311,15 @@ def test_calibration_noise_bench(trained, tfds_dir, tmp_path):
     assert setups[size, 0.0]["chosen"] == {"none": 20}
     assert setups[size, 0.0]["over_target"] == 0.0 == setups[size, 0.0]["mean_test_drop"]
   # Bad input is refused before anything is decoded or written.
-  bad = subprocess.run(command[:-3] + ["--settings=0.5", "--trials=2", f"--json={tmp_path / 'bad.json'}"],
-                       capture_output=True, text=True)
-  assert bad.returncode == 2 and "max_drop/delta" in bad.stderr and not (tmp_path / "bad.json").exists()
-  too_big = subprocess.run(command[:4] + ["--calibration_sizes=100", "--test_size=30"],
-                           capture_output=True, text=True)
+  bad = subprocess.run(
+    command[:-3] + ["--settings=0.5", "--trials=2", f"--json={tmp_path / 'bad.json'}"],
+    capture_output=True,
+    text=True,
+  )
+  assert (
+    bad.returncode == 2 and "max_drop/delta" in bad.stderr and not (tmp_path / "bad.json").exists()
+  )
+  too_big = subprocess.run(
+    command[:4] + ["--calibration_sizes=100", "--test_size=30"], capture_output=True, text=True
+  )
   assert too_big.returncode == 2 and "in the 128 examples" in too_big.stderr

@@ -79,14 +79,17 @@ def test_bleu_through_sacrebleu():
   partial = metrics.bleu(["the cat sat on a mat"], ["the cat sat on the mat"])
   assert partial == pytest.approx(100 * (5 / 6 * 3 / 5 * 1 / 2 * 1 / 3) ** 0.25, abs=1e-6)
   # With a second reference every n-gram of the hypothesis is found in one of them.
-  assert metrics.bleu(["the cat sat on a mat"],
-                      [["the cat sat on the mat", "a cat sat on a mat"]]) == pytest.approx(100.0)
+  assert metrics.bleu(
+    ["the cat sat on a mat"], [["the cat sat on the mat", "a cat sat on a mat"]]
+  ) == pytest.approx(100.0)
   with pytest.raises(UserError, match="2 predictions and 1 references"):
     metrics.bleu(["a", "b"], ["a"])
 
 
 def test_corpus_score_and_unknown_metric():
-  assert metrics.corpus_score("exact_match", ["a", "b", "c", "d"], ["a", "x", "c", ["d", "e"]]) == 75.0
+  assert (
+    metrics.corpus_score("exact_match", ["a", "b", "c", "d"], ["a", "x", "c", ["d", "e"]]) == 75.0
+  )
   assert metrics.corpus_score("anls", ["abcde"], [["abxye"]]) == pytest.approx(60.0)
   with pytest.raises(UserError, match="'rouge'"):
     metrics.metric_fn("rouge")

@@ -24,7 +24,7 @@ def _act(x, name):
   if name in ("gelu",):
     return 0.5 * x * (1 + erf(x / math.sqrt(2)))
   if name in ("gelu_tanh", "gated-gelu"):
-    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
   return np.maximum(x, 0)
 
 
@@ -42,7 +42,7 @@ def _attention(xq, xkv, p, allowed, cfg):
     q = xq @ p["q"][:, h] + (p["q_bias"][h] if cfg.attention_bias else 0)
     k = xkv @ p["k"][:, h] + (p["k_bias"][h] if cfg.attention_bias else 0)
     v = xkv @ p["v"][:, h] + (p["v_bias"][h] if cfg.attention_bias else 0)
-    scores = q @ k.T * (dh ** -0.5 if cfg.scale_attention else 1.0)
+    scores = q @ k.T * (dh**-0.5 if cfg.scale_attention else 1.0)
     scores = np.where(allowed, scores, -np.inf)
     heads.append(_softmax(scores) @ v @ p["o"][h])
   return sum(heads) + (p["o_bias"] if cfg.attention_bias else 0)
@@ -58,10 +58,13 @@ def _mlp(x, p, cfg):
 
 
 def _layer(x, p, cfg, self_allowed, enc=None, enc_allowed=None):
-  subs = [("self_attention_norm", lambda h: _attention(h, h, p["self_attention"], self_allowed, cfg))]
+  subs = [
+    ("self_attention_norm", lambda h: _attention(h, h, p["self_attention"], self_allowed, cfg))
+  ]
   if enc is not None:
-    subs.append(("cross_attention_norm",
-                 lambda h: _attention(h, enc, p["cross_attention"], enc_allowed, cfg)))
+    subs.append(
+      ("cross_attention_norm", lambda h: _attention(h, enc, p["cross_attention"], enc_allowed, cfg))
+    )
   subs.append(("mlp_norm", lambda h: _mlp(h, p["mlp"], cfg)))
   for norm_name, fn in subs:
     if cfg.norm_position == "pre":
@@ -100,11 +103,19 @@ def encode(params, cfg, encoder_inputs, b):
     image = encoder_inputs["pixel_values"][b]
     (ph, pw) = cfg.patch_hw
     rows, cols = image.shape[0] // ph, image.shape[1] // pw
-    patches = [image[i * ph:(i + 1) * ph, j * pw:(j + 1) * pw, :].reshape(-1)
-               for i in range(rows) for j in range(cols)]
+    patches = [
+      image[i * ph : (i + 1) * ph, j * pw : (j + 1) * pw, :].reshape(-1)
+      for i in range(rows)
+      for j in range(cols)
+    ]
     if cfg.patch_positions == "2d":
-      positions = np.stack([p["patch_row_positions"][i] + p["patch_column_positions"][j]
-                            for i in range(rows) for j in range(cols)])
+      positions = np.stack(
+        [
+          p["patch_row_positions"][i] + p["patch_column_positions"][j]
+          for i in range(rows)
+          for j in range(cols)
+        ]
+      )
     else:
       positions = p["patch_positions"]
     x = np.stack(patches) @ p["patch_embedding"] + p["patch_bias"] + positions
@@ -150,7 +161,7 @@ def exit_logits(params, cfg, encoder_inputs, decoder_input_ids):
         h = _norm(h, p["final_norm"], cfg)
       if cfg.tie_word_embeddings:
         if cfg.rescale_tied_output:
-          h = h * cfg.d_model ** -0.5
+          h = h * cfg.d_model**-0.5
         logits = h @ params["decoder"]["token_embedding"]["embedding"].T
       else:
         logits = h @ params["lm_head"]

@@ -12,16 +12,25 @@ from deed_jax.models import MultiExitEncoderDecoder
 from deed_jax.models.transformer_layer import ordered_after
 from tests.conftest import random_inputs, randomize, tiny_config
 
-
-OVERRIDES = [{}, {"position_embedding": "relative", "norm_type": "rmsnorm"},
-             {"norm_position": "post", "encoder": "image"}]
+OVERRIDES = [
+  {},
+  {"position_embedding": "relative", "norm_type": "rmsnorm"},
+  {"norm_position": "post", "encoder": "image"},
+]
 BLOCKS = [[1] * 7, [3, 1, 2, 1], [7]]
 
 
 # Every option set with mixed blocks, and every block pattern with the default options, by default.
-@pytest.mark.parametrize("overrides, blocks", [
-    pytest.param(overrides, blocks, marks=[pytest.mark.slow] if overrides and blocks != BLOCKS[1] else [])
-    for overrides in OVERRIDES for blocks in BLOCKS])
+@pytest.mark.parametrize(
+  "overrides, blocks",
+  [
+    pytest.param(
+      overrides, blocks, marks=[pytest.mark.slow] if overrides and blocks != BLOCKS[1] else []
+    )
+    for overrides in OVERRIDES
+    for blocks in BLOCKS
+  ],
+)
 def test_blockwise_cached_decoding_equals_full_pass(overrides, blocks):
   config = tiny_config(**overrides)
   model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=7, scale=0.2)
@@ -30,10 +39,14 @@ def test_blockwise_cached_decoding_equals_full_pass(overrides, blocks):
 
   decoder = model.decoder
   memory = decoder.cross_memory(*model.encode(encoder_inputs))
-  caches = list(decoder.init_cache(2, config.max_target_length))  # longer than the 7 positions decoded
+  caches = list(
+    decoder.init_cache(2, config.max_target_length)
+  )  # longer than the 7 positions decoded
   outputs, start = [], 0
   for size in blocks:
-    x = decoder.embed(decoder_ids[:, start:start + size], jnp.arange(start, start + size))  # [B,W,D]
+    x = decoder.embed(
+      decoder_ids[:, start : start + size], jnp.arange(start, start + size)
+    )  # [B,W,D]
     exits = []
     for j in range(config.decoder_layers):
       x, caches[j] = decoder.run_block(j, x, start, caches[j], memory)

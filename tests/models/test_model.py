@@ -12,17 +12,32 @@ from tests.conftest import random_inputs, randomize, tiny_config
 from tests.models import numpy_reference
 
 VARIANTS = {
-    "text_pre_layernorm_learned_gelu": dict(),
-    "text_post_norm_bart_like": dict(norm_position="post", embedding_norm=True, position_offset=2,
-                                     scale_embedding=True, final_logits_bias=True, adapter="linear"),
-    "text_rms_gated_untied_t5_like": dict(norm_type="rmsnorm", mlp_activation="gated-gelu",
-                                          attention_bias=False, mlp_bias=False, scale_attention=False,
-                                          tie_word_embeddings=False, adapter="none", head_dim=6),
-    "text_sinusoidal_relu_rescaled": dict(position_embedding="sinusoidal", mlp_activation="relu",
-                                          rescale_tied_output=True),
-    "image_vit_pre_norm": dict(encoder="image"),
-    "image_vit_post_norm_2d_positions": dict(encoder="image", norm_position="post", adapter="linear",
-                                             patch_positions="2d"),
+  "text_pre_layernorm_learned_gelu": dict(),
+  "text_post_norm_bart_like": dict(
+    norm_position="post",
+    embedding_norm=True,
+    position_offset=2,
+    scale_embedding=True,
+    final_logits_bias=True,
+    adapter="linear",
+  ),
+  "text_rms_gated_untied_t5_like": dict(
+    norm_type="rmsnorm",
+    mlp_activation="gated-gelu",
+    attention_bias=False,
+    mlp_bias=False,
+    scale_attention=False,
+    tie_word_embeddings=False,
+    adapter="none",
+    head_dim=6,
+  ),
+  "text_sinusoidal_relu_rescaled": dict(
+    position_embedding="sinusoidal", mlp_activation="relu", rescale_tied_output=True
+  ),
+  "image_vit_pre_norm": dict(encoder="image"),
+  "image_vit_post_norm_2d_positions": dict(
+    encoder="image", norm_position="post", adapter="linear", patch_positions="2d"
+  ),
 }
 
 
@@ -67,15 +82,28 @@ def test_padding_in_the_encoder_is_ignored():
   model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=1)
   encoder_inputs, decoder_ids = random_inputs(config)
   changed = dict(encoder_inputs)
-  changed["input_ids"] = np.where(encoder_inputs["attention_mask"] == 1, encoder_inputs["input_ids"], 5)
+  changed["input_ids"] = np.where(
+    encoder_inputs["attention_mask"] == 1, encoder_inputs["input_ids"], 5
+  )
   assert (changed["input_ids"] != encoder_inputs["input_ids"]).any()
-  np.testing.assert_allclose(np.asarray(model(encoder_inputs, decoder_ids)),
-                             np.asarray(model(changed, decoder_ids)), atol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(model(encoder_inputs, decoder_ids)),
+    np.asarray(model(changed, decoder_ids)),
+    atol=1e-6,
+  )
 
 
 def test_every_parameter_has_logical_axis_names():
-  for overrides in ({}, {"encoder": "image", "tie_word_embeddings": False, "final_logits_bias": True,
-                         "position_embedding": "relative", "adapter": "linear"}):
+  for overrides in (
+    {},
+    {
+      "encoder": "image",
+      "tie_word_embeddings": False,
+      "final_logits_bias": True,
+      "position_embedding": "relative",
+      "adapter": "linear",
+    },
+  ):
     model = MultiExitEncoderDecoder(tiny_config(**overrides), rngs=nnx.Rngs(0))
     allowed = {"embed", "mlp", "heads", "kv", "vocab", "layers", None}
     for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):

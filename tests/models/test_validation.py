@@ -44,9 +44,18 @@ def test_sequences_longer_than_the_positions():
     model(encoder_inputs, np.ones((3, 11), np.int32))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("norm_type", "batchnorm"), ("encoder", "audio"), ("adapter", "lora"), ("mlp_activation", "swish"),
-    ("position_embedding", "rope"), ("dtype", "int8"), ("patch_positions", "3d")])
+@pytest.mark.parametrize(
+  "field, value",
+  [
+    ("norm_type", "batchnorm"),
+    ("encoder", "audio"),
+    ("adapter", "lora"),
+    ("mlp_activation", "swish"),
+    ("position_embedding", "rope"),
+    ("dtype", "int8"),
+    ("patch_positions", "3d"),
+  ],
+)
 def test_unknown_choice_is_named(field, value):
   with pytest.raises(ValueError, match=f"ModelConfig.{field}='{value}' is not one of"):
     tiny_config(**{field: value})

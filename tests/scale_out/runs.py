@@ -20,17 +20,31 @@ MESH_2x2x2 = ("--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.ten
 
 
 def train_command(workdir, tfds_dir, *flags) -> list[str]:
-  return [sys.executable, "-m", "deed_jax.train", "--config", "configs/forms_text.py:runlocal",
-          "--workdir", str(workdir), f"--config.task.data_dir={tfds_dir}",
-          "--config.task.dataset_config=tiny", f"--config.total_steps={TOTAL_STEPS}",
-          "--config.batch_size=16", "--config.eval_batch_size=64", "--config.log_every_steps=1",
-          "--config.checkpoint_every_steps=4", "--config.keep_checkpoints=5", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "deed_jax.train",
+    "--config",
+    "configs/forms_text.py:runlocal",
+    "--workdir",
+    str(workdir),
+    f"--config.task.data_dir={tfds_dir}",
+    "--config.task.dataset_config=tiny",
+    f"--config.total_steps={TOTAL_STEPS}",
+    "--config.batch_size=16",
+    "--config.eval_batch_size=64",
+    "--config.log_every_steps=1",
+    "--config.checkpoint_every_steps=4",
+    "--config.keep_checkpoints=5",
+    *flags,
+  ]
 
 
 def environment(devices: int) -> dict:
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                      f" --xla_force_host_platform_device_count={devices}").strip()
+  env["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+  ).strip()
   return env
 
 
@@ -40,7 +54,9 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def train(workdir, tfds_dir, *flags, devices: int = 1, processes: int = 1, timeout: int = 600) -> str:
+def train(
+  workdir, tfds_dir, *flags, devices: int = 1, processes: int = 1, timeout: int = 600
+) -> str:
   """Run the trainer to the end in `processes` processes of `devices` devices each; returns process
   0's output. Fails the test (with the outputs) if any process fails."""
   running = start(workdir, tfds_dir, *flags, devices=devices, processes=processes)
@@ -54,6 +70,7 @@ def final_params(workdir) -> dict:
   """The newest checkpoint's params, loaded by this (one-device) process as numpy."""
   model = checkpoint.load_model(str(workdir))
   from flax import nnx
+
   return jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
 
 
@@ -67,8 +84,13 @@ def assert_params_close(a: dict, b: dict, **tolerance) -> None:
 def interrupt(workdir, tfds_dir, *flags, sig: int, when, timeout: int = 600) -> tuple[int, str]:
   """Start the trainer (one process, one device) and send it `sig` as soon as `when(workdir,
   output_so_far)` holds; -> (exit status, output). Fails the test if the run ends first."""
-  process = subprocess.Popen(train_command(workdir, tfds_dir, *flags), cwd=REPO,
-                             env=environment(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+  process = subprocess.Popen(
+    train_command(workdir, tfds_dir, *flags),
+    cwd=REPO,
+    env=environment(1),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+  )
   os.set_blocking(process.stdout.fileno(), False)
   output, deadline = b"", time.time() + timeout
   while not when(workdir, output.decode(errors="replace")):
@@ -94,8 +116,28 @@ def start(workdir, tfds_dir, *flags, devices: int = 1, processes: int = 1) -> li
     commands = [train_command(workdir, tfds_dir, *flags)]
   else:
     address = f"127.0.0.1:{free_port()}"
-    commands = [train_command(workdir, tfds_dir, *flags, "--coordinator_address", address,
-                              "--num_processes", str(processes), "--process_id", str(i))
-                for i in range(processes)]
-  return [subprocess.Popen(c, cwd=REPO, env=environment(devices), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True) for c in commands]
+    commands = [
+      train_command(
+        workdir,
+        tfds_dir,
+        *flags,
+        "--coordinator_address",
+        address,
+        "--num_processes",
+        str(processes),
+        "--process_id",
+        str(i),
+      )
+      for i in range(processes)
+    ]
+  return [
+    subprocess.Popen(
+      c,
+      cwd=REPO,
+      env=environment(devices),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for c in commands
+  ]

@@ -8,10 +8,10 @@ import jax
 import numpy as np
 
 from deed_jax import sharding
+from deed_jax.config_defaults import training_defaults
 from deed_jax.training.losses import exit_weights
 from deed_jax.training.optimizer import make_optimizer
 from deed_jax.training.train_step import make_train_step, train_state_layout
-from deed_jax.config_defaults import training_defaults
 from tests.conftest import random_inputs, tiny_config
 
 
@@ -19,8 +19,13 @@ def run_step(config, mesh, batch):
   tx = make_optimizer(training_defaults().optimizer, total_steps=10)
   layout = train_state_layout(config, tx, 0, (), mesh, sharding.DEFAULT_RULES)
   batch_sharding = sharding.batch_sharding(mesh, sharding.DEFAULT_RULES)
-  step = make_train_step(layout.graphdef, tx, exit_weights("deed", config.decoder_layers),
-                         state_shardings=layout.shardings, batch_sharding=batch_sharding)
+  step = make_train_step(
+    layout.graphdef,
+    tx,
+    exit_weights("deed", config.decoder_layers),
+    state_shardings=layout.shardings,
+    batch_sharding=batch_sharding,
+  )
   state = layout.init()
   # Two steps, so the second one starts from updated params and optimizer moments.
   for _ in range(2):
@@ -33,8 +38,12 @@ def main():
   config = tiny_config(dropout_rate=0.0)
   (encoder, decoder_ids) = random_inputs(config, batch=8, target_length=config.max_target_length)
   targets = np.roll(decoder_ids, -1, axis=1)
-  batch = {**encoder, "decoder_input_ids": decoder_ids, "targets": targets,
-           "target_mask": np.ones_like(targets)}
+  batch = {
+    **encoder,
+    "decoder_input_ids": decoder_ids,
+    "targets": targets,
+    "target_mask": np.ones_like(targets),
+  }
   mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   one = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
   sharded_state, sharded_metrics = run_step(config, mesh, batch)
@@ -48,14 +57,22 @@ def main():
   wi = sharded_state.params["decoder"]["layers"][0]["mlp"]["wi"]
   q = sharded_state.params["decoder"]["layers"][0]["self_attention"]["q"]
   mu = sharded_state.opt_state[1][0].mu["decoder"]["layers"][0]["mlp"]["wi"]
-  shapes = {"wi": [s.data.shape for s in wi.addressable_shards],
-            "q": [s.data.shape for s in q.addressable_shards],
-            "mu": [s.data.shape for s in mu.addressable_shards]}
+  shapes = {
+    "wi": [s.data.shape for s in wi.addressable_shards],
+    "q": [s.data.shape for s in q.addressable_shards],
+    "mu": [s.data.shape for s in mu.addressable_shards],
+  }
   assert set(shapes["wi"]) == {(16, 24)} and len(shapes["wi"]) == 8, shapes
   assert set(shapes["q"]) == {(16, 2, 8)}, shapes
   assert set(shapes["mu"]) == {(16, 24)}, shapes
-  print(json.dumps({"loss": float(sharded_metrics["loss"]), "shard_shapes": {
-      k: [list(s) for s in v[:1]] for k, v in shapes.items()}}))
+  print(
+    json.dumps(
+      {
+        "loss": float(sharded_metrics["loss"]),
+        "shard_shapes": {k: [list(s) for s in v[:1]] for k, v in shapes.items()},
+      }
+    )
+  )
 
 
 if __name__ == "__main__":

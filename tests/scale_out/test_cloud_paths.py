@@ -21,6 +21,7 @@ def fake_gcs(tmp_path, monkeypatch):
 
   class FakeGCS(LocalFileSystem):
     """gs://bucket/key <-> <root>/bucket/key."""
+
     protocol = ("gs", "gcs")
 
     @classmethod
@@ -28,12 +29,13 @@ def fake_gcs(tmp_path, monkeypatch):
       path = str(path)
       for prefix in ("gs://", "gcs://"):
         if path.startswith(prefix):
-          path = str(root / path[len(prefix):])
+          path = str(root / path[len(prefix) :])
       return super()._strip_protocol(path)
 
   # Object storage has no directories: writing a key needs no parent to exist (auto_mkdir).
-  monkeypatch.setattr(backend.fsspec_backend, "_get_filesystem",
-                      lambda name: FakeGCS(auto_mkdir=True))
+  monkeypatch.setattr(
+    backend.fsspec_backend, "_get_filesystem", lambda name: FakeGCS(auto_mkdir=True)
+  )
   return root
 
 

@@ -13,8 +13,16 @@ import jax
 import numpy as np
 import pytest
 
-from tests.scale_out.runs import (MESH_2x2x2, TOTAL_STEPS, assert_params_close, checkpoint_steps,
-                                  final_params, interrupt, start, train)
+from tests.scale_out.runs import (
+  TOTAL_STEPS,
+  MESH_2x2x2,
+  assert_params_close,
+  checkpoint_steps,
+  final_params,
+  interrupt,
+  start,
+  train,
+)
 
 # Float reduction order differs between topologies (sums split over devices, then all-reduced).
 TOLERANCE = dict(rtol=2e-4, atol=2e-5)
@@ -37,8 +45,9 @@ def test_two_processes_train_like_one_device(tmp_path, tfds_dir, one_device_run)
   assert_params_close(final_params(two), final_params(one_device_run), **TOLERANCE)
 
 
-def test_eight_devices_then_four_from_its_checkpoint_train_like_one_device(tmp_path, tfds_dir,
-                                                                           one_device_run):
+def test_eight_devices_then_four_from_its_checkpoint_train_like_one_device(
+  tmp_path, tfds_dir, one_device_run
+):
   # Half the steps on a (2, 2, 2) mesh of 8 devices, the rest on 4 (data 2 x fsdp 2) from the
   # checkpoint it wrote: each topology's steps, and the resharding between them, must hold.
   workdir = tmp_path / "run"
@@ -50,16 +59,20 @@ def test_eight_devices_then_four_from_its_checkpoint_train_like_one_device(tmp_p
   assert_params_close(final_params(workdir), final_params(one_device_run), **TOLERANCE)
 
 
-def test_killed_then_preempted_run_ends_like_an_uninterrupted_one(tmp_path, tfds_dir, one_device_run):
+def test_killed_then_preempted_run_ends_like_an_uninterrupted_one(
+  tmp_path, tfds_dir, one_device_run
+):
   workdir = tmp_path / "run"
   # SIGKILL right after the step 4 checkpoint is complete: mid-training, nothing saved on the way out.
-  status, _ = interrupt(workdir, tfds_dir, sig=signal.SIGKILL,
-                        when=lambda w, out: 4 in checkpoint_steps(w))
+  status, _ = interrupt(
+    workdir, tfds_dir, sig=signal.SIGKILL, when=lambda w, out: 4 in checkpoint_steps(w)
+  )
   assert status == -signal.SIGKILL
   assert 4 <= max(checkpoint_steps(workdir)) < TOTAL_STEPS
   # Rerun the same command; SIGTERM once it has resumed: it saves the step it is at and exits.
-  status, out = interrupt(workdir, tfds_dir, sig=signal.SIGTERM,
-                          when=lambda w, out: "Resumed from step" in out)
+  status, out = interrupt(
+    workdir, tfds_dir, sig=signal.SIGTERM, when=lambda w, out: "Resumed from step" in out
+  )
   assert status == 0, out[-3000:]
   stopped = int(out.split("Stopped at step ")[1].split()[0])
   assert "(SIGTERM)" in out and max(checkpoint_steps(workdir)) == stopped < TOTAL_STEPS
@@ -68,8 +81,9 @@ def test_killed_then_preempted_run_ends_like_an_uninterrupted_one(tmp_path, tfds
   final, reference = final_params(workdir), final_params(one_device_run)
   for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(reference)):
     np.testing.assert_array_equal(a, b)  # bit-identical: same device, same data, same steps
-  logged = [json.loads(line)["step"] for line in open(workdir / "metrics.jsonl")
-            if "train/loss" in line]
+  logged = [
+    json.loads(line)["step"] for line in open(workdir / "metrics.jsonl") if "train/loss" in line
+  ]
   assert logged == list(range(1, TOTAL_STEPS + 1))  # steps replayed after the kill logged once
 
 
@@ -78,8 +92,15 @@ def test_sigterm_stops_every_process_at_the_same_step(tmp_path, tfds_dir):
   """Two processes: JAX's preemption service (through orbax's reached_preemption) has both save
   the same step and exit cleanly."""
   workdir = tmp_path / "run"
-  running = start(workdir, tfds_dir, "--config.total_steps=400", "--config.mesh.data=4",
-                  "--config.mesh.fsdp=2", devices=4, processes=2)
+  running = start(
+    workdir,
+    tfds_dir,
+    "--config.total_steps=400",
+    "--config.mesh.data=4",
+    "--config.mesh.fsdp=2",
+    devices=4,
+    processes=2,
+  )
   deadline = time.time() + 600
   while 4 not in checkpoint_steps(workdir):
     assert all(p.poll() is None for p in running) and time.time() < deadline

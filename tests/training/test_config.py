@@ -46,6 +46,10 @@ def test_unknown_options_are_named_and_nothing_is_written(tmp_path):
   with pytest.raises(ValueError, match="config.batch_size=0"):
     train_and_evaluate(config, str(workdir), progress=False)
   with pytest.raises(ValueError, match="stop_at_step=9 must be in 1..total_steps=5"):
-    train_and_evaluate(tiny_text_config(str(tmp_path / "tfds"), total_steps=5), str(workdir),
-                       stop_at_step=9, progress=False)
+    train_and_evaluate(
+      tiny_text_config(str(tmp_path / "tfds"), total_steps=5),
+      str(workdir),
+      stop_at_step=9,
+      progress=False,
+    )
   assert not workdir.exists() and not (tmp_path / "tfds").exists()

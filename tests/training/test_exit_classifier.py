@@ -32,7 +32,12 @@ def _model_and_batch(probe="linear"):
   targets = np.roll(decoder_ids, -1, axis=1)
   mask = np.ones_like(targets)
   mask[1, 3:] = 0
-  batch = {**encoder_inputs, "decoder_input_ids": decoder_ids, "targets": targets, "target_mask": mask}
+  batch = {
+    **encoder_inputs,
+    "decoder_input_ids": decoder_ids,
+    "targets": targets,
+    "target_mask": mask,
+  }
   return model, batch
 
 
@@ -45,8 +50,12 @@ def _state(model, tx, **options):
 def _hand_classifier_loss(model, batch) -> float:
   """Mean over exits 1..L-1 of the binary cross-entropy of sigmoid(f . w_j + b_j) against "exit j's
   argmax equals the last exit's", over the unmasked tokens, in float64 loops."""
-  features = np.asarray(model.exit_features(
-      {k: batch[k] for k in ("input_ids", "attention_mask")}, batch["decoder_input_ids"]), np.float64)
+  features = np.asarray(
+    model.exit_features(
+      {k: batch[k] for k in ("input_ids", "attention_mask")}, batch["decoder_input_ids"]
+    ),
+    np.float64,
+  )
   predictions = np.asarray(model.logits(features.astype(np.float32))).argmax(-1)  # [L, B, T]
   kernel = np.asarray(model.decoder.exit_classifier.kernel[...], np.float64)
   bias = np.asarray(model.decoder.exit_classifier.bias[...], np.float64)
@@ -70,12 +79,15 @@ def test_the_classifier_loss_equals_hand_computation_and_never_moves_the_model()
   _, without = make_train_step(graphdef, tx, weights)(state, batch, jax.random.key(0))
   graphdef, state = _state(model, tx)
   _, with_probe = make_train_step(graphdef, tx, weights, classifier_weight=0.5)(
-      state, batch, jax.random.key(0))
+    state, batch, jax.random.key(0)
+  )
   expected = _hand_classifier_loss(model, batch)
-  np.testing.assert_allclose(float(np.mean(with_probe["exit_classifier_loss"][:-1])), expected,
-                             rtol=1e-5)
-  np.testing.assert_allclose(float(with_probe["loss"]), float(without["loss"]) + 0.5 * expected,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+    float(np.mean(with_probe["exit_classifier_loss"][:-1])), expected, rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    float(with_probe["loss"]), float(without["loss"]) + 0.5 * expected, rtol=1e-5
+  )
 
   # One SGD step with and without the classifier's loss: only the classifier differs (it reads the
   # exit features through stop_gradient).
@@ -83,8 +95,11 @@ def test_the_classifier_loss_equals_hand_computation_and_never_moves_the_model()
   stepped = {}
   for weight in (0.0, 1.0):
     graphdef, state = _state(model, tx)
-    stepped[weight] = checkpoint.flat_params(make_train_step(
-        graphdef, tx, weights, classifier_weight=weight)(state, batch, jax.random.key(0))[0].params)
+    stepped[weight] = checkpoint.flat_params(
+      make_train_step(graphdef, tx, weights, classifier_weight=weight)(
+        state, batch, jax.random.key(0)
+      )[0].params
+    )
   for path in stepped[0.0]:
     same = np.array_equal(np.asarray(stepped[0.0][path]), np.asarray(stepped[1.0][path]))
     assert same != ("exit_classifier" in path), path
@@ -99,8 +114,13 @@ def test_train_only_the_classifier_leaves_every_other_parameter_bit_identical(pr
   probe_size = sum(v.size for k, v in before.items() if "exit_classifier" in k)
   # Adam's moments cover the classifier only (plus the step count).
   assert sum(x.size for x in jax.tree.leaves(state.opt_state)) == 2 * probe_size + 1
-  step = make_train_step(graphdef, tx, exit_weights("deed", LAYERS), classifier_weight=1.0,
-                         train_only=("exit_classifier",))
+  step = make_train_step(
+    graphdef,
+    tx,
+    exit_weights("deed", LAYERS),
+    classifier_weight=1.0,
+    train_only=("exit_classifier",),
+  )
   losses = []
   for _ in range(5):
     state, metrics = step(state, batch, jax.random.key(0))
@@ -118,8 +138,9 @@ def test_a_classifier_fitted_afterwards_on_a_trained_workdir_decodes(tmp_path, t
   model's parameters come back unchanged, the classifier is reported per exit, and greedy decoding
   with confidence="classifier" equals the naive reference."""
   source = str(tmp_path / "source")
-  train_and_evaluate(tiny_text_config(tfds_dir, total_steps=3, checkpoint_every_steps=3), source,
-                     progress=False)
+  train_and_evaluate(
+    tiny_text_config(tfds_dir, total_steps=3, checkpoint_every_steps=3), source, progress=False
+  )
   config = tiny_text_config(tfds_dir, total_steps=4, checkpoint_every_steps=4)
   config.model = ml_collections.ConfigDict(dict(exit_classifier="linear"))
   config.init_from = source
@@ -130,16 +151,20 @@ def test_a_classifier_fitted_afterwards_on_a_trained_workdir_decodes(tmp_path, t
   assert all(0.0 <= a <= 1.0 for a in results["exit_classifier_accuracy"])
   model = checkpoint.load_model(workdir)
   assert model.config.exit_classifier == "linear"
-  original = checkpoint.flat_params(nnx.to_pure_dict(nnx.state(checkpoint.load_model(source),
-                                                               nnx.Param)))
+  original = checkpoint.flat_params(
+    nnx.to_pure_dict(nnx.state(checkpoint.load_model(source), nnx.Param))
+  )
   fitted = checkpoint.flat_params(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-  assert set(fitted) - set(original) == {"decoder/exit_classifier/kernel",
-                                         "decoder/exit_classifier/bias"}
+  assert set(fitted) - set(original) == {
+    "decoder/exit_classifier/kernel",
+    "decoder/exit_classifier/bias",
+  }
   for path, value in original.items():
     np.testing.assert_array_equal(np.asarray(fitted[path]), np.asarray(value), err_msg=path)
   fresh = MultiExitEncoderDecoder(model.config, rngs=nnx.Rngs(config.seed)).decoder.exit_classifier
-  assert not np.array_equal(np.asarray(model.decoder.exit_classifier.kernel[...]),
-                            np.asarray(fresh.kernel[...]))  # trained, not the initial values
+  assert not np.array_equal(
+    np.asarray(model.decoder.exit_classifier.kernel[...]), np.asarray(fresh.kernel[...])
+  )  # trained, not the initial values
 
   inputs = {"input_ids": np.array([[70, 71, 72, 2, 0], [80, 81, 2, 0, 0]], np.int32)}
   inputs["attention_mask"] = (inputs["input_ids"] > 0).astype(np.int32)
@@ -150,13 +175,17 @@ def test_a_classifier_fitted_afterwards_on_a_trained_workdir_decodes(tmp_path, t
   np.testing.assert_array_equal(np.asarray(out.exit_layers), np.asarray(expected.exit_layers))
 
 
-@pytest.mark.parametrize("change, message", [
+@pytest.mark.parametrize(
+  "change, message",
+  [
     (dict(train_only=("exit_clasifier",)), "train_only names 'exit_clasifier'"),
     (dict(model=dict(exit_classifier="linear"), loss_weight=0.0), "untrained"),
     (dict(loss_weight=-1.0), "must be >= 0"),
-])
-def test_bad_classifier_options_are_refused_before_anything_is_written(tmp_path, tfds_dir, change,
-                                                                       message):
+  ],
+)
+def test_bad_classifier_options_are_refused_before_anything_is_written(
+  tmp_path, tfds_dir, change, message
+):
   config = tiny_text_config(tfds_dir, total_steps=2)
   if "train_only" in change:
     config.train_only = change["train_only"]

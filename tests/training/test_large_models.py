@@ -20,11 +20,16 @@ from tests.training.configs import tiny_text_config
 
 
 def _batch(config, rows, seed=0):
-  encoder, decoder_ids = random_inputs(config, batch=rows, target_length=config.max_target_length,
-                                       seed=seed)
+  encoder, decoder_ids = random_inputs(
+    config, batch=rows, target_length=config.max_target_length, seed=seed
+  )
   targets = np.roll(decoder_ids, -1, axis=1)
-  return {**encoder, "decoder_input_ids": decoder_ids, "targets": targets,
-          "target_mask": np.ones_like(targets)}
+  return {
+    **encoder,
+    "decoder_input_ids": decoder_ids,
+    "targets": targets,
+    "target_mask": np.ones_like(targets),
+  }
 
 
 def _copy(tree):
@@ -47,8 +52,9 @@ def test_rematerialised_layers_give_the_same_step(encoder):
   remat = make_train_step(graphdef, tx, weights, remat=True)
   jaxpr = str(jax.make_jaxpr(remat)(state, batch, jax.random.key(3)))
   assert jaxpr.count("remat") + jaxpr.count("checkpoint") >= config.decoder_layers
-  (a, metrics_a), (b, metrics_b) = (step(_copy(state), batch, jax.random.key(3))
-                                    for step in (plain, remat))
+  (a, metrics_a), (b, metrics_b) = (
+    step(_copy(state), batch, jax.random.key(3)) for step in (plain, remat)
+  )
   np.testing.assert_allclose(metrics_a["loss"], metrics_b["loss"], rtol=1e-6)
   np.testing.assert_allclose(metrics_a["grad_norm"], metrics_b["grad_norm"], rtol=1e-5)
   for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
@@ -65,8 +71,9 @@ def test_two_accumulated_steps_update_like_one_step_of_the_double_batch():
   double = {k: np.concatenate([first[k], second[k]]) for k in first}
 
   graphdef, state = _state(config, optax.sgd(0.1))
-  once, _ = make_train_step(graphdef, optax.sgd(0.1), weights)(_copy(state), double,
-                                                                jax.random.key(0))
+  once, _ = make_train_step(graphdef, optax.sgd(0.1), weights)(
+    _copy(state), double, jax.random.key(0)
+  )
   tx = optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2).gradient_transformation()
   graphdef, state = _state(config, tx)
   step = make_train_step(graphdef, tx, weights)
@@ -75,8 +82,9 @@ def test_two_accumulated_steps_update_like_one_step_of_the_double_batch():
     np.testing.assert_array_equal(x, y)  # nothing applied before the k-th step
   twice, _ = step(_copy(halfway), second, jax.random.key(0))
   moved = 0
-  for x, y, start in zip(jax.tree.leaves(twice.params), jax.tree.leaves(once.params),
-                         jax.tree.leaves(state.params)):
+  for x, y, start in zip(
+    jax.tree.leaves(twice.params), jax.tree.leaves(once.params), jax.tree.leaves(state.params)
+  ):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
     moved += not np.array_equal(x, start)
   assert moved > 10
@@ -100,16 +108,20 @@ def test_bf16_compute_keeps_f32_params_and_optimizer_state():
   tx = make_optimizer(training_defaults().optimizer, total_steps=10)
   graphdef, state = _state(config, tx)
   state, metrics = make_train_step(graphdef, tx, exit_weights("deed", config.decoder_layers))(
-      state, _batch(config, 4), jax.random.key(0))
+    state, _batch(config, 4), jax.random.key(0)
+  )
   assert np.isfinite(metrics["loss"])
   assert {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))} == {
-      np.dtype("float32"), np.dtype("int32")}
+    np.dtype("float32"),
+    np.dtype("int32"),
+  }
 
 
 def test_accumulation_must_divide_the_steps(tfds_dir):
   config = tiny_text_config(tfds_dir, total_steps=5, gradient_accumulation_steps=2)
-  with pytest.raises(UserError, match="total_steps=5 is not a multiple of "
-                                      "config.gradient_accumulation_steps=2"):
+  with pytest.raises(
+    UserError, match="total_steps=5 is not a multiple of config.gradient_accumulation_steps=2"
+  ):
     validate(config)
   with pytest.raises(UserError, match="gradient_accumulation_steps=0 must be >= 1"):
     validate(tiny_text_config(tfds_dir, gradient_accumulation_steps=0))

@@ -8,9 +8,10 @@ import optax
 import pytest
 from flax import nnx
 
+from deed_jax.exit_metrics import cross_entropy, exit_metrics
 from deed_jax.models import MultiExitEncoderDecoder
-from deed_jax.training.losses import LOSS_MODES, cross_entropy, exit_weights
-from deed_jax.training.train_step import exit_metrics, init_train_state, make_train_step
+from deed_jax.training.losses import LOSS_MODES, exit_weights
+from deed_jax.training.train_step import init_train_state, make_train_step
 from tests.conftest import random_inputs, randomize, tiny_config
 
 
@@ -61,7 +62,12 @@ def test_train_step_loss_equals_hand_computation(mode):
   tx = optax.sgd(0.0)
   graphdef, state = init_train_state(model, tx)
   step = make_train_step(graphdef, tx, exit_weights(mode, 3))
-  batch = {**encoder_inputs, "decoder_input_ids": decoder_ids, "targets": targets, "target_mask": mask}
+  batch = {
+    **encoder_inputs,
+    "decoder_input_ids": decoder_ids,
+    "targets": targets,
+    "target_mask": mask,
+  }
   _, metrics = step(state, batch, jax.random.key(0))
   if mode == "final":  # only the final exit's head runs; the others' metrics are NaN
     assert np.isnan(np.asarray(metrics["exit_loss"])[:-1]).all()
@@ -76,30 +82,50 @@ def test_label_smoothing_matches_hand_computation():
   encoder_inputs, decoder_ids = random_inputs(config, batch=2, target_length=5)
   targets = np.roll(decoder_ids, -1, axis=1)
   mask = np.ones_like(targets)
-  batch = {**encoder_inputs, "decoder_input_ids": decoder_ids, "targets": targets, "target_mask": mask}
+  batch = {
+    **encoder_inputs,
+    "decoder_input_ids": decoder_ids,
+    "targets": targets,
+    "target_mask": mask,
+  }
   losses = exit_metrics(model, batch, label_smoothing=0.1).loss
-  expected = _hand_cross_entropies(np.asarray(model(encoder_inputs, decoder_ids)), targets, mask, 0.1)
+  expected = _hand_cross_entropies(
+    np.asarray(model(encoder_inputs, decoder_ids)), targets, mask, 0.1
+  )
   np.testing.assert_allclose(np.asarray(losses), expected, rtol=1e-5)
 
 
 def test_cross_entropy_of_a_known_distribution():
   logits = np.log(np.array([[0.5, 0.25, 0.25]], np.float32))
-  np.testing.assert_allclose(np.asarray(cross_entropy(logits, np.array([1]))), [np.log(4)], rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(cross_entropy(logits, np.array([1]))), [np.log(4)], rtol=1e-6
+  )
 
 
 def test_gradients_flow_to_every_exit_adapter_only_under_deep_supervision():
   """`final` trains no shallow adapter; `deed` trains them all (the loss really covers every exit)."""
   config = tiny_config(decoder_layers=3, adapter="linear")
   encoder_inputs, decoder_ids = random_inputs(config)
-  batch = {**encoder_inputs, "decoder_input_ids": decoder_ids,
-           "targets": np.roll(decoder_ids, -1, axis=1), "target_mask": np.ones_like(decoder_ids)}
+  batch = {
+    **encoder_inputs,
+    "decoder_input_ids": decoder_ids,
+    "targets": np.roll(decoder_ids, -1, axis=1),
+    "target_mask": np.ones_like(decoder_ids),
+  }
   for mode, shallow_trained in (("deed", True), ("final", False)):
     model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=6, scale=0.2)
     tx = optax.sgd(0.1)
     graphdef, state = init_train_state(model, tx)
     before = jax.tree.map(np.asarray, state.params)
-    new_state, _ = make_train_step(graphdef, tx, exit_weights(mode, 3))(state, batch, jax.random.key(0))
+    new_state, _ = make_train_step(graphdef, tx, exit_weights(mode, 3))(
+      state, batch, jax.random.key(0)
+    )
     for index in range(3):
-      moved = np.abs(np.asarray(new_state.params["decoder"]["adapters"][index]["w"])
-                     - before["decoder"]["adapters"][index]["w"]).max() > 0
+      moved = (
+        np.abs(
+          np.asarray(new_state.params["decoder"]["adapters"][index]["w"])
+          - before["decoder"]["adapters"][index]["w"]
+        ).max()
+        > 0
+      )
       assert moved == (shallow_trained or index == 2), (mode, index)

@@ -21,12 +21,15 @@ from tests.training.configs import tiny_text_config, train_tiny
 def _final_state(workdir):
   """The newest checkpoint's raw arrays, read back from disk."""
   import orbax.checkpoint as ocp
+
   path = os.path.join(workdir, "checkpoints")
   step = max(int(p) for p in os.listdir(path) if p.isdigit())
   item = os.path.join(path, str(step), "state")
   checkpointer = ocp.PyTreeCheckpointer()
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
-                          checkpointer.metadata(item).item_metadata.tree)
+  as_numpy = jax.tree.map(
+    lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+    checkpointer.metadata(item).item_metadata.tree,
+  )
   return step, checkpointer.restore(item, restore_args=as_numpy)
 
 
@@ -52,8 +55,11 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, tfds_dir)
   assert step == 3 and int(at_stop["step"]) == 3
   train_and_evaluate(config, resumed, progress=False)
 
-  logged = [json.loads(line)["step"] for line in open(os.path.join(resumed, "metrics.jsonl"))
-            if "train/loss" in line]
+  logged = [
+    json.loads(line)["step"]
+    for line in open(os.path.join(resumed, "metrics.jsonl"))
+    if "train/loss" in line
+  ]
   assert logged == [1, 2, 3, 4, 5, 6]  # The second run continued at step 4, nothing repeated.
   step_a, state_a = _final_state(straight)
   step_b, state_b = _final_state(resumed)
@@ -63,8 +69,10 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, tfds_dir)
   for a, b in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   # Params moved after the resume (the equality above is not between two untouched states).
-  assert not np.array_equal(np.asarray(state_b["params"]["decoder"]["token_embedding"]["embedding"]),
-                            np.asarray(at_stop["params"]["decoder"]["token_embedding"]["embedding"]))
+  assert not np.array_equal(
+    np.asarray(state_b["params"]["decoder"]["token_embedding"]["embedding"]),
+    np.asarray(at_stop["params"]["decoder"]["token_embedding"]["embedding"]),
+  )
   with open(os.path.join(resumed, RESULTS_FILE)) as f:
     assert json.load(f)["step"] == 6
 
@@ -84,10 +92,13 @@ def _refuses_and_leaves_untouched(workdir, tfds_dir, error, **model_overrides):
   assert _tree_digest(workdir) == before
 
 
-def test_workdir_of_a_different_model_is_refused_and_left_untouched(tmp_path, trained_workdir,
-                                                                     tfds_dir):
+def test_workdir_of_a_different_model_is_refused_and_left_untouched(
+  tmp_path, trained_workdir, tfds_dir
+):
   workdir = shutil.copytree(trained_workdir, tmp_path / "run")
-  _refuses_and_leaves_untouched(str(workdir), tfds_dir, "d_model: 32 in the workdir vs 48", d_model=48)
+  _refuses_and_leaves_untouched(
+    str(workdir), tfds_dir, "d_model: 32 in the workdir vs 48", d_model=48
+  )
 
 
 def test_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, trained_workdir, tfds_dir):
@@ -96,16 +107,21 @@ def test_checkpoint_whose_shapes_do_not_fit_is_refused(tmp_path, trained_workdir
   workdir = shutil.copytree(trained_workdir, tmp_path / "run")
   os.remove(workdir / MODEL_CONFIG_FILE)
   os.remove(workdir / TRAIN_CONFIG_FILE)
-  _refuses_and_leaves_untouched(str(workdir), tfds_dir,
-                                r"does not fit this model: .*wi.*\(32, 48\) vs model \(32, 40\)",
-                                d_ff=40)
+  _refuses_and_leaves_untouched(
+    str(workdir),
+    tfds_dir,
+    r"does not fit this model: .*wi.*\(32, 48\) vs model \(32, 40\)",
+    d_ff=40,
+  )
 
 
 def test_load_model_restores_the_trained_params(tmp_path, trained_workdir):
   model = checkpoint.load_model(trained_workdir)
   _, stored = _final_state(trained_workdir)
-  np.testing.assert_array_equal(np.asarray(model.token_embedding.embedding[...]),
-                                np.asarray(stored["params"]["decoder"]["token_embedding"]["embedding"]))
+  np.testing.assert_array_equal(
+    np.asarray(model.token_embedding.embedding[...]),
+    np.asarray(stored["params"]["decoder"]["token_embedding"]["embedding"]),
+  )
   with pytest.raises(FileNotFoundError, match="not a deed-jax workdir"):
     checkpoint.load_model(str(tmp_path / "empty"))
 
@@ -124,11 +140,13 @@ def _in_legacy_layout(tree):
   return tree
 
 
-def test_checkpoint_in_the_legacy_embedding_layout_restores_and_resumes(tmp_path, trained_workdir,
-                                                                        tfds_dir):
+def test_checkpoint_in_the_legacy_embedding_layout_restores_and_resumes(
+  tmp_path, trained_workdir, tfds_dir
+):
   """A checkpoint that keeps the token table at the top level (the layout before the decoder owned
   it) loads and resumes training exactly like the same checkpoint in today's layout."""
   import orbax.checkpoint as ocp
+
   legacy = shutil.copytree(trained_workdir, tmp_path / "legacy")
   step, stored = _final_state(trained_workdir)
   legacy_state = _in_legacy_layout(stored)
@@ -139,13 +157,19 @@ def test_checkpoint_in_the_legacy_embedding_layout_restores_and_resumes(tmp_path
   assert "token_embedding" in _final_state(str(legacy))[1]["params"]  # really legacy on disk
 
   original, migrated = checkpoint.load_model(trained_workdir), checkpoint.load_model(str(legacy))
-  np.testing.assert_array_equal(np.asarray(migrated.token_embedding.embedding[...]),
-                                np.asarray(original.token_embedding.embedding[...]))
+  np.testing.assert_array_equal(
+    np.asarray(migrated.token_embedding.embedding[...]),
+    np.asarray(original.token_embedding.embedding[...]),
+  )
 
   current = shutil.copytree(trained_workdir, tmp_path / "current")
   for workdir in (current, legacy):
-    train_and_evaluate(tiny_text_config(tfds_dir, total_steps=3, checkpoint_every_steps=1),
-                       str(workdir), progress=False, allow_config_change=True)
+    train_and_evaluate(
+      tiny_text_config(tfds_dir, total_steps=3, checkpoint_every_steps=1),
+      str(workdir),
+      progress=False,
+      allow_config_change=True,
+    )
   (_, from_current), (_, from_legacy) = _final_state(str(current)), _final_state(str(legacy))
   assert jax.tree.structure(from_current) == jax.tree.structure(from_legacy)
   for a, b in zip(jax.tree.leaves(from_current), jax.tree.leaves(from_legacy)):
@@ -179,8 +203,11 @@ def test_resume_with_a_config_that_changes_the_run_is_refused(tmp_path, trained_
   config.optimizer.learning_rate = 0.002
   config.seed = 1
   config.log_every_steps = 5  # neutral: not named
-  with pytest.raises(ValueError, match=r"would change it: optimizer.learning_rate: 0.001 -> 0.002; "
-                                       r"seed: 0 -> 1\. .*--allow_config_change"):
+  with pytest.raises(
+    ValueError,
+    match=r"would change it: optimizer.learning_rate: 0.001 -> 0.002; "
+    r"seed: 0 -> 1\. .*--allow_config_change",
+  ):
     train_and_evaluate(config, str(workdir), progress=False)
   assert _tree_digest(workdir) == before
   config.total_steps = 3

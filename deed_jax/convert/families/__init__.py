@@ -21,5 +21,6 @@ def family_for(hf: dict) -> ModuleType:
         family.check_supported(hf)
       return family
   raise ConversionError(
-      f"Unsupported architecture {architectures or hf.get('model_type')!r}; supported: "
-      f"{', '.join(SUPPORTED)}.")
+    f"Unsupported architecture {architectures or hf.get('model_type')!r}; supported: "
+    f"{', '.join(SUPPORTED)}."
+  )
