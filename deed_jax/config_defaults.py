@@ -50,9 +50,9 @@ def model_options(config: ml_collections.ConfigDict) -> dict:
   return {k: v for k, v in config.model.to_dict().items() if v is not None}
 
 
-def training_defaults() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.task = ml_collections.ConfigDict(
+def task_defaults() -> ml_collections.ConfigDict:
+  """What is learnt and how it is scored: dataset, tokenizer, features, metric."""
+  return ml_collections.ConfigDict(
     dict(
       # A TFDS builder of deed_jax.data.datasets: an embedded forms task (forms_vqa, forms_text) or
       # one over VQA files on disk (docvqa, stvqa: they need manual_dir).
@@ -66,7 +66,7 @@ def training_defaults() -> ml_collections.ConfigDict:
       source_key="image",
       target_key="answer",
       max_source_length=0,  # Text encoders: input length in tokens.
-      # The task metric of the decoding comparison, on decoded strings (deed_jax.evaluation.metrics):
+      # The metric deed_jax.evaluate scores decoded strings with (deed_jax.evaluation.metrics):
       # exact_match | anls | vqa_accuracy | cer | bleu.
       metric="exact_match",
       # The feature holding every reference answer the metric compares with (VQA builders: "answers");
@@ -74,6 +74,11 @@ def training_defaults() -> ml_collections.ConfigDict:
       answers_key="",
     )
   )
+
+
+def training_defaults() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.task = task_defaults()
   config.model = model_placeholders()  # ModelConfig keyword arguments; unset (None): its defaults.
   # A deed-jax workdir to start from (e.g. `python -m deed_jax.convert` output): its architecture and
   # params; config.model may then set only `dropout_rate`. "" = random initialisation.
@@ -86,16 +91,9 @@ def training_defaults() -> ml_collections.ConfigDict:
   # classifier of a frozen model, with init_from); () = everything.
   config.train_only = ()
   config.optimizer = ml_collections.ConfigDict(
-    dict(
-      learning_rate=1e-3,
-      warmup_steps=200,
-      end_lr_factor=0.01,
-      weight_decay=0.01,
-      clip_norm=1.0,
-      b1=0.9,
-      b2=0.98,
-    )
+    dict(learning_rate=1e-3, warmup_steps=200, end_lr_factor=0.01, weight_decay=0.01)
   )
+  config.optimizer.update(dict(clip_norm=1.0, b1=0.9, b2=0.98))
   # The device mesh (deed_jax.sharding): sizes of its data, fsdp and tensor axes; one -1 takes the
   # devices the others leave. Their product is the device count of the run (all processes).
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -171,28 +169,54 @@ def validate_task(task: ml_collections.ConfigDict) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:
   """Check a training config before anything is built or written. Returns its ModelConfig."""
-  known = set(training_defaults().keys())
-  unknown = sorted(set(config.keys()) - known)
+  _check_known_options(config)
+  model = model_config(config)
+  _check_loss(config.loss, model)
+  _check_train_only(config.train_only, model)
+  validate_task(config.task)
+  counts = ("batch_size", "eval_batch_size", "total_steps", "log_every_steps", "eval_every_steps")
+  for name in counts + (
+    "checkpoint_every_steps",
+    "keep_checkpoints",
+    "gradient_accumulation_steps",
+  ):
+    if config[name] < 1:
+      raise UserError(f"config.{name}={config[name]} must be >= 1.")
+  if config.total_steps % config.gradient_accumulation_steps:
+    raise UserError(
+      f"config.total_steps={config.total_steps} is not a multiple of "
+      f"config.gradient_accumulation_steps={config.gradient_accumulation_steps}: the "
+      "last update would be left half accumulated."
+    )
+  check_mesh(config)
+  return model
+
+
+def _check_known_options(config: ml_collections.ConfigDict) -> None:
+  """Every option the config sets is one the defaults know."""
+  defaults = training_defaults()
+  unknown = sorted(set(config.keys()) - set(defaults.keys()))
   if "decode" in unknown:
     raise UserError(
       "config.decode (a decoding comparison after training) is gone: training trains; "
       "compare decoding settings with python -m deed_jax.evaluate --workdir <workdir>."
     )
   if unknown:
-    raise UserError(f"Unknown config option(s) {unknown}; known: {sorted(known)}.")
+    raise UserError(f"Unknown config option(s) {unknown}; known: {sorted(defaults.keys())}.")
   for block in ("task", "loss", "optimizer", "mesh"):
-    extra = sorted(set(config[block].keys()) - set(training_defaults()[block].keys()))
+    extra = sorted(set(config[block].keys()) - set(defaults[block].keys()))
     if extra:
       raise UserError(
-        f"Unknown config option(s) config.{block}.{extra}; known: "
-        f"{sorted(training_defaults()[block].keys())}."
+        f"Unknown config option(s) config.{block}.{extra}; known: {sorted(defaults[block].keys())}."
       )
-  if config.loss.mode not in LOSS_MODES:
-    raise UserError(f"config.loss.mode={config.loss.mode!r} is not one of {LOSS_MODES}.")
-  if not 0.0 <= config.loss.label_smoothing < 1.0:
-    raise UserError(f"config.loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1).")
-  model = model_config(config)
-  weight = config.loss.exit_classifier_weight
+
+
+def _check_loss(loss: ml_collections.ConfigDict, model: ModelConfig) -> None:
+  if loss.mode not in LOSS_MODES:
+    raise UserError(f"config.loss.mode={loss.mode!r} is not one of {LOSS_MODES}.")
+  if not 0.0 <= loss.label_smoothing < 1.0:
+    raise UserError(f"config.loss.label_smoothing={loss.label_smoothing} must be in [0, 1).")
+  weight = loss.exit_classifier_weight
   if not weight >= 0:
     raise UserError(f"config.loss.exit_classifier_weight={weight} must be >= 0.")
   if model.exit_classifier != "none" and weight == 0:
@@ -200,7 +224,10 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
       f"config.loss.exit_classifier_weight={weight} would leave the model's exit "
       f"classifier (model.exit_classifier={model.exit_classifier!r}) untrained."
     )
-  train_only = config.train_only
+
+
+def _check_train_only(train_only, model: ModelConfig) -> None:
+  """`train_only` is a tuple of path names, each holding some parameter of the model."""
   if isinstance(train_only, str) or not all(
     isinstance(n, str) and n.strip("/") for n in train_only
   ):
@@ -217,27 +244,6 @@ def validate(config: ml_collections.ConfigDict) -> ModelConfig:
         f"config.train_only names {name!r}, which no parameter of this model holds "
         f"(its parameters are under {top})."
       )
-  validate_task(config.task)
-  for name in (
-    "batch_size",
-    "eval_batch_size",
-    "total_steps",
-    "log_every_steps",
-    "eval_every_steps",
-    "checkpoint_every_steps",
-    "keep_checkpoints",
-    "gradient_accumulation_steps",
-  ):
-    if config[name] < 1:
-      raise UserError(f"config.{name}={config[name]} must be >= 1.")
-  if config.total_steps % config.gradient_accumulation_steps:
-    raise UserError(
-      f"config.total_steps={config.total_steps} is not a multiple of "
-      f"config.gradient_accumulation_steps={config.gradient_accumulation_steps}: the "
-      "last update would be left half accumulated."
-    )
-  check_mesh(config)
-  return model
 
 
 def check_mesh(

@@ -3,9 +3,10 @@ r"""Train a multi-exit encoder-decoder with deep supervision, evaluating every e
   python -m deed_jax.train --config configs/forms_vqa.py:runlocal --workdir workdirs/forms_vqa
 
 Stages (as in big_vision's trainer), each a named piece below: check the config and workdir
-(`_check_run`) -> mesh -> input (`_Data`) -> model/optimizer, restored or initialised
-(`_restore_or_init`) -> the loop (`_train_loop`: step, log, checkpoint, evaluate per exit with
-`_Evaluator`). Rerunning the same command resumes from the newest checkpoint in the workdir.
+(`_check_run`) -> mesh, input (`_Data`), model and optimizer (`_Trainer`) -> restore or initialise
+the state (`_Trainer.restore_or_init`) -> the loop (`_Trainer.train`: step, log with `_TrainLog`,
+checkpoint, evaluate per exit with `_Evaluator`). Rerunning the same command resumes from the newest
+checkpoint in the workdir.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from typing import NamedTuple
 import jax
 import ml_collections
 import numpy as np
-import optax
 import tqdm
 from absl import flags, logging
 from etils import epath
@@ -40,7 +40,6 @@ from deed_jax.training.losses import exit_weights
 from deed_jax.training.metric_writer import MetricWriter
 from deed_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from deed_jax.training.train_step import (
-  StateLayout,
   TrainState,
   make_train_step,
   train_state_layout,
@@ -140,33 +139,11 @@ def train_and_evaluate(
   )
   preemption = Preemption(checkpointer)  # early: a SIGTERM while compiling stops at the first step
   try:
-    mesh = sharding.make_mesh(config.mesh)
-    batch_sharding = sharding.batch_sharding(mesh, config.sharding_rules)
-    _log(
-      f"Mesh {dict(mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} "
-      f"process(es); global batch {config.batch_size}."
-    )
-    data = _Data(config, run, workdir, batch_sharding)
-    tx = make_optimizer(config.optimizer, config.total_steps, config.gradient_accumulation_steps)
-    layout = train_state_layout(
-      run.model_config, tx, config.seed, config.train_only, mesh, config.sharding_rules
-    )
-    state = _restore_or_init(config, run, layout, tx, checkpointer, workdir)
-    evaluator = _Evaluator(config, run, layout, data, workdir, start=int(state.step))
+    trainer = _Trainer(config, run, workdir, checkpointer)
+    state = trainer.restore_or_init()
+    evaluator = _Evaluator(config, run, trainer, start=int(state.step))
     try:
-      state, stopped = _train_loop(
-        config,
-        run,
-        layout,
-        tx,
-        data,
-        evaluator,
-        checkpointer,
-        preemption,
-        state,
-        stop_at_step,
-        progress,
-      )
+      state, stopped = trainer.train(state, evaluator, preemption, stop_at_step, progress)
     finally:
       checkpointer.wait()
     if stopped is not None and int(state.step) < config.total_steps:
@@ -278,64 +255,165 @@ class _Data:
     )
 
 
-def _restore_or_init(
-  config: ml_collections.ConfigDict,
-  run: _Run,
-  layout: StateLayout,
-  tx: optax.GradientTransformation,
-  checkpointer: checkpoint.Checkpointer,
-  workdir: str,
-) -> TrainState:
-  """The newest readable checkpoint of the workdir, else a fresh state in its shards (from
-  `config.init_from`'s model when set); then the config the run follows is stored."""
-  num_params = sum(x.size for x in jax.tree.leaves(layout.abstract.params))
-  _log(f"Model: {num_params:,} parameters, {run.model_config.decoder_layers} decoder exits.")
-  latest, state = checkpointer.restore_newest(layout.abstract, report=_log)
-  if state is not None:
-    _log(f"Resumed from step {latest} in {workdir}.")
-  else:
-    state = layout.init()
-    if config.init_from:  # A fresh run from another workdir's model (a converted HF checkpoint).
-      restored = checkpoint.restore_params(
-        config.init_from, layout.abstract.params, may_lack=ADDABLE_PARAMS
-      )
-      params = merge_params(state.params, restored)  # an added exit classifier keeps its init
-      init_opt = jax.jit(tx.init, out_shardings=layout.shardings.opt_state)
-      state = state._replace(
-        params=params, opt_state=init_opt(trained_params(params, config.train_only))
-      )
-      if jax.process_index() == 0:  # its tokenizer and HF origin, so this run can be exported back
-        copy_side_files(config.init_from, workdir)
-      _log(f"Initialised from {config.init_from}.")
-  if jax.process_index() == 0 and (run.started_with is None or run.changes):
-    # The config the run follows (written once its checkpoint has been read, so that a refusal
-    # leaves the workdir as it was): checked on resume; its task read by deed_jax.evaluate.
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-    write_json(workdir, TRAIN_CONFIG_FILE, config.to_dict())
-  return state
-
-
-class _Evaluator:
-  """Per-exit validation (loss, token accuracy, exact match), logged and written as metrics."""
+class _Trainer:
+  """The run's devices, input, model and optimizer, and the loop that steps them."""
 
   def __init__(
     self,
     config: ml_collections.ConfigDict,
     run: _Run,
-    layout: StateLayout,
-    data: _Data,
     workdir: str,
-    start: int,
+    checkpointer: checkpoint.Checkpointer,
   ):
-    self.config, self.run, self.data = config, run, data
-    self.eval_fn = make_eval_fn(
+    self.config, self.run, self.workdir, self.checkpointer = config, run, workdir, checkpointer
+    # Devices: one mesh over every process's devices; batches split over its `batch` axes.
+    mesh = sharding.make_mesh(config.mesh)
+    self.batch_sharding = sharding.batch_sharding(mesh, config.sharding_rules)
+    _log(
+      f"Mesh {dict(mesh.shape)} over {jax.device_count()} devices in {jax.process_count()} "
+      f"process(es); global batch {config.batch_size}."
+    )
+    self.data = _Data(config, run, workdir, self.batch_sharding)
+    # Model and optimizer state, created in their shards (or restored into them).
+    self.tx = make_optimizer(
+      config.optimizer, config.total_steps, config.gradient_accumulation_steps
+    )
+    self.layout = train_state_layout(
+      run.model_config, self.tx, config.seed, config.train_only, mesh, config.sharding_rules
+    )
+
+  def restore_or_init(self) -> TrainState:
+    """The newest readable checkpoint of the workdir, else a fresh state in its shards (from
+    `config.init_from`'s model when set); then the config the run follows is stored."""
+    config, run, layout = self.config, self.run, self.layout
+    num_params = sum(x.size for x in jax.tree.leaves(layout.abstract.params))
+    _log(f"Model: {num_params:,} parameters, {run.model_config.decoder_layers} decoder exits.")
+    latest, state = self.checkpointer.restore_newest(layout.abstract, report=_log)
+    if state is not None:
+      _log(f"Resumed from step {latest} in {self.workdir}.")
+    elif config.init_from:  # A fresh run from another workdir's model (a converted HF checkpoint).
+      state = self._init_from(config.init_from)
+    else:
+      state = layout.init()
+    if jax.process_index() == 0 and (run.started_with is None or run.changes):
+      # The config the run follows (written once its checkpoint has been read, so that a refusal
+      # leaves the workdir as it was): checked on resume; its task read by deed_jax.evaluate.
+      epath.Path(self.workdir).mkdir(parents=True, exist_ok=True)
+      write_json(self.workdir, TRAIN_CONFIG_FILE, config.to_dict())
+    return state
+
+  def _init_from(self, source: str) -> TrainState:
+    state, layout = self.layout.init(), self.layout
+    restored = checkpoint.restore_params(source, layout.abstract.params, may_lack=ADDABLE_PARAMS)
+    params = merge_params(state.params, restored)  # an added exit classifier keeps its init
+    init_opt = jax.jit(self.tx.init, out_shardings=layout.shardings.opt_state)
+    opt_state = init_opt(trained_params(params, self.config.train_only))
+    if jax.process_index() == 0:  # its tokenizer and HF origin, so this run can be exported back
+      copy_side_files(source, self.workdir)
+    _log(f"Initialised from {source}.")
+    return state._replace(params=params, opt_state=opt_state)
+
+  def train(
+    self,
+    state: TrainState,
+    evaluator: _Evaluator,
+    preemption: Preemption,
+    stop_at_step: int | None,
+    progress: bool,
+  ) -> tuple[TrainState, str | None]:
+    """Steps from the state's step to total_steps: log, checkpoint, evaluate. -> (state, why it
+    stopped early: "SIGTERM", "stop_at_step", or None)."""
+    config, train_step = self.config, self._train_step()
+    rng = jax.random.key(config.seed)
+    start = int(state.step)
+    train_iter = self.data.train_batches(first_step=start + 1)
+    log = _TrainLog(config, evaluator.writer, start, progress)
+    try:
+      for step in range(start + 1, config.total_steps + 1):
+        batch = next(train_iter)
+        for key in ("input_ids", "decoder_input_ids", "targets"):
+          if key in batch:
+            check_token_ids(batch[key], self.run.model_config.vocab_size, key)
+        state, metrics = train_step(state, sharding.global_batch(batch, self.batch_sharding), rng)
+        if step % config.log_every_steps == 0 or step == config.total_steps:
+          log(step, metrics)
+        preempted = preemption.reached(step)
+        force = preempted or step in (config.total_steps, stop_at_step)
+        self.checkpointer.save(step, state, force=force)
+        if preempted or step == stop_at_step:
+          return state, "SIGTERM" if preempted else "stop_at_step"
+        if step % config.eval_every_steps == 0 and step != config.total_steps:
+          evaluator(step, state.params)
+      return state, None
+    finally:
+      log.close()
+
+  def _train_step(self):
+    config, layout = self.config, self.layout
+    return make_train_step(
       layout.graphdef,
+      self.tx,
+      exit_weights(config.loss.mode, self.run.model_config.decoder_layers),
+      config.loss.label_smoothing,
+      classifier_weight=config.loss.exit_classifier_weight,
+      train_only=config.train_only,
+      state_shardings=layout.shardings,
+      batch_sharding=self.batch_sharding,
+      remat=config.remat,
+    )
+
+
+class _TrainLog:
+  """Training metrics every `log_every_steps`: written, and shown on the progress bar.
+
+  The bar counts completed steps: it advances where metrics are fetched (which waits for the step to
+  finish), not at each asynchronous dispatch, so its rate and ETA stay steady."""
+
+  def __init__(self, config: ml_collections.ConfigDict, writer: MetricWriter, start: int, progress):
+    self.writer, self.last_time, self.last_step = writer, time.time(), start
+    self.accumulation = config.gradient_accumulation_steps
+    self.schedule = learning_rate_schedule(
+      config.optimizer, config.total_steps // self.accumulation
+    )
+    self.bar = tqdm.tqdm(
+      total=config.total_steps,
+      initial=start,
+      desc="train",
+      dynamic_ncols=True,
+      disable=not progress or jax.process_index() > 0,
+    )
+
+  def __call__(self, step: int, metrics: dict) -> None:
+    metrics = jax.device_get(metrics)
+    now = time.time()
+    metrics["steps_per_second"] = (step - self.last_step) / max(now - self.last_time, 1e-9)
+    metrics["learning_rate"] = float(self.schedule((step - 1) // self.accumulation))
+    self.last_time, self.last_step = now, step
+    self.writer.write(step, metrics, prefix="train/")
+    self.bar.update(step - self.bar.n)
+    self.bar.set_postfix(
+      loss=f"{metrics['loss']:.3f}",
+      final_acc=f"{metrics['exit_token_accuracy'][-1]:.3f}",
+      steps_s=f"{metrics['steps_per_second']:.2f}",
+    )
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+class _Evaluator:
+  """Per-exit validation (loss, token accuracy, exact match), logged and written as metrics."""
+
+  def __init__(self, config: ml_collections.ConfigDict, run: _Run, trainer: _Trainer, start: int):
+    self.config, self.run, self.data = config, run, trainer.data
+    self.eval_fn = make_eval_fn(
+      trainer.layout.graphdef,
       run.model_config.max_target_length,
       config.num_eval_samples,
-      layout.shardings.params,
-      data.batch_sharding,
+      trainer.layout.shardings.params,
+      trainer.batch_sharding,
     )
-    self.writer = MetricWriter(workdir, resumed_at=start)
+    self.writer = MetricWriter(trainer.workdir, resumed_at=start)
 
   def __call__(self, step: int, params) -> dict:
     results = evaluate_exits(
@@ -353,79 +431,6 @@ class _Evaluator:
     for sample in results["samples"]:
       _log(f"  target {sample['target']!r} | exits 1..L {sample['exits']}")
     return {"step": step, **results}
-
-
-def _train_loop(
-  config: ml_collections.ConfigDict,
-  run: _Run,
-  layout: StateLayout,
-  tx: optax.GradientTransformation,
-  data: _Data,
-  evaluator: _Evaluator,
-  checkpointer: checkpoint.Checkpointer,
-  preemption: Preemption,
-  state: TrainState,
-  stop_at_step: int | None,
-  progress: bool,
-) -> tuple[TrainState, str | None]:
-  """Steps from the state's step to total_steps: log, checkpoint, evaluate. -> (state, why it
-  stopped early: "SIGTERM", "stop_at_step", or None)."""
-  train_step = make_train_step(
-    layout.graphdef,
-    tx,
-    exit_weights(config.loss.mode, run.model_config.decoder_layers),
-    config.loss.label_smoothing,
-    classifier_weight=config.loss.exit_classifier_weight,
-    train_only=config.train_only,
-    state_shardings=layout.shardings,
-    batch_sharding=data.batch_sharding,
-    remat=config.remat,
-  )
-  schedule = learning_rate_schedule(
-    config.optimizer, config.total_steps // config.gradient_accumulation_steps
-  )
-  rng = jax.random.key(config.seed)
-  start = int(state.step)
-  train_iter = data.train_batches(first_step=start + 1)
-  # The bar counts completed steps: it advances where metrics are fetched (which waits for the step),
-  # not at each asynchronous dispatch, so its rate and ETA stay steady.
-  bar = tqdm.tqdm(
-    total=config.total_steps,
-    initial=start,
-    desc="train",
-    dynamic_ncols=True,
-    disable=not progress or jax.process_index() > 0,
-  )
-  last_time, last_step = time.time(), start
-  try:
-    for step in range(start + 1, config.total_steps + 1):
-      batch = next(train_iter)
-      for key in ("input_ids", "decoder_input_ids", "targets"):
-        if key in batch:
-          check_token_ids(batch[key], run.model_config.vocab_size, key)
-      state, metrics = train_step(state, sharding.global_batch(batch, data.batch_sharding), rng)
-      if step % config.log_every_steps == 0 or step == config.total_steps:
-        metrics = jax.device_get(metrics)
-        now = time.time()
-        metrics["steps_per_second"] = (step - last_step) / max(now - last_time, 1e-9)
-        metrics["learning_rate"] = float(schedule((step - 1) // config.gradient_accumulation_steps))
-        last_time, last_step = now, step
-        evaluator.writer.write(step, metrics, prefix="train/")
-        bar.update(step - bar.n)
-        bar.set_postfix(
-          loss=f"{metrics['loss']:.3f}",
-          final_acc=f"{metrics['exit_token_accuracy'][-1]:.3f}",
-          steps_s=f"{metrics['steps_per_second']:.2f}",
-        )
-      preempted = preemption.reached(step)
-      checkpointer.save(step, state, force=preempted or step in (config.total_steps, stop_at_step))
-      if preempted or step == stop_at_step:
-        return state, "SIGTERM" if preempted else "stop_at_step"
-      if step % config.eval_every_steps == 0 and step != config.total_steps:
-        evaluator(step, state.params)
-    return state, None
-  finally:
-    bar.close()
 
 
 _CONFIG = config_flags.DEFINE_config_file(

@@ -98,48 +98,17 @@ def summarise_trials(outcomes: list[tuple[float | None, float]], target: float) 
   }
 
 
-def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:
-    logging.set_verbosity(logging.WARNING)
-  workdir = _WORKDIR.value
-  if not workdir:
-    raise UserError("--workdir is required.")
-  model_config, step = check_workdir(workdir, None)
-  thresholds = check_options(
-    parse_thresholds(_THRESHOLDS.value), _BATCH_SIZE.value, 0, 0.0, 0.5, calibrate=False
-  )
-  setups = parse_settings(_SETTINGS.value)
+def _calibration_sizes() -> list[int]:
   try:
-    sizes = [int(s) for s in _CALIBRATION_SIZES.value]
+    return [int(s) for s in _CALIBRATION_SIZES.value]
   except ValueError:
     raise UserError(
       f"--calibration_sizes={','.join(_CALIBRATION_SIZES.value)} must be whole numbers."
     ) from None
-  config = task_config(workdir, None)
-  validate_task(config.task)
-  check_per_example_metric(config.task.metric)
-  early_exit = dict(min_exit_layer=_MIN_EXIT_LAYER.value, backfill_chunk=_BACKFILL_CHUNK.value)
-  settings = [Setting("static")] + [Setting("deed", threshold=t, **early_exit) for t in thresholds]
-  settings[-1].decode_config(model_config.max_target_length, _CONFIDENCE.value).resolve(
-    model_config
-  )
-  splits = [Split(config, model_config, name, 0, workdir) for name in _SPLITS.value]
-  pool = sum(len(s.examples) for s in splits)
-  for size in sizes:
-    calibration.check_sizes(size, _TEST_SIZE.value, pool)
 
-  model = checkpoint.load_model(workdir, step)
-  scores = [
-    np.concatenate(
-      [
-        split_quality(model, s, setting, config.task.metric, _CONFIDENCE.value, _BATCH_SIZE.value)
-        for s in splits
-      ]
-    )
-    for setting in settings
-  ]
-  full, by_threshold = scores[0], dict(zip(thresholds, scores[1:]))
+
+def _pooled(full: np.ndarray, by_threshold: dict[float, np.ndarray]) -> list[dict]:
+  """Each threshold's loss rate and drop against static over the whole pool, printed."""
   pooled = [
     {
       "threshold": t,
@@ -148,13 +117,20 @@ def main(argv):
     }
     for t, s in by_threshold.items()
   ]
-  print(
-    f"{pool} examples of {_SPLITS.value}; metric {config.task.metric}; static "
-    f"{100 * full.mean():.2f}"
-  )
   print("threshold  loss rate %  drop (points)")
   for row in pooled:
     print(f"{row['threshold']:>9g}  {100 * row['loss_rate']:>11.3f}  {row['drop']:>13.3f}")
+  return pooled
+
+
+def _resampled(
+  full: np.ndarray,
+  by_threshold: dict[float, np.ndarray],
+  sizes: list[int],
+  setups: list[tuple[float, float]],
+) -> list[dict]:
+  """Per calibration size and (max_drop, delta): how often the measured test drop of the chosen
+  threshold exceeds the target over resampled calibration/test draws, printed."""
   results = []
   print(
     f"\ncalibration  max_drop  delta  test drop > {_TARGET.value:g} (of {_TRIALS.value})  "
@@ -177,6 +153,50 @@ def main(argv):
         f"{size:>11}  {max_drop:>8g}  {delta:>5g}  {100 * row['over_target']:>22.1f}%  "
         f"{row['mean_test_drop']:>14.3f}  {row['chosen']}"
       )
+  return results
+
+
+def main(argv):
+  del argv
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  workdir = _WORKDIR.value
+  if not workdir:
+    raise UserError("--workdir is required.")
+  model_config, step = check_workdir(workdir, None)
+  thresholds = check_options(
+    parse_thresholds(_THRESHOLDS.value), _BATCH_SIZE.value, 0, 0.0, 0.5, calibrate=False
+  )
+  setups = parse_settings(_SETTINGS.value)
+  sizes = _calibration_sizes()
+  config = task_config(workdir, None)
+  validate_task(config.task)
+  check_per_example_metric(config.task.metric)
+  early_exit = dict(min_exit_layer=_MIN_EXIT_LAYER.value, backfill_chunk=_BACKFILL_CHUNK.value)
+  settings = [Setting("static")] + [Setting("deed", threshold=t, **early_exit) for t in thresholds]
+  settings[-1].decode_config(model_config.max_target_length, _CONFIDENCE.value).resolve(
+    model_config
+  )
+  splits = [Split(config, model_config, name, 0, workdir) for name in _SPLITS.value]
+  pool = sum(len(s.examples) for s in splits)
+  for size in sizes:
+    calibration.check_sizes(size, _TEST_SIZE.value, pool)
+
+  model = checkpoint.load_model(workdir, step)
+  quality = lambda setting: np.concatenate(
+    [
+      split_quality(model, s, setting, config.task.metric, _CONFIDENCE.value, _BATCH_SIZE.value)
+      for s in splits
+    ]
+  )
+  scores = [quality(setting) for setting in settings]
+  full, by_threshold = scores[0], dict(zip(thresholds, scores[1:]))
+  print(
+    f"{pool} examples of {_SPLITS.value}; metric {config.task.metric}; static "
+    f"{100 * full.mean():.2f}"
+  )
+  pooled = _pooled(full, by_threshold)
+  results = _resampled(full, by_threshold, sizes, setups)
   if _JSON.value:
     write_result(
       _JSON.value,

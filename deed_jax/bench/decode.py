@@ -193,11 +193,39 @@ def bench_batch(
   block_cost: dict[int, float] | None = None,
 ) -> list[dict]:
   """One row per variant, timed round-robin."""
-  config, layers = model.config, model.config.decoder_layers
-  encoder_inputs = inputs_for(config, batch)
+  outputs, seconds, first_seconds, encoder_seconds = _time_variants(model, batch, variants, repeats)
+  decoder_seconds = np.maximum(seconds - encoder_seconds, 1e-9)  # [variants, repeats]
+  rows = []
+  for i, variant in enumerate(variants):
+    row = _row(variant, outputs[i], seconds[i], decoder_seconds[i], batch, model.config, head)
+    row["compile_s"] = max(first_seconds[i] - float(np.median(seconds[i])), 0.0)
+    # Paired with static's time in the same round, so slow spells of the machine cancel out.
+    row["speedup"] = float(np.median(decoder_seconds[0] / decoder_seconds[i]))
+    row["speedup_over_bound"] = row["speedup"] / row["bound"]
+    decode = variant.decode
+    if block_cost is not None and decode.exit_mode == "deed":
+      # The bound with backfill blocks at their measured cost on this machine (batch 1's costs).
+      steps, tokens = np.asarray(outputs[i].layers_run), row["tokens_per_sample"] * batch
+      units = layer_units(steps, min(decode.backfill_chunk, decode.max_new_tokens), block_cost)
+      layers = model.config.decoder_layers
+      row["bound_with_block_costs"] = (layers + head) / (
+        units / max(tokens, 1) + head * row["heads_per_token"]
+      )
+      row["speedup_over_block_bound"] = row["speedup"] / row["bound_with_block_costs"]
+    rows.append(row)
+  return rows
+
+
+def _time_variants(
+  model: MultiExitEncoderDecoder, batch: int, variants: list[Variant], repeats: int
+) -> tuple[list, np.ndarray, list[float], np.ndarray]:
+  """Each variant compiled and warmed up, one at a time (the first call's time is kept), then all
+  timed in turn, `repeats` rounds, beside the encoder alone. -> (each variant's output, seconds
+  [variants, repeats], first-call seconds, encoder seconds [repeats])."""
+  encoder_inputs = inputs_for(model.config, batch)
   encode = make_encode(model)
   runs, outputs, first_seconds = [], [], []
-  for variant in variants:  # Compile and warm up, one at a time (the first call's time is kept).
+  for variant in variants:
     run = make_generate(model, variant.decode)
     start = time.perf_counter()
     outputs.append(jax.block_until_ready(run(encoder_inputs, variant.threshold)))
@@ -213,49 +241,45 @@ def bench_batch(
     encoder_seconds.append(timed(encode, encoder_inputs)[1])
     for i, (run, variant) in enumerate(zip(runs, variants)):
       seconds[i].append(timed(run, encoder_inputs, variant.threshold)[1])
-  encoder_seconds = np.asarray(encoder_seconds)  # [repeats]
-  decoder_seconds = np.maximum(np.asarray(seconds) - encoder_seconds, 1e-9)  # [variants, repeats]
-  rows = []
-  for variant, out, times, decoder, first in zip(
-    variants, outputs, seconds, decoder_seconds, first_seconds
-  ):
-    decode = variant.decode
-    exit_layers = np.asarray(out.exit_layers)  # [B, N]
-    tokens = int((exit_layers > 0).sum())
-    steps = np.asarray(out.layers_run)
-    decoder_ms = 1000 * float(np.median(decoder))
-    depth = float(exit_layers[exit_layers > 0].mean())
-    heads = heads_per_token(decode, exit_layers, layers)
-    row = {
-      "variant": variant.name,
-      "exit_mode": decode.exit_mode,
-      "batch": batch,
-      "confidence": None if decode.exit_mode in ("static", "fixed") else decode.confidence,
-      "threshold": variant.threshold,
-      "fixed_exit_layer": decode.fixed_exit_layer,
-      "min_exit_layer": decode.min_exit_layer,
-      "total_ms_per_sample": 1000 * float(np.median(times)) / batch,
-      "decoder_ms_per_sample": decoder_ms / batch,
-      "decoder_ms_per_token": decoder_ms / max(tokens, 1),
-      "tokens_per_sample": tokens / batch,
-      "mean_exit_layer": depth,
-      "mean_layers_run_per_step": float(steps[steps > 0].mean()),
-      "heads_per_token": heads,
-      "backfilled_positions": int(np.asarray(out.backfilled).sum()),
-      "compile_s": max(first - float(np.median(times)), 0.0),
-      # Paired with static's time in the same round, so slow spells of the machine cancel out.
-      "speedup": float(np.median(decoder_seconds[0] / decoder)),
-      "bound": (layers + head) / (depth + head * heads),
-      "repeats_ms": [1000 * t for t in times],
-    }
-    row["speedup_over_bound"] = row["speedup"] / row["bound"]
-    if block_cost is not None and decode.exit_mode == "deed":
-      # The bound with backfill blocks at their measured cost on this machine (batch 1's costs).
-      units = layer_units(steps, min(decode.backfill_chunk, decode.max_new_tokens), block_cost)
-      row["bound_with_block_costs"] = (layers + head) / (units / max(tokens, 1) + head * heads)
-      row["speedup_over_block_bound"] = row["speedup"] / row["bound_with_block_costs"]
-    rows.append(row)
-  return rows
+  return outputs, np.asarray(seconds), first_seconds, np.asarray(encoder_seconds)
+
+
+def _row(
+  variant: Variant,
+  out,
+  times: np.ndarray,
+  decoder: np.ndarray,
+  batch: int,
+  config: ModelConfig,
+  head: float,
+) -> dict:
+  """A variant's timings (`times`, `decoder` [repeats] seconds) and exits, and its bound."""
+  decode, layers = variant.decode, config.decoder_layers
+  exit_layers = np.asarray(out.exit_layers)  # [B, N]
+  tokens = int((exit_layers > 0).sum())
+  steps = np.asarray(out.layers_run)
+  decoder_ms = 1000 * float(np.median(decoder))
+  depth = float(exit_layers[exit_layers > 0].mean())
+  heads = heads_per_token(decode, exit_layers, layers)
+  return {
+    "variant": variant.name,
+    "exit_mode": decode.exit_mode,
+    "batch": batch,
+    "confidence": None if decode.exit_mode in ("static", "fixed") else decode.confidence,
+    "threshold": variant.threshold,
+    "fixed_exit_layer": decode.fixed_exit_layer,
+    "min_exit_layer": decode.min_exit_layer,
+    "total_ms_per_sample": 1000 * float(np.median(times)) / batch,
+    "decoder_ms_per_sample": decoder_ms / batch,
+    "decoder_ms_per_token": decoder_ms / max(tokens, 1),
+    "tokens_per_sample": tokens / batch,
+    "mean_exit_layer": depth,
+    "mean_layers_run_per_step": float(steps[steps > 0].mean()),
+    "heads_per_token": heads,
+    "backfilled_positions": int(np.asarray(out.backfilled).sum()),
+    "bound": (layers + head) / (depth + head * heads),
+    "repeats_ms": [1000 * t for t in times],
+  }
 
 
 def block_costs(
@@ -381,16 +405,7 @@ def table(rows: list[dict]) -> str:
 def main(argv):
   del argv
   layers = _LAYERS.value
-  fixed_layers = [int(k) for k in _FIXED.value] or list(range(1, layers + 1))
-  for k in fixed_layers:
-    if not 1 <= k <= layers:
-      raise UserError(f"--fixed_layers has {k}, outside 1..{layers}.")
-  for confidence in _CONFIDENCES.value:
-    if confidence not in CONFIDENCES:
-      raise UserError(f"--confidences has {confidence!r}, not one of {CONFIDENCES}.")
-  min_exit = _MIN_EXIT.value if _MIN_EXIT.value <= layers else 0
-  if min_exit and min_exit not in fixed_layers:
-    fixed_layers = sorted(fixed_layers + [min_exit])
+  fixed_layers, min_exit = _checked_layers(layers)
   model = bench_model(
     layers,
     _D_MODEL.value,
@@ -426,21 +441,7 @@ def main(argv):
       model, batch, variants, _REPEATS.value, head["in_layers"], block_cost if batch == 1 else None
     )
   checked = goals(rows, layers, head["in_layers"])
-  print(table(rows))
-  print(
-    f"\nThe LM head (V={model.config.vocab_size}, one position): {head['ms']:.3f} ms = "
-    f"{head['in_layers']:.2f} decoder layers (one layer, one position: {head['layer_ms']:.3f} ms)"
-  )
-  print("A block of m positions through all decoder layers (batch 1), relative to one position:")
-  print("  " + "  ".join(f"m={c['positions']}: {c['relative_to_one']:.2f}" for c in costs))
-  print("\nGoals (batch 1):")
-  for goal in checked:
-    blocks = goal.get("of_bound_with_block_costs")
-    print(
-      f"  {goal['variant']:<28} {goal['measured']:.3f} (target {goal['target']}): "
-      f"{'met' if goal['met'] else 'NOT met'}"
-      + ("" if blocks is None else f"; {blocks:.3f} of the bound with measured block costs")
-    )
+  _print_summary(rows, model.config.vocab_size, head, costs, checked)
   write_result(
     _OUTPUT.value,
     {
@@ -455,6 +456,42 @@ def main(argv):
       "block_costs": costs,
     },
   )
+
+
+def _checked_layers(layers: int) -> tuple[list[int], int]:
+  """-> (the fixed exits to time, with min_exit among them; min_exit, 0 when past the stack);
+  refuses layers outside 1..L and unknown confidences."""
+  fixed_layers = [int(k) for k in _FIXED.value] or list(range(1, layers + 1))
+  for k in fixed_layers:
+    if not 1 <= k <= layers:
+      raise UserError(f"--fixed_layers has {k}, outside 1..{layers}.")
+  for confidence in _CONFIDENCES.value:
+    if confidence not in CONFIDENCES:
+      raise UserError(f"--confidences has {confidence!r}, not one of {CONFIDENCES}.")
+  min_exit = _MIN_EXIT.value if _MIN_EXIT.value <= layers else 0
+  if min_exit and min_exit not in fixed_layers:
+    fixed_layers = sorted(fixed_layers + [min_exit])
+  return fixed_layers, min_exit
+
+
+def _print_summary(
+  rows: list[dict], vocab_size: int, head: dict, costs: list[dict], checked: list[dict]
+) -> None:
+  print(table(rows))
+  print(
+    f"\nThe LM head (V={vocab_size}, one position): {head['ms']:.3f} ms = "
+    f"{head['in_layers']:.2f} decoder layers (one layer, one position: {head['layer_ms']:.3f} ms)"
+  )
+  print("A block of m positions through all decoder layers (batch 1), relative to one position:")
+  print("  " + "  ".join(f"m={c['positions']}: {c['relative_to_one']:.2f}" for c in costs))
+  print("\nGoals (batch 1):")
+  for goal in checked:
+    blocks = goal.get("of_bound_with_block_costs")
+    print(
+      f"  {goal['variant']:<28} {goal['measured']:.3f} (target {goal['target']}): "
+      f"{'met' if goal['met'] else 'NOT met'}"
+      + ("" if blocks is None else f"; {blocks:.3f} of the bound with measured block costs")
+    )
 
 
 if __name__ == "__main__":

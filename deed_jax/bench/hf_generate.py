@@ -108,25 +108,7 @@ def bench_batch(
   hf_inputs = {
     k: torch.from_numpy(v.astype(np.int64)).to(torch_device) for k, v in ours_inputs.items()
   }
-  # (name, kind, runner, reference name for token checks)
-  variants = [("hf greedy (torch eager)", "hf", dict(num_beams=1), None)]
-  ours = [
-    ("ours static", DecodeConfig(exit_mode="static", max_new_tokens=new_tokens), 2.0),
-    ("ours deed tau>1", DecodeConfig(max_new_tokens=new_tokens), 1.5),
-    (f"ours deed tau={threshold:.3g}", DecodeConfig(max_new_tokens=new_tokens), threshold),
-  ]
-  variants += [
-    (name, "ours", (make_generate(model, decode), t), "hf greedy (torch eager)")
-    for name, decode, t in ours
-  ]
-  if beams:
-    variants.append((f"hf beam {beams}", "hf", dict(num_beams=beams), None))
-    beam = DecodeConfig(
-      strategy="beam", num_beams=beams, exit_mode="static", max_new_tokens=new_tokens
-    )
-    variants.append(
-      (f"ours beam {beams} static", "ours", (make_generate(model, beam), 2.0), f"hf beam {beams}")
-    )
+  variants = _variants(model, threshold, beams, new_tokens)
 
   def run(kind, runner):
     if kind == "hf":
@@ -164,6 +146,31 @@ def bench_batch(
   return rows
 
 
+def _variants(model, threshold: float, beams: int, new_tokens: int) -> list[tuple]:
+  """(name, kind, runner, reference name for token checks) per variant: HF's greedy (and beam)
+  generate, ours static, DEED never exiting early (tau > 1) and at `threshold` (and beam static)."""
+  variants = [("hf greedy (torch eager)", "hf", dict(num_beams=1), None)]
+  ours = [
+    ("ours static", DecodeConfig(exit_mode="static", max_new_tokens=new_tokens), 2.0),
+    ("ours deed tau>1", DecodeConfig(max_new_tokens=new_tokens), 1.5),
+    (f"ours deed tau={threshold:.3g}", DecodeConfig(max_new_tokens=new_tokens), threshold),
+  ]
+  variants += [
+    (name, "ours", (make_generate(model, decode), t), "hf greedy (torch eager)")
+    for name, decode, t in ours
+  ]
+  if beams:
+    variants.append((f"hf beam {beams}", "hf", dict(num_beams=beams), None))
+    beam = DecodeConfig(
+      strategy="beam", num_beams=beams, exit_mode="static", max_new_tokens=new_tokens
+    )
+    variants.append(
+      (f"ours beam {beams} static", "ours", (make_generate(model, beam), 2.0), f"hf beam {beams}")
+    )
+
+  return variants
+
+
 def table(rows: list[dict]) -> str:
   header = (
     f"{'batch':>5} {'variant':<26} {'ms/sample':>10} {'ms/token':>9} {'vs HF greedy':>12} "
@@ -179,6 +186,41 @@ def table(rows: list[dict]) -> str:
       f"{r['speedup_vs_hf_greedy']:>12.2f} {exit_layer:>5} {agreement:>18}"
     )
   return "\n".join(lines)
+
+
+def _floor(model, probe: dict, static: dict, new_tokens: int) -> dict:
+  """Batch-1 static decoding against the weight-streaming floor: the bytes a token reads
+  (`static_bytes_per_token`) at this machine's measured memory bandwidth."""
+  one = {"input_ids": probe["input_ids"], "attention_mask": np.ones_like(probe["input_ids"])}
+  encoder_ms = 1000 * median_seconds(make_encode(model), one, repeats=_REPEATS.value)
+  bandwidth = memory_bandwidth()
+  nbytes = static_bytes_per_token(model, _SOURCE.value, new_tokens)
+  decoder_ms = (static["ms_per_sample"] - encoder_ms) / new_tokens
+  floor_ms = 1000 * nbytes / bandwidth
+  return {
+    "bytes_per_token": nbytes,
+    "memory_bandwidth_gb_s": bandwidth / 1e9,
+    "floor_ms_per_token": floor_ms,
+    "encoder_ms": encoder_ms,
+    "static_decoder_ms_per_token": decoder_ms,
+    "static_over_floor": decoder_ms / floor_ms,
+    "goal_over_floor": 1.1,
+  }
+
+
+def _print_summary(rows: list[dict], summary: dict, smallest: int) -> None:
+  print(table(rows))
+  print(
+    f"\nOur static greedy vs HF eager greedy at batch {smallest}: "
+    f"{summary['speedup_vs_hf_greedy']:.2f}x"
+  )
+  if "floor_ms_per_token" in summary:
+    print(
+      f"Weight-streaming floor: {summary['bytes_per_token'] / 1e6:.1f} MB per token at "
+      f"{summary['memory_bandwidth_gb_s']:.1f} GB/s = {summary['floor_ms_per_token']:.3f} ms/token; "
+      f"our static decoder {summary['static_decoder_ms_per_token']:.3f} ms/token = "
+      f"{summary['static_over_floor']:.2f}x the floor (goal <= 1.1x)"
+    )
 
 
 def main(argv):
@@ -218,38 +260,8 @@ def main(argv):
     "speedup_vs_hf_greedy": static["speedup_vs_hf_greedy"],
   }
   if smallest == 1:
-    encode, one = (
-      make_encode(model),
-      {"input_ids": probe["input_ids"], "attention_mask": np.ones_like(probe["input_ids"])},
-    )
-    encoder_ms = 1000 * median_seconds(encode, one, repeats=_REPEATS.value)
-    bandwidth = memory_bandwidth()
-    nbytes = static_bytes_per_token(model, _SOURCE.value, new_tokens)
-    decoder_ms = (static["ms_per_sample"] - encoder_ms) / new_tokens
-    floor_ms = 1000 * nbytes / bandwidth
-    summary.update(
-      {
-        "bytes_per_token": nbytes,
-        "memory_bandwidth_gb_s": bandwidth / 1e9,
-        "floor_ms_per_token": floor_ms,
-        "encoder_ms": encoder_ms,
-        "static_decoder_ms_per_token": decoder_ms,
-        "static_over_floor": decoder_ms / floor_ms,
-        "goal_over_floor": 1.1,
-      }
-    )
-  print(table(rows))
-  print(
-    f"\nOur static greedy vs HF eager greedy at batch {smallest}: "
-    f"{summary['speedup_vs_hf_greedy']:.2f}x"
-  )
-  if "floor_ms_per_token" in summary:
-    print(
-      f"Weight-streaming floor: {summary['bytes_per_token'] / 1e6:.1f} MB per token at "
-      f"{summary['memory_bandwidth_gb_s']:.1f} GB/s = {summary['floor_ms_per_token']:.3f} ms/token; "
-      f"our static decoder {summary['static_decoder_ms_per_token']:.3f} ms/token = "
-      f"{summary['static_over_floor']:.2f}x the floor (goal <= 1.1x)"
-    )
+    summary.update(_floor(model, probe, static, new_tokens))
+  _print_summary(rows, summary, smallest)
   write_result(
     _OUTPUT.value,
     {

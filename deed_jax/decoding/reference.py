@@ -57,6 +57,20 @@ def fixed_exit(exit_layer: jax.Array | int, kind: str = "max_prob") -> ExitRule:
   return rule
 
 
+def _full_pass_at(
+  model: MultiExitEncoderDecoder,
+  prefix: jax.Array,
+  t: jax.Array,
+  encoder_out: jax.Array,
+  encoder_mask: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+  """Every exit's features [L, B, D] and every layer's state [L + 1, B, D] at position t, from a
+  full teacher-forced pass over the decoder input `prefix` [B, N]."""
+  features, states = model.decoder(prefix, encoder_out, encoder_mask, return_states=True)
+  at_t = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=2, keepdims=False)
+  return at_t(features), at_t(states)
+
+
 def greedy_with_rule(
   model: MultiExitEncoderDecoder,
   encoder_out: jax.Array,
@@ -86,9 +100,7 @@ def greedy_with_rule(
     jnp.zeros((batch, n), jnp.float32),
   )
   done = jnp.zeros((batch,), bool)  # [B]
-  exit_states = jnp.zeros(
-    (batch, n, cfg.d_model), jnp.dtype(cfg.dtype)
-  )  # [B, N, D], copy_states only
+  exit_states = jnp.zeros((batch, n, cfg.d_model), jnp.dtype(cfg.dtype))  # [B, N, D], copy only
 
   def step(t, carry):
     prefix, out, done, exit_states = carry
@@ -97,10 +109,7 @@ def greedy_with_rule(
         model, prefix, t, out.exit_layers, exit_states, encoder_out, encoder_mask
       )  # [L + 1, B, D], [L, B, D]
     else:
-      at_t = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=2, keepdims=False)
-      features, states = map(
-        at_t, model.decoder(prefix, encoder_out, encoder_mask, return_states=True)
-      )  # [L, B, D], [L + 1, B, D]
+      features, states = _full_pass_at(model, prefix, t, encoder_out, encoder_mask)
     signals = exit_signals(model, features, states)  # logits [L, B, V], ...
     logits = signals.logits
     chosen, conf = rule(signals)  # [B], [B]

@@ -307,35 +307,14 @@ def evaluate(
 ) -> dict:
   """Evaluate `workdir` (see the module docstring); -> the report as written to report.json."""
   # Everything a user can get wrong, before anything is decoded or written.
-  model_config, step = check_workdir(workdir, options.step)
-  thresholds = check_options(
-    options.thresholds,
-    options.batch_size,
-    options.num_examples,
-    options.max_drop,
-    options.delta,
-    options.calibrate,
-  )
-  config = task_config(workdir, config)
-  validate_task(config.task)
+  model_config, step, thresholds, config = _check_inputs(workdir, config, options)
   metric = config.task.metric
-  if options.calibrate and options.num_calibration_examples < 0:
-    raise UserError(
-      f"--num_calibration_examples={options.num_calibration_examples} must be >= 0 (0: all)."
-    )
-  # DEED and copy exit early with these; the confidence must be known and usable by this model,
-  # min_exit_layer within 1..L, backfill_chunk >= 1 (DecodeConfig checks).
-  Setting("deed", threshold=0.5, **options.early_exit).decode_config(
-    model_config.max_target_length, options.confidence
-  ).resolve(model_config)
   evaluation_split = Split(config, model_config, options.split, options.num_examples, workdir)
-  calibration_data = (
-    Split(
+  calibration_data = None
+  if options.calibrate:
+    calibration_data = Split(
       config, model_config, options.calibration_split, options.num_calibration_examples, workdir
     )
-    if options.calibrate
-    else None
-  )
   model = checkpoint.load_model(workdir, step)
 
   chosen, result_calibration = _threshold(
@@ -367,19 +346,48 @@ def evaluate(
     report["calibration"] = result_calibration
   _write_report(report, workdir, model_config.decoder_layers, histograms, token_examples)
   if options.calibrate:  # stored last: only a complete evaluation changes it
-    # No threshold certified: decode at full depth (an earlier choice no longer holds for this model).
-    choice = (
-      {
-        "exit_mode": "deed",
-        "confidence": options.confidence,
-        "threshold": chosen,
-        **options.early_exit,
-      }
-      if chosen is not None
-      else {"exit_mode": "static"}
-    )
-    write_json(workdir, DECODE_CONFIG_FILE, {**choice, "calibration": result_calibration})
+    _store_choice(workdir, options, chosen, result_calibration)
   return report
+
+
+def _check_inputs(
+  workdir: str, config: ml_collections.ConfigDict | None, options: EvaluateOptions
+) -> tuple[ModelConfig, int, list[float], ml_collections.ConfigDict]:
+  """-> (the workdir's model config, the step evaluated, the threshold grid, the task's config),
+  or an error naming the value that cannot work; reads only the workdir's JSON files."""
+  model_config, step = check_workdir(workdir, options.step)
+  thresholds = check_options(
+    options.thresholds,
+    options.batch_size,
+    options.num_examples,
+    options.max_drop,
+    options.delta,
+    options.calibrate,
+  )
+  config = task_config(workdir, config)
+  validate_task(config.task)
+  if options.calibrate and options.num_calibration_examples < 0:
+    raise UserError(
+      f"--num_calibration_examples={options.num_calibration_examples} must be >= 0 (0: all)."
+    )
+  # DEED and copy exit early with these; the confidence must be known and usable by this model,
+  # min_exit_layer within 1..L, backfill_chunk >= 1 (DecodeConfig checks).
+  Setting("deed", threshold=0.5, **options.early_exit).decode_config(
+    model_config.max_target_length, options.confidence
+  ).resolve(model_config)
+  return model_config, step, thresholds, config
+
+
+def _store_choice(
+  workdir: str, options: EvaluateOptions, chosen: float | None, result_calibration: dict
+) -> None:
+  """decode_config.json: the calibrated DEED settings, or full depth when no threshold was certified
+  (an earlier choice no longer holds for this model)."""
+  choice = {"exit_mode": "static"}
+  if chosen is not None:
+    choice = {"exit_mode": "deed", "confidence": options.confidence, "threshold": chosen}
+    choice.update(options.early_exit)
+  write_json(workdir, DECODE_CONFIG_FILE, {**choice, "calibration": result_calibration})
 
 
 def _threshold(

@@ -42,6 +42,14 @@ def metric_window(rows: Sequence[dict]) -> tuple[float, float]:
   return max(0.0, min(bottom, top - 20.0)), top
 
 
+_LABELS = {
+  "deed": "DEED (thresholds)",
+  "copy": "copy (CALM baseline)",
+  "fixed": "fixed exit k",
+  "static": "static (all layers)",
+}
+
+
 def pareto(rows: Sequence[dict], path: str, calibrated: float | None = None) -> str:
   """The metric against decoder ms/sample, one panel per batch size: DEED and copy as curves over
   the thresholds, fixed exits and static as baselines; the calibrated threshold circled."""
@@ -56,78 +64,71 @@ def pareto(rows: Sequence[dict], path: str, calibrated: float | None = None) -> 
         (r for r in at_size if r["exit_mode"] == mode),
         key=lambda r: (r["threshold"] or 0.0, r["fixed_exit_layer"] or 0),
       )
-      if not points:
-        continue
-      x = [r["decoder_ms_per_sample"] for r in points]
-      y = [r["metric"] for r in points]
-      style = _STYLE[mode]
-      label = {
-        "deed": "DEED (thresholds)",
-        "copy": "copy (CALM baseline)",
-        "fixed": "fixed exit k",
-        "static": "static (all layers)",
-      }[mode]
-      ax.plot(
-        x,
-        y,
-        linestyle="-" if mode in ("deed", "copy") else "none",
-        label=label,
-        markersize=11 if mode == "static" else 6,
-        **style,
-      )
-      for r in points:
-        note = (
-          f"{r['threshold']:g}"
-          if mode == "deed"
-          else f"k={r['fixed_exit_layer']}"
-          if mode == "fixed"
-          else None
-        )
-        if note:
-          ax.annotate(
-            note,
-            (r["decoder_ms_per_sample"], r["metric"]),
-            textcoords="offset points",
-            xytext=(4, -10 if mode == "fixed" else 5),
-            fontsize=7,
-            color=style["color"],
-          )
-      if mode == "deed" and calibrated is not None:
-        chosen = [r for r in points if r["threshold"] == calibrated]
-        if chosen:
-          ax.plot(
-            [chosen[0]["decoder_ms_per_sample"]],
-            [chosen[0]["metric"]],
-            "o",
-            markersize=15,
-            markerfacecolor="none",
-            markeredgecolor="tab:red",
-            markeredgewidth=2,
-            label=f"calibrated (tau={calibrated:g})",
-          )
-    # Zoom on where the early-exit curves are; fixed exits far below are named instead.
-    bottom, top = metric_window(at_size)
-    hidden = [
-      f"k={r['fixed_exit_layer']}: {r['metric']:.1f}"
-      for r in at_size
-      if r["exit_mode"] == "fixed" and r["metric"] < bottom
-    ]
-    ax.set_ylim(bottom, top)
-    if hidden:
-      ax.text(
-        0.01,
-        0.01,
-        "below the axis: fixed " + ", ".join(hidden),
-        transform=ax.transAxes,
-        fontsize=7,
-        color=_STYLE["fixed"]["color"],
-      )
+      if points:
+        _plot_mode(ax, mode, points, calibrated)
+    _zoom(ax, at_size)
     ax.set_xlabel("decoder latency (ms per sample)")
     ax.set_ylabel(f"{metric} (0-100)")
     ax.set_title(f"{metric} vs decoder latency, batch {size}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
   return _save(fig, path)
+
+
+def _plot_mode(ax, mode: str, points: list[dict], calibrated: float | None) -> None:
+  """One exit mode's points (a curve for DEED and copy), each DEED threshold and fixed k named."""
+  style = _STYLE[mode]
+  ax.plot(
+    [r["decoder_ms_per_sample"] for r in points],
+    [r["metric"] for r in points],
+    linestyle="-" if mode in ("deed", "copy") else "none",
+    label=_LABELS[mode],
+    markersize=11 if mode == "static" else 6,
+    **style,
+  )
+  for r in points:
+    note = {"deed": f"{r['threshold']:g}", "fixed": f"k={r['fixed_exit_layer']}"}.get(mode)
+    if note:
+      ax.annotate(
+        note,
+        (r["decoder_ms_per_sample"], r["metric"]),
+        textcoords="offset points",
+        xytext=(4, -10 if mode == "fixed" else 5),
+        fontsize=7,
+        color=style["color"],
+      )
+  chosen = [r for r in points if mode == "deed" and r["threshold"] == calibrated]
+  if calibrated is not None and chosen:
+    ax.plot(
+      [chosen[0]["decoder_ms_per_sample"]],
+      [chosen[0]["metric"]],
+      "o",
+      markersize=15,
+      markerfacecolor="none",
+      markeredgecolor="tab:red",
+      markeredgewidth=2,
+      label=f"calibrated (tau={calibrated:g})",
+    )
+
+
+def _zoom(ax, rows: list[dict]) -> None:
+  """Zoom on where the early-exit curves are; fixed exits far below are named instead."""
+  bottom, top = metric_window(rows)
+  hidden = [
+    f"k={r['fixed_exit_layer']}: {r['metric']:.1f}"
+    for r in rows
+    if r["exit_mode"] == "fixed" and r["metric"] < bottom
+  ]
+  ax.set_ylim(bottom, top)
+  if hidden:
+    ax.text(
+      0.01,
+      0.01,
+      "below the axis: fixed " + ", ".join(hidden),
+      transform=ax.transAxes,
+      fontsize=7,
+      color=_STYLE["fixed"]["color"],
+    )
 
 
 def metric_per_layer(rows: Sequence[dict], num_layers: int, path: str) -> str:

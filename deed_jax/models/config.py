@@ -128,21 +128,7 @@ class ModelConfig:
   eos_id: int = 2
 
   def __post_init__(self):
-    overrides = dict(self.encoder_overrides)
-    unknown = sorted(set(overrides) - set(ENCODER_OVERRIDABLE))
-    if unknown:
-      raise UserError(
-        f"ModelConfig.encoder_overrides sets {unknown}; the encoder may override only "
-        f"{list(ENCODER_OVERRIDABLE)}."
-      )
-    object.__setattr__(self, "encoder_overrides", tuple(sorted(overrides.items())))
-    if self.encoder == "text" and overrides.get("d_model", self.d_model) != self.d_model:
-      raise UserError(
-        f"encoder_overrides d_model={overrides['d_model']} differs from d_model="
-        f"{self.d_model}, but a text encoder shares the decoder's token embedding."
-      )
-    if overrides:
-      _ = self.encoder_config  # validates the encoder's options
+    self._check_encoder_overrides()
     for name, allowed in _CHOICES.items():
       value = getattr(self, name)
       if value not in allowed:
@@ -170,6 +156,30 @@ class ModelConfig:
         raise UserError(
           f"ModelConfig.{name}={getattr(self, name)} is outside [0, {self.vocab_size})."
         )
+    self._check_image_encoder()
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise UserError(f"ModelConfig.dropout_rate={self.dropout_rate} must be in [0, 1).")
+
+  def _check_encoder_overrides(self) -> None:
+    """What the encoder may set apart from the decoder (stored sorted, so configs compare equal)."""
+    overrides = dict(self.encoder_overrides)
+    unknown = sorted(set(overrides) - set(ENCODER_OVERRIDABLE))
+    if unknown:
+      raise UserError(
+        f"ModelConfig.encoder_overrides sets {unknown}; the encoder may override only "
+        f"{list(ENCODER_OVERRIDABLE)}."
+      )
+    object.__setattr__(self, "encoder_overrides", tuple(sorted(overrides.items())))
+    if self.encoder == "text" and overrides.get("d_model", self.d_model) != self.d_model:
+      raise UserError(
+        f"encoder_overrides d_model={overrides['d_model']} differs from d_model="
+        f"{self.d_model}, but a text encoder shares the decoder's token embedding."
+      )
+    if overrides:
+      _ = self.encoder_config  # validates the encoder's options
+
+  def _check_image_encoder(self) -> None:
+    """Swin stages, patches that tile the image, a [CLS] token only with a 1-d position table."""
     if self.encoder == "swin":
       if len(self.swin_depths) != len(self.swin_heads) or not self.swin_depths:
         raise UserError(
@@ -193,8 +203,6 @@ class ModelConfig:
         "ModelConfig.image_cls_token needs patch_positions='1d' (the [CLS] position is "
         "one more row of that table)."
       )
-    if not 0.0 <= self.dropout_rate < 1.0:
-      raise UserError(f"ModelConfig.dropout_rate={self.dropout_rate} must be in [0, 1).")
 
   @property
   def encoder_config(self) -> ModelConfig:

@@ -109,6 +109,22 @@ def train_state_layout(
   return StateLayout(graphdef, abstract, shardings, jax.jit(init, out_shardings=shardings))
 
 
+def _step_metrics(loss: jax.Array, exits: ExitMetrics, grads) -> dict:
+  """What a train step reports: the objective, every exit's loss and accuracy, the gradient norm."""
+  metrics = {
+    "loss": loss,
+    "exit_loss": exits.loss,
+    "exit_token_accuracy": exits.token_accuracy,
+    "grad_norm": optax.tree.norm(grads),
+  }
+  if exits.classifier_loss is not None:
+    metrics.update(
+      exit_classifier_loss=exits.classifier_loss,
+      exit_classifier_accuracy=exits.classifier_accuracy,
+    )
+  return metrics
+
+
 def make_train_step(
   graphdef: nnx.GraphDef,
   tx: optax.GradientTransformation,
@@ -152,18 +168,7 @@ def make_train_step(
     )
     updates, opt_state = tx.update(grads, state.opt_state, trained)
     params = merge_params(state.params, optax.apply_updates(trained, updates))
-    metrics = {
-      "loss": loss,
-      "exit_loss": exits.loss,
-      "exit_token_accuracy": exits.token_accuracy,
-      "grad_norm": optax.tree.norm(grads),
-    }
-    if exits.classifier_loss is not None:
-      metrics.update(
-        exit_classifier_loss=exits.classifier_loss,
-        exit_classifier_accuracy=exits.classifier_accuracy,
-      )
-    return TrainState(state.step + 1, params, opt_state), metrics
+    return TrainState(state.step + 1, params, opt_state), _step_metrics(loss, exits, grads)
 
   if state_shardings is None:
     return jax.jit(train_step, donate_argnums=0)
