@@ -14,11 +14,10 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from deed_jax import checkpoint, sharding
-from deed_jax.data import datasets
 from deed_jax.errors import MissingPathError, UserError
-from deed_jax.evaluation import metrics
 from deed_jax.models import ModelConfig
 from deed_jax.param_tree import path_holds
+from deed_jax.task_config import task_defaults, validate_task
 from deed_jax.training.losses import LOSS_MODES
 from deed_jax.workdir import read_model_config
 
@@ -48,32 +47,6 @@ def model_placeholders() -> ml_collections.ConfigDict:
 def model_options(config: ml_collections.ConfigDict) -> dict:
   """The ModelConfig options a training config sets (its unset placeholders left out)."""
   return {k: v for k, v in config.model.to_dict().items() if v is not None}
-
-
-def task_defaults() -> ml_collections.ConfigDict:
-  """What is learnt and how it is scored: dataset, tokenizer, features, metric."""
-  return ml_collections.ConfigDict(
-    dict(
-      # A TFDS builder of deed_jax.data.datasets: an embedded forms task (forms_vqa, forms_text) or
-      # one over VQA files on disk (docvqa, stvqa: they need manual_dir).
-      dataset="forms_vqa",
-      # Its config. Forms: size tiny | small | base, plain or with "_normalised". VQA builders: the
-      # image size and fit, "<height>x<width>_pad|resize" (deed_jax.data.vqa_tfds).
-      dataset_config="base",
-      data_dir="",  # TFDS data dir; "" = TFDS's default (~/tensorflow_datasets).
-      manual_dir="",  # The folder holding a VQA dataset's own files (docvqa, stvqa).
-      tokenizer="byte",  # "byte", or a local tokenizer.json / sentencepiece .model.
-      source_key="image",
-      target_key="answer",
-      max_source_length=0,  # Text encoders: input length in tokens.
-      # The metric deed_jax.evaluate scores decoded strings with (deed_jax.evaluation.metrics):
-      # exact_match | anls | vqa_accuracy | cer | bleu.
-      metric="exact_match",
-      # The feature holding every reference answer the metric compares with (VQA builders: "answers");
-      # "" = the target text is the only answer.
-      answers_key="",
-    )
-  )
 
 
 def training_defaults() -> ml_collections.ConfigDict:
@@ -153,18 +126,6 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
       f"{list(INIT_FROM_OVERRIDABLE)}."
     )
   return ModelConfig.from_dict({**values, **options})
-
-
-def validate_task(task: ml_collections.ConfigDict) -> None:
-  """Check a config's task block: its dataset (and manual_dir) and metric. Writes nothing."""
-  unknown = sorted(set(task.keys()) - set(training_defaults().task.keys()))
-  if unknown:
-    raise UserError(
-      f"Unknown config option(s) config.task.{unknown}; known: "
-      f"{sorted(training_defaults().task.keys())}."
-    )
-  datasets.check(task.dataset, task.dataset_config, task.get("manual_dir", ""))
-  metrics.check_metric(task.metric, "config.task.metric")
 
 
 def validate(config: ml_collections.ConfigDict) -> ModelConfig:

@@ -25,7 +25,6 @@ from absl import flags, logging
 
 from deed_jax import checkpoint, cli
 from deed_jax.bench.report import write_result
-from deed_jax.config_defaults import validate_task
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.errors import UserError
 from deed_jax.evaluation import calibration
@@ -40,6 +39,7 @@ from deed_jax.evaluation.evaluator import (
   task_config,
 )
 from deed_jax.evaluation.sweep import Setting
+from deed_jax.task_config import validate_task
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained or converted deed-jax workdir.")
 _SPLITS = flags.DEFINE_list(

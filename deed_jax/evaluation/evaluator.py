@@ -21,7 +21,6 @@ import numpy as np
 import tqdm
 
 from deed_jax import checkpoint
-from deed_jax.config_defaults import validate_task
 from deed_jax.data import datasets, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
 from deed_jax.decoding.config import DecodeConfig, check_threshold
@@ -40,6 +39,7 @@ from deed_jax.evaluation.sweep import (
 from deed_jax.machine import machine_facts
 from deed_jax.models import ModelConfig
 from deed_jax.staging import staged_directory
+from deed_jax.task_config import validate_task
 from deed_jax.workdir import (
   CHECKPOINT_DIR,
   DECODE_CONFIG_FILE,
