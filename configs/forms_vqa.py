@@ -13,7 +13,7 @@ layers to skip. It trains 2000 steps because reading locks in late, and the last
 make the middle exits confident and right: one run went from 89.4% exact match at the last exit and
 84.2% at exit 4 at step 1200 to 98.8% and 97.6% at step 1600; with 1600 steps instead of 2000 the
 validation exits ended at 97.8% (exit 4) and 98.8% (exit 10) against 99.2% and 99.4%, and the
-calibrated DEED threshold lost 1.0 point on test against none (README, "The embedded forms task").
+calibrated DEED threshold lost 1.0 point on test against none (docs/evaluation.md).
 
 The task is the normalised style of the forms (some answers are the drawn value rewritten: dates as
 YYYY-MM-DD, names as "Last, First", phone numbers as digits), where shallow exits do worse than deep

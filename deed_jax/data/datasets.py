@@ -29,7 +29,7 @@ def check(name: str, config: str, manual_dir: str = "") -> None:
   if not manual_dir:
     raise UserError(
       f"Dataset {name!r} is built from files you have: set task.manual_dir to their "
-      "folder (the layout is in the README, 'Real VQA data')."
+      "folder (the layout is in docs/datasets.md)."
     )
   if not os.path.isdir(manual_dir) or not os.listdir(manual_dir):
     raise MissingPathError(

@@ -19,7 +19,7 @@ from deed_jax.data import forms
 # threshold's guarantee is tested on examples it was not chosen on. A guarantee of a small drop needs
 # many calibration examples: 0.25 points at delta 0.1 need ~920 without a single loss, and with 5000
 # a threshold is certified with up to six losses. (With 1000, the loss counts of a good threshold
-# were too few to tell it from a risky one: README, "The embedded forms task".)
+# were too few to tell it from a risky one: docs/evaluation.md.)
 SIZES = {
   "tiny": {"train": 256, "validation": 64, "calibration": 64, "test": 64},
   "small": {"train": 2048, "validation": 128, "calibration": 128, "test": 128},

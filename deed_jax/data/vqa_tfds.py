@@ -2,7 +2,7 @@
 ST-VQA / TextVQA style question files. Nothing is downloaded; the user points `task.manual_dir` at
 the folder they obtained from the dataset's site.
 
-Expected layouts (README, "Real VQA data"):
+Expected layouts (docs/datasets.md):
 
   docvqa:   <manual_dir>/train/train_v1.0.json, <manual_dir>/train/documents/*.png
             <manual_dir>/val/val_v1.0.json,     <manual_dir>/val/documents/*.png
@@ -24,7 +24,7 @@ Images are fitted to the model's image size the way its Hugging Face image proce
 centred on a black canvas) or `resize` (ViT: stretched to the size). The builder config names both,
 e.g. `160x320_pad`; `image_config_name` derives it from a converted workdir. The question is a text
 feature (`question`), and `prompt` holds it in Donut's DocVQA task format; the pipeline does not yet
-feed a decoder prompt, so a model trained on these features sees the image only (README).
+feed a decoder prompt, so a model trained on these features sees the image only (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
     if "train" not in files and "validation" not in files:
       raise UserError(
         f"manual_dir {manual_dir} holds no question files of the {cls.name} layout "
-        f"(expected {cls.expected}); see the README, 'Real VQA data'."
+        f"(expected {cls.expected}); see docs/datasets.md."
       )
     out = {}
     for split, path in files.items():
