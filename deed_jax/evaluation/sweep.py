@@ -23,7 +23,9 @@ from deed_jax.evaluation.per_exit import exact_match
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
 from deed_jax.timing import timed
 
-EXIT_MODES = ("static", "fixed", "copy", "deed")
+# The exit modes an evaluation compares (oracle computes deed's tokens at static's cost: a check, not
+# a setting anyone would deploy).
+COMPARED_MODES = ("static", "fixed", "copy", "deed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Setting:
 
 
 def setting_grid(
-  num_layers: int, thresholds: Sequence[float], modes: Sequence[str] = EXIT_MODES, **early_exit
+  num_layers: int, thresholds: Sequence[float], modes: Sequence[str] = COMPARED_MODES, **early_exit
 ) -> list[Setting]:
   """static; fixed exits 1..L-1 (fixed L is static); copy and deed at each threshold, with the
   `early_exit` options of Setting (min_exit_layer, backfill_chunk)."""
