@@ -87,7 +87,11 @@ def _plot_mode(ax, mode: str, points: list[dict], calibrated: float | None) -> N
     **style,
   )
   for r in points:
-    note = {"deed": f"{r['threshold']:g}", "fixed": f"k={r['fixed_exit_layer']}"}.get(mode)
+    note = None
+    if mode == "deed":
+      note = f"{r['threshold']:g}"
+    elif mode == "fixed":
+      note = f"k={r['fixed_exit_layer']}"
     if note:
       ax.annotate(
         note,
