@@ -100,13 +100,15 @@ def exit_metrics(
   then theirs alone, [len(exits)] (a final-exit-only loss pays for one head, not L).
   """
   if encoded is None:
+    # [L, B, T, D]
     features = model.exit_features(
       encoder_inputs(batch), batch["decoder_input_ids"], dropout_rng=dropout_rng, remat=remat
-    )  # [L, B, T, D]
+    )
   else:
+    # [L, B, T, D]
     features = model.decoder(
       batch["decoder_input_ids"], *encoded, dropout_rng=dropout_rng, remat=remat
-    )  # [L, B, T, D]
+    )
   if exits is not None:
     if model.config.exit_classifier != "none":
       raise ValueError("A model with an exit classifier needs every exit's predictions.")

@@ -160,9 +160,8 @@ def _advance(
   parent, token = pick(cand_beam), pick(cand_token)
   live = extend(parent, token, pick(cand_scores))
 
-  best_possible = _normalise(
-    live.scores[:, 0], p + 1, config
-  )  # [B] the best running beam (HF 4.57)
+  # [B] the best running beam (HF 4.57)
+  best_possible = _normalise(live.scores[:, 0], p + 1, config)
   worst_finished = jnp.min(jnp.where(valid, finished.scores, jnp.inf), axis=1)
   full = jnp.all(valid, axis=1)
   stop = full if config.early_stopping else full & (worst_finished >= best_possible)

@@ -242,9 +242,8 @@ class DecodeStep:
       start = carry.fill[j]
       frontier, cache = self._backfill(j, frontier, cache, start, p)
       backfilled = backfilled.at[j].set(p - start)
-    hidden, cache = self.decoder.run_block(
-      j, carry.current, p, cache, self.memory, at.bias
-    )  # [R,1,D]
+    # [R, 1, D]
+    hidden, cache = self.decoder.run_block(j, carry.current, p, cache, self.memory, at.bias)
     hidden = hidden.astype(self.dtype)
     frontier = jax.lax.dynamic_update_slice_in_dim(frontier, hidden, p, axis=1)
     choice = carry.choice

@@ -105,9 +105,10 @@ def greedy_with_rule(
   def step(t, carry):
     prefix, out, done, exit_states = carry
     if copy_states:
+      # [L + 1, B, D], [L, B, D]
       states, features = copied_state_pass(
         model, prefix, t, out.exit_layers, exit_states, encoder_out, encoder_mask
-      )  # [L + 1, B, D], [L, B, D]
+      )
     else:
       features, states = _full_pass_at(model, prefix, t, encoder_out, encoder_mask)
     signals = exit_signals(model, features, states)  # logits [L, B, V], ...
@@ -167,6 +168,17 @@ def greedy_at_exit(
   """Greedy tokens [B, max_new_tokens] from exit `exit_layer` (1-based; may be traced); pad after EOS."""
   model.check_inputs(encoder_inputs)
   encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
+  return greedy_encoded_at_exit(model, encoder_out, encoder_mask, exit_layer, max_new_tokens)
+
+
+def greedy_encoded_at_exit(
+  model: MultiExitEncoderDecoder,
+  encoder_out: jax.Array,
+  encoder_mask: jax.Array,
+  exit_layer: jax.Array | int,
+  max_new_tokens: int,
+) -> jax.Array:
+  """`greedy_at_exit` from encoder states [B, S, D] and mask [B, S] the caller computed once."""
   cfg = model.config
   return greedy_with_rule(
     model,

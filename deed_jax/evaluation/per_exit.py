@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 
 from deed_jax import sharding
-from deed_jax.decoding.reference import fixed_exit, greedy_with_rule
+from deed_jax.decoding.reference import greedy_encoded_at_exit
 from deed_jax.exit_metrics import exit_metrics
 from deed_jax.models import encoder_inputs
 
@@ -43,24 +43,14 @@ def make_eval_fn(
     model = nnx.merge(graphdef, params)
     valid = batch["valid"].astype(jnp.float32)  # [B]; 0 on rows padding the last batch
     mask = batch["target_mask"] * batch["valid"][:, None]
-    encoder_out, encoder_mask = model.encode(
-      encoder_inputs(batch)
-    )  # Once for every metric and exit.
+    # The encoder runs once for every metric and exit.
+    encoder_out, encoder_mask = model.encode(encoder_inputs(batch))  # [B, S, D], [B, S]
     exits = exit_metrics(model, {**batch, "target_mask": mask}, encoded=(encoder_out, encoder_mask))
     num_tokens = mask.sum()
     cfg = model.config
 
     def exact_at(exit_layer):
-      tokens = greedy_with_rule(
-        model,
-        encoder_out,
-        encoder_mask,
-        fixed_exit(exit_layer),
-        max_new_tokens,
-        bos_id=cfg.bos_id,
-        eos_id=cfg.eos_id,
-        pad_id=cfg.pad_id,
-      ).tokens
+      tokens = greedy_encoded_at_exit(model, encoder_out, encoder_mask, exit_layer, max_new_tokens)
       return (exact_match(tokens, batch["targets"], batch["target_mask"]) * valid).sum(), tokens
 
     matches, tokens = jax.lax.map(exact_at, jnp.arange(1, cfg.decoder_layers + 1))  # [L], [L, B, N]

@@ -82,9 +82,8 @@ class SettingRun:
   setting: Setting
   batch_size: int = 0  # of the batches decoded (the last may hold fewer examples)
   tokens: list[np.ndarray] = dataclasses.field(default_factory=list)  # per example [N]
-  exit_layers: list[np.ndarray] = dataclasses.field(
-    default_factory=list
-  )  # per example [N], 0 after EOS
+  # per example [N], 0 after EOS
+  exit_layers: list[np.ndarray] = dataclasses.field(default_factory=list)
   exact: list[bool] = dataclasses.field(default_factory=list)  # per example: tokens == target
   decoder_seconds: list[float] = dataclasses.field(default_factory=list)  # per batch, per sample
   total_seconds: list[float] = dataclasses.field(default_factory=list)  # per batch, per sample

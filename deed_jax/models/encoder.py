@@ -70,9 +70,8 @@ class Encoder(nnx.Module):
       self.final_norm = Norm(config)
 
   def _embed_text(self, input_ids: Array, token_embedding: TokenEmbedding) -> Array:
-    return token_embedding.embed(input_ids) + self.positions(
-      jnp.arange(input_ids.shape[1])
-    )  # [B,S,D]
+    # [B, S, D]
+    return token_embedding.embed(input_ids) + self.positions(jnp.arange(input_ids.shape[1]))
 
   def _embed_image(self, pixel_values: Array) -> Array:
     cfg = self.config
@@ -84,14 +83,14 @@ class Encoder(nnx.Module):
       )
     b = pixel_values.shape[0]
     patches = pixel_values.astype(jnp.float32).reshape(b, h // ph, ph, w // pw, pw, c)
-    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(
-      b, cfg.num_patches, ph * pw * c
-    )  # [B, N, P]
+    # [B, N, P]
+    patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(b, cfg.num_patches, ph * pw * c)
     x = patches @ self.patch_embedding[...].astype(jnp.float32) + self.patch_bias[...]  # [B, N, D]
     if cfg.patch_positions == "2d":
+      # [rows, cols, D]
       positions = (
         self.patch_row_positions[...][:, None, :] + self.patch_column_positions[...][None, :, :]
-      )  # [rows, cols, D]
+      )
       positions = positions.reshape(cfg.num_patches, cfg.d_model)
     else:
       positions = self.patch_positions[...]

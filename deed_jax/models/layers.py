@@ -108,9 +108,8 @@ class Attention(nnx.Module):
   def _project(self, x: Array, w: nnx.Param, b: nnx.Param | None) -> Array:
     # Contract into [B, T, H, Dh] and move the heads after: asking the dot for [B, H, T, Dh] directly
     # made XLA:CPU relayout the weight on every call (4x slower decoding projections).
-    y = jnp.einsum(
-      "btd,dhk->bthk", x.astype(self.dtype), w[...].astype(self.dtype)
-    )  # [B, T, H, Dh]
+    # [B, T, H, Dh]
+    y = jnp.einsum("btd,dhk->bthk", x.astype(self.dtype), w[...].astype(self.dtype))
     if b is not None:
       y = y + b[...].astype(self.dtype)
     return jnp.swapaxes(y, 1, 2)  # [B, H, T, Dh]

@@ -102,9 +102,8 @@ class MultiExitEncoderDecoder(nnx.Module):
     self, encoder_inputs: dict, dropout_rng: Array | None = None, remat: bool = False
   ) -> tuple[Array, Array]:
     """-> encoder states [B, S, D], encoder mask [B, S]. `remat` rematerialises every layer."""
-    states, mask = self.encoder(
-      encoder_inputs, self.token_embedding, dropout_rng, remat=remat
-    )  # [B, S, D_enc]
+    # [B, S, D_enc]
+    states, mask = self.encoder(encoder_inputs, self.token_embedding, dropout_rng, remat=remat)
     if self.config.encoder_d_model != self.config.d_model:
       dtype = states.dtype
       states = states @ self.encoder_projection[...].astype(dtype) + self.encoder_projection_bias[

@@ -26,9 +26,8 @@ _MASKED = -100.0  # Swin's additive mask between shifted-window regions
 def relative_position_index(window: int) -> np.ndarray:
   """[w*w, w*w] index into the [(2w - 1)^2, heads] bias table for each (query, key) pair."""
   coords = np.stack(np.meshgrid(np.arange(window), np.arange(window), indexing="ij")).reshape(2, -1)
-  relative = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (
-    window - 1
-  )  # [N, N, 2]
+  # [N, N, 2]
+  relative = (coords[:, :, None] - coords[:, None, :]).transpose(1, 2, 0) + (window - 1)
   return relative[..., 0] * (2 * window - 1) + relative[..., 1]
 
 
@@ -174,10 +173,11 @@ class SwinEncoder(nnx.Module):
     dropout_rng: Array | None = None,
     remat: bool = False,
   ) -> tuple[Array, Array]:
+    # Swin has no token input; dropout is not applied in the encoder.
     del (
       token_embedding,
       dropout_rng,
-    )  # Swin has no token input; dropout is not applied in the encoder.
+    )
     cfg = self.config
     (h, w), (ph, pw), c = cfg.image_hw, cfg.patch_hw, cfg.num_channels
     pixel_values = encoder_inputs["pixel_values"]

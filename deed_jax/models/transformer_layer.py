@@ -74,9 +74,10 @@ class TransformerLayer(nnx.Module):
       cache_positions = jnp.arange(cache.k.shape[2])
       before_block = jnp.where(cache_positions < cache_index, 0.0, NEG_INF)  # [T_max]
       block_bias = jax.lax.dynamic_slice_in_dim(self_bias, cache_index, k.shape[2], axis=-1)
+      # [B, T, D]
       out = attention.attend_parts(
         q, ((cache.k, cache.v, self_bias + before_block), (k, v, block_bias))
-      )  # [B, T, D]
+      )
       k, v = (ordered_after(x, out) for x in (k, v))
       cache = cache.write(k, v, cache_index)
       return out
