@@ -74,6 +74,14 @@ def _naive_exact_match(workdir, config, split, count, exit_layer):
   return 100 * np.mean([tokenizer.decode(t) == a[0] for t, a in zip(tokens, answers)])
 
 
+def _on_validation(workdir: str, **options) -> dict:
+  """A small evaluation: 3 validation examples, batch 1, the threshold 0.5 (+ the stored one)."""
+  options = EvaluateOptions(
+    split="validation", num_examples=3, thresholds=(0.5,), batch_size=1, **options
+  )
+  return evaluate(workdir, options=options, progress=False)
+
+
 def test_report_rows_files_and_calibration(trained, tfds_dir):
   config = tiny_text_config(tfds_dir)
   report = evaluate(
@@ -132,11 +140,7 @@ def test_report_rows_files_and_calibration(trained, tfds_dir):
   )
   assert read_decode_config(trained, threshold=0.7).threshold == 0.7
   # Without --calibrate the stored threshold is evaluated and marked.
-  again = evaluate(
-    trained,
-    options=EvaluateOptions(split="validation", num_examples=3, thresholds=(0.5,), batch_size=1),
-    progress=False,
-  )
+  again = _on_validation(trained)
   assert again["calibrated_threshold"] == 0.0 and again["split"] == "validation"
   assert {r["setting"] for r in again["settings"]} == {
     "static",
@@ -147,35 +151,11 @@ def test_report_rows_files_and_calibration(trained, tfds_dir):
     "deed tau=0.5",
   }
   # Calibrating again replaces the stored choice.
-  evaluate(
-    trained,
-    options=EvaluateOptions(
-      split="validation",
-      num_examples=3,
-      thresholds=(0.5,),
-      batch_size=1,
-      calibrate=True,
-      max_drop=100.0,
-      delta=0.5,
-    ),
-    progress=False,
-  )
+  _on_validation(trained, calibrate=True, max_drop=100.0, delta=0.5)
   assert read_decode_config(trained).threshold == 0.5
   assert read_decode_config(trained).backfill_chunk == DecodeConfig.backfill_chunk
   # A calibration that certifies nothing (no drop at all allowed) leaves full depth as the default.
-  failed = evaluate(
-    trained,
-    options=EvaluateOptions(
-      split="validation",
-      num_examples=3,
-      thresholds=(0.5,),
-      batch_size=1,
-      calibrate=True,
-      max_drop=0.0,
-      delta=0.5,
-    ),
-    progress=False,
-  )
+  failed = _on_validation(trained, calibrate=True, max_drop=0.0, delta=0.5)
   assert (
     failed["calibration"]["threshold"] is None
     and "decode at full depth" in (failed["calibration"]["guarantee"])
