@@ -26,8 +26,21 @@ def read_config(directory: str) -> dict:
   path = os.path.join(directory, CONFIG_FILE)
   if not os.path.isfile(path):
     raise MissingPathError(f"{path} not found: {directory} is not a Hugging Face model directory.")
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      config = json.load(f)
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f"{path} is not valid JSON ({e}).") from None
+  if not isinstance(config, dict):
+    raise UserError(f"{path} holds a JSON {type(config).__name__}, not a model config object.")
+  if "auto_map" in config:
+    # transformers would offer to run the directory's own Python for such a config; we never do.
+    raise UserError(
+      f"{path} has an auto_map: its model is defined by code in {directory}, and deed-jax never "
+      f"runs code from a checkpoint directory. Convert a checkpoint of a built-in transformers "
+      f"architecture (its config.json without auto_map)."
+    )
+  return config
 
 
 def resolved_config(directory: str) -> dict:
@@ -40,7 +53,12 @@ def resolved_config(directory: str) -> dict:
       "Converting a Hugging Face checkpoint needs transformers (the convert extra: "
       "pip install -e '.[convert]')."
     ) from e
-  return transformers.AutoConfig.from_pretrained(directory, local_files_only=True).to_dict()
+  # trust_remote_code=False: transformers never runs the directory's code, nor asks on stdin
+  # (`read_config`, called first, refuses such a config with the reason).
+  config = transformers.AutoConfig.from_pretrained(
+    directory, local_files_only=True, trust_remote_code=False
+  )
+  return config.to_dict()
 
 
 def _torch():
