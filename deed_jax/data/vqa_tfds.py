@@ -107,6 +107,26 @@ def _read_questions(path: str) -> list[dict]:
   return data
 
 
+def _record_name(entry: dict, index: int) -> str:
+  """How an error names a question: its id where the file gives one, else its place in the file."""
+  for key in ("questionId", "question_id"):
+    if key in entry:
+      return f"question {key}={entry[key]!r}"
+  return f"question #{index} of the file"
+
+
+def _check_inside(manual_dir: str, image: str, record: str) -> None:
+  """An image path may not leave `manual_dir`, by `..`, an absolute path or a symlink: refused,
+  naming the record, before any image is opened."""
+  root = os.path.realpath(manual_dir)
+  resolved = os.path.realpath(image)
+  if os.path.commonpath([root, resolved]) != root:
+    raise UserError(
+      f"{record} names image {image!r}, which resolves to {resolved}, outside manual_dir {root}; "
+      "images must lie inside manual_dir."
+    )
+
+
 class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
   """Shared by both layouts: question files -> splits; each entry -> an example."""
 
@@ -165,8 +185,9 @@ class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
         entries = [e for e in entries if e.get("answers")]
         if not entries:
           raise UserError(f"{path} holds no question with answers.")
-      for entry in entries:
+      for index, entry in enumerate(entries):
         image = cls.image_path(manual_dir, path, entry)
+        _check_inside(manual_dir, image, f"{path}, {_record_name(entry, index)}")
         if not os.path.isfile(image):
           raise MissingPathError(f"{path} names image {image}, which is not there.")
       out[split] = (path, entries)

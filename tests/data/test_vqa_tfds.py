@@ -171,3 +171,45 @@ def test_bad_manual_dirs_are_refused_before_anything_is_written(tmp_path, case):
 def test_bad_dataset_names_and_configs(tmp_path, name, config, manual, named):
   with pytest.raises(UserError, match=named):
     datasets.check(name, config, manual)
+
+
+def _escaping_folder(tmp_path, kind: str) -> str:
+  """A DocVQA folder whose second validation question names an image outside it (the image exists)."""
+  outside = tmp_path / "outside.png"
+  _image(str(outside), (20, 20), "red")
+  manual = tmp_path / "DocVQA"
+  _image(str(manual / "val" / "documents" / "ok.png"), (20, 20), "white")
+  if kind == "symlink":
+    os.symlink(outside, manual / "val" / "documents" / "link.png")
+  image = {
+    "dotdot": "../../outside.png",
+    "absolute": str(outside),
+    "symlink": "documents/link.png",
+  }[kind]
+  data = [
+    {"questionId": 7, "question": "q", "image": "documents/ok.png", "answers": ["a"]},
+    {"questionId": 8, "question": "q", "image": image, "answers": ["a"]},
+  ]
+  (manual / "val" / "val_v1.0.json").write_text(json.dumps({"data": data}))
+  return str(manual)
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_an_image_path_leaving_manual_dir_is_refused_naming_the_record(tmp_path, kind):
+  manual = _escaping_folder(tmp_path, kind)
+  data_dir = tmp_path / "tfds"
+  with pytest.raises(UserError, match=r"questionId=8.*outside manual_dir") as refusal:
+    datasets.prepare("docvqa", "32x48_pad", str(data_dir), manual)
+  assert "val_v1.0.json" in str(refusal.value)
+  assert not data_dir.exists()
+
+
+def test_stvqa_file_paths_are_confined_too(tmp_path):
+  manual = tmp_path / "stvqa"
+  _image(str(tmp_path / "elsewhere.jpg"), (20, 20), "blue")
+  manual.mkdir()
+  data = [{"question": "q", "answers": ["a"], "file_path": "../elsewhere.jpg"}]
+  (manual / "train.json").write_text(json.dumps({"data": data}))
+  with pytest.raises(UserError, match=r"question #0 of the file.*outside manual_dir"):
+    datasets.prepare("stvqa", "32x48_pad", str(tmp_path / "tfds"), str(manual))
+  assert not (tmp_path / "tfds").exists()
