@@ -13,4 +13,8 @@ class MissingPathError(FileNotFoundError):
   """A file or directory a user named that is not there (or is not what it should be)."""
 
 
-USER_ERRORS = (UserError, MissingPathError)
+class ExistingPathError(FileExistsError):
+  """An output path a user named that already holds something (nothing is written into it)."""
+
+
+USER_ERRORS = (UserError, MissingPathError, ExistingPathError)

@@ -11,10 +11,12 @@ import os
 import shutil
 import tempfile
 
+from deed_jax.errors import ExistingPathError
+
 
 def check_empty_target(path: str) -> None:
   if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-    raise FileExistsError(
+    raise ExistingPathError(
       f"{path} already exists and is not an empty directory; nothing was written. "
       "Choose a new output directory."
     )

@@ -55,9 +55,24 @@ def model_config_path(workdir: str) -> epath.Path:
   return epath.Path(workdir) / MODEL_CONFIG_FILE
 
 
+def read_json_file(path) -> Any:
+  """A JSON file's value; a file that is not JSON (truncated, corrupt) is a `UserError` naming it."""
+  path = epath.Path(path)
+  try:
+    return json.loads(path.read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f"{path} is not valid JSON ({e}): a truncated or corrupt file.") from None
+
+
 def read_model_config(workdir: str) -> ModelConfig | None:
   path = model_config_path(workdir)
-  return ModelConfig.from_json(path.read_text()) if path.exists() else None
+  if not path.exists():
+    return None
+  values = read_json_file(path)
+  try:
+    return ModelConfig.from_dict(values)
+  except (TypeError, AttributeError) as e:
+    raise UserError(f"{path} does not describe a model ({e}).") from None
 
 
 def read_decode_config(workdir: str, **overrides) -> DecodeConfig:
@@ -72,7 +87,7 @@ def read_decode_config(workdir: str, **overrides) -> DecodeConfig:
 def read_json(workdir: str, name: str) -> Any | None:
   """The JSON file `name` of `workdir`, or None when it has none."""
   path = epath.Path(workdir) / name
-  return json.loads(path.read_text()) if path.exists() else None
+  return read_json_file(path) if path.exists() else None
 
 
 def write_json(workdir: str, name: str, value: Any) -> None:

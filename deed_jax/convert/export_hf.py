@@ -21,9 +21,15 @@ from deed_jax.convert.import_hf import (
   EXIT_PREFIXES,
   EXPORTED_MODEL_CONFIG_FILE,
 )
-from deed_jax.errors import MissingPathError
+from deed_jax.errors import MissingPathError, UserError
 from deed_jax.staging import check_empty_target, staged_directory
-from deed_jax.workdir import HF_SIDE_FILES, HF_SOURCE_FILE, HF_UNUSED_FILE, copy_side_files
+from deed_jax.workdir import (
+  HF_SIDE_FILES,
+  HF_SOURCE_FILE,
+  HF_UNUSED_FILE,
+  copy_side_files,
+  read_json_file,
+)
 
 _ADAPTER_RESIDUAL = ("up", "up_bias", "w", "b")  # zero in an identity adapter (ExitAdapter)
 
@@ -56,8 +62,13 @@ def read_hf_source(workdir: str) -> dict:
       f"{path} not found: only workdirs converted from (or trained from) a Hugging "
       "Face checkpoint can be exported to one."
     )
-  with open(path) as f:
-    return json.load(f)
+  source = read_json_file(path)
+  if not isinstance(source, dict) or not {"resolved", "dtypes"} <= set(source):
+    raise UserError(
+      f"{path} lacks the source model's resolved config and dtypes (keys 'resolved', 'dtypes'): "
+      "it was not written by python -m deed_jax.convert, or was damaged."
+    )
+  return source
 
 
 def orbax_to_hf(workdir: str, target: str, step: int | None = None) -> None:

@@ -81,8 +81,12 @@ def check_workdir(workdir: str, step: int | None) -> tuple[ModelConfig, int]:
   if not os.path.isdir(workdir):
     raise MissingPathError(f"--workdir {workdir} is not a directory.")
   model_config = read_model_config(workdir)
+  root = os.path.join(workdir, CHECKPOINT_DIR)
+  # A step is a directory; a stray file named like one is not a checkpoint.
   steps = sorted(
-    int(name) for name in _listdir(os.path.join(workdir, CHECKPOINT_DIR)) if name.isdigit()
+    int(name)
+    for name in _listdir(root)
+    if name.isdigit() and os.path.isdir(os.path.join(root, name))
   )
   if model_config is None or not steps:
     raise MissingPathError(

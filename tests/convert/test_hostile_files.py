@@ -187,3 +187,35 @@ def test_an_invalid_config_json_is_one_error_line(tmp_path):
   lines = run.stderr.strip().splitlines()
   assert len(lines) == 1 and "config.json is not valid JSON" in lines[0]
   assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+  "content, message",
+  [("", "hf_source.json is not valid JSON"), ('{"config": {}}', "lacks the source model's")],
+)
+def test_a_broken_hf_source_json_is_one_error_line(tmp_path, content, message):
+  workdir = tmp_path / "converted"
+  workdir.mkdir()
+  (workdir / "hf_source.json").write_text(content)
+  command = [sys.executable, "-m", "deed_jax.convert", f"--workdir={workdir}",
+             f"--to_hf={tmp_path / 'out'}"]  # fmt: skip
+  run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 2
+  lines = run.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+  assert not (tmp_path / "out").exists()
+
+
+def test_a_non_empty_target_is_one_error_line_and_left_alone(tmp_path):
+  target = tmp_path / "taken"
+  target.mkdir()
+  (target / "keep.txt").write_text("mine")
+  (tmp_path / "src").mkdir()
+  (tmp_path / "src" / "config.json").write_text(json.dumps({"model_type": "bart"}))
+  command = [sys.executable, "-m", "deed_jax.convert", f"--source={tmp_path / 'src'}",
+             f"--workdir={target}"]  # fmt: skip
+  run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 2
+  lines = run.stderr.strip().splitlines()
+  assert len(lines) == 1 and "already exists and is not an empty directory" in lines[0], lines
+  assert os.listdir(target) == ["keep.txt"]

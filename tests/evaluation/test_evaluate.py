@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ from deed_jax.data.tokenizer import get_tokenizer
 from deed_jax.decoding import DecodeConfig
 from deed_jax.decoding.reference import greedy_at_exit
 from deed_jax.errors import MissingPathError, UserError
-from deed_jax.evaluation.evaluator import EvaluateOptions, evaluate
+from deed_jax.evaluation.evaluator import EvaluateOptions, check_workdir, evaluate
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
 from deed_jax.workdir import DECODE_CONFIG_FILE, TRAIN_CONFIG_FILE, read_decode_config
 from tests.training.configs import tiny_text_config, train_tiny
@@ -303,3 +304,31 @@ def test_calibration_noise_bench(trained, tfds_dir, tmp_path):
     command[:4] + ["--calibration_sizes=100", "--test_size=30"], capture_output=True, text=True
   )
   assert too_big.returncode == 2 and "in the 128 examples" in too_big.stderr
+
+
+@pytest.mark.parametrize("name", ["model_config.json", "decode_config.json"])
+def test_a_truncated_workdir_file_is_one_error_line(trained, tmp_path, name):
+  """python -m deed_jax.evaluate on a workdir whose JSON file was cut short: one `error:` line naming
+  the file, status 2, no report written."""
+  workdir = tmp_path / "copy"
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("evaluation"))
+  text = (workdir / name).read_text() if (workdir / name).exists() else '{"exit_mode": "deed"}'
+  (workdir / name).write_text(text[: len(text) // 2])
+  command = [sys.executable, "-m", "deed_jax.evaluate", f"--workdir={workdir}", "--split=validation",
+             "--num_examples=2", "--thresholds=0.5", "--batch_size=1"]  # fmt: skip
+  run = subprocess.run(command, capture_output=True, text=True)
+  assert run.returncode == 2, run.stderr[-2000:]
+  lines = run.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and name in lines[0], lines
+  assert "not valid JSON" in lines[0]
+  assert not (workdir / "evaluation").exists()
+
+
+def test_a_stray_file_among_the_checkpoints_is_not_a_step(trained, tmp_path):
+  workdir = tmp_path / "copy"
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("evaluation"))
+  newest = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  (workdir / "checkpoints" / str(newest + 5)).write_text("not a checkpoint")
+  _, step = check_workdir(str(workdir), None)
+  assert step == newest
+  assert checkpoint.load_model(str(workdir)).config.decoder_layers == 2

@@ -225,3 +225,17 @@ def test_options_newer_than_a_saved_config_count_as_their_defaults(tfds_dir):
   assert run_changes(saved, config) == []
   config.gradient_accumulation_steps = 2
   assert run_changes(saved, config) == ["gradient_accumulation_steps: 1 -> 2"]
+
+
+@pytest.mark.parametrize("name", [MODEL_CONFIG_FILE, TRAIN_CONFIG_FILE])
+def test_a_truncated_workdir_file_is_refused_naming_it(tmp_path, tfds_dir, name):
+  """Resuming a workdir whose JSON file was cut short (a disk that filled up) names the file and
+  leaves it as it was."""
+  from deed_jax.errors import UserError
+
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / name).write_text('{"vocab_size": 25')
+  with pytest.raises(UserError, match=rf"{name} is not valid JSON"):
+    train_and_evaluate(tiny_text_config(tfds_dir), str(workdir), progress=False)
+  assert os.listdir(workdir) == [name] and (workdir / name).read_text() == '{"vocab_size": 25'
