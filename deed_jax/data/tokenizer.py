@@ -156,8 +156,17 @@ def get_tokenizer(spec: str) -> Tokenizer:
     spec = os.path.join(spec, found[0])
   if not os.path.exists(spec):
     raise UserError(f"Tokenizer {spec!r} is neither 'byte' nor an existing file or directory.")
-  if spec.endswith(".json"):
-    return HuggingFaceTokenizer(spec)
-  if spec.endswith(".model"):
-    return SentencePieceTokenizer(spec)
-  raise UserError(f"Tokenizer file {spec!r}: expected a tokenizer.json or a sentencepiece .model.")
+  kinds = {".json": HuggingFaceTokenizer, ".model": SentencePieceTokenizer}
+  kind = next((k for suffix, k in kinds.items() if spec.endswith(suffix)), None)
+  if kind is None:
+    raise UserError(
+      f"Tokenizer file {spec!r}: expected a tokenizer.json or a sentencepiece .model."
+    )
+  try:
+    return kind(spec)
+  except UserError:
+    raise
+  except Exception as e:  # the tokenizers and sentencepiece libraries raise plain Exceptions
+    raise UserError(
+      f"Tokenizer file {spec} cannot be read ({e}): a corrupt or foreign file."
+    ) from None

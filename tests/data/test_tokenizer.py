@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from deed_jax.data.tokenizer import ByteTokenizer, get_tokenizer
+from deed_jax.errors import UserError
 
 
 def test_byte_tokenizer_round_trip_and_specials():
@@ -21,3 +22,13 @@ def test_unknown_tokenizer_is_refused_by_name(tmp_path):
   path.write_text("a")
   with pytest.raises(ValueError, match="vocab.txt"):
     get_tokenizer(str(path))
+
+
+@pytest.mark.parametrize(
+  "name, content", [("tokenizer.json", b"garbage{"), ("spiece.model", bytes(range(256)))]
+)
+def test_a_corrupt_tokenizer_file_is_refused_naming_it(tmp_path, name, content):
+  (tmp_path / name).write_bytes(content)
+  for spec in (str(tmp_path / name), str(tmp_path)):  # the file, or the directory holding it
+    with pytest.raises(UserError, match=rf"{name} cannot be read .*corrupt or foreign"):
+      get_tokenizer(spec)
