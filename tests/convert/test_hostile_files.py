@@ -162,17 +162,25 @@ def _custom_code_dir(tmp_path, model_type: str):
   return directory, marker
 
 
+def _convert_error(*flags: str, stdin: str = "") -> tuple[str, str]:
+  """Runs `python -m deed_jax.convert` with `flags`, which must fail as a user error. -> (its one
+  stderr line, all it printed)."""
+  command = [sys.executable, "-m", "deed_jax.convert", *flags]
+  run = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=600)
+  assert run.returncode == 2, run.stderr
+  lines = run.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), lines
+  return lines[0], run.stdout + run.stderr
+
+
 @pytest.mark.parametrize("model_type", ["evil", "bart"])
 def test_convert_never_runs_code_from_the_directory(tmp_path, model_type):
   directory, marker = _custom_code_dir(tmp_path, model_type)
-  command = [sys.executable, "-m", "deed_jax.convert", f"--source={directory}",
-             f"--workdir={tmp_path / 'out'}"]  # fmt: skip
   # Anyone answering "y" to transformers' question would run the code: nobody is asked.
-  run = subprocess.run(command, input="y\ny\n", capture_output=True, text=True, timeout=600)
-  assert run.returncode == 2, run.stderr
-  lines = run.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: ") and "auto_map" in lines[0]
-  assert "never runs code" in lines[0] and "[y/N]" not in run.stdout + run.stderr
+  line, printed = _convert_error(
+    f"--source={directory}", f"--workdir={tmp_path / 'out'}", stdin="y\ny\n"
+  )
+  assert "auto_map" in line and "never runs code" in line and "[y/N]" not in printed
   assert not marker.exists() and not (tmp_path / "out").exists()
 
 
@@ -180,12 +188,8 @@ def test_an_invalid_config_json_is_one_error_line(tmp_path):
   directory = tmp_path / "broken"
   directory.mkdir()
   (directory / "config.json").write_text('{"model_type": "bart",')
-  command = [sys.executable, "-m", "deed_jax.convert", f"--source={directory}",
-             f"--workdir={tmp_path / 'out'}"]  # fmt: skip
-  run = subprocess.run(command, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 2
-  lines = run.stderr.strip().splitlines()
-  assert len(lines) == 1 and "config.json is not valid JSON" in lines[0]
+  line, _ = _convert_error(f"--source={directory}", f"--workdir={tmp_path / 'out'}")
+  assert "config.json is not valid JSON" in line
   assert not (tmp_path / "out").exists()
 
 
@@ -197,12 +201,8 @@ def test_a_broken_hf_source_json_is_one_error_line(tmp_path, content, message):
   workdir = tmp_path / "converted"
   workdir.mkdir()
   (workdir / "hf_source.json").write_text(content)
-  command = [sys.executable, "-m", "deed_jax.convert", f"--workdir={workdir}",
-             f"--to_hf={tmp_path / 'out'}"]  # fmt: skip
-  run = subprocess.run(command, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 2
-  lines = run.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
+  line, _ = _convert_error(f"--workdir={workdir}", f"--to_hf={tmp_path / 'out'}")
+  assert message in line
   assert not (tmp_path / "out").exists()
 
 
@@ -212,10 +212,6 @@ def test_a_non_empty_target_is_one_error_line_and_left_alone(tmp_path):
   (target / "keep.txt").write_text("mine")
   (tmp_path / "src").mkdir()
   (tmp_path / "src" / "config.json").write_text(json.dumps({"model_type": "bart"}))
-  command = [sys.executable, "-m", "deed_jax.convert", f"--source={tmp_path / 'src'}",
-             f"--workdir={target}"]  # fmt: skip
-  run = subprocess.run(command, capture_output=True, text=True, timeout=600)
-  assert run.returncode == 2
-  lines = run.stderr.strip().splitlines()
-  assert len(lines) == 1 and "already exists and is not an empty directory" in lines[0], lines
+  line, _ = _convert_error(f"--source={tmp_path / 'src'}", f"--workdir={target}")
+  assert "already exists and is not an empty directory" in line
   assert os.listdir(target) == ["keep.txt"]
