@@ -3,9 +3,9 @@
 A workdir (layout in `deed_jax.workdir`) holds `model_config.json` (the architecture) and
 `checkpoints/<step>/` with the item `state` (step, params, optimizer state; the data position is the
 step, see `deed_jax.data.pipeline.train_batches`). Saves are async, the newest `keep` are kept, and
-training resumes from the newest one that reads back whole: a step that does not (a file truncated by
-a failing disk, a copy cut short) is reported, moved aside to `<step>.unreadable` and skipped, never
-deleted. Arrays restore into whatever shardings the caller asks for, so a run resumes on another mesh
+training resumes from the newest one that reads back whole: a damaged step (its metadata lost, a file
+truncated by a failing disk, a copy cut short) is reported, moved aside to `<step>.unreadable` and
+skipped, never deleted; reading a model for evaluation or export skips it and leaves it. Arrays restore into whatever shardings the caller asks for, so a run resumes on another mesh
 or number of processes. A checkpoint written for another architecture is refused with the differing
 options/shapes named, and left as it is. (Checkpoints of earlier versions also hold a `data` item,
 the grain reader's position; it is no longer read.)
@@ -17,11 +17,13 @@ are restored through that layout and handed back in today's (`decoder/token_embe
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils as multihost
@@ -102,6 +104,101 @@ def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestor
   )
 
 
+class UnreadableStepError(UserError):
+  """A checkpoint step whose files do not read back (its orbax metadata lost, a data file cut short,
+  a corrupt manifest): damage, as opposed to a checkpoint of another model."""
+
+
+def _to_stderr(message: str) -> None:
+  print(message, file=sys.stderr)
+
+
+def _step_directory(manager: ocp.CheckpointManager, step: int) -> epath.Path:
+  return epath.Path(manager.directory) / str(step)
+
+
+def _unreadable(manager: ocp.CheckpointManager, step: int, why: str) -> UnreadableStepError:
+  return UnreadableStepError(
+    f"Checkpoint step {step} ({_step_directory(manager, step)}) cannot be read: "
+    + (why if len(why) <= 240 else why[:240] + " ...")
+    + "."
+  )
+
+
+def _check_intact(manager: ocp.CheckpointManager, step: int) -> None:
+  """Raise `UnreadableStepError` unless every value of the step's OCDBT store is there: its
+  manifest decodes and the last byte of each value is within its data file (one byte read per
+  value, so a file cut short is found at a tiny fraction of a restore's cost). Done by hand, and
+  waited for to the last read, because orbax's restore of a damaged store fails in its event loop
+  and leaves reads behind that print thousands of lines once the loop is closed. A value whose
+  bytes were overwritten in place is not detected (OCDBT keeps no checksums)."""
+  state = _step_directory(manager, step) / "state"
+  if not (state / "manifest.ocdbt").exists():
+    return  # not an OCDBT checkpoint: orbax's restore is the check
+  try:
+    store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{state}/"}).result()
+    keys = store.list().result()
+  except Exception as error:
+    raise _unreadable(manager, step, f"{type(error).__name__}: {error}") from None
+  reads = [store.read(key, byte_range=slice(-1, None)) for key in keys]
+  problems = []
+  for key, read in zip(keys, reads):
+    try:
+      if read.result().state != "value":
+        problems.append(f"{key.decode()} is missing")
+    except Exception as error:
+      problems.append(f"{key.decode()}: {type(error).__name__}: {error}")
+  if problems:
+    raise _unreadable(manager, step, f"{len(problems)} of {len(keys)} values: {problems[0]}")
+
+
+def _read_step(
+  manager: ocp.CheckpointManager,
+  step: int,
+  abstract: Any,
+  workdir: str,
+  *,
+  partial: bool = False,
+  may_lack: tuple[str, ...] = (),
+) -> Any:
+  """The `state` item of `step` restored into `abstract` (all of it; with `partial`, only the
+  subtrees `abstract` names, e.g. the params of a train state). A step whose stored tree is not
+  the model's is a `UserError` naming the differences; one that cannot be read, an
+  `UnreadableStepError` naming the step. The two are told apart by reading the stored metadata
+  first: without it nothing can be compared, so a lost `_METADATA` is damage, not a misfit."""
+  _check_intact(manager, step)  # first: orbax's metadata read opens every array too
+  if not (_step_directory(manager, step) / "state" / "_METADATA").exists():
+    raise _unreadable(manager, step, "its orbax metadata (state/_METADATA) is missing")
+  try:
+    metadata = manager.item_metadata(step)
+    stored = None if metadata is None else metadata["state"]
+  except Exception as error:  # orbax raises many kinds for a damaged step
+    raise _unreadable(manager, step, f"{type(error).__name__}: {error}") from None
+  if stored is None:
+    raise _unreadable(manager, step, "its orbax metadata (state/_METADATA) is empty")
+  if partial:
+    stored = {k: stored[k] for k in abstract if k in stored}
+  if may_lack and "params" in stored:
+    have = set(flat_params(stored["params"]))
+    keep = lambda p: p in have or not path_holds(p, may_lack)
+    abstract = dict(abstract, params=filter_params(abstract["params"], keep))
+  target, to_current = _restore_target(stored, abstract)
+  problems = _shape_mismatches(stored, target)
+  if problems:
+    raise UserError(
+      f"Checkpoint {step} in {workdir} does not fit this model: "
+      + "; ".join(problems[:10])
+      + ". The checkpoint was left untouched."
+    )
+  try:
+    restored = manager.restore(
+      step, args=ocp.args.Composite(state=_restore_args(target, partial=partial))
+    )
+  except Exception as error:  # a data file cut short, a corrupt manifest, ...
+    raise _unreadable(manager, step, f"{type(error).__name__}: {error}") from None
+  return to_current(restored["state"])
+
+
 class Checkpointer:
   """Save/restore the train state under `workdir` (the data position is its step)."""
 
@@ -141,38 +238,24 @@ class Checkpointer:
     )
 
   def restore(self, step: int, abstract_state: Any) -> Any:
-    """Restore `step` into the structure/shardings of `abstract_state`; refuses mismatched shapes."""
-    stored = self.manager.item_metadata(step)["state"]
-    target, to_current = _restore_target(stored, abstract_state)
-    problems = _shape_mismatches(stored, target)
-    if problems:
-      raise UserError(
-        f"Checkpoint {step} in {self.workdir} does not fit this model: "
-        + "; ".join(problems[:10])
-        + ". The checkpoint was left untouched."
-      )
-    restored = self.manager.restore(step, args=ocp.args.Composite(state=_restore_args(target)))
-    return to_current(restored["state"])
+    """Restore `step` into the structure/shardings of `abstract_state`; refuses mismatched shapes
+    (`UserError`) and raises `UnreadableStepError` for a damaged step."""
+    return _read_step(self.manager, step, abstract_state, self.workdir)
 
   def restore_newest(
     self, abstract_state: Any, report: Callable[[str], None] = print
   ) -> tuple[int | None, Any]:
     """(step, state) of the newest checkpoint that reads back whole, or (None, None) when there is
-    none. A step that fails to read is reported, moved aside to `<step>.unreadable` (so that the run
-    can write that step again) and skipped for the one before; one that does not fit the model is
-    refused (`restore`)."""
+    none. A damaged step (`UnreadableStepError`) is reported, moved aside to `<step>.unreadable` (so
+    that the run can write that step again) and skipped for the one before; one that does not fit
+    the model is refused (`restore`)."""
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         return step, self.restore(step, abstract_state)
-      except UserError:
-        raise
-      except Exception as error:  # orbax/tensorstore raise many kinds for a damaged step
-        directory = epath.Path(self.manager.directory) / str(step)
+      except UnreadableStepError as error:
+        directory = _step_directory(self.manager, step)
         aside = directory.parent / f"{step}.unreadable"
-        report(
-          f"Checkpoint step {step} ({directory}) cannot be read ({type(error).__name__}: "
-          f"{str(error)[:200]}); skipped, and moved aside to {aside} (not deleted)."
-        )
+        report(f"{error} Skipped, and moved aside to {aside} (not deleted).")
         multihost.sync_global_devices(f"deed_jax checkpoint {step} read")
         if jax.process_index() == 0:
           directory.rename(aside)
@@ -215,10 +298,30 @@ def save_params(workdir: str, config: ModelConfig, params: Any, step: int = 0) -
 
 
 def restore_params(
-  workdir: str, abstract: Any, step: int | None = None, may_lack: tuple[str, ...] = ()
+  workdir: str,
+  abstract: Any,
+  step: int | None = None,
+  may_lack: tuple[str, ...] = (),
+  report: Callable[[str], None] = _to_stderr,
 ) -> Any:
-  """The params of `step` (default newest) in `workdir`, restored into `abstract`'s structure, dtypes
-  and shardings. Refuses, naming them, parameters whose stored shape differs.
+  """The params of `step` (default: the newest readable) in `workdir`, restored into `abstract`'s
+  structure, dtypes and shardings (`restore_step` says which step that was)."""
+  return restore_step(workdir, abstract, step, may_lack, report)[1]
+
+
+def restore_step(
+  workdir: str,
+  abstract: Any,
+  step: int | None = None,
+  may_lack: tuple[str, ...] = (),
+  report: Callable[[str], None] = _to_stderr,
+) -> tuple[int, Any]:
+  """(step, params) of `step` in `workdir`, restored into `abstract`'s structure, dtypes and
+  shardings. Refuses, naming them, parameters whose stored shape differs.
+
+  Without `step`, the newest step that reads back whole: a damaged newer one is `report`ed and
+  skipped, and left as it is (reading never moves or rewrites a checkpoint). A named `step` that is
+  damaged is an `UnreadableStepError`.
 
   Parameters under the path names `may_lack` (e.g. an exit classifier a run adds to the model it
   starts from) may be absent from the checkpoint: they are then absent from the result too, and the
@@ -230,33 +333,39 @@ def restore_params(
     )
   checkpointer = Checkpointer(workdir, config, async_save=False)
   try:
-    step = checkpointer.latest_step() if step is None else step
-    if step is None:
+    steps = sorted(checkpointer.manager.all_steps(), reverse=True) if step is None else [step]
+    if not steps:
       raise MissingPathError(f"No checkpoint under {workdir}/{CHECKPOINT_DIR}.")
-    stored = checkpointer.manager.item_metadata(step)["state"]["params"]
-    if may_lack:
-      have = set(flat_params(stored))
-      abstract = filter_params(abstract, lambda p: p in have or not path_holds(p, may_lack))
-    target, to_current = _restore_target(stored, abstract)
-    problems = _shape_mismatches(stored, target)
-    if problems:
-      raise UserError(
-        f"Checkpoint {step} in {workdir} does not fit the model: " + "; ".join(problems[:10])
-      )
-    restored = checkpointer.manager.restore(
-      step, args=ocp.args.Composite(state=_restore_args({"params": target}, partial=True))
-    )
+    for candidate in steps:
+      try:
+        target = {"params": abstract}
+        params = _read_step(
+          checkpointer.manager, candidate, target, workdir, partial=True, may_lack=may_lack
+        )["params"]
+        return candidate, params
+      except UnreadableStepError as error:
+        if step is not None or candidate == steps[-1]:
+          raise
+        report(f"{error} Skipped (left as it is).")
   finally:
     checkpointer.close()
-  return to_current(restored["state"]["params"])
 
 
 def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder:
-  """A ready model from a workdir: its `model_config.json` + the params of `step` (default newest)."""
+  """A ready model from a workdir: its `model_config.json` + the params of `step` (default: the
+  newest readable one)."""
+  return load_step(workdir, step)[1]
+
+
+def load_step(
+  workdir: str, step: int | None = None, report: Callable[[str], None] = _to_stderr
+) -> tuple[int, MultiExitEncoderDecoder]:
+  """(step, model) as `load_model`, saying which step a default of the newest came to."""
   config = read_model_config(workdir)
   if config is None:
     raise MissingPathError(
       f"{model_config_path(workdir)} not found: {workdir} is not a deed-jax workdir."
     )
   graphdef, abstract = abstract_params(config)
-  return nnx.merge(graphdef, restore_params(workdir, abstract, step))
+  step, params = restore_step(workdir, abstract, step, report=report)
+  return step, nnx.merge(graphdef, params)

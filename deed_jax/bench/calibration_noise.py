@@ -163,7 +163,7 @@ def main(argv):
   workdir = _WORKDIR.value
   if not workdir:
     raise UserError("--workdir is required.")
-  model_config, step = check_workdir(workdir, None)
+  model_config, _ = check_workdir(workdir, None)
   thresholds = check_options(
     parse_thresholds(_THRESHOLDS.value), _BATCH_SIZE.value, 0, 0.0, 0.5, calibrate=False
   )
@@ -182,7 +182,7 @@ def main(argv):
   for size in sizes:
     calibration.check_sizes(size, _TEST_SIZE.value, pool)
 
-  model = checkpoint.load_model(workdir, step)
+  step, model = checkpoint.load_step(workdir)  # the newest readable step
   quality = lambda setting: np.concatenate(
     [
       split_quality(model, s, setting, config.task.metric, _CONFIDENCE.value, _BATCH_SIZE.value)

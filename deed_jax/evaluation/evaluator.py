@@ -311,7 +311,7 @@ def evaluate(
 ) -> dict:
   """Evaluate `workdir` (see the module docstring); -> the report as written to report.json."""
   # Everything a user can get wrong, before anything is decoded or written.
-  model_config, step, thresholds, config = _check_inputs(workdir, config, options)
+  model_config, thresholds, config = _check_inputs(workdir, config, options)
   metric = config.task.metric
   evaluation_split = Split(config, model_config, options.split, options.num_examples, workdir)
   calibration_data = None
@@ -319,7 +319,7 @@ def evaluate(
     calibration_data = Split(
       config, model_config, options.calibration_split, options.num_calibration_examples, workdir
     )
-  model = checkpoint.load_model(workdir, step)
+  step, model = checkpoint.load_step(workdir, options.step)  # default: the newest readable
 
   chosen, result_calibration = _threshold(
     model, workdir, calibration_data, thresholds, metric, options, progress
@@ -356,10 +356,10 @@ def evaluate(
 
 def _check_inputs(
   workdir: str, config: ml_collections.ConfigDict | None, options: EvaluateOptions
-) -> tuple[ModelConfig, int, list[float], ml_collections.ConfigDict]:
-  """-> (the workdir's model config, the step evaluated, the threshold grid, the task's config),
+) -> tuple[ModelConfig, list[float], ml_collections.ConfigDict]:
+  """-> (the workdir's model config, the threshold grid, the task's config),
   or an error naming the value that cannot work; reads only the workdir's JSON files."""
-  model_config, step = check_workdir(workdir, options.step)
+  model_config, _ = check_workdir(workdir, options.step)
   thresholds = check_options(
     options.thresholds,
     options.batch_size,
@@ -379,7 +379,7 @@ def _check_inputs(
   Setting("deed", threshold=0.5, **options.early_exit).decode_config(
     model_config.max_target_length, options.confidence
   ).resolve(model_config)
-  return model_config, step, thresholds, config
+  return model_config, thresholds, config
 
 
 def _store_choice(

@@ -25,6 +25,7 @@ from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation.evaluator import EvaluateOptions, check_workdir, evaluate
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
 from deed_jax.workdir import DECODE_CONFIG_FILE, TRAIN_CONFIG_FILE, read_decode_config
+from tests.checkpoint_damage import damage_step
 from tests.training.configs import tiny_text_config, train_tiny
 
 THRESHOLDS = (0.0, 0.5, 1.0)
@@ -332,3 +333,33 @@ def test_a_stray_file_among_the_checkpoints_is_not_a_step(trained, tmp_path):
   _, step = check_workdir(str(workdir), None)
   assert step == newest
   assert checkpoint.load_model(str(workdir)).config.decoder_layers == 2
+
+
+def test_a_damaged_newest_step_is_skipped_and_a_named_one_refused(trained, tmp_path):
+  """python -m deed_jax.evaluate when the newest step lost its orbax manifest: the step before is
+  evaluated, after one line naming the damaged one (left as it is); `--step` naming it is one
+  `error:` line. (Every kind of damage: tests/training/test_damaged_checkpoints.py.)"""
+  workdir = tmp_path / "copy"
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("evaluation"))
+  steps = workdir / "checkpoints"
+  good = max(int(p.name) for p in steps.iterdir() if p.name.isdigit())
+  shutil.copytree(steps / str(good), steps / str(good + 1))  # a newer step, then damaged
+  damage_step(steps / str(good + 1), "manifest_garbage")
+  before = sorted(p.name for p in steps.iterdir())
+  command = [sys.executable, "-m", "deed_jax.evaluate", f"--workdir={workdir}", "--split=validation",
+             "--num_examples=2", "--thresholds=0.5", "--batch_size=1"]  # fmt: skip
+  named = subprocess.run(command + [f"--step={good + 1}"], capture_output=True, text=True)
+  lines = named.stderr.strip().splitlines()
+  assert named.returncode == 2 and len(lines) == 1, named.stderr[-2000:]
+  assert (
+    lines[0].startswith(f"error: Checkpoint step {good + 1} (") and "cannot be read" in lines[0]
+  )
+  assert not (workdir / "evaluation").exists()
+
+  run = subprocess.run(command, capture_output=True, text=True)
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert f"Checkpoint step {good + 1} (" in run.stderr and "Skipped" in run.stderr
+  assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) <= 5, run.stderr
+  with open(workdir / "evaluation" / "report.json") as f:
+    assert json.load(f)["step"] == good
+  assert sorted(p.name for p in steps.iterdir()) == before  # nothing moved

@@ -15,6 +15,7 @@ from deed_jax import checkpoint
 from deed_jax.config_defaults import run_changes
 from deed_jax.train import RESULTS_FILE, train_and_evaluate
 from deed_jax.workdir import MODEL_CONFIG_FILE, TRAIN_CONFIG_FILE
+from tests.checkpoint_damage import damage_step
 from tests.training.configs import tiny_text_config, train_tiny
 
 
@@ -177,21 +178,20 @@ def test_checkpoint_in_the_legacy_embedding_layout_restores_and_resumes(
 
 
 def test_unreadable_newest_checkpoint_is_skipped_not_deleted(tmp_path, tfds_dir, capsys):
+  """End to end for one damage (every kind: tests/training/test_damaged_checkpoints.py)."""
   config = tiny_text_config(tfds_dir, total_steps=3, checkpoint_every_steps=1)
   workdir = tmp_path / "run"
   assert train_and_evaluate(config, str(workdir), stop_at_step=2, progress=False) is None
-  data = workdir / "checkpoints" / "2" / "state" / "d"
-  largest = max(data.iterdir(), key=lambda p: p.stat().st_size)
-  size = largest.stat().st_size
-  with open(largest, "r+b") as f:  # a file cut short, as by a full disk or an interrupted copy
-    f.truncate(size // 2)
+  step_dir = workdir / "checkpoints" / "2"
+  cut = damage_step(step_dir, "data_cut_short")
+  size = os.path.getsize(cut)
   capsys.readouterr()
   results = train_and_evaluate(config, str(workdir), progress=False)
   out = capsys.readouterr().out
-  assert f"Checkpoint step 2 ({workdir / 'checkpoints' / '2'}) cannot be read" in out
+  assert f"Checkpoint step 2 ({step_dir}) cannot be read" in out and "does not fit" not in out
   assert "Resumed from step 1" in out and results["step"] == 3
-  aside = workdir / "checkpoints" / "2.unreadable" / "state" / "d" / largest.name
-  assert aside.stat().st_size == size // 2  # kept as it was, for a person to look at
+  aside = workdir / "checkpoints" / "2.unreadable" / os.path.relpath(cut, step_dir)
+  assert aside.stat().st_size == size  # kept as it was, for a person to look at
   step, state = _final_state(str(workdir))
   assert step == 3 and int(state["step"]) == 3
 
