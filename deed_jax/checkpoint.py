@@ -5,8 +5,9 @@ A workdir (layout in `deed_jax.workdir`) holds `model_config.json` (the architec
 step, see `deed_jax.data.pipeline.train_batches`). Saves are async, the newest `keep` are kept, and
 training resumes from the newest one that reads back whole: a damaged step (its metadata lost, a file
 truncated by a failing disk, a copy cut short) is reported, moved aside to `<step>.unreadable` and
-skipped, never deleted; reading a model for evaluation or export skips it and leaves it. Arrays restore into whatever shardings the caller asks for, so a run resumes on another mesh
-or number of processes. A checkpoint written for another architecture is refused with the differing
+skipped, never deleted; reading a model for evaluation or export skips it and leaves it. Arrays
+restore into whatever shardings the caller asks for, so a run resumes on another mesh or number of
+processes. A checkpoint written for another architecture is refused with the differing
 options/shapes named, and left as it is. (Checkpoints of earlier versions also hold a `data` item,
 the grain reader's position; it is no longer read.)
 

@@ -23,20 +23,32 @@ PLAIN_SEARCH = dict(
 
 
 def hf_generate(
-  hf_model, inputs: dict, max_new_tokens: int, *, eos_id: int, pad_id: int, **search
+  hf_model,
+  inputs: dict,
+  max_new_tokens: int,
+  *,
+  eos_id: int,
+  pad_id: int,
+  prompt=None,
+  **search,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-  """-> tokens [B * num_return_sequences, <= max_new_tokens], beam scores (None for greedy)."""
+  """-> tokens [B * num_return_sequences, <= max_new_tokens], beam scores (None for greedy).
+  `prompt` ([B, P] ids, the start token first) is passed as `decoder_input_ids`; the tokens returned
+  are those after it."""
   import torch  # pylint: disable=g-import-not-at-top
 
+  extra = {} if prompt is None else {"decoder_input_ids": torch.as_tensor(np.asarray(prompt))}
   with torch.inference_mode():
     out = hf_model.generate(
       **inputs,
+      **extra,
       max_new_tokens=max_new_tokens,
       return_dict_in_generate=True,
       output_scores=True,
       **{**PLAIN_SEARCH, **search},
     )
-  tokens = out.sequences[:, 1:].cpu().numpy()  # drop the decoder start token
+  start = 1 if prompt is None else np.shape(prompt)[1]
+  tokens = out.sequences[:, start:].cpu().numpy()  # drop the decoder start token / the prompt
   # What HF leaves after a hypothesis' EOS is filler (EOS or pad, by version); ours is pad.
   is_eos = tokens == eos_id
   tokens = np.where(np.cumsum(is_eos, axis=1) - is_eos > 0, pad_id, tokens)

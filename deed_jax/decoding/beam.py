@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.decode_step import DecoderState, DecodeStep, ExitChoice, StepWork
 from deed_jax.decoding.output import DecodeOutput, Hypotheses
+from deed_jax.decoding.prompts import Prompt
 from deed_jax.models import MultiExitEncoderDecoder
 
 Array = jax.Array
@@ -28,7 +29,7 @@ _UNREACHABLE = -1.0e9  # HF's initial score of beams 2..K, so the first step exp
 
 
 class _Beams(NamedTuple):
-  position: Array  # [] int32
+  position: Array  # [] int32: new tokens so far (the cache slot is the prompt's last + this)
   last_token: Array  # [B * K] int32
   done: Array  # [B] bool
   decoder: DecoderState  # rows b * K + k
@@ -61,23 +62,32 @@ def beam_decode(
   encoder_inputs: dict,
   config: DecodeConfig,
   threshold: Array | float,
+  prompt: Prompt,
 ) -> DecodeOutput:
-  """Pure function of the model's arrays (call it under jit). `config` must be `resolve`d."""
+  """Pure function of the model's arrays (call it under jit). `config` must be `resolve`d; `prompt`
+  is every row's (`prompts.make_prompt`), shared by its beams."""
   n, k = config.max_new_tokens, config.num_beams
   encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
   batch = encoder_out.shape[0]
   repeat = lambda x: jnp.repeat(x, k, axis=0)  # [B, ...] -> [B * K, ...], beams of a row adjacent
+  beam_prompt = Prompt(*(repeat(jnp.asarray(x)) for x in prompt))
   decode_step = DecodeStep(
-    model, repeat(encoder_out), repeat(encoder_mask), config, threshold, log_probs=True
+    model,
+    repeat(encoder_out),
+    repeat(encoder_mask),
+    config,
+    threshold,
+    beam_prompt,
+    log_probs=True,
   )
+  first = decode_step.first_slot
 
   def step(beams: _Beams) -> _Beams:
-    decoder, emitted, work = decode_step(
-      beams.decoder, beams.position, beams.last_token, repeat(~beams.done)
-    )
+    slot = first + beams.position
+    decoder, emitted, work = decode_step(beams.decoder, slot, beams.last_token, repeat(~beams.done))
     return _advance(beams, decoder, emitted, work, config)
 
-  init = _initial_beams(batch, config, decode_step.init_state(), model.config.decoder_layers)
+  init = _initial_beams(config, decode_step.init_state(), beam_prompt, model.config.decoder_layers)
   final = jax.lax.while_loop(lambda s: (s.position < n) & jnp.any(~s.done), step, init)
 
   # Rows that reached max_new_tokens offer their live beams too.
@@ -98,15 +108,16 @@ def beam_decode(
 
 
 def _initial_beams(
-  batch: int, config: DecodeConfig, decoder: DecoderState, num_layers: int
+  config: DecodeConfig, decoder: DecoderState, prompt: Prompt, num_layers: int
 ) -> _Beams:
-  """Every row starts from the start token with K beams, of which only the first can be expanded."""
+  """Every row starts from its prompt with K beams, of which only the first can be expanded."""
   n, k = config.max_new_tokens, config.num_beams
+  batch = prompt.tokens.shape[0] // k
   empty = lambda fill, dtype: jnp.full((batch, k, n), fill, dtype)
   live_scores = jnp.zeros((batch, k), jnp.float32).at[:, 1:].set(_UNREACHABLE)
   return _Beams(
     position=jnp.int32(0),
-    last_token=jnp.full((batch * k,), config.bos_id, jnp.int32),
+    last_token=prompt.tokens[:, -1].astype(jnp.int32),  # [B * K] each row's last prompt token
     done=jnp.zeros((batch,), bool),
     decoder=decoder,
     live=Hypotheses(

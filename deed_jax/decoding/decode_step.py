@@ -24,6 +24,10 @@ run-once loop enters the backfilling layers (`backfilling_layers`), which run th
 then p. So a step that backfills nothing evaluates at most two predicates per layer it runs (each a
 device-to-host round trip on GPUs); one that backfills pays more, once.
 
+A prompt (`prompts`) is computed before the first step, one block per layer (`init_state`); its rows
+are left-padded so that every row decodes at the same cache slot p, with its own positions (slot
+minus padding) and its padding slots masked out.
+
 The model is reached only through the decoder's incremental seam (`Decoder.init_cache`,
 `cross_memory`, `embed`, `run_block`, `exit`, `exit_probability`, and `self_kv` for copy mode) and the
 shared head (`model.logits`); the caches only through `KVCache`'s operations.
@@ -41,6 +45,7 @@ from deed_jax.decoding.confidence import confidence_from_log_probs, needs_head, 
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.exit_modes import EXIT_MODES
 from deed_jax.decoding.loops import run_once
+from deed_jax.decoding.prompts import Prompt, start_prompt
 from deed_jax.models import MultiExitEncoderDecoder
 from deed_jax.models.kv_cache import KVCache
 
@@ -48,11 +53,12 @@ Array = jax.Array
 
 
 class DecoderState(NamedTuple):
-  """What the decoder keeps between steps. R rows (batch, or batch x beams); T_c = N + chunk (slack
-  for padded blocks: `dynamic_update_slice` clamps out-of-range starts, see docs/decoding.md)."""
+  """What the decoder keeps between steps. R rows (batch, or batch x beams); T_c = P - 1 + N + chunk
+  cache slots: the prompt's, the new tokens', and slack for padded blocks (`dynamic_update_slice`
+  clamps out-of-range starts, see docs/decoding.md)."""
 
   caches: tuple[KVCache, ...]  # L x (k, v) [R, H, T_c, Dh]
-  fill: Array  # [L] int32: positions [0, fill[j]) are computed at layer j (batch-wide)
+  fill: Array  # [L] int32: slots [0, fill[j]) are computed at layer j (batch-wide)
   frontier: Array  # [R, T_c, D]: output of the deepest computed layer at each position
 
   def take_rows(self, rows: Array) -> DecoderState:
@@ -104,9 +110,9 @@ class _LayerCarry(NamedTuple):
 class _Position(NamedTuple):
   """What every layer of one step reads about the position being decoded."""
 
-  index: Array  # [] int32, p
+  index: Array  # [] int32, p: the cache slot being decoded (the same in every row)
   live: Array  # [R] bool: rows that have not ended
-  bias: Array  # [1, 1|H, 1, T_c]: every layer's self-attention bias at p
+  bias: Array  # [1|R, 1|H, 1, T_c]: every layer's self-attention bias at p
 
 
 def block_widths(chunk: int) -> list[int]:
@@ -116,12 +122,13 @@ def block_widths(chunk: int) -> list[int]:
 
 
 class DecodeStep:
-  """One token through the exits; built once per decode call: `init_state()`, then
-  `__call__(state, position, last_token, live)` per position.
+  """One token through the exits; built once per decode call: `init_state()` (the prompt's slots
+  computed), then `__call__(state, slot, last_token, live)` per slot from `first_slot`.
 
-  `encoder_out` [R, S, D] and `encoder_mask` [R, S] are per row (beam search repeats them). `config`
-  must be `resolve`d; `threshold` may be traced. With `log_probs` the step also emits each row's
-  log-probabilities over the vocabulary at its exit (beam search scores all continuations).
+  `encoder_out` [R, S, D], `encoder_mask` [R, S] and `prompt` (left-padded, `prompts.Prompt`; None:
+  the start token alone) are per row (beam search repeats them). `config` must be `resolve`d;
+  `threshold` may be traced. With `log_probs` the step also emits each row's log-probabilities over
+  the vocabulary at its exit (beam search scores all continuations).
   """
 
   def __init__(
@@ -131,6 +138,7 @@ class DecodeStep:
     encoder_mask: Array,
     config: DecodeConfig,
     threshold: Array | float,
+    prompt: Prompt | None = None,
     *,
     log_probs: bool = False,
   ):
@@ -145,18 +153,42 @@ class DecodeStep:
     self.num_layers = cfg.decoder_layers
     self.chunk = self.mode.backfill_chunk(config)
     self.widths = block_widths(self.chunk) if self.chunk > 1 else []
-    self.cache_length = config.max_new_tokens + self.chunk  # Slack for padded blocks.
+    self.prompt = start_prompt(self.rows, config.bos_id) if prompt is None else prompt
+    # Every row's last prompt token (its first new token's input) sits at this slot.
+    self.first_slot = self.prompt.length - 1
+    # Rows' padding slots; None when no row has any (prompts of one token: the start token).
+    self.pad = self.prompt.pad if self.first_slot > 0 else None
+    self.cache_length = self.first_slot + config.max_new_tokens + self.chunk  # + padded-block slack
     self.last_layer = self.mode.top_layer(config, self.num_layers) - 1  # 0-based
     self.memory = self.decoder.cross_memory(encoder_out, encoder_mask)  # once per call
     self.dtype = jnp.dtype(cfg.dtype)
     self.d_model = cfg.d_model
 
   def init_state(self) -> DecoderState:
-    return DecoderState(
+    """Empty caches, then the prompt's slots before `first_slot` computed at every layer up to the top
+    one (one block per layer, as a backfill: a prompt is never decoded token by token)."""
+    state = DecoderState(
       caches=self.decoder.init_cache(self.rows, self.cache_length),
       fill=jnp.zeros((self.num_layers,), jnp.int32),
       frontier=jnp.zeros((self.rows, self.cache_length, self.d_model), self.dtype),
     )
+    if self.first_slot == 0:
+      return state
+    width = self.first_slot
+    x = self.decoder.embed(self.prompt.tokens[:, :width], self._positions(jnp.arange(width)))
+    frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x.astype(self.dtype), 0, axis=1)
+    caches = list(state.caches)
+    for j in range(self.last_layer + 1):  # [R, P - 1, D] through layer j
+      _, frontier, caches[j] = self._block(j, width, width)((0, frontier, caches[j]))
+    fill = jnp.where(jnp.arange(self.num_layers) <= self.last_layer, width, 0).astype(jnp.int32)
+    return DecoderState(tuple(caches), fill, frontier)
+
+  def _positions(self, slots: Array) -> Array:
+    """Each row's positions at cache `slots` [W]: [W], or [R, W] when rows have padding slots (whose
+    positions clip to 0; they are masked out anyway)."""
+    if self.pad is None:
+      return slots
+    return jnp.maximum(slots[None, :] - self.pad[:, None], 0)
 
   # -----------------------------------------------------------------------------------------------
   # The step: layers up the stack until every row has its token.
@@ -164,16 +196,17 @@ class DecodeStep:
   def __call__(
     self, state: DecoderState, position: Array, last_token: Array, live: Array
   ) -> tuple[DecoderState, ExitChoice, StepWork]:
-    """Decode `position` (traced []) from `last_token` [R]; rows with `live` False never force depth.
+    """Decode slot `position` (traced []) from `last_token` [R]; rows with `live` False never force
+    depth.
 
     Layers j+1.. sit inside a `while_loop` that runs at most once, entered only if some row still
     needs them: skipping the rest of the stack costs one predicate. The layout is in the module
     docstring.
     """
     p = position
-    x = self.decoder.embed(last_token[:, None], p[None]).astype(self.dtype)  # [R, 1, D]
-    frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x, p, axis=1)
-    at = _Position(p, live, self.decoder.block_bias(p, 1, self.cache_length))
+    x = self.decoder.embed(last_token[:, None], self._positions(p[None])).astype(self.dtype)
+    frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x, p, axis=1)  # x [R, 1, D]
+    at = _Position(p, live, self.decoder.block_bias(p, 1, self.cache_length, self.pad))
     work = StepWork(jnp.int32(0), jnp.zeros((self.num_layers,), jnp.int32))
     # The caller only steps while some row is live, so layer 1 always runs.
     top = self._layers_from(
@@ -264,7 +297,8 @@ class DecodeStep:
     def body(carry):
       block_start, frontier, cache = carry
       x = jax.lax.dynamic_slice_in_dim(frontier, block_start, width, axis=1)  # [R, W, D]
-      y, cache = self.decoder.run_block(j, x, block_start, cache, self.memory)  # [R, W, D]
+      bias = self.decoder.block_bias(block_start, width, self.cache_length, self.pad)
+      y, cache = self.decoder.run_block(j, x, block_start, cache, self.memory, bias)  # [R, W, D]
       if deferred_only:
         real = block_start + jnp.arange(width) < position  # [W]
         y = jnp.where(real[None, :, None], y.astype(x.dtype), x)

@@ -18,20 +18,28 @@ from deed_jax.decoding.beam import beam_decode
 from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.decoding.greedy import greedy_decode
 from deed_jax.decoding.output import DecodeOutput
+from deed_jax.decoding.prompts import Prompt, make_prompt
 from deed_jax.models import MultiExitEncoderDecoder
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "config"))
-def _generate(graphdef, params, encoder_inputs, threshold, *, config: DecodeConfig) -> DecodeOutput:
+def _generate(
+  graphdef, params, encoder_inputs, threshold, prompt: Prompt, *, config: DecodeConfig
+) -> DecodeOutput:
   decode = beam_decode if config.strategy == "beam" else greedy_decode
-  return decode(nnx.merge(graphdef, params), encoder_inputs, config, threshold)
+  return decode(nnx.merge(graphdef, params), encoder_inputs, config, threshold, prompt)
 
 
 class Generate:
   """`generate` bound to one model and one `DecodeConfig`: the config is checked and the model split
   once, so each call only checks its inputs and runs (use it in loops: benchmarks, evaluation,
-  threshold sweeps). `run(encoder_inputs, threshold=None)`; `run.lower(...)` gives the program that
-  call compiles, for inspection (HLO text, cost analysis)."""
+  threshold sweeps). `run(encoder_inputs, threshold=None, prompt=None)`; `run.lower(...)` gives the
+  program that call compiles, for inspection (HLO text, cost analysis).
+
+  `prompt`: each row's decoder prefix as Hugging Face's `decoder_input_ids`, the start token
+  included (a list of B token-id sequences, lengths may differ, or an int array [B, P]); None: the
+  start token alone. `DecodeOutput` holds only the new tokens after each row's prompt. Programs are
+  compiled per input shape, and so per longest prompt length P."""
 
   def __init__(self, model: MultiExitEncoderDecoder, config: DecodeConfig):
     self.model = model
@@ -41,23 +49,34 @@ class Generate:
     self.static_config = dataclasses.replace(self.config, threshold=0.0)
     self._executables = {}  # input shapes -> compiled program
 
-  def _arguments(self, encoder_inputs: dict, threshold) -> tuple:
+  def _arguments(self, encoder_inputs: dict, threshold, prompt) -> tuple:
     threshold = check_threshold(self.config.threshold if threshold is None else threshold)
     self.model.check_inputs(encoder_inputs)
-    return self.graphdef, self.params, encoder_inputs, np.float32(threshold)
+    cfg, config = self.model.config, self.config
+    prompt = make_prompt(
+      prompt,
+      batch=batch_size(encoder_inputs),
+      vocab_size=cfg.vocab_size,
+      max_new_tokens=config.max_new_tokens,
+      max_target_length=cfg.max_target_length,
+      bos_id=config.bos_id,
+      pad_id=config.pad_id,
+    )
+    return self.graphdef, self.params, encoder_inputs, np.float32(threshold), prompt
 
-  def __call__(self, encoder_inputs: dict, threshold=None) -> DecodeOutput:
-    args = self._arguments(encoder_inputs, threshold)
+  def __call__(self, encoder_inputs: dict, threshold=None, prompt=None) -> DecodeOutput:
+    args = self._arguments(encoder_inputs, threshold, prompt)
     return self._executable(args)(*args[1:])
 
-  def lower(self, encoder_inputs: dict, threshold=None) -> jax.stages.Lowered:
-    return _generate.lower(*self._arguments(encoder_inputs, threshold), config=self.static_config)
+  def lower(self, encoder_inputs: dict, threshold=None, prompt=None) -> jax.stages.Lowered:
+    args = self._arguments(encoder_inputs, threshold, prompt)
+    return _generate.lower(*args, config=self.static_config)
 
   def _executable(self, args: tuple) -> jax.stages.Compiled:
     """The program for these input shapes, compiled once per instance. (Calling the jitted function
     hashes the model's graphdef, a static argument, on every call: about 1 ms for a small model,
     as much as a whole short decode takes on a CPU, and it would count as decoding time.)"""
-    leaves, treedef = jax.tree.flatten(args[2])
+    leaves, treedef = jax.tree.flatten((args[2], args[4]))  # encoder inputs, prompt
     key = (treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves))
     if key not in self._executables:
       self._executables[key] = _generate.lower(*args, config=self.static_config).compile()
@@ -66,8 +85,13 @@ class Generate:
 
 def make_generate(model: MultiExitEncoderDecoder, config: DecodeConfig) -> Generate:
   """Check `config` against the model and split the model once;
-  -> run(encoder_inputs, threshold=None)."""
+  -> run(encoder_inputs, threshold=None, prompt=None)."""
   return Generate(model, config)
+
+
+def batch_size(encoder_inputs: dict) -> int:
+  """The number of rows of (checked) encoder inputs."""
+  return int(np.shape(next(iter(encoder_inputs.values())))[0])
 
 
 def make_encode(model: MultiExitEncoderDecoder) -> Callable[[dict], tuple[jax.Array, jax.Array]]:
@@ -79,7 +103,8 @@ def make_encode(model: MultiExitEncoderDecoder) -> Callable[[dict], tuple[jax.Ar
 
 
 def generate(
-  model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig
+  model: MultiExitEncoderDecoder, encoder_inputs: dict, config: DecodeConfig, prompt=None
 ) -> DecodeOutput:
-  """Decode a batch. Everything a user can get wrong is checked here, before compiling."""
-  return make_generate(model, config)(encoder_inputs)
+  """Decode a batch, each row after its `prompt` (see `Generate`; None: the start token alone).
+  Everything a user can get wrong is checked here, before compiling."""
+  return make_generate(model, config)(encoder_inputs, prompt=prompt)

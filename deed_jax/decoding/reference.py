@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from deed_jax.decoding.confidence import ExitSignals, exit_confidences, exit_signals
 from deed_jax.decoding.config import DecodeConfig, check_threshold
@@ -57,6 +58,11 @@ def fixed_exit(exit_layer: jax.Array | int, kind: str = "max_prob") -> ExitRule:
   return rule
 
 
+def _at(x: jax.Array, t: jax.Array) -> jax.Array:
+  """x [L, B, T, D] at each row's position t [B] -> [L, B, D]."""
+  return jnp.take_along_axis(x, t[None, :, None, None], axis=2)[:, :, 0]
+
+
 def _full_pass_at(
   model: MultiExitEncoderDecoder,
   prefix: jax.Array,
@@ -64,11 +70,24 @@ def _full_pass_at(
   encoder_out: jax.Array,
   encoder_mask: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-  """Every exit's features [L, B, D] and every layer's state [L + 1, B, D] at position t, from a
-  full teacher-forced pass over the decoder input `prefix` [B, N]."""
+  """Every exit's features [L, B, D] and every layer's state [L + 1, B, D] at each row's position
+  t [B], from a full teacher-forced pass over the decoder input `prefix` [B, T]."""
   features, states = model.decoder(prefix, encoder_out, encoder_mask, return_states=True)
-  at_t = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=2, keepdims=False)
-  return at_t(features), at_t(states)
+  return _at(features, t), _at(states, t)
+
+
+def _prompt_layout(
+  prompt, batch: int, bos_id: int, pad_id: int, max_new_tokens: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """Prompts written plainly, each from position 0 (no padding before them, nothing shared with
+  the fast decoder's left-padded layout): -> (decoder input [B, P + N - 1] with each row's prompt
+  at its start and pad after it, prompt lengths [B])."""
+  rows = [[bos_id]] * batch if prompt is None else [list(map(int, row)) for row in prompt]
+  lengths = np.array([len(row) for row in rows], np.int32)
+  prefix = np.full((batch, lengths.max() + max_new_tokens - 1), pad_id, np.int32)
+  for b, row in enumerate(rows):
+    prefix[b, : len(row)] = row
+  return prefix, lengths
 
 
 def greedy_with_rule(
@@ -82,54 +101,67 @@ def greedy_with_rule(
   eos_id: int,
   pad_id: int,
   copy_states: bool = False,
+  prompt=None,
 ) -> ReferenceOutput:
   """The naive loop, from encoder states [B, S, D] and mask [B, S] computed once by the caller.
 
-  `copy_states` (CALM): a position's layers above its exit see K/V projected from its exit state.
+  `prompt`: each row's decoder prefix (token-id lists, the start token included; None: the start
+  token alone); row b's new token i is read at position P_b - 1 + i. `copy_states` (CALM): a
+  generated position's layers above its exit see K/V projected from its exit state (a prompt
+  position has every layer's own state).
   """
   cfg = model.config
-  if not 1 <= max_new_tokens <= cfg.max_target_length:
-    raise ValueError(
-      f"max_new_tokens={max_new_tokens} must be in [1, max_target_length={cfg.max_target_length}]."
-    )
   batch, n = encoder_out.shape[0], max_new_tokens
-  prefix = jnp.full((batch, n), pad_id, jnp.int32).at[:, 0].set(bos_id)  # [B, N] decoder input
+  if n < 1:
+    raise ValueError(f"max_new_tokens={n} must be >= 1.")
+  prefix, lengths = _prompt_layout(prompt, batch, bos_id, pad_id, n)  # [B, T], [B]
+  if prefix.shape[1] > cfg.max_target_length:
+    raise ValueError(
+      f"max_new_tokens={n} with prompts of up to {lengths.max()} tokens needs "
+      f"{prefix.shape[1]} positions; the model has max_target_length={cfg.max_target_length}."
+    )
+  total = prefix.shape[1]
   out = ReferenceOutput(
     jnp.full((batch, n), pad_id, jnp.int32),
     jnp.zeros((batch, n), jnp.int32),
     jnp.zeros((batch, n), jnp.float32),
   )
   done = jnp.zeros((batch,), bool)  # [B]
-  exit_states = jnp.zeros((batch, n, cfg.d_model), jnp.dtype(cfg.dtype))  # [B, N, D], copy only
+  # copy only: each position's exit layer (prompt positions: the last, all their own states) and
+  # exit state [B, T, D]
+  depths = jnp.full((batch, total), cfg.decoder_layers, jnp.int32)
+  exit_states = jnp.zeros((batch, total, cfg.d_model), jnp.dtype(cfg.dtype))
+  rows = jnp.arange(batch)
 
-  def step(t, carry):
-    prefix, out, done, exit_states = carry
+  def step(i, carry):
+    prefix, out, done, depths, exit_states = carry
+    t = jnp.asarray(lengths) - 1 + i  # [B] each row's position
     if copy_states:
       # [L + 1, B, D], [L, B, D]
       states, features = copied_state_pass(
-        model, prefix, t, out.exit_layers, exit_states, encoder_out, encoder_mask
+        model, prefix, t, depths, exit_states, encoder_out, encoder_mask
       )
     else:
       features, states = _full_pass_at(model, prefix, t, encoder_out, encoder_mask)
     signals = exit_signals(model, features, states)  # logits [L, B, V], ...
-    logits = signals.logits
     chosen, conf = rule(signals)  # [B], [B]
-    token = jnp.take_along_axis(jnp.argmax(logits, axis=-1), chosen[None], axis=0)[0]  # [B]
-    token = jnp.where(done, pad_id, token).astype(jnp.int32)
+    token = jnp.take_along_axis(jnp.argmax(signals.logits, axis=-1), chosen[None], axis=0)[0]
+    token = jnp.where(done, pad_id, token).astype(jnp.int32)  # [B]
     out = ReferenceOutput(
-      out.tokens.at[:, t].set(token),
-      out.exit_layers.at[:, t].set(jnp.where(done, 0, chosen + 1)),
-      out.confidences.at[:, t].set(jnp.where(done, 0.0, conf)),
+      out.tokens.at[:, i].set(token),
+      out.exit_layers.at[:, i].set(jnp.where(done, 0, chosen + 1)),
+      out.confidences.at[:, i].set(jnp.where(done, 0.0, conf)),
     )
     if copy_states:
       state = jnp.take_along_axis(states[1:], chosen[None, :, None], axis=0)[0]  # [B, D]
-      exit_states = exit_states.at[:, t].set(state.astype(exit_states.dtype))
-    next_index = jnp.minimum(t + 1, n - 1)  # The last step's token is not fed back.
-    prefix = jnp.where(t + 1 < n, prefix.at[:, next_index].set(token), prefix)
-    return prefix, out, done | (token == eos_id), exit_states
+      exit_states = exit_states.at[rows, t].set(state.astype(exit_states.dtype))
+      depths = depths.at[rows, t].set(jnp.where(done, 0, chosen + 1))
+    # The last step's token is not fed back.
+    prefix = jnp.where(i + 1 < n, prefix.at[rows, jnp.minimum(t + 1, total - 1)].set(token), prefix)
+    return prefix, out, done | (token == eos_id), depths, exit_states
 
-  _, out, _, _ = jax.lax.fori_loop(0, n, step, (prefix, out, done, exit_states))
-  return out
+  carry = (jnp.asarray(prefix), out, done, depths, exit_states)
+  return jax.lax.fori_loop(0, n, step, carry)[1]
 
 
 def copied_state_pass(
@@ -141,22 +173,23 @@ def copied_state_pass(
   encoder_out: jax.Array,
   encoder_mask: jax.Array,
 ) -> tuple[jax.Array, jax.Array]:
-  """The whole decoder over the prefix [B, N], where each earlier position's layers above its exit
-  (exit_layers [B, N], 1-based) take K/V from its exit state [B, N, D] (its exit layer's output).
+  """The whole decoder over the prefix [B, T], where each position before t (each row's, [] or [B])
+  takes, at its layers above its exit (exit_layers [B, T], 1-based), K/V from its exit state
+  [B, T, D] (its exit layer's output).
 
   -> the layer states at t [L + 1, B, D] (the embedding first) and the exit features at t [L, B, D].
   """
   positions = jnp.arange(prefix.shape[1])
+  t = jnp.broadcast_to(t, prefix.shape[:1])  # [B]
 
-  def kv_input_fn(j, x):  # x [B, N, D]
-    own_state = (positions[None, :] >= t) | (exit_layers >= j + 1)  # [B, N]
+  def kv_input_fn(j, x):  # x [B, T, D]
+    own_state = (positions[None, :] >= t[:, None]) | (exit_layers >= j + 1)  # [B, T]
     return jnp.where(own_state[..., None], x, exit_states.astype(x.dtype))
 
-  at_t = lambda x: jax.lax.dynamic_index_in_dim(x, t, axis=2, keepdims=False)
   features, states = model.decoder(
     prefix, encoder_out, encoder_mask, kv_input_fn=kv_input_fn, return_states=True
   )
-  return at_t(states), at_t(features)
+  return _at(states, t), _at(features, t)
 
 
 def greedy_at_exit(
@@ -197,8 +230,10 @@ def greedy_reference(
   encoder_inputs: dict,
   config: DecodeConfig,
   threshold: jax.Array | float | None = None,
+  prompt=None,
 ) -> ReferenceOutput:
-  """What greedy decoding with `config.exit_mode` must produce.
+  """What greedy decoding with `config.exit_mode` must produce, after each row's `prompt` (token-id
+  lists; None: the start token alone).
 
   `threshold` (default `config.threshold`) may be traced. deed, oracle and copy share the rule: the
   first confident layer (of the full model's features; for copy, of the copied-state model's).
@@ -230,4 +265,5 @@ def greedy_reference(
     eos_id=config.eos_id,
     pad_id=config.pad_id,
     copy_states=config.exit_mode == "copy",
+    prompt=prompt,
   )

@@ -21,6 +21,7 @@ from deed_jax.models.config import ModelConfig
 from deed_jax.models.exits import ExitAdapter, ExitClassifier
 from deed_jax.models.kv_cache import KVCache
 from deed_jax.models.layers import (
+  NEG_INF,
   Norm,
   PositionEmbedding,
   RelativePositionBias,
@@ -64,7 +65,7 @@ class Decoder(nnx.Module):
       self.final_norm = Norm(config)
 
   def embed(self, token_ids: Array, positions: Array) -> Array:
-    """token_ids [B, T], positions [T] -> [B, T, D] in the compute dtype."""
+    """token_ids [B, T], positions [T] or [B, T] -> [B, T, D] in the compute dtype."""
     cfg = self.config
     x = self.token_embedding.embed(token_ids) + self.positions(positions)
     if cfg.embedding_norm:
@@ -93,10 +94,18 @@ class Decoder(nnx.Module):
       padding_bias(encoder_mask),
     )
 
-  def block_bias(self, start: Array | int, width: int, cache_length: int) -> Array:
-    """The self-attention bias of a block [start, start + W) over a cache of `cache_length`
-    positions: [1, 1|H, W, T]. The same for every layer, so a caller may build it once."""
-    return self.self_bias(start + jnp.arange(width), jnp.arange(cache_length))
+  def block_bias(
+    self, start: Array | int, width: int, cache_length: int, pad: Array | None = None
+  ) -> Array:
+    """The self-attention bias of a block of slots [start, start + W) over a cache of
+    `cache_length` slots: [1, 1|H, W, T], or [R, 1|H, W, T] with `pad` [R] (left-padded prompts:
+    row r's slots [0, pad[r]) are padding, masked out). The same for every layer, so a caller may
+    build it once."""
+    slots = jnp.arange(cache_length)
+    bias = self.self_bias(start + jnp.arange(width), slots)
+    if pad is None:
+      return bias
+    return bias + jnp.where(slots[None, :] < pad[:, None], NEG_INF, 0.0)[:, None, None, :]
 
   def run_block(
     self,

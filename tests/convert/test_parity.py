@@ -35,10 +35,16 @@ def test_final_exit_logits_match_pytorch(converted, name):
   assert np.abs(logits[0] - logits[-1]).max() > 1e-2
 
 
-def _hf_generate(c, inputs, **search) -> tuple[np.ndarray, np.ndarray | None]:
+def _hf_generate(c, inputs, prompt=None, **search) -> tuple[np.ndarray, np.ndarray | None]:
   config = c.model.config
   return hf_generate(
-    c.hf_model, inputs, MAX_NEW_TOKENS, eos_id=config.eos_id, pad_id=config.pad_id, **search
+    c.hf_model,
+    inputs,
+    MAX_NEW_TOKENS,
+    eos_id=config.eos_id,
+    pad_id=config.pad_id,
+    prompt=prompt,
+    **search,
   )
 
 
@@ -53,6 +59,35 @@ def test_greedy_matches_hf_generate(converted, name):
   )  # DEED that never exits
   np.testing.assert_array_equal(np.asarray(out.tokens), expected)
   _check_varied(expected, c.model.config.eos_id)
+
+
+@pytest.mark.parametrize("name", ["bart", "t5_v1_1", "donut"])
+def test_greedy_with_ragged_prompts_matches_hf_generate(converted, name):
+  """A ragged batch of decoder prompts against HF `generate(decoder_input_ids=...)` one row at a
+  time. Each prompt is the start token and the first k_b tokens of the model's own greedy output, so
+  the prompted decisions are the unprompted ones (checked far from ties) continued."""
+  c = converted(name, trained=True)
+  inputs = hf_models.parity_batch(c.hf_model)
+  config = c.model.config
+  plain, _ = _hf_generate(c, inputs, num_beams=1)
+  prompts = [[config.bos_id] + plain[b, :k].tolist() for b, k in enumerate((1, 3, 0, 2))]
+  expected = []
+  for b, prompt in enumerate(prompts):
+    row = {k: v[b : b + 1] for k, v in inputs.items()}
+    tokens, _ = _hf_generate(c, row, num_beams=1, prompt=[prompt])
+    expected.append(pad_to(tokens, MAX_NEW_TOKENS, config.pad_id)[0])
+  out = generate(
+    c.model,
+    hf_models.to_ours(inputs),
+    DecodeConfig(max_new_tokens=MAX_NEW_TOKENS, threshold=1.5),
+    prompt=prompts,
+  )
+  np.testing.assert_array_equal(np.asarray(out.tokens), np.array(expected))
+  for b, k in enumerate((1, 3, 0, 2)):  # each row continues its prompt as unprompted decoding does
+    n = MAX_NEW_TOKENS - k
+    np.testing.assert_array_equal(
+      np.array(expected)[b, :n], pad_to(plain, MAX_NEW_TOKENS, config.pad_id)[b, k:]
+    )
 
 
 def _check_varied(tokens: np.ndarray, eos_id: int) -> None:

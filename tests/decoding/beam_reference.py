@@ -77,6 +77,7 @@ def beam_search(
   allowed_exit_layers=None,
   confidence="max_prob",
   copy_states=False,
+  prompt=None,
 ):
   """-> BeamResult: per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)];
   per step, the deepest exit any beam of a still-running row took ([max_new_tokens] ints, 0 once every
@@ -84,12 +85,18 @@ def beam_search(
   ran before it was done.
 
   `copy_states` (CALM's copy mode): each beam's earlier positions feed the layers above their exit
-  K/V projected from their exit state, through the naive reference's copied-state forward."""
+  K/V projected from their exit state, through the naive reference's copied-state forward.
+
+  `prompt`: each row's decoder prefix (token-id lists with the start token; None: the start token
+  alone); its beams continue it, and row b's step p reads position P_b - 1 + p."""
   cfg = model.config
   k, n = num_beams, max_new_tokens
+  batch = len(next(iter(encoder_inputs.values())))
+  prompts = [[cfg.bos_id]] * batch if prompt is None else [list(row) for row in prompt]
+  width = max(map(len, prompts)) + n - 1  # every row's prefix, padded
 
-  # Prefixes are padded to n: causal attention makes position p's logits those of the prefix alone,
-  # and one compiled forward serves every step.
+  # Prefixes are padded to `width`: causal attention makes a position's logits those of the prefix
+  # alone, and one compiled forward serves every step.
   @jax.jit
   def forward(inputs, prefix):  # -> [L, K, N, V], [L + 1, K, N, D], [L, K, N, D]
     features, states = model.exit_features(inputs, prefix, return_states=True)
@@ -108,25 +115,33 @@ def beam_search(
     )
 
   pools, layers_run, row_steps = [], [0] * max_new_tokens, []
-  for b in range(len(next(iter(encoder_inputs.values())))):
+  for b in range(batch):
     row_inputs = {
       name: np.repeat(value[b : b + 1], k, axis=0) for name, value in encoder_inputs.items()
     }
+    start = len(prompts[b]) - 1  # the position step 0 reads
     # (sum of log-probs, tokens, exit layers, confidences)
     beams = [(0.0, [], [], [])] + [(-1e9, [], [], [])] * (k - 1)
-    states = [np.zeros((n, cfg.d_model), np.float32)] * k  # per beam: each position's exit state
+    states = [
+      np.zeros((width, cfg.d_model), np.float32)
+    ] * k  # per beam: each position's exit state
     pool, done = [], False
     for p in range(n):
       prefixes = np.array(
-        [[cfg.bos_id] + beam[1] + [cfg.pad_id] * (n - 1 - p) for beam in beams], np.int32
-      )  # [K, N]
-      if copy_states:
-        taken = np.array([beam[2] + [0] * (n - p) for beam in beams], np.int32)  # [K, N]
+        [prompts[b] + beam[1] + [cfg.pad_id] * (width - start - 1 - p) for beam in beams], np.int32
+      )  # [K, width]
+      if copy_states:  # prompt positions keep their own states at every layer
+        taken = np.array(
+          [[cfg.decoder_layers] * start + beam[2] + [0] * (width - start - p) for beam in beams],
+          np.int32,
+        )  # [K, width]
         logits, hidden, features = map(
-          np.asarray, copied_forward(row_inputs, prefixes, p, taken, np.stack(states))
+          np.asarray, copied_forward(row_inputs, prefixes, start + p, taken, np.stack(states))
         )
-      else:  # [L, K, V], [L + 1, K, D], [L, K, D] at p
-        logits, hidden, features = (np.asarray(x)[:, :, p] for x in forward(row_inputs, prefixes))
+      else:  # [L, K, V], [L + 1, K, D], [L, K, D] at the step's position
+        logits, hidden, features = (
+          np.asarray(x)[:, :, start + p] for x in forward(row_inputs, prefixes)
+        )
       log_probs = _log_softmax(logits.astype(np.float64))
       confidences = _confidences(log_probs, hidden, features, confidence, model)  # [L, K]
       candidates = []
@@ -152,7 +167,7 @@ def beam_search(
           new_beams.append((score,) + extended)
           new_states.append(states[i].copy())
           if copy_states:
-            new_states[-1][p] = hidden[layer, i]  # the exit layer's output (1-based layer)
+            new_states[-1][start + p] = hidden[layer, i]  # the exit layer's output (1-based)
         if len(new_beams) == k:
           break
       beams, states = new_beams, new_states
