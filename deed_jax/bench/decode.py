@@ -44,6 +44,7 @@ from flax import nnx
 
 from deed_jax import cli
 from deed_jax.bench.depth import threshold_for_depth
+from deed_jax.bench.model import bench_model, inputs_for
 from deed_jax.bench.report import write_result
 from deed_jax.decoding.confidence import CONFIDENCES, needs_head
 from deed_jax.decoding.config import DecodeConfig
@@ -81,37 +82,6 @@ _MIN_EXIT = flags.DEFINE_integer(
   "threshold 0 (every token exits at M) against fixed k=M; 0: skip.",
 )
 _OUTPUT = flags.DEFINE_string("output", "bench_results/decode.json", "Where the JSON goes.")
-
-
-def bench_model(
-  layers: int,
-  d_model: int,
-  heads: int,
-  d_ff: int,
-  vocab: int,
-  source_length: int,
-  max_new_tokens: int,
-) -> MultiExitEncoderDecoder:
-  """A pre-norm text encoder-decoder (2 encoder layers: the encoder is timed apart)."""
-  config = ModelConfig(
-    vocab_size=vocab,
-    d_model=d_model,
-    num_heads=heads,
-    d_ff=d_ff,
-    encoder_layers=2,
-    decoder_layers=layers,
-    max_source_length=source_length,
-    max_target_length=max_new_tokens,
-    adapter="linear",
-    exit_classifier="linear",
-  )
-  return MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0))
-
-
-def inputs_for(config: ModelConfig, batch: int, seed: int = 0) -> dict:
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(3, config.vocab_size, size=(batch, config.max_source_length)).astype(np.int32)
-  return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
 
 
 class Variant(NamedTuple):

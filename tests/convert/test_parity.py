@@ -70,7 +70,11 @@ def test_greedy_with_ragged_prompts_matches_hf_generate(converted, name):
   inputs = hf_models.parity_batch(c.hf_model)
   config = c.model.config
   plain, _ = _hf_generate(c, inputs, num_beams=1)
-  prompts = [[config.bos_id] + plain[b, :k].tolist() for b, k in enumerate((1, 3, 0, 2))]
+  # k_b of the row's own tokens, never its EOS (rows end where the model decided, chosen from it)
+  ended = [row.index(config.eos_id) if config.eos_id in row else len(row) for row in plain.tolist()]
+  ks = [min(k, end) for k, end in zip((1, 3, 0, 2), ended)]
+  assert len(set(ks)) >= 3, (ks, plain)  # ragged
+  prompts = [[config.bos_id] + plain[b, :k].tolist() for b, k in enumerate(ks)]
   expected = []
   for b, prompt in enumerate(prompts):
     row = {k: v[b : b + 1] for k, v in inputs.items()}
@@ -83,7 +87,7 @@ def test_greedy_with_ragged_prompts_matches_hf_generate(converted, name):
     prompt=prompts,
   )
   np.testing.assert_array_equal(np.asarray(out.tokens), np.array(expected))
-  for b, k in enumerate((1, 3, 0, 2)):  # each row continues its prompt as unprompted decoding does
+  for b, k in enumerate(ks):  # each row continues its prompt as unprompted decoding does
     n = MAX_NEW_TOKENS - k
     np.testing.assert_array_equal(
       np.array(expected)[b, :n], pad_to(plain, MAX_NEW_TOKENS, config.pad_id)[b, k:]
