@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.decode_step import DecoderState, DecodeStep, ExitChoice, StepWork
 from deed_jax.decoding.output import DecodeOutput, Hypotheses
+from deed_jax.decoding.processors import History
 from deed_jax.decoding.prompts import Prompt
 from deed_jax.models import MultiExitEncoderDecoder
 
@@ -70,7 +71,7 @@ def beam_decode(
   encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
   batch = encoder_out.shape[0]
   repeat = lambda x: jnp.repeat(x, k, axis=0)  # [B, ...] -> [B * K, ...], beams of a row adjacent
-  beam_prompt = Prompt(*(repeat(jnp.asarray(x)) for x in prompt))
+  beam_prompt = Prompt(*(repeat(jnp.asarray(x, jnp.int32)) for x in prompt))
   decode_step = DecodeStep(
     model,
     repeat(encoder_out),
@@ -84,7 +85,12 @@ def beam_decode(
 
   def step(beams: _Beams) -> _Beams:
     slot = first + beams.position
-    decoder, emitted, work = decode_step(beams.decoder, slot, beams.last_token, repeat(~beams.done))
+    new_tokens = beams.live.tokens.reshape(batch * k, n)  # rows b * K + k, as the decoder's
+    history = History(
+      jnp.concatenate([beam_prompt.tokens, new_tokens], 1), beam_prompt.pad, beams.position
+    )
+    live = repeat(~beams.done)
+    decoder, emitted, work = decode_step(beams.decoder, slot, beams.last_token, live, history)
     return _advance(beams, decoder, emitted, work, config)
 
   init = _initial_beams(config, decode_step.init_state(), beam_prompt, model.config.decoder_layers)

@@ -40,7 +40,9 @@ def confidence_from_log_probs(log_probs: jax.Array, kind: str) -> jax.Array:
     top2 = jnp.exp(jax.lax.top_k(log_probs, 2)[0])
     return top2[..., 0] - top2[..., 1]
   if kind == "entropy":
-    entropy = -(jnp.exp(log_probs) * log_probs).sum(axis=-1)
+    # A banned token (-inf, generation constraints) adds 0, not 0 * -inf.
+    terms = jnp.where(log_probs > -jnp.inf, jnp.exp(log_probs) * log_probs, 0.0)
+    entropy = -terms.sum(axis=-1)
     return 1.0 - entropy / jnp.log(log_probs.shape[-1])
   raise ValueError(f"Unknown head confidence {kind!r}.")
 

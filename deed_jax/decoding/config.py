@@ -48,6 +48,16 @@ class DecodeConfig:
   pad_id: int | None = None
   # Most positions one layer call computes in a just-in-time backfill block (at most max_new_tokens).
   backfill_chunk: int = 16
+  # Hugging Face's generation constraints, with its meanings (`processors`); all off by default.
+  # no_repeat_ngram_size: no n-gram twice in a row's decoder sequence (prompt and start token
+  # included); bad_words_ids: token sequences never completed; min_new_tokens: EOS banned before
+  # that many new tokens; forced_bos_id: the first new token when the prompt is the start token
+  # alone; forced_eos_id: the last allowed new token (the max_new_tokens-th).
+  no_repeat_ngram_size: int = 0
+  bad_words_ids: tuple[tuple[int, ...], ...] | None = None
+  min_new_tokens: int = 0
+  forced_bos_id: int | None = None
+  forced_eos_id: int | None = None
   # The field's name before allowed_exit_layers: refused with a pointer to the new name.
   exit_layers: dataclasses.InitVar[object] = None
 
@@ -75,6 +85,7 @@ class DecodeConfig:
       raise UserError(f"DecodeConfig.backfill_chunk={self.backfill_chunk} must be >= 1.")
     if self.max_new_tokens < 1:
       raise UserError(f"DecodeConfig.max_new_tokens={self.max_new_tokens} must be >= 1.")
+    self._check_constraints()
     check_threshold(self.threshold)
     if self.allowed_exit_layers is not None:
       layers = self.allowed_exit_layers
@@ -91,17 +102,49 @@ class DecodeConfig:
     if self.exit_mode == "fixed" and self.fixed_exit_layer is None:
       raise UserError("DecodeConfig.exit_mode='fixed' needs fixed_exit_layer.")
 
+  def _check_constraints(self) -> None:
+    """The generation constraints' values (their ids are checked against a model in `resolve`)."""
+    for name in ("no_repeat_ngram_size", "min_new_tokens"):
+      value = getattr(self, name)
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UserError(f"DecodeConfig.{name}={value!r} must be an int >= 0 (0: off).")
+    words = self.bad_words_ids
+    if words is not None:
+      if (
+        isinstance(words, (str, bytes))
+        or not isinstance(words, (tuple, list))
+        or not words
+        or not all(
+          isinstance(word, (tuple, list))
+          and word
+          and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in word)
+          for word in words
+        )
+      ):
+        raise UserError(
+          f"DecodeConfig.bad_words_ids={words!r} must be None or a non-empty list of non-empty "
+          "token-id sequences."
+        )
+      object.__setattr__(self, "bad_words_ids", tuple(tuple(int(t) for t in w) for w in words))
+
   def resolve(self, model: ModelConfig) -> DecodeConfig:
     """Fill the special ids from `model` and check every field against it."""
     ids = {
       name: getattr(model, name) if getattr(self, name) is None else getattr(self, name)
       for name in ("bos_id", "eos_id", "pad_id")
     }
-    for name, value in ids.items():
-      if not 0 <= value < model.vocab_size:
+    forced = {n: getattr(self, n) for n in ("forced_bos_id", "forced_eos_id")}
+    for name, value in {**ids, **forced}.items():
+      if value is not None and not 0 <= value < model.vocab_size:
         raise UserError(
           f"DecodeConfig.{name}={value} is outside the vocabulary [0, {model.vocab_size})."
         )
+    bad = sorted({t for w in self.bad_words_ids or () for t in w if not 0 <= t < model.vocab_size})
+    if bad:
+      raise UserError(
+        f"DecodeConfig.bad_words_ids holds token id(s) {bad[:8]} outside the vocabulary "
+        f"[0, {model.vocab_size})."
+      )
     if self.max_new_tokens > model.max_target_length:
       raise UserError(
         f"DecodeConfig.max_new_tokens={self.max_new_tokens} exceeds the model's "

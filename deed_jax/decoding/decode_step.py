@@ -41,6 +41,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from deed_jax.decoding import processors
 from deed_jax.decoding.confidence import confidence_from_log_probs, needs_head, state_confidence
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.exit_modes import EXIT_MODES
@@ -113,6 +114,7 @@ class _Position(NamedTuple):
   index: Array  # [] int32, p: the cache slot being decoded (the same in every row)
   live: Array  # [R] bool: rows that have not ended
   bias: Array  # [1|R, 1|H, 1, T_c]: every layer's self-attention bias at p
+  history: processors.History | None  # each row's sequence so far, when constraints need it
 
 
 def block_widths(chunk: int) -> list[int]:
@@ -147,6 +149,7 @@ class DecodeStep:
     self.mode = EXIT_MODES[config.exit_mode]
     self.keep_log_probs = log_probs
     self.head_at_exits = needs_head(config.confidence)  # Else the head runs once, after the stack.
+    self.constrained = processors.active(config)  # HF's generation constraints, on every exit
     self.early_exits = config.early_exits(cfg.decoder_layers)
     self.decoder = model.decoder
     self.rows = encoder_out.shape[0]
@@ -194,10 +197,15 @@ class DecodeStep:
   # The step: layers up the stack until every row has its token.
   # -----------------------------------------------------------------------------------------------
   def __call__(
-    self, state: DecoderState, position: Array, last_token: Array, live: Array
+    self,
+    state: DecoderState,
+    position: Array,
+    last_token: Array,
+    live: Array,
+    history: processors.History | None = None,
   ) -> tuple[DecoderState, ExitChoice, StepWork]:
     """Decode slot `position` (traced []) from `last_token` [R]; rows with `live` False never force
-    depth.
+    depth. `history` (each row's sequence so far) is needed when the config has constraints.
 
     Layers j+1.. sit inside a `while_loop` that runs at most once, entered only if some row still
     needs them: skipping the rest of the stack costs one predicate. The layout is in the module
@@ -206,7 +214,9 @@ class DecodeStep:
     p = position
     x = self.decoder.embed(last_token[:, None], self._positions(p[None])).astype(self.dtype)
     frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x, p, axis=1)  # x [R, 1, D]
-    at = _Position(p, live, self.decoder.block_bias(p, 1, self.cache_length, self.pad))
+    if self.constrained and history is None:
+      raise ValueError("A DecodeConfig with generation constraints needs each row's history.")
+    at = _Position(p, live, self.decoder.block_bias(p, 1, self.cache_length, self.pad), history)
     work = StepWork(jnp.int32(0), jnp.zeros((self.num_layers,), jnp.int32))
     # The caller only steps while some row is live, so layer 1 always runs.
     top = self._layers_from(
@@ -216,7 +226,7 @@ class DecodeStep:
       top = run_once(
         self._wants_deeper(at, top), functools.partial(self._backfilling_layers, at), top
       )
-    choice = top.choice if self.head_at_exits else self._head_after_stack(top.choice)
+    choice = top.choice if self.head_at_exits else self._head_after_stack(top.choice, history)
     caches = self.mode.after_stack(self.decoder, top.caches, p, choice.exit_layer, choice.hidden)
     return DecoderState(tuple(caches), top.fill, top.frontier), choice, top.work
 
@@ -281,7 +291,7 @@ class DecodeStep:
     frontier = jax.lax.dynamic_update_slice_in_dim(frontier, hidden, p, axis=1)
     choice = carry.choice
     if self.early_exits[j] or j == self.last_layer:  # Elsewhere no exit: no head, no confidence.
-      choice = self._exit(j, hidden[:, 0], carry.current[:, 0], choice)
+      choice = self._exit(j, hidden[:, 0], carry.current[:, 0], choice, at.history)
     caches = carry.caches[:j] + (cache,) + carry.caches[j + 1 :]
     work = StepWork(carry.work.layers_run + 1, backfilled)
     return _LayerCarry(frontier, hidden, caches, carry.fill.at[j].set(p + 1), choice, work)
@@ -336,17 +346,30 @@ class DecodeStep:
   # -----------------------------------------------------------------------------------------------
   # Exits: confidence, and the token of each row's first confident exit.
   # -----------------------------------------------------------------------------------------------
-  def _log_probs(self, features: Array) -> Array:
-    """The shared head on exit features [R, D] -> log-probabilities [R, V] float32."""
-    return jax.nn.log_softmax(self.model.logits(features).astype(jnp.float32))
+  def _log_probs(self, features: Array, history: processors.History | None) -> Array:
+    """The shared head on exit features [R, D] -> log-probabilities [R, V] float32, constrained
+    (`processors`) when the config asks."""
+    log_probs = jax.nn.log_softmax(self.model.logits(features).astype(jnp.float32))
+    if not self.constrained:
+      return log_probs
+    return processors.process(log_probs, history, self.config, self.prompt.length)
 
-  def _exit(self, j: int, hidden: Array, previous: Array, choice: ExitChoice) -> ExitChoice:
+  def _exit(
+    self,
+    j: int,
+    hidden: Array,
+    previous: Array,
+    choice: ExitChoice,
+    history: processors.History | None,
+  ) -> ExitChoice:
     """Exit j for rows still undecided: the confident ones (all, at the last layer) take it.
     hidden [R, D] is layer j's output at the current position, previous [R, D] its input there."""
     layer_features = self.decoder.exit(j, hidden)  # [R, D]
     if self.head_at_exits:
-      log_probs = self._log_probs(layer_features)  # [R, V]
-      layer_conf = confidence_from_log_probs(log_probs, self.config.confidence)  # [R]
+      log_probs = self._log_probs(layer_features, history)  # [R, V]
+      # Constrained scores are renormalised over the tokens still allowed.
+      allowed = jax.nn.log_softmax(log_probs) if self.constrained else log_probs
+      layer_conf = confidence_from_log_probs(allowed, self.config.confidence)  # [R]
     elif self.config.confidence == "state":
       log_probs, layer_conf = None, state_confidence(hidden, previous)  # [R]
     else:  # the learned exit classifier
@@ -371,9 +394,9 @@ class DecodeStep:
       hidden=pick(hidden, choice.hidden),
     )
 
-  def _head_after_stack(self, choice: ExitChoice) -> ExitChoice:
+  def _head_after_stack(self, choice: ExitChoice, history: processors.History | None) -> ExitChoice:
     """Head-free confidences (state, classifier): the head runs once, on each row's exit features."""
-    log_probs = self._log_probs(choice.features)  # [R, V]
+    log_probs = self._log_probs(choice.features, history)  # [R, V]
     emitted = choice.exit_layer > 0  # [R] rows that were not live get zeros
     return choice._replace(
       token=jnp.where(emitted, jnp.argmax(log_probs, axis=-1), 0).astype(jnp.int32),

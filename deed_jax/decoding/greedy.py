@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.decode_step import DecoderState, DecodeStep
 from deed_jax.decoding.output import DecodeOutput
+from deed_jax.decoding.processors import History
 from deed_jax.decoding.prompts import Prompt
 from deed_jax.models import MultiExitEncoderDecoder
 
@@ -43,11 +44,13 @@ def greedy_decode(
   batch = encoder_out.shape[0]
   decode_step = DecodeStep(model, encoder_out, encoder_mask, config, threshold, prompt)
   first = decode_step.first_slot
+  prompt_tokens, prompt_pad = jnp.asarray(prompt.tokens, jnp.int32), jnp.asarray(prompt.pad)
 
   def step(loop: _Loop) -> _Loop:
     p, live = loop.position, ~loop.done
     i = p - first  # the new token's index
-    decoder, emitted, work = decode_step(loop.decoder, p, loop.last_token, live)
+    history = History(jnp.concatenate([prompt_tokens, loop.out.tokens], 1), prompt_pad, i)
+    decoder, emitted, work = decode_step(loop.decoder, p, loop.last_token, live, history)
     token = jnp.where(live, emitted.token, config.pad_id)
     out = loop.out
     out = out._replace(

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deed_jax.decoding import processors
 from deed_jax.decoding.confidence import ExitSignals, exit_confidences, exit_signals
 from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.models import MultiExitEncoderDecoder
@@ -77,17 +78,37 @@ def _full_pass_at(
 
 
 def _prompt_layout(
-  prompt, batch: int, bos_id: int, pad_id: int, max_new_tokens: int
+  prompt, batch: int, bos_id: int, pad_id: int, max_new_tokens: int, max_target_length: int
 ) -> tuple[np.ndarray, np.ndarray]:
   """Prompts written plainly, each from position 0 (no padding before them, nothing shared with
   the fast decoder's left-padded layout): -> (decoder input [B, P + N - 1] with each row's prompt
   at its start and pad after it, prompt lengths [B])."""
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
   rows = [[bos_id]] * batch if prompt is None else [list(map(int, row)) for row in prompt]
   lengths = np.array([len(row) for row in rows], np.int32)
   prefix = np.full((batch, lengths.max() + max_new_tokens - 1), pad_id, np.int32)
   for b, row in enumerate(rows):
     prefix[b, : len(row)] = row
+  if prefix.shape[1] > max_target_length:
+    raise ValueError(
+      f"max_new_tokens={max_new_tokens} with prompts of up to {lengths.max()} tokens needs "
+      f"{prefix.shape[1]} positions; the model has max_target_length={max_target_length}."
+    )
   return prefix, lengths
+
+
+def _left_padded(prefix: np.ndarray, lengths: np.ndarray) -> tuple[jax.Array, jax.Array]:
+  """The prompts of `_prompt_layout` left-padded: ([B, P] tokens, [B] padding)."""
+  width = int(lengths.max())
+  rows = [np.roll(row, width - n) for row, n in zip(prefix[:, :width], lengths)]
+  return jnp.asarray(np.stack(rows)), jnp.asarray(width - lengths)
+
+
+def _constrained(signals, history, constraints: DecodeConfig, width: int):
+  """Every exit's signals with its logits replaced by its constrained log-probs [L, B, V]."""
+  log_probs = jax.nn.log_softmax(signals.logits.astype(jnp.float32), axis=-1)
+  return signals._replace(logits=processors.process(log_probs, history, constraints, width))
 
 
 def greedy_with_rule(
@@ -102,66 +123,54 @@ def greedy_with_rule(
   pad_id: int,
   copy_states: bool = False,
   prompt=None,
+  constraints: DecodeConfig | None = None,
 ) -> ReferenceOutput:
   """The naive loop, from encoder states [B, S, D] and mask [B, S] computed once by the caller.
-
-  `prompt`: each row's decoder prefix (token-id lists, the start token included; None: the start
-  token alone); row b's new token i is read at position P_b - 1 + i. `copy_states` (CALM): a
-  generated position's layers above its exit see K/V projected from its exit state (a prompt
-  position has every layer's own state).
-  """
+  `prompt`: each row's decoder prefix (token-id lists with the start token; None: it alone); row b's
+  new token i is read at position P_b - 1 + i. `copy_states` (CALM): a generated position's layers
+  above its exit see K/V projected from its exit state. `constraints` (a resolved DecodeConfig):
+  HF's generation constraints on every exit's log-probs, the confidence read renormalised."""
   cfg = model.config
   batch, n = encoder_out.shape[0], max_new_tokens
-  if n < 1:
-    raise ValueError(f"max_new_tokens={n} must be >= 1.")
-  prefix, lengths = _prompt_layout(prompt, batch, bos_id, pad_id, n)  # [B, T], [B]
-  if prefix.shape[1] > cfg.max_target_length:
-    raise ValueError(
-      f"max_new_tokens={n} with prompts of up to {lengths.max()} tokens needs "
-      f"{prefix.shape[1]} positions; the model has max_target_length={cfg.max_target_length}."
-    )
+  prefix, lengths = _prompt_layout(prompt, batch, bos_id, pad_id, n, cfg.max_target_length)
   total = prefix.shape[1]
-  out = ReferenceOutput(
-    jnp.full((batch, n), pad_id, jnp.int32),
-    jnp.zeros((batch, n), jnp.int32),
-    jnp.zeros((batch, n), jnp.float32),
-  )
-  done = jnp.zeros((batch,), bool)  # [B]
-  # copy only: each position's exit layer (prompt positions: the last, all their own states) and
-  # exit state [B, T, D]
+  zeros = jnp.zeros((batch, n))
+  out = ReferenceOutput(jnp.full((batch, n), pad_id, jnp.int32), zeros.astype(jnp.int32), zeros)
+  done, rows, encoded = jnp.zeros((batch,), bool), jnp.arange(batch), (encoder_out, encoder_mask)
+  # copy only: each position's exit layer [B, T] (a prompt's: the last) and exit state [B, T, D]
   depths = jnp.full((batch, total), cfg.decoder_layers, jnp.int32)
   exit_states = jnp.zeros((batch, total, cfg.d_model), jnp.dtype(cfg.dtype))
-  rows = jnp.arange(batch)
+  left, pad = _left_padded(prefix, lengths)  # what the constraints read a row's sequence from
 
   def step(i, carry):
     prefix, out, done, depths, exit_states = carry
     t = jnp.asarray(lengths) - 1 + i  # [B] each row's position
-    if copy_states:
-      # [L + 1, B, D], [L, B, D]
-      states, features = copied_state_pass(
-        model, prefix, t, depths, exit_states, encoder_out, encoder_mask
-      )
-    else:
-      features, states = _full_pass_at(model, prefix, t, encoder_out, encoder_mask)
+    if copy_states:  # [L + 1, B, D], [L, B, D]
+      states, features = copied_state_pass(model, prefix, t, depths, exit_states, *encoded)
+    else:  # [L, B, D], [L + 1, B, D]
+      features, states = _full_pass_at(model, prefix, t, *encoded)
     signals = exit_signals(model, features, states)  # logits [L, B, V], ...
+    if constraints is not None:  # the constrained log-probs stand in for the logits
+      history = processors.History(jnp.concatenate([left, out.tokens], 1), pad, i)
+      signals = _constrained(signals, history, constraints, left.shape[1])
     chosen, conf = rule(signals)  # [B], [B]
     token = jnp.take_along_axis(jnp.argmax(signals.logits, axis=-1), chosen[None], axis=0)[0]
     token = jnp.where(done, pad_id, token).astype(jnp.int32)  # [B]
+    exit_layer = jnp.where(done, 0, chosen + 1)  # [B], 1-based
     out = ReferenceOutput(
       out.tokens.at[:, i].set(token),
-      out.exit_layers.at[:, i].set(jnp.where(done, 0, chosen + 1)),
+      out.exit_layers.at[:, i].set(exit_layer),
       out.confidences.at[:, i].set(jnp.where(done, 0.0, conf)),
     )
-    if copy_states:
+    if copy_states:  # the exit layer's output at t: what later positions' upper layers see
       state = jnp.take_along_axis(states[1:], chosen[None, :, None], axis=0)[0]  # [B, D]
       exit_states = exit_states.at[rows, t].set(state.astype(exit_states.dtype))
-      depths = depths.at[rows, t].set(jnp.where(done, 0, chosen + 1))
-    # The last step's token is not fed back.
-    prefix = jnp.where(i + 1 < n, prefix.at[rows, jnp.minimum(t + 1, total - 1)].set(token), prefix)
+      depths = depths.at[rows, t].set(exit_layer)
+    fed = prefix.at[rows, jnp.minimum(t + 1, total - 1)].set(token)
+    prefix = jnp.where(i + 1 < n, fed, prefix)  # the last step's token is not fed back
     return prefix, out, done | (token == eos_id), depths, exit_states
 
-  carry = (jnp.asarray(prefix), out, done, depths, exit_states)
-  return jax.lax.fori_loop(0, n, step, carry)[1]
+  return jax.lax.fori_loop(0, n, step, (jnp.asarray(prefix), out, done, depths, exit_states))[1]
 
 
 def copied_state_pass(
@@ -266,4 +275,5 @@ def greedy_reference(
     pad_id=config.pad_id,
     copy_states=config.exit_mode == "copy",
     prompt=prompt,
+    constraints=config if processors.active(config) else None,
   )

@@ -28,6 +28,36 @@ def _log_softmax(z):
   return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+def constrained(log_probs, sequence, new, config):
+  """HF's generation constraints written out on lists (transformers 4.57's processors, in their
+  order) for one beam: log_probs [L, V] of every exit, `sequence` the beam's decoder sequence so far
+  (prompt included), `new` the tokens it generated; `config` a DecodeConfig. -> [L, V]."""
+  scores = np.array(log_probs, np.float64)
+  banned = set()
+  n = config.no_repeat_ngram_size
+  if n and len(sequence) + 1 >= n:
+    seen = {}
+    for s in range(len(sequence) - n + 1):
+      seen.setdefault(tuple(sequence[s : s + n - 1]), []).append(sequence[s + n - 1])
+    banned |= set(seen.get(tuple(sequence[len(sequence) - n + 1 :]), []))
+  for word in config.bad_words_ids or ():
+    if list(word) == [config.eos_id]:
+      continue
+    if len(word) == 1 or (
+      len(word) <= len(sequence) and sequence[-(len(word) - 1) :] == list(word[:-1])
+    ):
+      banned.add(word[-1])
+  if new < config.min_new_tokens:
+    banned.add(config.eos_id)
+  scores[:, sorted(banned)] = -np.inf
+  for token, now in ((config.forced_bos_id, len(sequence) == 1),
+                     (config.forced_eos_id, new == config.max_new_tokens - 1)):  # fmt: skip
+    if token is not None and now:
+      scores[:] = -np.inf
+      scores[:, token] = 0.0
+  return scores
+
+
 def _add(pool, hypothesis, num_beams):
   """HF BeamHypotheses.add: keep the num_beams best; a newcomer must beat the worst strictly."""
   worst = min(h[0] for h in pool) if pool else None
@@ -78,6 +108,7 @@ def beam_search(
   confidence="max_prob",
   copy_states=False,
   prompt=None,
+  constraints=None,
 ):
   """-> BeamResult: per row, the pool sorted best first: [(score, tokens, exit_layers, confidences)];
   per step, the deepest exit any beam of a still-running row took ([max_new_tokens] ints, 0 once every
@@ -88,7 +119,9 @@ def beam_search(
   K/V projected from their exit state, through the naive reference's copied-state forward.
 
   `prompt`: each row's decoder prefix (token-id lists with the start token; None: the start token
-  alone); its beams continue it, and row b's step p reads position P_b - 1 + p."""
+  alone); its beams continue it, and row b's step p reads position P_b - 1 + p. `constraints`: a
+  resolved DecodeConfig whose generation constraints apply (`constrained`); confidences then read
+  the constrained log-probs renormalised."""
   cfg = model.config
   k, n = num_beams, max_new_tokens
   batch = len(next(iter(encoder_inputs.values())))
@@ -143,7 +176,14 @@ def beam_search(
           np.asarray(x)[:, :, start + p] for x in forward(row_inputs, prefixes)
         )
       log_probs = _log_softmax(logits.astype(np.float64))
-      confidences = _confidences(log_probs, hidden, features, confidence, model)  # [L, K]
+      allowed = log_probs
+      if constraints is not None:
+        log_probs = np.stack(
+          [constrained(log_probs[:, i], prompts[b] + beam[1], p, constraints)
+           for i, beam in enumerate(beams)], axis=1)  # fmt: skip
+        with np.errstate(invalid="ignore"):
+          allowed = _log_softmax(log_probs)
+      confidences = _confidences(allowed, hidden, features, confidence, model)  # [L, K]
       candidates = []
       for i, (score, _tokens, _exits, _confs) in enumerate(beams):
         layer = next(
