@@ -137,7 +137,9 @@ def _check_intact(manager: ocp.CheckpointManager, step: int) -> None:
   if not (state / "manifest.ocdbt").exists():
     return  # not an OCDBT checkpoint: orbax's restore is the check
   try:
-    store = ts.KvStore.open({"driver": "ocdbt", "base": f"file://{state}/"}).result()
+    spec = {"driver": "ocdbt", "base": f"file://{state}/"}
+    # A context of its own: nothing this check caches is shared with orbax's reads.
+    store = ts.KvStore.open(spec, context=ts.Context()).result()
     keys = store.list().result()
   except Exception as error:
     raise _unreadable(manager, step, f"{type(error).__name__}: {error}") from None
