@@ -14,7 +14,7 @@ layer). The task (dataset, tokenizer, metric) is the config the workdir was trai
 `--calibrate` first decodes `--calibration_split` and picks the fastest threshold whose drop in the
 metric against static decoding stays within `--max_drop` points with probability >= 1 - `--delta`
 (`deed_jax.evaluation.calibration`), stores it in `W/decode_config.json` (what
-`deed_jax.workdir.read_decode_config(W)` returns from then on) and marks it in the report.
+`deed_jax.workdir.workdir_decode_config(W)` returns from then on) and marks it in the report.
 Without `--calibrate` a threshold stored earlier is evaluated and marked as well.
 
 Everything a user can get wrong is checked before anything is decoded or written; the report

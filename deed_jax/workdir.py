@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from typing import Any
 
 from etils import epath
 
+from deed_jax.decoding import hf_settings
 from deed_jax.decoding.config import STORED_FIELDS, DecodeConfig
 from deed_jax.errors import UserError
 from deed_jax.models import ModelConfig
@@ -21,8 +23,11 @@ TRAIN_CONFIG_FILE = (
 )
 EVALUATION_DIR = "evaluation"  # python -m deed_jax.evaluate: report.json, report.md, plots
 # The decoding settings chosen for this model by calibration (python -m deed_jax.evaluate
-# --calibrate): what `read_decode_config` starts from.
+# --calibrate): what `workdir_decode_config` takes.
 DECODE_CONFIG_FILE = "decode_config.json"
+GENERATION_CONFIG_FILE = (
+  "generation_config.json"  # HF's decoding settings (`workdir_decode_config`)
+)
 # Files of a Hugging Face model directory that belong with its weights: tokenizer and generation
 # settings. A converted workdir keeps them, and its source record for the way back to HF.
 HF_SIDE_FILES = (
@@ -34,7 +39,7 @@ HF_SIDE_FILES = (
   "sentencepiece.bpe.model",
   "spiece.model",
   "added_tokens.json",
-  "generation_config.json",
+  GENERATION_CONFIG_FILE,
   "preprocessor_config.json",
 )
 HF_SOURCE_FILE = "hf_source.json"  # the source config.json, resolved config and tensor dtypes
@@ -75,13 +80,30 @@ def read_model_config(workdir: str) -> ModelConfig | None:
     raise UserError(f"{path} does not describe a model ({e}).") from None
 
 
-def read_decode_config(workdir: str, **overrides) -> DecodeConfig:
-  """The decoding settings calibration chose for `workdir` (`python -m deed_jax.evaluate --calibrate`
-  stores exit mode, confidence, threshold, min_exit_layer and backfill_chunk in its
-  decode_config.json), with `overrides` on top; DecodeConfig's defaults where the workdir was never
-  calibrated."""
+def workdir_decode_config(workdir: str, prompt_length: int = 1, **overrides) -> DecodeConfig:
+  """How to decode `workdir`'s model: a converted model's Hugging Face generation settings
+  (generation_config.json, else the legacy keys of its config.json: strategy, beams, length penalty,
+  early stopping, forced ids, n-gram blocking, bad words, min and max length; `hf_settings`), then
+  what calibration chose (decode_config.json, written by `python -m deed_jax.evaluate --calibrate`:
+  exit mode, confidence, threshold, min_exit_layer, backfill_chunk), then `overrides`.
+  DecodeConfig's defaults for what none of them sets. `prompt_length` (start token included) turns
+  HF's max_length / min_length into new-token counts."""
+  generation = read_json(workdir, GENERATION_CONFIG_FILE)
+  if generation is None:
+    source = read_json(workdir, HF_SOURCE_FILE)
+    generation = hf_settings.legacy_settings(source.get("resolved", {})) if source else {}
+  if generation and "max_new_tokens" in overrides:  # instead of HF's max_length
+    generation = {**generation, "max_new_tokens": overrides["max_new_tokens"]}
+  fields, ignored = hf_settings.decode_fields(generation, prompt_length) if generation else ({}, [])
+  if ignored:
+    warnings.warn(
+      f"{workdir}: Hugging Face generation settings deed-jax does not implement are ignored: "
+      f"{', '.join(ignored)}.",
+      stacklevel=2,
+    )
   stored = read_json(workdir, DECODE_CONFIG_FILE) or {}
-  return DecodeConfig(**{**{k: stored[k] for k in STORED_FIELDS if k in stored}, **overrides})
+  calibrated = {k: stored[k] for k in STORED_FIELDS if k in stored}
+  return DecodeConfig(**{**fields, **calibrated, **overrides})
 
 
 def read_json(workdir: str, name: str) -> Any | None:

@@ -232,7 +232,7 @@ PARITY_BEAMS = 4
 PARITY_BEAM_SEARCHES = ((0.6, False), (2.0, True))
 
 
-class _Jitter(T.LogitsProcessor):
+class Jitter(T.LogitsProcessor):
   """Adds uniform noise in [-DECISION_MARGIN, DECISION_MARGIN] to every score."""
 
   def __init__(self, seed: int):
@@ -284,7 +284,7 @@ def generation_problem(model, inputs: dict[str, torch.Tensor]) -> str | None:
     plain = _generate(model, inputs, **search).sequences
     for seed in range(3):
       jittered = _generate(
-        model, inputs, logits_processor=T.LogitsProcessorList([_Jitter(seed)]), **search
+        model, inputs, logits_processor=T.LogitsProcessorList([Jitter(seed)]), **search
       ).sequences
       if plain.shape != jittered.shape or not torch.equal(plain, jittered):
         return f"beam search (length_penalty={length_penalty}) has a near-tie"

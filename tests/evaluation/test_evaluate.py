@@ -24,7 +24,7 @@ from deed_jax.decoding.reference import greedy_at_exit
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation.evaluator import EvaluateOptions, check_workdir, evaluate
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
-from deed_jax.workdir import DECODE_CONFIG_FILE, TRAIN_CONFIG_FILE, read_decode_config
+from deed_jax.workdir import DECODE_CONFIG_FILE, TRAIN_CONFIG_FILE, workdir_decode_config
 from tests.checkpoint_damage import damage_step
 from tests.training.configs import tiny_text_config, train_tiny
 
@@ -134,13 +134,13 @@ def test_report_rows_files_and_calibration(trained, tfds_dir):
   assert report["calibration"]["threshold"] == 0.0 == report["calibrated_threshold"]
   assert report["calibration"]["num_examples"] == 64  # the tiny calibration split, whole
   assert "Calibration" in markdown and "probability >= 0.5" in markdown
-  stored_config = read_decode_config(trained)
+  stored_config = workdir_decode_config(trained)
   assert (stored_config.threshold, stored_config.backfill_chunk, stored_config.exit_mode) == (
     0.0,
     2,
     "deed",
   )
-  assert read_decode_config(trained, threshold=0.7).threshold == 0.7
+  assert workdir_decode_config(trained, threshold=0.7).threshold == 0.7
   # Without --calibrate the stored threshold is evaluated and marked.
   again = _on_validation(trained)
   assert again["calibrated_threshold"] == 0.0 and again["split"] == "validation"
@@ -154,15 +154,15 @@ def test_report_rows_files_and_calibration(trained, tfds_dir):
   }
   # Calibrating again replaces the stored choice.
   _on_validation(trained, calibrate=True, max_drop=100.0, delta=0.5)
-  assert read_decode_config(trained).threshold == 0.5
-  assert read_decode_config(trained).backfill_chunk == DecodeConfig.backfill_chunk
+  assert workdir_decode_config(trained).threshold == 0.5
+  assert workdir_decode_config(trained).backfill_chunk == DecodeConfig.backfill_chunk
   # A calibration that certifies nothing (no drop at all allowed) leaves full depth as the default.
   failed = _on_validation(trained, calibrate=True, max_drop=0.0, delta=0.5)
   assert (
     failed["calibration"]["threshold"] is None
     and "decode at full depth" in (failed["calibration"]["guarantee"])
   )
-  assert read_decode_config(trained).exit_mode == "static"
+  assert workdir_decode_config(trained).exit_mode == "static"
 
 
 def test_a_model_only_workdir_needs_the_task(tmp_path, tfds_dir):
