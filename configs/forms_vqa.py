@@ -6,6 +6,8 @@ The question is drawn into the image's header row; the decoder emits the answer 
   python -m deed_jax.train --config configs/forms_vqa.py:runlocal \
       --workdir workdirs/forms_vqa_normalised_local
   python -m deed_jax.train --config configs/forms_vqa.py:runlocal,plain --workdir workdirs/forms_plain
+  python -m deed_jax.train --config configs/forms_vqa.py:runlocal,prompted \
+      --workdir workdirs/forms_prompted_local
 
 `runlocal` is the CPU-sized run of ./launch/local.sh (11-14 minutes of training on 2 cores): a
 narrow (d 128) but deep (10 decoder layers) decoder, so that the exits differ and early exit has
@@ -18,6 +20,10 @@ calibrated DEED threshold lost 1.0 point on test against none (docs/evaluation.m
 The task is the normalised style of the forms (some answers are the drawn value rewritten: dates as
 YYYY-MM-DD, names as "Last, First", phone numbers as digits), where shallow exits do worse than deep
 ones; `plain` is the earlier task, answers read as drawn, which every exit learns (deed_jax.data.forms).
+`prompted` leaves the header row blank and gives the question to the decoder as a prompt in Donut's
+DocVQA format, "<s_forms><s_question>phone</s_question><s_answer>", the task tokens added to the byte
+tokenizer: training masks the loss on the prompt, and validation, evaluation and calibration decode
+after it, as for Donut on DocVQA.
 """
 
 from deed_jax.config_defaults import training_defaults
@@ -26,23 +32,31 @@ from deed_jax.data import forms
 
 def get_config(arg: str = ""):
   options = {o for o in arg.split(",") if o}
-  if options - {"runlocal", "plain"}:
-    raise ValueError(f"configs/forms_vqa.py takes runlocal and/or plain; got {arg!r}.")
+  if options - {"runlocal", "plain", "prompted"} or {"plain", "prompted"} <= options:
+    raise ValueError(
+      f"configs/forms_vqa.py takes runlocal and plain or prompted (not both); got {arg!r}."
+    )
+  prompted = "prompted" in options
   runlocal = "runlocal" in options  # The CPU-sized run: a smaller model, fewer and smaller steps.
   config = training_defaults()
   config.task.dataset = "forms_vqa"
   config.task.dataset_config = "base" if "plain" in options else "base_normalised"
   config.task.source_key = "image"
   config.task.target_key = "answer"
+  if prompted:
+    config.task.dataset_config = "base_normalised_prompted"
+    config.task.prompt_key = "prompt"
+    config.task.added_tokens = forms.TASK_TOKENS
   config.model.update(
     dict(
-      vocab_size=259,
+      vocab_size=259 + (len(forms.TASK_TOKENS) if prompted else 0),
       d_model=128 if runlocal else 256,
       num_heads=4 if runlocal else 8,
       d_ff=256 if runlocal else 1024,
       encoder_layers=2 if runlocal else 6,
       decoder_layers=10 if runlocal else 6,
-      max_target_length=forms.MAX_VALUE_LENGTH + 1,
+      # The prompt (or the start token), the answer's bytes, EOS (which is never fed back).
+      max_target_length=(forms.MAX_PROMPT_TOKENS if prompted else 1) + forms.MAX_VALUE_LENGTH,
       encoder="image",
       image_size=forms.IMAGE_SIZE,
       patch_size=forms.PATCH_SIZE,

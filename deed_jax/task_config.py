@@ -33,6 +33,11 @@ def task_defaults() -> ml_collections.ConfigDict:
       # The feature holding every reference answer the metric compares with (VQA builders: "answers");
       # "" = the target text is the only answer.
       answers_key="",
+      # The feature holding each example's decoder prompt text (Donut's task format; the VQA builders'
+      # and forms_vqa's "prompt"); "" = the decoder starts from the start token alone.
+      prompt_key="",
+      # Tokens the task adds to the tokenizer (Donut's task tokens), appended after its vocabulary.
+      added_tokens=(),
     )
   )
 

@@ -30,7 +30,7 @@ from ml_collections import config_flags
 from deed_jax import checkpoint, cli, distributed, sharding
 from deed_jax.config_defaults import ADDABLE_PARAMS, run_changes, validate
 from deed_jax.data import datasets, pipeline
-from deed_jax.data.tokenizer import Tokenizer, get_tokenizer
+from deed_jax.data.tokenizer import Tokenizer
 from deed_jax.errors import UserError
 from deed_jax.evaluation.per_exit import evaluate_exits, make_eval_fn
 from deed_jax.evaluation.report import exit_table
@@ -182,7 +182,7 @@ def _check_run(
   model_config = validate(config)
   if stop_at_step is not None and not 1 <= stop_at_step <= config.total_steps:
     raise UserError(f"stop_at_step={stop_at_step} must be in 1..total_steps={config.total_steps}.")
-  tokenizer = get_tokenizer(config.task.tokenizer)
+  tokenizer = pipeline.task_tokenizer(config.task)
   if tokenizer.vocab_size > model_config.vocab_size:
     raise UserError(
       f"The tokenizer has {tokenizer.vocab_size} ids but model.vocab_size="
@@ -221,16 +221,7 @@ class _Data:
     )
     _log(f"Dataset {task.dataset}/{dataset_config} in {data_dir} (generated on first use).")
     _prepare_dataset(task.dataset, dataset_config, data_dir, task.manual_dir)
-    features = pipeline.TaskFeatures(
-      encoder=model_config.encoder,
-      source_key=task.source_key,
-      target_key=task.target_key,
-      max_source_length=task.max_source_length,
-      max_target_length=model_config.max_target_length,
-    )
-    self.preprocess = pipeline.Preprocess(
-      features, run.tokenizer, decoder_start_id=model_config.bos_id
-    )
+    self.preprocess = pipeline.task_preprocess(task, model_config, run.tokenizer)
     source = lambda split: pipeline.data_source(
       task.dataset, dataset_config, split, data_dir, task.manual_dir
     )

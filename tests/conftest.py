@@ -67,10 +67,12 @@ def rngs():
 
 @pytest.fixture(scope="session")
 def tfds_dir(tmp_path_factory):
-  """Both embedded datasets, `tiny` builds, prepared once per test session."""
+  """Both embedded datasets, `tiny` builds (and forms_vqa's prompted one), prepared once per test
+  session."""
   from deed_jax.data import datasets, forms_tfds
 
   path = str(tmp_path_factory.mktemp("tfds"))
   for name in forms_tfds.BUILDERS:
     datasets.prepare(name, "tiny", path)
+  datasets.prepare("forms_vqa", "tiny_normalised_prompted", path)
   return path

@@ -19,6 +19,13 @@ glyph by glyph from the pixels.
 
 The same form can be written as text (`form_as_text`) for the text-to-text variant of the task.
 
+The prompted variant leaves the header row blank and gives the question to the decoder instead, as
+a prompt in Donut's DocVQA format (`prompt_text`: "<s_forms><s_question>phone</s_question><s_answer>",
+with the task tokens `TASK_TOKENS` added to the tokenizer), so a local run trains, validates, decodes
+and calibrates through the same prompted path as Donut on DocVQA. The asked row is still drawn
+inverted, so the prompt repeats what the image shows: the variant exercises the path, not a harder
+task.
+
 Two styles. `plain`: the answer is the value as drawn; a model learns to read it so well that its
 first decoder exit is as good as its last (the local run reached 99.6-100% exact match at every exit),
 which hides what early exits trade. `normalised` makes some answers need more than copying glyphs in
@@ -85,6 +92,8 @@ FIELD_GENERATORS = {
 
 
 STYLES = ("plain", "normalised")
+# Donut's task tokens for this task (the DocVQA ones, with the task's own start token).
+TASK_TOKENS = ("<s_forms>", "<s_question>", "</s_question>", "<s_answer>")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 NORMALISED_LABELS = ("date", "name", "phone")
 # In the normalised style, the share of questions that ask for a rewritten field when the form has one.
@@ -157,14 +166,26 @@ def _font() -> ImageFont.ImageFont:
   return ImageFont.load_default_imagefont()
 
 
-def render_form(form: Form) -> np.ndarray:
+# The longest prompt in tokens: four task tokens and the longest label's bytes.
+MAX_PROMPT_TOKENS = len(TASK_TOKENS) + max(len(label) for label in FIELD_GENERATORS)
+
+
+def prompt_text(question: str) -> str:
+  """The decoder prompt of the prompted variant, in Donut's DocVQA format."""
+  return f"<s_forms><s_question>{question}</s_question><s_answer>"
+
+
+def render_form(form: Form, question_row: bool = True) -> np.ndarray:
   """Draw the form: uint8 [60, 126, 3], black glyphs on white, one character per 12x6 cell; the
-  asked field's row is drawn inverted (white on black)."""
+  asked field's row is drawn inverted (white on black). Without `question_row` the header row is
+  left blank (the prompted variant)."""
   height, width = IMAGE_SIZE
   image = Image.new("RGB", (width, height), "white")
   draw = ImageDraw.Draw(image)
   asked_row = 1 + [label for label, _ in form.fields].index(form.question)
   for row, line in enumerate(form.lines()):
+    if row == 0 and not question_row:
+      continue
     ink = "black"
     if row == asked_row:
       draw.rectangle((0, row * CELL_HEIGHT, width - 1, (row + 1) * CELL_HEIGHT - 1), fill="black")

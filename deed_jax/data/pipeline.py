@@ -9,9 +9,15 @@ Batch features (per example; batched along a leading B axis):
   image tasks: pixel_values float32 [H, W, C] in [-1, 1]
   text tasks:  input_ids int32 [S], attention_mask int32 [S]  (the tokenizer's `encode_source`: with
                the special tokens a pretrained model saw around its sources)
-  both:        decoder_input_ids int32 [T] = [start, y_1 .. y_n, pad...]  (start: the model's bos_id)
-               targets           int32 [T] = [y_1 .. y_n, eos, pad...]
-               target_mask       int32 [T] (1 on y_1 .. eos)
+  both:        decoder_input_ids int32 [T] = [p_1 .. p_P, y_1 .. y_n, pad...]
+               targets           int32 [T] = [p_2 .. p_P, y_1 .. y_n, eos, pad...]
+               target_mask       int32 [T] (1 on y_1 .. eos: never on a prompt's tokens)
+               prompt_length     int32 []  P
+  The decoder prompt p_1 .. p_P is the start token alone (the model's bos_id; P = 1) or, for a task
+  with a `prompt_key`, the tokens of the example's prompt text as they are: Donut's
+  "<s_docvqa><s_question>...</s_question><s_answer>", whose task token is its start token (as the
+  `decoder_input_ids` Donut's processor gives Hugging Face's `generate`). Every exit's loss and the
+  exit classifier's targets are masked on the prompt; decoding continues each row after its prompt.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import jax
 import numpy as np
 
 from deed_jax.data import datasets
-from deed_jax.data.tokenizer import Tokenizer
+from deed_jax.data.tokenizer import Tokenizer, get_tokenizer
 from deed_jax.errors import UserError
 from deed_jax.models.config import IMAGE_ENCODERS
 
@@ -39,6 +45,7 @@ class TaskFeatures:
   target_key: str  # e.g. "answer" or "target"
   max_source_length: int
   max_target_length: int
+  prompt_key: str = ""  # the feature holding the decoder prompt's text; "": the start token alone
 
 
 def _pad(ids: list[int], length: int, pad_id: int) -> np.ndarray:
@@ -72,13 +79,47 @@ class Preprocess(grain.transforms.Map):
       ids = tok.encode_source(_text(example[task.source_key]), task.max_source_length)
       features["input_ids"] = _pad(ids, task.max_source_length, tok.pad_id)
       features["attention_mask"] = _pad([1] * len(ids), task.max_source_length, 0)
-    answer = tok.encode(_text(example[task.target_key]))[: task.max_target_length - 1]
-    features["decoder_input_ids"] = _pad(
-      [self.decoder_start_id] + answer, task.max_target_length, tok.pad_id
-    )
-    features["targets"] = _pad(answer + [tok.eos_id], task.max_target_length, tok.pad_id)
-    features["target_mask"] = _pad([1] * (len(answer) + 1), task.max_target_length, 0)
+    prompt = self.prompt(example)
+    length = task.max_target_length
+    answer = tok.encode(_text(example[task.target_key]))[: length - len(prompt)]
+    features["decoder_input_ids"] = _pad(prompt + answer, length, tok.pad_id)
+    features["targets"] = _pad(prompt[1:] + answer + [tok.eos_id], length, tok.pad_id)
+    features["target_mask"] = _pad([0] * (len(prompt) - 1) + [1] * (len(answer) + 1), length, 0)
+    features["prompt_length"] = np.int32(len(prompt))
     return features
+
+  def prompt(self, example: dict) -> list[int]:
+    """The decoder prompt's tokens (the start token first); refused when it leaves no room for an
+    answer in the decoder's `max_target_length` positions."""
+    if not self.task.prompt_key:
+      return [self.decoder_start_id]
+    text = _text(example[self.task.prompt_key])
+    prompt = self.tokenizer.encode(text)
+    if not 1 <= len(prompt) < self.task.max_target_length:
+      raise UserError(
+        f"The prompt {text!r:.120} has {len(prompt)} tokens; a prompt needs 1 to "
+        f"max_target_length - 1 = {self.task.max_target_length - 1} (the rest is the answer's)."
+      )
+    return prompt
+
+
+def task_preprocess(task, model_config, tokenizer: Tokenizer) -> Preprocess:
+  """A config's `task` block and model config -> the Preprocess of its examples (training and
+  evaluation read examples alike)."""
+  features = TaskFeatures(
+    encoder=model_config.encoder,
+    source_key=task.source_key,
+    target_key=task.target_key,
+    max_source_length=task.max_source_length,
+    max_target_length=model_config.max_target_length,
+    prompt_key=task.get("prompt_key", ""),
+  )
+  return Preprocess(features, tokenizer, decoder_start_id=model_config.bos_id)
+
+
+def task_tokenizer(task) -> Tokenizer:
+  """A config's `task` block -> its tokenizer, with the task's added tokens."""
+  return get_tokenizer(task.tokenizer, tuple(task.get("added_tokens", ())))
 
 
 def _text(value) -> str:

@@ -4,12 +4,18 @@ Every tokenizer exposes `vocab_size`, `pad_id`, `bos_id` (None when it has none,
 `encode(text) -> list[int]` (the text's own tokens: decoder targets), `encode_source(text,
 max_length) -> list[int]` (an encoder input, with the special tokens the model saw in pretraining:
 BART's `<s> ... </s>`, T5's `... </s>`) and `decode(ids) -> str`; nothing is ever fetched from a hub.
+
+A task may add tokens (Donut's task tokens `<s_docvqa>`, `<s_question>`, ...: `added_tokens`), as
+Donut's processor adds them to its tokenizer: special tokens, appended after the vocabulary in order
+(ids equal to Hugging Face's `add_special_tokens`; one the file already holds keeps its id), matched
+whole in any text and skipped by `decode`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -30,13 +36,34 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-  """UTF-8 bytes shifted past three specials: pad=0, bos=1, eos=2; vocabulary 259."""
+  """UTF-8 bytes shifted past three specials: pad=0, bos=1, eos=2; vocabulary 259, then any
+  `added_tokens` (259, 260, ...)."""
 
   pad_id, bos_id, eos_id = 0, 1, 2
   _offset = 3
-  vocab_size = 256 + _offset
+
+  def __init__(self, added_tokens: Sequence[str] = ()):
+    self.added = {
+      token: 256 + self._offset + i for i, token in enumerate(dict.fromkeys(added_tokens))
+    }
+    self.vocab_size = 256 + self._offset + len(self.added)
+    # Longest first, so a token that is a prefix of another never splits it.
+    self._pattern = (
+      re.compile("|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True)))
+      if self.added
+      else None
+    )
 
   def encode(self, text: str) -> list[int]:
+    if self._pattern is None:
+      return self._bytes(text)
+    ids, start = [], 0
+    for match in self._pattern.finditer(text):
+      ids += self._bytes(text[start : match.start()]) + [self.added[match.group()]]
+      start = match.end()
+    return ids + self._bytes(text[start:])
+
+  def _bytes(self, text: str) -> list[int]:
     return [b + self._offset for b in text.encode("utf-8")]
 
   def encode_source(self, text: str, max_length: int) -> list[int]:
@@ -50,7 +77,7 @@ class ByteTokenizer:
       i = int(i)
       if i == self.eos_id:
         break
-      if i >= self._offset:
+      if self._offset <= i < 256 + self._offset:  # added tokens are special: skipped
         out.append(i - self._offset)
     return out.decode("utf-8", errors="replace")
 
@@ -62,11 +89,19 @@ class HuggingFaceTokenizer:
   tokens around an encoder input."""
 
   def __init__(
-    self, path: str, pad: str | None = None, bos: str | None = None, eos: str | None = None
+    self,
+    path: str,
+    pad: str | None = None,
+    bos: str | None = None,
+    eos: str | None = None,
+    added_tokens: Sequence[str] = (),
   ):
+    from tokenizers import AddedToken  # pylint: disable=g-import-not-at-top
     from tokenizers import Tokenizer as _HfTokenizer  # pylint: disable=g-import-not-at-top
 
     self._tok = _HfTokenizer.from_file(path)
+    if added_tokens:  # as transformers' add_special_tokens: new ones appended, known ones kept
+      self._tok.add_special_tokens([AddedToken(t, special=True) for t in added_tokens])
     self.vocab_size = self._tok.get_vocab_size()
     named = _special_tokens(os.path.dirname(path))
     tokens = {
@@ -144,11 +179,12 @@ class SentencePieceTokenizer:
 _DIRECTORY_FILES = ("tokenizer.json", "spiece.model", "sentencepiece.bpe.model")
 
 
-def get_tokenizer(spec: str) -> Tokenizer:
+def get_tokenizer(spec: str, added_tokens: Sequence[str] = ()) -> Tokenizer:
   """ "byte", a path to a `tokenizer.json` or a sentencepiece `.model`, or a directory holding one
-  (a Hugging Face model directory, or a workdir converted from one)."""
+  (a Hugging Face model directory, or a workdir converted from one); with the task's
+  `added_tokens` (byte and tokenizer.json tokenizers)."""
   if spec == "byte":
-    return ByteTokenizer()
+    return ByteTokenizer(added_tokens)
   if os.path.isdir(spec):
     found = [name for name in _DIRECTORY_FILES if os.path.isfile(os.path.join(spec, name))]
     if not found:
@@ -162,8 +198,13 @@ def get_tokenizer(spec: str) -> Tokenizer:
     raise UserError(
       f"Tokenizer file {spec!r}: expected a tokenizer.json or a sentencepiece .model."
     )
+  if added_tokens and kind is not HuggingFaceTokenizer:
+    raise UserError(
+      f"Tokenizer {spec}: added tokens {list(added_tokens)} need a tokenizer.json or 'byte' "
+      "(a sentencepiece model cannot take them)."
+    )
   try:
-    return kind(spec)
+    return kind(spec, added_tokens=added_tokens) if added_tokens else kind(spec)
   except UserError:
     raise
   except Exception as e:  # the tokenizers and sentencepiece libraries raise plain Exceptions

@@ -53,8 +53,9 @@ def make_prompt(
 ) -> Prompt:
   """Check `prompt` (None: the start token alone) for a batch of `batch` rows and lay it out.
 
-  A prompt is a list of `batch` token-id sequences (lengths may differ) or an int array [batch, P].
-  Refused, naming the value: a row count that is not `batch`, an empty row, an id outside
+  A prompt is a list of `batch` token-id sequences (lengths may differ), an int array [batch, P], or
+  a `Prompt` already laid out (kept at its width P, so batches of shorter prompts reuse one compiled
+  program). Refused, naming the value: a row count that is not `batch`, an empty row, an id outside
   [0, vocab_size), or a row whose P_b + max_new_tokens - 1 positions (its prompt, then every new
   token but the last, which is never fed back) exceed the model's `max_target_length`."""
   if prompt is None:
@@ -66,6 +67,7 @@ def make_prompt(
     )
   if isinstance(prompt, jax.core.Tracer):
     raise UserError("prompt must be concrete (a list or an array), not a traced value.")
+  width = prompt.length if isinstance(prompt, Prompt) else 0
   rows = _rows(prompt)
   if len(rows) != batch:
     raise UserError(
@@ -89,7 +91,7 @@ def make_prompt(
         f"reads {row.size + max_new_tokens - 1} positions, above the model's "
         f"max_target_length={max_target_length}."
       )
-  length = max(row.size for row in rows)
+  length = max(width, *(row.size for row in rows))
   tokens = np.full((batch, length), pad_id, np.int32)
   for b, row in enumerate(rows):
     tokens[b, length - row.size :] = row
@@ -97,7 +99,15 @@ def make_prompt(
 
 
 def _rows(prompt) -> list[np.ndarray]:
-  """The rows of a list of sequences or a 2-D array, as 1-D int arrays; anything else refused."""
+  """The rows of a list of sequences, a 2-D array or a `Prompt`, as 1-D int arrays; anything else
+  refused."""
+  if isinstance(prompt, Prompt):
+    tokens, pad = np.asarray(prompt.tokens), np.asarray(prompt.pad)
+    if tokens.ndim != 2 or pad.shape != tokens.shape[:1] or not (0 <= pad).all():
+      raise UserError(
+        f"Prompt with tokens {tokens.shape} and pad {pad.shape}: not a prompt layout."
+      )
+    return [row[int(p) :].astype(np.int64) for row, p in zip(tokens, pad)]
   if isinstance(prompt, (np.ndarray, jax.Array)):
     array = np.asarray(prompt)
     if array.ndim != 2 or not np.issubdtype(array.dtype, np.integer):

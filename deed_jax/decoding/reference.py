@@ -123,16 +123,24 @@ def greedy_with_rule(
   pad_id: int,
   copy_states: bool = False,
   prompt=None,
+  prompt_layout: tuple[jax.Array, jax.Array] | None = None,
   constraints: DecodeConfig | None = None,
 ) -> ReferenceOutput:
   """The naive loop, from encoder states [B, S, D] and mask [B, S] computed once by the caller.
   `prompt`: each row's decoder prefix (token-id lists with the start token; None: it alone); row b's
-  new token i is read at position P_b - 1 + i. `copy_states` (CALM): a generated position's layers
-  above its exit see K/V projected from its exit state. `constraints` (a resolved DecodeConfig):
-  HF's generation constraints on every exit's log-probs, the confidence read renormalised."""
+  new token i is read at position P_b - 1 + i. `prompt_layout` (may be traced; instead of `prompt`):
+  the decoder input [B, T] with each row's prompt at its start, and the prompt lengths [B]; whatever
+  follows a prompt is never read (it is overwritten before the causal attention reaches it), and a
+  row stops, padded, where its position would pass T - 1. `copy_states` (CALM): a generated
+  position's layers above its exit see K/V projected from its exit state. `constraints` (a
+  resolved DecodeConfig): HF's generation constraints on every exit's log-probs, the confidence
+  read renormalised."""
   cfg = model.config
   batch, n = encoder_out.shape[0], max_new_tokens
-  prefix, lengths = _prompt_layout(prompt, batch, bos_id, pad_id, n, cfg.max_target_length)
+  if prompt_layout is None:
+    prefix, lengths = _prompt_layout(prompt, batch, bos_id, pad_id, n, cfg.max_target_length)
+  else:
+    prefix, lengths = prompt_layout
   total = prefix.shape[1]
   zeros = jnp.zeros((batch, n))
   out = ReferenceOutput(jnp.full((batch, n), pad_id, jnp.int32), zeros.astype(jnp.int32), zeros)
@@ -140,11 +148,14 @@ def greedy_with_rule(
   # copy only: each position's exit layer [B, T] (a prompt's: the last) and exit state [B, T, D]
   depths = jnp.full((batch, total), cfg.decoder_layers, jnp.int32)
   exit_states = jnp.zeros((batch, total, cfg.d_model), jnp.dtype(cfg.dtype))
-  left, pad = _left_padded(prefix, lengths)  # what the constraints read a row's sequence from
+  if constraints is not None:  # what the constraints read a row's sequence from (concrete prompts)
+    left, pad = _left_padded(prefix, lengths)
 
   def step(i, carry):
     prefix, out, done, depths, exit_states = carry
     t = jnp.asarray(lengths) - 1 + i  # [B] each row's position
+    done = done | (t > total - 1)  # out of room (a traced layout only)
+    t = jnp.minimum(t, total - 1)
     if copy_states:  # [L + 1, B, D], [L, B, D]
       states, features = copied_state_pass(model, prefix, t, depths, exit_states, *encoded)
     else:  # [L, B, D], [L + 1, B, D]
@@ -219,8 +230,10 @@ def greedy_encoded_at_exit(
   encoder_mask: jax.Array,
   exit_layer: jax.Array | int,
   max_new_tokens: int,
+  prompt_layout: tuple[jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
-  """`greedy_at_exit` from encoder states [B, S, D] and mask [B, S] the caller computed once."""
+  """`greedy_at_exit` from encoder states [B, S, D] and mask [B, S] the caller computed once;
+  `prompt_layout` as `greedy_with_rule`'s."""
   cfg = model.config
   return greedy_with_rule(
     model,
@@ -231,6 +244,7 @@ def greedy_encoded_at_exit(
     bos_id=cfg.bos_id,
     eos_id=cfg.eos_id,
     pad_id=cfg.pad_id,
+    prompt_layout=prompt_layout,
   ).tokens
 
 

@@ -22,7 +22,6 @@ import tqdm
 
 from deed_jax import checkpoint
 from deed_jax.data import datasets, pipeline
-from deed_jax.data.tokenizer import get_tokenizer
 from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation import calibration, metrics, plots
@@ -157,19 +156,16 @@ class Split:
         f"Split {split!r} is not in {task.dataset}/{dataset_config}; it has "
         f"{sorted(builder.info.splits)}."
       )
-    self.tokenizer = get_tokenizer(task.tokenizer)
-    features = pipeline.TaskFeatures(
-      encoder=model_config.encoder,
-      source_key=task.source_key,
-      target_key=task.target_key,
-      max_source_length=task.max_source_length,
-      max_target_length=model_config.max_target_length,
-    )
-    preprocess = pipeline.Preprocess(features, self.tokenizer, decoder_start_id=model_config.bos_id)
+    self.tokenizer = pipeline.task_tokenizer(task)
+    preprocess = pipeline.task_preprocess(task, model_config, self.tokenizer)
     self.name = split
     self.examples, self.answers = pipeline.read_examples(
       builder.as_data_source(split=split), preprocess, num_examples, task.answers_key
     )
+    # Every batch's prompts are laid out at the split's longest (one compiled program), and leave the
+    # decoder max_target_length - prompt_width + 1 new tokens.
+    self.prompt_width = max((int(e["prompt_length"]) for e in self.examples), default=1)
+    self.max_new_tokens = model_config.max_target_length - self.prompt_width + 1
 
   def batches(self, size: int) -> list[dict]:
     return [
@@ -227,10 +223,11 @@ def split_quality(
     model,
     split.batches(batch_size),
     [setting],
-    model.config.max_target_length,
+    split.max_new_tokens,
     confidence=confidence,
     timing=False,
     progress=progress,
+    prompt_width=split.prompt_width,
   )
   return _quality(per_example_scores(run, metric, split.tokenizer.decode, split.answers), metric)
 
@@ -461,9 +458,10 @@ def _decode_grid(
         model,
         split.batches(size),
         settings,
-        model.config.max_target_length,
+        split.max_new_tokens,
         confidence=options.confidence,
         progress=bar.update,
+        prompt_width=split.prompt_width,
       )
     rows += summarise(runs, metric, split.tokenizer.decode, split.answers)
     if size == 1:

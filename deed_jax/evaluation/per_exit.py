@@ -19,8 +19,23 @@ from deed_jax.exit_metrics import exit_metrics
 from deed_jax.models import encoder_inputs
 
 
+def answer_targets(
+  targets: jax.Array, target_mask: jax.Array, prompt_length: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """A batch's targets [B, T] and mask [B, T] from each row's first new token on: shifted left past
+  the row's prompt (prompt_length [B]; 1: the start token alone, nothing to shift), as decoding
+  returns its new tokens."""
+  width = targets.shape[1]
+  index = prompt_length[:, None] - 1 + jnp.arange(width)[None, :]  # [B, T]
+  inside = index < width
+  index = jnp.minimum(index, width - 1)
+  shifted = jnp.take_along_axis(targets, index, axis=1)
+  return shifted, jnp.take_along_axis(target_mask, index, axis=1) * inside
+
+
 def exact_match(tokens: jax.Array, targets: jax.Array, target_mask: jax.Array) -> jax.Array:
-  """[B, N] decoded, [B, T] targets (ending in EOS) -> [B] bool: equal on every target position."""
+  """[B, N] decoded, [B, T] targets (ending in EOS; `answer_targets` of a prompted batch) -> [B]
+  bool: equal on every target position."""
   length = min(tokens.shape[1], targets.shape[1])
   tokens, targets, target_mask = tokens[:, :length], targets[:, :length], target_mask[:, :length]
   return jnp.all((tokens == targets) | (target_mask == 0), axis=-1)
@@ -48,10 +63,15 @@ def make_eval_fn(
     exits = exit_metrics(model, {**batch, "target_mask": mask}, encoded=(encoder_out, encoder_mask))
     num_tokens = mask.sum()
     cfg = model.config
+    lengths = batch["prompt_length"]  # [B]
+    targets, target_mask = answer_targets(batch["targets"], batch["target_mask"], lengths)
+    layout = (batch["decoder_input_ids"], lengths)  # each row's prompt, then what is never read
 
     def exact_at(exit_layer):
-      tokens = greedy_encoded_at_exit(model, encoder_out, encoder_mask, exit_layer, max_new_tokens)
-      return (exact_match(tokens, batch["targets"], batch["target_mask"]) * valid).sum(), tokens
+      tokens = greedy_encoded_at_exit(
+        model, encoder_out, encoder_mask, exit_layer, max_new_tokens, prompt_layout=layout
+      )
+      return (exact_match(tokens, targets, target_mask) * valid).sum(), tokens
 
     matches, tokens = jax.lax.map(exact_at, jnp.arange(1, cfg.decoder_layers + 1))  # [L], [L, B, N]
     sums = {
@@ -60,7 +80,7 @@ def make_eval_fn(
       "num_tokens": num_tokens,
       "exact_matches": matches,
       "num_examples": valid.sum(),
-      "sample_targets": batch["targets"][:num_samples],
+      "sample_targets": targets[:num_samples],
       "sample_tokens": tokens[:, :num_samples],
     }
     if exits.classifier_accuracy is not None:

@@ -18,8 +18,9 @@ import numpy as np
 from deed_jax.data.pipeline import pad_rows
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_encode, make_generate
+from deed_jax.decoding.prompts import Prompt
 from deed_jax.evaluation import metrics
-from deed_jax.evaluation.per_exit import exact_match
+from deed_jax.evaluation.per_exit import answer_targets, exact_match
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
 from deed_jax.timing import timed
 
@@ -98,10 +99,13 @@ def decode_settings(
   confidence: str = "max_prob",
   timing: bool = True,
   progress: Callable[[int], None] | None = None,
+  prompt_width: int = 1,
 ) -> list[SettingRun]:
-  """Decode every batch (dicts of encoder inputs, `targets`, `target_mask`; all the same batch size,
-  except maybe the last) under every setting. `progress(n)` is told of each decoded example.
-  Without `timing` nothing is timed (calibration needs the outputs only)."""
+  """Decode every batch (dicts of encoder inputs, `targets`, `target_mask`, maybe `prompt_length`
+  and `decoder_input_ids`; all the same batch size, except maybe the last) under every setting,
+  each row after its prompt. `prompt_width` > 1: the longest prompt of all the batches, the width
+  every batch's prompts are laid out at (one compiled program). `progress(n)` is told of each
+  decoded example. Without `timing` nothing is timed (calibration needs the outputs only)."""
   runs = [SettingRun(s) for s in settings]
   generators = [make_generate(model, s.decode_config(max_new_tokens, confidence)) for s in settings]
   encode = make_encode(model)
@@ -115,26 +119,42 @@ def decode_settings(
       if timing:
         encode(encoder_inputs(batch))
         for run, generator in zip(runs, generators):
-          timed(generator, encoder_inputs(batch), run.setting.threshold)
+          timed(
+            generator,
+            encoder_inputs(batch),
+            run.setting.threshold,
+            batch_prompt(batch, prompt_width),
+          )
     batch = pad_rows(batch, batch_size)  # a short last batch, so nothing compiles again
-    inputs = encoder_inputs(batch)
+    inputs, prompt = encoder_inputs(batch), batch_prompt(batch, prompt_width)
+    targets, target_mask = batch["targets"][:rows], batch["target_mask"][:rows]
+    if "prompt_length" in batch:
+      targets, target_mask = answer_targets(targets, target_mask, batch["prompt_length"][:rows])
     encoder_time = timed(encode, inputs)[1] if timing else 0.0
     for run, generator in zip(runs, generators):
-      out, seconds = timed(generator, inputs, run.setting.threshold)
+      out, seconds = timed(generator, inputs, run.setting.threshold, prompt)
       tokens, layers = np.asarray(out.tokens)[:rows], np.asarray(out.exit_layers)[:rows]
       run.tokens.extend(tokens)
       run.exit_layers.extend(layers)
-      run.exact.extend(
-        np.asarray(
-          exact_match(tokens, batch["targets"][:rows], batch["target_mask"][:rows])
-        ).tolist()
-      )
+      run.exact.extend(np.asarray(exact_match(tokens, targets, target_mask)).tolist())
       if timing:  # per sample of a full batch: the padded rows cost as much as real ones
         run.decoder_seconds.append(max(seconds - encoder_time, 1e-9) / batch_size)
         run.total_seconds.append(seconds / batch_size)
       if progress is not None:
         progress(rows)
   return runs
+
+
+def batch_prompt(batch: dict, width: int) -> Prompt | None:
+  """Each row's decoder prompt (its first `prompt_length` decoder inputs), left-padded to `width`;
+  None when the prompts are the start token alone (`width` 1)."""
+  if width <= 1:
+    return None
+  lengths = np.asarray(batch["prompt_length"])  # [B]
+  tokens = np.zeros((len(lengths), width), np.int32)
+  for row, (ids, length) in enumerate(zip(np.asarray(batch["decoder_input_ids"]), lengths)):
+    tokens[row, width - length :] = ids[:length]
+  return Prompt(tokens, (width - lengths).astype(np.int32))
 
 
 def per_example_scores(

@@ -25,7 +25,7 @@ TEXTS = [forms.form_as_text(forms.make_form(seed)) for seed in range(40)]
 # (special tokens in id order, the tokenizer_config.json transformers reads, source template)
 FAMILIES = {
   "bart": (
-    ["<s>", "<pad>", "</s>", "<unk>"],
+    ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],  # as BART's own: <mask> is in the file
     {
       "tokenizer_class": "BartTokenizerFast",
       "bos_token": "<s>",
@@ -173,3 +173,22 @@ def test_fine_tuning_a_converted_model_with_its_own_tokenizer(tmp_path, tfds_dir
   tokens = np.asarray(out.tokens)
   assert tokens.shape == (1, 8) and tokens.max() < model.config.vocab_size
   assert isinstance(ours.decode(tokens[0]), str)
+
+
+DONUT_TASK_TOKENS = ("<s_docvqa>", "<s_question>", "</s_question>", "<s_answer>", "</s_answer>")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_task_tokens_get_the_ids_transformers_gives_them(tmp_path, family):
+  """Donut's processor adds its task tokens with add_special_tokens; ours are the same ids, and a
+  prompt in the task's format encodes as transformers encodes it (add_special_tokens=False)."""
+  _tokenizer(family, tmp_path)
+  theirs = T.AutoTokenizer.from_pretrained(str(tmp_path))
+  known = theirs.eos_token  # a token the file already holds keeps its id
+  theirs.add_special_tokens({"additional_special_tokens": [*DONUT_TASK_TOKENS, known]})
+  ours = get_tokenizer(str(tmp_path), (*DONUT_TASK_TOKENS, known))
+  prompt = "<s_docvqa><s_question>what is the date?</s_question><s_answer>"
+  assert ours.encode(prompt) == theirs(prompt, add_special_tokens=False)["input_ids"]
+  assert ours.vocab_size == len(theirs)
+  ids = ours.encode(prompt + "May 3</s_answer>")
+  assert ours.decode(ids) == theirs.decode(ids, skip_special_tokens=True)

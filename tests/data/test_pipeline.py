@@ -132,3 +132,48 @@ def test_unknown_dataset_or_config_is_refused(tmp_path):
   with pytest.raises(ValueError, match="'huge'"):
     datasets.prepare("forms_vqa", "huge", str(tmp_path))
   assert not any(tmp_path.iterdir())
+
+
+PROMPTED_TASK = pipeline.TaskFeatures(
+  "image", "image", "answer", 0, forms.MAX_PROMPT_TOKENS + forms.MAX_VALUE_LENGTH, "prompt"
+)
+
+
+def test_a_prompted_example_is_prompt_then_answer_with_the_loss_on_the_answer_alone(data_dir):
+  """forms_vqa's prompted build: the header row is blank, the question is the decoder prompt; the
+  targets continue the prompt and only the answer and its EOS are in the mask."""
+  source = pipeline.data_source("forms_vqa", "tiny_normalised_prompted", "validation", data_dir)
+  tok = ByteTokenizer(forms.TASK_TOKENS)
+  preprocess = pipeline.Preprocess(PROMPTED_TASK, tok)
+  for example in [source[i] for i in range(4)]:
+    features = preprocess.map(example)
+    question, answer = example["question"].decode(), example["answer"].decode()
+    form = forms.make_form(_seed_of(question, answer), "normalised")
+    np.testing.assert_array_equal(example["image"], forms.render_form(form, question_row=False))
+    prompt = tok.encode(f"<s_forms><s_question>{question}</s_question><s_answer>")
+    p, n = len(prompt), len(tok.encode(answer))
+    assert features["prompt_length"] == p and prompt[0] == 259  # the task token starts it
+    assert features["decoder_input_ids"][: p + n].tolist() == prompt + tok.encode(answer)
+    assert features["targets"][: p + n].tolist() == prompt[1:] + tok.encode(answer) + [tok.eos_id]
+    assert features["target_mask"].tolist() == [0] * (p - 1) + [1] * (n + 1) + [0] * (
+      PROMPTED_TASK.max_target_length - p - n
+    )
+
+
+def _seed_of(question: str, answer: str) -> int:
+  """The validation form with this question and answer (forms_tfds: seed 2e9 + index)."""
+  for i in range(forms_tfds.SIZES["tiny"]["validation"]):
+    form = forms.make_form(2_000_000_000 + i, "normalised")
+    if (form.question, form.answer) == (question, answer):
+      return 2_000_000_000 + i
+  raise AssertionError((question, answer))
+
+
+def test_a_prompt_that_leaves_no_room_for_an_answer_is_refused():
+  task = pipeline.TaskFeatures("text", "source", "target", 8, 6, "prompt")
+  preprocess = pipeline.Preprocess(task, ByteTokenizer())
+  example = {"source": b"x", "target": b"y", "prompt": b"123456"}
+  with pytest.raises(ValueError, match=r"'123456' has 6 tokens; a prompt needs 1 to .* = 5"):
+    preprocess.map(example)
+  with pytest.raises(ValueError, match=r"'' has 0 tokens"):
+    preprocess.map({**example, "prompt": b""})

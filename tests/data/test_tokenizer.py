@@ -32,3 +32,19 @@ def test_a_corrupt_tokenizer_file_is_refused_naming_it(tmp_path, name, content):
   for spec in (str(tmp_path / name), str(tmp_path)):  # the file, or the directory holding it
     with pytest.raises(UserError, match=rf"{name} cannot be read .*corrupt or foreign"):
       get_tokenizer(spec)
+
+
+def test_added_task_tokens_are_whole_tokens_after_the_bytes_and_skipped_by_decode(tmp_path):
+  tokens = ("<s_forms>", "<s_question>", "</s_question>", "<s_answer>", "<s_q>")
+  tok = ByteTokenizer(tokens)
+  assert tok.vocab_size == 259 + len(tokens)
+  ids = tok.encode("<s_forms><s_question>a <b></s_question><s_answer>")
+  byte = lambda text: [b + 3 for b in text.encode()]
+  # <s_question> is matched whole, not as <s_q> + "uestion>"
+  assert ids == [259, 260] + byte("a <b>") + [261, 262]
+  assert tok.decode(ids + byte("x") + [tok.eos_id]) == "a <b>x"
+  assert ByteTokenizer().encode("<s_forms>") == byte("<s_forms>")  # without them: bytes
+  path = tmp_path / "spiece.model"
+  path.write_bytes(b"")
+  with pytest.raises(UserError, match=r"added tokens \['<s_x>'\] need a tokenizer.json"):
+    get_tokenizer(str(path), ("<s_x>",))
