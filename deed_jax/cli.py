@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from absl import app
 
 from deed_jax.errors import USER_ERRORS
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
   print(f"error: {' '.join(message.split())}", file=sys.stderr)
   sys.exit(2)
 
@@ -35,6 +37,13 @@ def run(main: Callable[[list[str]], None]) -> None:
   except (AttributeError, KeyError) as e:
     if started:
       raise
-    name = str(e).strip("\"'")
-    flags = [arg for arg in sys.argv[1:] if arg.startswith("--config") and name in arg]
-    _fail(f"{flags[0] if flags else name}: the config has no option {name!r}.")
+    unknown_option(e)
+
+
+def unknown_option(error: Exception) -> NoReturn:
+  """Refuse a `--config.<path>=...` override of an option the config lacks (ml_collections' error
+  names it, quoted, maybe with a suggestion), in one line naming the flag."""
+  match = re.search(r"[A-Za-z_][\w.]*", str(error))  # the first name in it
+  name = match.group() if match else str(error)
+  flags = [arg for arg in sys.argv[1:] if arg.startswith("--config") and name in arg]
+  _fail(f"{flags[0] if flags else name}: the config has no option {name!r}.")

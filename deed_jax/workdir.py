@@ -89,12 +89,16 @@ def workdir_decode_config(workdir: str, prompt_length: int = 1, **overrides) -> 
   DecodeConfig's defaults for what none of them sets. `prompt_length` (start token included) turns
   HF's max_length / min_length into new-token counts."""
   generation = read_json(workdir, GENERATION_CONFIG_FILE)
+  resolved = (read_json(workdir, HF_SOURCE_FILE) or {}).get("resolved", {})
   if generation is None:
-    source = read_json(workdir, HF_SOURCE_FILE)
-    generation = hf_settings.legacy_settings(source.get("resolved", {})) if source else {}
+    generation = hf_settings.legacy_settings(resolved) if resolved else {}
   if generation and "max_new_tokens" in overrides:  # instead of HF's max_length
     generation = {**generation, "max_new_tokens": overrides["max_new_tokens"]}
-  fields, ignored = hf_settings.decode_fields(generation, prompt_length) if generation else ({}, [])
+  fields, ignored = (
+    hf_settings.decode_fields(generation, prompt_length, resolved.get("max_position_embeddings"))
+    if generation
+    else ({}, [])
+  )
   if ignored:
     warnings.warn(
       f"{workdir}: Hugging Face generation settings deed-jax does not implement are ignored: "

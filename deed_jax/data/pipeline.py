@@ -74,7 +74,7 @@ class Preprocess(grain.transforms.Map):
     task, tok = self.task, self.tokenizer
     features = {}
     if task.encoder in IMAGE_ENCODERS:
-      features["pixel_values"] = example[task.source_key].astype(np.float32) / 127.5 - 1.0
+      features["pixel_values"] = pixel_values(example[task.source_key])
     else:
       ids = tok.encode_source(_text(example[task.source_key]), task.max_source_length)
       features["input_ids"] = _pad(ids, task.max_source_length, tok.pad_id)
@@ -120,6 +120,11 @@ def task_preprocess(task, model_config, tokenizer: Tokenizer) -> Preprocess:
 def task_tokenizer(task) -> Tokenizer:
   """A config's `task` block -> its tokenizer, with the task's added tokens."""
   return get_tokenizer(task.tokenizer, tuple(task.get("added_tokens", ())))
+
+
+def pixel_values(image: np.ndarray) -> np.ndarray:
+  """uint8 pixels [H, W, C] -> float32 in [-1, 1] (Donut's and ViT's normalisation, mean = std = 0.5)."""
+  return image.astype(np.float32) / 127.5 - 1.0
 
 
 def _text(value) -> str:

@@ -23,8 +23,8 @@ Images are fitted to the model's image size the way its Hugging Face image proce
 (`preprocessor_config.json`): `pad` (Donut: scaled to fit inside, keeping the aspect ratio, then
 centred on a black canvas) or `resize` (ViT: stretched to the size). The builder config names both,
 e.g. `160x320_pad`; `image_config_name` derives it from a converted workdir. The question is a text
-feature (`question`), and `prompt` holds it in Donut's DocVQA task format; the pipeline does not yet
-feed a decoder prompt, so a model trained on these features sees the image only (docs/datasets.md).
+feature (`question`), and `prompt` holds it in Donut's DocVQA task format, which a task with
+`prompt_key="prompt"` (configs/docvqa.py) feeds to the decoder in training and evaluation.
 """
 
 from __future__ import annotations
@@ -40,6 +40,15 @@ from PIL import Image
 
 from deed_jax.data import forms
 from deed_jax.errors import MissingPathError, UserError
+
+# Donut's DocVQA task tokens (added to the tokenizer by its processor; a converted Donut-DocVQA
+# checkpoint's tokenizer.json holds them), and its prompt: the decoder writes the answer after it.
+DOCVQA_TASK_TOKENS = ("<s_docvqa>", "<s_question>", "</s_question>", "<s_answer>", "</s_answer>")
+
+
+def docvqa_prompt(question: str) -> str:
+  return f"<s_docvqa><s_question>{question}</s_question><s_answer>"
+
 
 _CONFIG_NAME = re.compile(r"^(\d+)x(\d+)_(pad|resize)$")
 
@@ -220,7 +229,7 @@ class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
         {
           "image": forms.png_bytes(pixels),
           "question": question,
-          "prompt": f"<s_docvqa><s_question>{question}</s_question><s_answer>",
+          "prompt": docvqa_prompt(question),
           "answer": answers[0] if answers else "",
           "answers": answers,
           "question_id": str(entry.get("questionId", entry.get("question_id", index))),

@@ -197,5 +197,14 @@ def check_threshold(threshold) -> float:
   return float(value)
 
 
+# Hugging Face's generation constraints (a converted model's own, from its generation config): they
+# apply alike to every exit mode an evaluation compares.
+CONSTRAINT_FIELDS = (
+  "no_repeat_ngram_size",
+  "bad_words_ids",
+  "min_new_tokens",
+  "forced_bos_id",
+  "forced_eos_id",
+)
 # The fields a calibrated workdir stores for decoding (deed_jax.workdir.DECODE_CONFIG_FILE).
 STORED_FIELDS = ("exit_mode", "confidence", "threshold", "min_exit_layer", "backfill_chunk")

@@ -10,7 +10,9 @@ HF counts `max_length` and `min_length` over the whole decoder sequence, the sta
 prompt included; `DecodeConfig` counts new tokens. The conversion takes a prompt length: 1 (the start
 token alone, how summarisation and translation models are called) by default. A ragged batch of
 prompts is, in HF, left-padded to its longest row, so the HF counts of such a batch are those of
-its longest prompt.
+its longest prompt. A `max_length` of exactly HF's default, 20, means 20 new tokens whatever the prompt
+(transformers 4.57 adds the prompt's length to it), at most up to the model config's
+`max_position_embeddings`.
 """
 
 from __future__ import annotations
@@ -81,9 +83,12 @@ def _single_id(name: str, value, ignored: list[str]) -> int | None:
   return value
 
 
-def decode_fields(settings: dict[str, Any], prompt_length: int = 1) -> tuple[dict, list[str]]:
+def decode_fields(
+  settings: dict[str, Any], prompt_length: int = 1, max_positions: int | None = None
+) -> tuple[dict, list[str]]:
   """HF generation `settings` -> (DecodeConfig fields, the names of settings deed-jax ignores).
-  `prompt_length`: the decoder prompt's length, start token included (see the module docstring)."""
+  `prompt_length`: the decoder prompt's length, start token included; `max_positions`: the model
+  config's max_position_embeddings, if it has one (see the module docstring)."""
   hf = {**HF_DEFAULTS, **{k: v for k, v in settings.items() if k in HF_DEFAULTS}}
   ignored = sorted(
     k for k, default in NOT_IMPLEMENTED.items() if settings.get(k, default) not in (default, None)
@@ -94,7 +99,11 @@ def decode_fields(settings: dict[str, Any], prompt_length: int = 1) -> tuple[dic
   if hf["max_new_tokens"] is not None:
     max_new = hf["max_new_tokens"]
   else:
-    max_new = hf["max_length"] - prompt_length
+    max_length = hf["max_length"]
+    if max_length == HF_DEFAULTS["max_length"]:  # HF's default: that many new tokens
+      max_length += prompt_length
+      max_length = max_length if max_positions is None else min(max_length, max_positions)
+    max_new = max_length - prompt_length
     if max_new < 1:
       raise UserError(
         f"generation setting max_length={hf['max_length']} leaves no new token after a prompt of "

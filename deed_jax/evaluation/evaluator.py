@@ -22,7 +22,7 @@ import tqdm
 
 from deed_jax import checkpoint
 from deed_jax.data import datasets, pipeline
-from deed_jax.decoding.config import DecodeConfig, check_threshold
+from deed_jax.decoding.config import CONSTRAINT_FIELDS, DecodeConfig, check_threshold
 from deed_jax.errors import MissingPathError, UserError
 from deed_jax.evaluation import calibration, metrics, plots
 from deed_jax.evaluation.report import settings_table
@@ -46,6 +46,7 @@ from deed_jax.workdir import (
   TRAIN_CONFIG_FILE,
   read_json,
   read_model_config,
+  workdir_decode_config,
   write_json,
 )
 
@@ -166,6 +167,10 @@ class Split:
     # decoder max_target_length - prompt_width + 1 new tokens.
     self.prompt_width = max((int(e["prompt_length"]) for e in self.examples), default=1)
     self.max_new_tokens = model_config.max_target_length - self.prompt_width + 1
+    # A converted model's own generation constraints (n-gram blocking, bad words, forced ids, ...),
+    # for every setting alike.
+    generation = workdir_decode_config(workdir, self.prompt_width, max_new_tokens=1)
+    self.constraints = {k: getattr(generation, k) for k in CONSTRAINT_FIELDS}
 
   def batches(self, size: int) -> list[dict]:
     return [
@@ -228,6 +233,7 @@ def split_quality(
     timing=False,
     progress=progress,
     prompt_width=split.prompt_width,
+    constraints=split.constraints,
   )
   return _quality(per_example_scores(run, metric, split.tokenizer.decode, split.answers), metric)
 
@@ -339,6 +345,10 @@ def evaluate(
     "thresholds": grid,
     "batch_sizes": sizes,
     "calibrated_threshold": chosen,
+    "prompt_width": evaluation_split.prompt_width,
+    "generation_constraints": {
+      k: v for k, v in evaluation_split.constraints.items() if v not in (None, 0)
+    },
     "settings": rows,
     "exit_histograms": histograms,
     "machine": machine_facts(),
@@ -462,6 +472,7 @@ def _decode_grid(
         confidence=options.confidence,
         progress=bar.update,
         prompt_width=split.prompt_width,
+        constraints=split.constraints,
       )
     rows += summarise(runs, metric, split.tokenizer.decode, split.answers)
     if size == 1:

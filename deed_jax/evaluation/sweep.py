@@ -49,7 +49,8 @@ class Setting:
       return f"{self.exit_mode} tau={self.threshold:g}"
     return "static" if self.exit_mode == "static" else self.exit_mode
 
-  def decode_config(self, max_new_tokens: int, confidence: str) -> DecodeConfig:
+  def decode_config(self, max_new_tokens: int, confidence: str, **constraints) -> DecodeConfig:
+    """Greedy decoding this way; `constraints`: generation constraints (CONSTRAINT_FIELDS)."""
     return DecodeConfig(
       exit_mode=self.exit_mode,
       max_new_tokens=max_new_tokens,
@@ -57,6 +58,7 @@ class Setting:
       fixed_exit_layer=self.fixed_exit_layer,
       min_exit_layer=self.min_exit_layer,
       backfill_chunk=self.backfill_chunk,
+      **constraints,
     )
 
 
@@ -100,14 +102,19 @@ def decode_settings(
   timing: bool = True,
   progress: Callable[[int], None] | None = None,
   prompt_width: int = 1,
+  constraints: dict | None = None,
 ) -> list[SettingRun]:
   """Decode every batch (dicts of encoder inputs, `targets`, `target_mask`, maybe `prompt_length`
   and `decoder_input_ids`; all the same batch size, except maybe the last) under every setting,
   each row after its prompt. `prompt_width` > 1: the longest prompt of all the batches, the width
   every batch's prompts are laid out at (one compiled program). `progress(n)` is told of each
-  decoded example. Without `timing` nothing is timed (calibration needs the outputs only)."""
+  decoded example. Without `timing` nothing is timed (calibration needs the outputs only).
+  `constraints` (generation constraints, CONSTRAINT_FIELDS) apply to every setting alike."""
   runs = [SettingRun(s) for s in settings]
-  generators = [make_generate(model, s.decode_config(max_new_tokens, confidence)) for s in settings]
+  generators = [
+    make_generate(model, s.decode_config(max_new_tokens, confidence, **(constraints or {})))
+    for s in settings
+  ]
   encode = make_encode(model)
   batch_size = None
   for batch in batches:

@@ -79,7 +79,7 @@ def _vision(decoder_class, decoder_width: int, **decoder_overrides):
   return T.VisionEncoderDecoderModel(config)
 
 
-def _donut(decoder_width: int):
+def donut(decoder_width: int, **decoder_overrides):
   """DonutSwin (3 stages; a 16 x 22 patch grid, so windows pad and the second merge is odd) + mBART."""
   swin = T.DonutSwinConfig(
     image_size=list(DONUT_HW),
@@ -91,7 +91,11 @@ def _donut(decoder_width: int):
   )
   decoder = T.MBartConfig(
     **_bart_options(
-      d_model=decoder_width, is_decoder=True, encoder_layers=3, add_cross_attention=True
+      d_model=decoder_width,
+      is_decoder=True,
+      encoder_layers=3,
+      add_cross_attention=True,
+      **decoder_overrides,
     )
   )
   config = T.VisionEncoderDecoderConfig.from_encoder_decoder_configs(swin, decoder)
@@ -139,15 +143,19 @@ BUILDERS = {
   "vit_mbart_untied": lambda: _vision(
     T.MBartConfig, 24, tie_word_embeddings=False, scale_embedding=True
   ),
-  "donut": lambda: _donut(32),  # Swin's last stage is 32 wide: no projection
-  "donut_projected": lambda: _donut(24),
+  "donut": lambda: donut(32),  # Swin's last stage is 32 wide: no projection
+  "donut_projected": lambda: donut(24),
 }
 
 
 def build(name: str, seed: int = 0) -> torch.nn.Module:
   """A random model in eval mode. Every weight is random (HF zero-inits biases), so biases matter."""
   torch.manual_seed(seed)
-  model = BUILDERS[name]().eval()
+  return randomized(BUILDERS[name]().eval())
+
+
+def randomized(model: torch.nn.Module) -> torch.nn.Module:
+  """Every floating weight of `model` redrawn from N(0, 0.3^2), in place."""
   with torch.no_grad():
     for name, tensor in model.state_dict().items():
       if tensor.is_floating_point() and "relative_position_index" not in name:
