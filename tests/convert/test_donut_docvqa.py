@@ -24,9 +24,10 @@ import transformers as T
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-from deed_jax import checkpoint, generate
+from deed_jax import checkpoint
 from deed_jax.convert import hf_to_orbax
 from deed_jax.data import datasets, pipeline, vqa_tfds
+from deed_jax.decode_input import decode_input
 from deed_jax.decoding.reference import greedy_reference
 from deed_jax.evaluation import metrics
 from deed_jax.evaluation.evaluator import EvaluateOptions, evaluate
@@ -221,7 +222,7 @@ def test_donut_docvqa_convert_generate_evaluate_calibrate(donut, tmp_path):
   assert os.path.isfile(os.path.join(workdir, "evaluation", "report.md"))
   chosen = report["calibrated_threshold"]
   assert chosen in (0.5, 0.9)
-  calibrated = generate.run(
+  calibrated = decode_input(
     workdir, image=page, prompt=vqa_tfds.docvqa_prompt(QUESTIONS[3]), repeats=1
   )
   assert (calibrated["config"].exit_mode, calibrated["config"].threshold) == ("deed", chosen)
