@@ -44,7 +44,7 @@ from flax import nnx
 
 from deed_jax import cli
 from deed_jax.bench.depth import threshold_for_depth
-from deed_jax.bench.model import bench_model, inputs_for
+from deed_jax.bench.model import ModelFlags, inputs_for
 from deed_jax.bench.report import write_result
 from deed_jax.decoding.confidence import CONFIDENCES, needs_head
 from deed_jax.decoding.config import DecodeConfig
@@ -54,14 +54,7 @@ from deed_jax.errors import UserError
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
 from deed_jax.timing import median_seconds, timed
 
-_LAYERS = flags.DEFINE_integer("decoder_layers", 12, "Decoder layers (exits).")
-_D_MODEL = flags.DEFINE_integer("d_model", 512, "Model width.")
-_HEADS = flags.DEFINE_integer("num_heads", 8, "Attention heads.")
-_D_FF = flags.DEFINE_integer("d_ff", 2048, "MLP width.")
-_VOCAB = flags.DEFINE_integer(
-  "vocab_size", 32128, "Vocabulary (32128: T5's; 259: the byte tokenizer)."
-)
-_SOURCE = flags.DEFINE_integer("source_length", 64, "Encoder input length.")
+_MODEL = ModelFlags()
 _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens decoded per sample.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
 _DEPTHS = flags.DEFINE_list(
@@ -374,17 +367,9 @@ def table(rows: list[dict]) -> str:
 
 def main(argv):
   del argv
-  layers = _LAYERS.value
+  layers = _MODEL.shape.layers
   fixed_layers, min_exit = _checked_layers(layers)
-  model = bench_model(
-    layers,
-    _D_MODEL.value,
-    _HEADS.value,
-    _D_FF.value,
-    _VOCAB.value,
-    _SOURCE.value,
-    _NEW_TOKENS.value,
-  )
+  model = _MODEL.model(_NEW_TOKENS.value)
   costs = block_costs(model, block_widths(_CHUNK.value), _REPEATS.value)
   head = head_cost(model, costs[0]["ms_per_block"] / layers, _REPEATS.value)
   print(

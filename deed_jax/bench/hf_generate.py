@@ -31,6 +31,7 @@ from absl import flags, logging
 from deed_jax import checkpoint, cli
 from deed_jax.bench.bandwidth import memory_bandwidth, static_bytes_per_token
 from deed_jax.bench.depth import threshold_for_depth
+from deed_jax.bench.model import ModelFlags
 from deed_jax.bench.report import write_result
 from deed_jax.convert import hf_to_orbax
 from deed_jax.convert.parity import hf_generate, pad_to
@@ -38,12 +39,9 @@ from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.timing import median_seconds, timed
 
-_LAYERS = flags.DEFINE_integer("decoder_layers", 6, "Decoder (and encoder) layers.")
-_D_MODEL = flags.DEFINE_integer("d_model", 768, "Model width.")
-_HEADS = flags.DEFINE_integer("num_heads", 12, "Attention heads.")
-_D_FF = flags.DEFINE_integer("d_ff", 3072, "MLP width.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 8192, "Vocabulary.")
-_SOURCE = flags.DEFINE_integer("source_length", 32, "Encoder input length.")
+_MODEL = ModelFlags(
+  decoder_layers=6, d_model=768, num_heads=12, d_ff=3072, vocab_size=8192, source_length=32
+)
 _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 32, "Tokens decoded per sample.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
 _BEAMS = flags.DEFINE_integer("num_beams", 4, "Beams of the beam-search variants (0: none).")
@@ -103,7 +101,9 @@ def bench_batch(
 
   config = model.config
   rng = np.random.default_rng(batch)
-  ids = rng.integers(3, config.vocab_size, size=(batch, _SOURCE.value)).astype(np.int64)
+  ids = rng.integers(3, config.vocab_size, size=(batch, _MODEL.shape.source_length)).astype(
+    np.int64
+  )
   ours_inputs = {"input_ids": ids.astype(np.int32), "attention_mask": np.ones_like(ids, np.int32)}
   hf_inputs = {
     k: torch.from_numpy(v.astype(np.int64)).to(torch_device) for k, v in ours_inputs.items()
@@ -194,7 +194,7 @@ def _floor(model, probe: dict, static: dict, new_tokens: int) -> dict:
   one = {"input_ids": probe["input_ids"], "attention_mask": np.ones_like(probe["input_ids"])}
   encoder_ms = 1000 * median_seconds(make_encode(model), one, repeats=_REPEATS.value)
   bandwidth = memory_bandwidth()
-  nbytes = static_bytes_per_token(model, _SOURCE.value, new_tokens)
+  nbytes = static_bytes_per_token(model, _MODEL.shape.source_length, new_tokens)
   decoder_ms = (static["ms_per_sample"] - encoder_ms) / new_tokens
   floor_ms = 1000 * nbytes / bandwidth
   return {
@@ -229,22 +229,23 @@ def main(argv):
   del argv
   import torch  # pylint: disable=g-import-not-at-top
 
-  layers, new_tokens = _LAYERS.value, _NEW_TOKENS.value
+  shape, new_tokens = _MODEL.shape, _NEW_TOKENS.value
+  layers = shape.layers
   torch_device = _TORCH_DEVICE.value or ("cuda" if torch.cuda.is_available() else "cpu")
   with tempfile.TemporaryDirectory() as tmp:
     hf_model = build_hf_model(
       os.path.join(tmp, "hf"),
       layers,
-      _D_MODEL.value,
-      _HEADS.value,
-      _D_FF.value,
-      _VOCAB.value,
-      max(_SOURCE.value, new_tokens + 1),
+      shape.d_model,
+      shape.heads,
+      shape.d_ff,
+      shape.vocab,
+      max(shape.source_length, new_tokens + 1),
     )
     hf_to_orbax(os.path.join(tmp, "hf"), os.path.join(tmp, "orbax"))
     model = checkpoint.load_model(os.path.join(tmp, "orbax"))
   hf_model = hf_model.to(torch_device)
-  probe_ids = np.random.default_rng(0).integers(3, _VOCAB.value, (1, _SOURCE.value))
+  probe_ids = np.random.default_rng(0).integers(3, shape.vocab, (1, shape.source_length))
   probe = {"input_ids": probe_ids.astype(np.int32)}
   oracle = make_generate(model, DecodeConfig(exit_mode="oracle", max_new_tokens=new_tokens))
   threshold = threshold_for_depth(oracle, probe, layers / 2)
@@ -267,7 +268,7 @@ def main(argv):
     {
       "model": json.loads(model.config.to_json()),
       "max_new_tokens": new_tokens,
-      "source_length": _SOURCE.value,
+      "source_length": shape.source_length,
       "repeats": _REPEATS.value,
       "threshold": threshold,
       "torch": torch.__version__,

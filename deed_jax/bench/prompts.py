@@ -24,19 +24,14 @@ from absl import flags
 
 from deed_jax import cli
 from deed_jax.bench.depth import mean_exit, threshold_for_depth
-from deed_jax.bench.model import bench_model, inputs_for
+from deed_jax.bench.model import ModelFlags, inputs_for
 from deed_jax.bench.report import write_result
 from deed_jax.decoding.config import DecodeConfig
 from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.errors import UserError
 from deed_jax.timing import timed
 
-_LAYERS = flags.DEFINE_integer("decoder_layers", 12, "Decoder layers (exits).")
-_D_MODEL = flags.DEFINE_integer("d_model", 512, "Model width.")
-_HEADS = flags.DEFINE_integer("num_heads", 8, "Attention heads.")
-_D_FF = flags.DEFINE_integer("d_ff", 2048, "MLP width.")
-_VOCAB = flags.DEFINE_integer("vocab_size", 32128, "Vocabulary.")
-_SOURCE = flags.DEFINE_integer("source_length", 64, "Encoder input length.")
+_MODEL = ModelFlags()
 _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 32, "Tokens decoded after the prompt.")
 _PROMPTS = flags.DEFINE_list("prompt_lengths", ["1", "16", "48"], "Prompt lengths P.")
 _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
@@ -94,10 +89,7 @@ def main(argv):
   if min(lengths) < 1 or min(batches) < 1:
     raise UserError(f"--prompt_lengths {lengths} and --batch_sizes {batches} must be >= 1.")
   n = _NEW_TOKENS.value
-  model = bench_model(
-    _LAYERS.value, _D_MODEL.value, _HEADS.value, _D_FF.value, _VOCAB.value, _SOURCE.value,
-    max(lengths) + n - 1,
-  )  # fmt: skip
+  model = _MODEL.model(max(lengths) + n - 1)
   base = DecodeConfig(max_new_tokens=n, confidence="state")
   variants = {"static": dataclasses.replace(base, exit_mode="static"), "deed": base}
   threshold = threshold_for_depth(

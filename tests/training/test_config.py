@@ -8,9 +8,17 @@ import pytest
 
 from deed_jax.config_defaults import validate
 from deed_jax.train import train_and_evaluate
+from deed_jax.workdir import MODEL_CONFIG_FILE, write_json
+from tests.conftest import tiny_config
 from tests.training.configs import REPO, load_config, tiny_text_config
 
-CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
+# Configs whose argument is a converted model's workdir (they fine-tune or evaluate it).
+MODEL_CONFIGS = ("docvqa",)
+CONFIGS = sorted(
+  f[:-3]
+  for f in os.listdir(os.path.join(REPO, "configs"))
+  if f.endswith(".py") and f[:-3] not in MODEL_CONFIGS
+)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -19,6 +27,24 @@ def test_shipped_configs_validate(name, arg):
   config = load_config(name, arg)
   model_config = validate(config)
   assert model_config.decoder_layers >= 2
+  doc = open(os.path.join(REPO, "configs", f"{name}.py")).read()
+  assert f"python -m deed_jax.train --config configs/{name}.py" in doc
+
+
+@pytest.mark.parametrize("name", MODEL_CONFIGS)
+def test_configs_of_a_converted_model_validate(name, tmp_path):
+  """Given a workdir's model (here a Donut-shaped one), the config takes its architecture."""
+  write_json(
+    str(tmp_path), MODEL_CONFIG_FILE, tiny_config(encoder="swin", image_size=(32, 32)).to_dict()
+  )
+  with pytest.raises(ValueError, match="needs the converted Donut workdir"):
+    load_config(name, "")
+  config = load_config(name, str(tmp_path))
+  with pytest.raises(ValueError, match="set task.manual_dir"):
+    validate(config)
+  config.task.manual_dir = str(tmp_path)
+  model_config = validate(config)
+  assert model_config == tiny_config(encoder="swin", image_size=(32, 32))
   doc = open(os.path.join(REPO, "configs", f"{name}.py")).read()
   assert f"python -m deed_jax.train --config configs/{name}.py" in doc
 
