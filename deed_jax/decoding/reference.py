@@ -127,22 +127,19 @@ def greedy_with_rule(
   constraints: DecodeConfig | None = None,
 ) -> ReferenceOutput:
   """The naive loop, from encoder states [B, S, D] and mask [B, S] computed once by the caller.
-  `prompt`: each row's decoder prefix (token-id lists with the start token; None: it alone); row b's
-  new token i is read at position P_b - 1 + i. `prompt_layout` (may be traced; instead of `prompt`):
-  the decoder input [B, T] with each row's prompt at its start, and the prompt lengths [B]; whatever
-  follows a prompt is never read (it is overwritten before the causal attention reaches it), and a
-  row stops, padded, where its position would pass T - 1. `copy_states` (CALM): a generated
-  position's layers above its exit see K/V projected from its exit state. `constraints` (a
-  resolved DecodeConfig): HF's generation constraints on every exit's log-probs, the confidence
-  read renormalised."""
+  `prompt`: each row's decoder prefix (token-id lists, start token first; None: it alone); row b's
+  new token i is read at position P_b - 1 + i. `prompt_layout` (instead; may be traced): decoder
+  inputs [B, T] with each row's prompt first (what follows is overwritten before it is read) and
+  the lengths [B]; a row stops, padded, past position T - 1. `copy_states` (CALM): a generated
+  position's layers above its exit see K/V projected from its exit state. `constraints` (a resolved
+  DecodeConfig): HF's constraints on every exit's log-probs, the confidence read renormalised."""
   cfg = model.config
   batch, n = encoder_out.shape[0], max_new_tokens
   if prompt_layout is None:
     prefix, lengths = _prompt_layout(prompt, batch, bos_id, pad_id, n, cfg.max_target_length)
   else:
     prefix, lengths = prompt_layout
-  total = prefix.shape[1]
-  zeros = jnp.zeros((batch, n))
+  total, zeros = prefix.shape[1], jnp.zeros((batch, n))
   out = ReferenceOutput(jnp.full((batch, n), pad_id, jnp.int32), zeros.astype(jnp.int32), zeros)
   done, rows, encoded = jnp.zeros((batch,), bool), jnp.arange(batch), (encoder_out, encoder_mask)
   # copy only: each position's exit layer [B, T] (a prompt's: the last) and exit state [B, T, D]
@@ -154,8 +151,7 @@ def greedy_with_rule(
   def step(i, carry):
     prefix, out, done, depths, exit_states = carry
     t = jnp.asarray(lengths) - 1 + i  # [B] each row's position
-    done = done | (t > total - 1)  # out of room (a traced layout only)
-    t = jnp.minimum(t, total - 1)
+    done, t = done | (t > total - 1), jnp.minimum(t, total - 1)  # out of room: a traced layout
     if copy_states:  # [L + 1, B, D], [L, B, D]
       states, features = copied_state_pass(model, prefix, t, depths, exit_states, *encoded)
     else:  # [L, B, D], [L + 1, B, D]
@@ -164,15 +160,7 @@ def greedy_with_rule(
     if constraints is not None:  # the constrained log-probs stand in for the logits
       history = processors.History(jnp.concatenate([left, out.tokens], 1), pad, i)
       signals = _constrained(signals, history, constraints, left.shape[1])
-    chosen, conf = rule(signals)  # [B], [B]
-    token = jnp.take_along_axis(jnp.argmax(signals.logits, axis=-1), chosen[None], axis=0)[0]
-    token = jnp.where(done, pad_id, token).astype(jnp.int32)  # [B]
-    exit_layer = jnp.where(done, 0, chosen + 1)  # [B], 1-based
-    out = ReferenceOutput(
-      out.tokens.at[:, i].set(token),
-      out.exit_layers.at[:, i].set(exit_layer),
-      out.confidences.at[:, i].set(jnp.where(done, 0.0, conf)),
-    )
+    chosen, token, exit_layer, out = _emit(rule, signals, out, i, done, pad_id)
     if copy_states:  # the exit layer's output at t: what later positions' upper layers see
       state = jnp.take_along_axis(states[1:], chosen[None, :, None], axis=0)[0]  # [B, D]
       exit_states = exit_states.at[rows, t].set(state.astype(exit_states.dtype))
@@ -182,6 +170,21 @@ def greedy_with_rule(
     return prefix, out, done | (token == eos_id), depths, exit_states
 
   return jax.lax.fori_loop(0, n, step, (jnp.asarray(prefix), out, done, depths, exit_states))[1]
+
+
+def _emit(rule: ExitRule, signals, out: ReferenceOutput, i, done: jax.Array, pad_id: int):
+  """Step i's exit (0-based [B]), token [B] and exit layer [B] (1-based; pad and 0 for rows already
+  done), and `out` with them written at i."""
+  chosen, conf = rule(signals)  # [B], [B]
+  token = jnp.take_along_axis(jnp.argmax(signals.logits, axis=-1), chosen[None], axis=0)[0]
+  token = jnp.where(done, pad_id, token).astype(jnp.int32)
+  exit_layer = jnp.where(done, 0, chosen + 1)
+  out = ReferenceOutput(
+    out.tokens.at[:, i].set(token),
+    out.exit_layers.at[:, i].set(exit_layer),
+    out.confidences.at[:, i].set(jnp.where(done, 0.0, conf)),
+  )
+  return chosen, token, exit_layer, out
 
 
 def copied_state_pass(
