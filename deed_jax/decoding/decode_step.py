@@ -24,9 +24,13 @@ run-once loop enters the backfilling layers (`backfilling_layers`), which run th
 then p. So a step that backfills nothing evaluates at most two predicates per layer it runs (each a
 device-to-host round trip on GPUs); one that backfills pays more, once.
 
-A prompt (`prompts`) is computed before the first step, one block per layer (`init_state`); its rows
-are left-padded so that every row decodes at the same cache slot p, with its own positions (slot
-minus padding) and its padding slots masked out.
+A prompt (`prompts`) is computed as blocks, never token by token; its rows are left-padded so that every
+row decodes at the same cache slot p, with its own positions (slot minus padding) and its padding slots
+masked out. `init_state` computes it, one block per layer, through the layers every token runs (up to
+the first a row may exit at; for the modes that do not defer, up to the top). Above those, deed defers
+the prompt like any skipped position: a layer computes the prompt's slots, as one block whatever
+`backfill_chunk` is, only when a token first goes that deep, so a decode whose tokens exit shallow
+never pays for the prompt at the layers it skips.
 
 The model is reached only through the decoder's incremental seam (`Decoder.init_cache`,
 `cross_memory`, `embed`, `run_block`, `exit`, `exit_probability`, and `self_kv` for copy mode) and the
@@ -163,13 +167,17 @@ class DecodeStep:
     self.pad = self.prompt.pad if self.first_slot > 0 else None
     self.cache_length = self.first_slot + config.max_new_tokens + self.chunk  # + padded-block slack
     self.last_layer = self.mode.top_layer(config, self.num_layers) - 1  # 0-based
+    # The layers init_state computes the prompt through (0-based, inclusive): deed defers the rest.
+    first_exit = next((j for j, e in enumerate(self.early_exits) if e), self.last_layer)
+    self.prompt_top = min(first_exit, self.last_layer) if self.mode.defers else self.last_layer
     self.memory = self.decoder.cross_memory(encoder_out, encoder_mask)  # once per call
     self.dtype = jnp.dtype(cfg.dtype)
     self.d_model = cfg.d_model
 
   def init_state(self) -> DecoderState:
-    """Empty caches, then the prompt's slots before `first_slot` computed at every layer up to the top
-    one (one block per layer, as a backfill: a prompt is never decoded token by token)."""
+    """Empty caches, then the prompt's slots before `first_slot` computed through `prompt_top` (one
+    block per layer, as a backfill: a prompt is never decoded token by token); deed's deeper layers
+    hold them deferred."""
     state = DecoderState(
       caches=self.decoder.init_cache(self.rows, self.cache_length),
       fill=jnp.zeros((self.num_layers,), jnp.int32),
@@ -181,9 +189,9 @@ class DecodeStep:
     x = self.decoder.embed(self.prompt.tokens[:, :width], self._positions(jnp.arange(width)))
     frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x.astype(self.dtype), 0, axis=1)
     caches = list(state.caches)
-    for j in range(self.last_layer + 1):  # [R, P - 1, D] through layer j
+    for j in range(self.prompt_top + 1):  # [R, P - 1, D] through layer j
       _, frontier, caches[j] = self._block(j, width, width)((0, frontier, caches[j]))
-    fill = jnp.where(jnp.arange(self.num_layers) <= self.last_layer, width, 0).astype(jnp.int32)
+    fill = jnp.where(jnp.arange(self.num_layers) <= self.prompt_top, width, 0).astype(jnp.int32)
     return DecoderState(tuple(caches), fill, frontier)
 
   def _positions(self, slots: Array) -> Array:
@@ -331,6 +339,9 @@ class DecodeStep:
     is left as it was."""
     remaining = lambda c: position - c[0]  # deferred positions left
     carry = (start, frontier, cache)
+    if self.mode.defers and self.prompt_top < j and self.first_slot > 1:
+      # A deferred prompt (fill 0 < first_slot, never partly computed): one block of its slots.
+      carry = run_once(start < self.first_slot, self._block(j, self.first_slot, position), carry)
     carry = jax.lax.while_loop(
       lambda c: remaining(c) >= self.chunk, self._block(j, self.chunk, position), carry
     )
