@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import jax
 import numpy as np
 import pytest
@@ -76,3 +78,14 @@ def tfds_dir(tmp_path_factory):
     datasets.prepare(name, "tiny", path)
   datasets.prepare("forms_vqa", "tiny_normalised_prompted", path)
   return path
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+  """Drop every compiled program after each test. XLA:CPU maps each program's code into memory, and
+  a worker that keeps them all runs out of memory mappings (vm.max_map_count, 65530 here: one test file
+  of decoding tests took a process from 4 000 to 27 000 maps), which surfaces as a segfault inside a
+  later compile, and can leave the other worker hanging."""
+  yield
+  jax.clear_caches()
+  gc.collect()
