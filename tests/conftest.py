@@ -80,12 +80,26 @@ def tfds_dir(tmp_path_factory):
   return path
 
 
+# Clear JAX's caches once a worker holds this many memory mappings (see _release_compiled_programs).
+MAX_MAPPINGS = 20_000
+
+
+def _memory_mappings() -> int:
+  try:
+    with open("/proc/self/maps") as f:
+      return sum(1 for _ in f)
+  except OSError:  # not Linux: no such limit to keep clear of
+    return 0
+
+
 @pytest.fixture(autouse=True)
 def _release_compiled_programs():
-  """Drop every compiled program after each test. XLA:CPU maps each program's code into memory, and
-  a worker that keeps them all runs out of memory mappings (vm.max_map_count, 65530 here: one test file
-  of decoding tests took a process from 4 000 to 27 000 maps), which surfaces as a segfault inside a
-  later compile, and can leave the other worker hanging."""
+  """Drop the compiled programs once a worker holds many. XLA:CPU maps each program's code into
+  memory, and a worker that keeps them all runs out of memory mappings (vm.max_map_count, 65 530
+  here: one file of decoding tests took a process from 4 000 to 27 000 maps), which surfaces as a
+  segfault inside a later compile and can leave the other worker hanging. Clearing only past
+  MAX_MAPPINGS keeps the programs tests share within a file."""
   yield
-  jax.clear_caches()
-  gc.collect()
+  if _memory_mappings() > MAX_MAPPINGS:
+    jax.clear_caches()
+    gc.collect()

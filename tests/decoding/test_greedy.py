@@ -34,7 +34,7 @@ def _rows(encoder_inputs, b):
   "encoder, seed, chunk",
   [
     ("text", 0, 4),
-    ("image", 3, 2),
+    pytest.param("image", 3, 2, marks=pytest.mark.slow),
     ("image", 2, 3),  # chunk 3: padded widths 1, 2, 3
     pytest.param("text", 0, 1, marks=pytest.mark.slow),
   ],

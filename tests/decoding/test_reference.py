@@ -53,7 +53,7 @@ def _row_by_row(model, encoder_inputs, threshold, min_exit_layer, steps):
   "seed, encoder",
   [
     (0, "text"),
-    (1, "image"),
+    pytest.param(1, "image", marks=pytest.mark.slow),
     pytest.param(0, "image", marks=pytest.mark.slow),
     pytest.param(1, "text", marks=pytest.mark.slow),
   ],
