@@ -4,6 +4,7 @@ line's flags, so that it can be imported beside other commands."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -102,7 +103,7 @@ def decode_input(
   config = workdir_decode_config(workdir, length, **overrides)
   room = model_config.max_target_length - length + 1  # the new tokens the decoder has positions for
   if "max_new_tokens" not in overrides and config.max_new_tokens > room:
-    config = workdir_decode_config(workdir, length, **{**overrides, "max_new_tokens": room})
+    config = dataclasses.replace(config, max_new_tokens=room)
   generate = make_generate(checkpoint.load_model(workdir, step), config)  # checks the config
   prompts = None if prompt_ids is None else [prompt_ids]
   _, compile_seconds = timed(generate, inputs, None, prompts)
