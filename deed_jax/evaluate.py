@@ -5,11 +5,11 @@ r"""Evaluate a trained or converted workdir: the speed/accuracy trade-off of ear
   python -m deed_jax.evaluate --workdir workdirs/bart --config configs/forms_text.py  # no task stored
 
 Decodes `--split` greedily under static decoding, every fixed exit, copy (CALM's baseline) and DEED
-over a grid of thresholds, at batch 1 and at `--batch_size`, and writes `W/evaluation/`: report.json
-(one row per setting), report.md (tables and the calibration's guarantee) and PNG plots (the metric
-against decoder latency, the metric per exit layer, where tokens exit, a few answers coloured by exit
-layer). The task (dataset, tokenizer, metric) is the config the workdir was trained with, or
-`--config`.
+over a grid of thresholds (and lossless speculative decoding at each `--speculative` d:k), at batch 1
+and at `--batch_size`, and writes `W/evaluation/`: report.json (one row per setting), report.md
+(tables and the calibration's guarantee) and PNG plots (the metric against decoder latency, the
+metric per exit layer, where tokens exit, a few answers coloured by exit layer). The task (dataset,
+tokenizer, metric) is the config the workdir was trained with, or `--config`.
 
 `--calibrate` first decodes `--calibration_split` and picks the fastest threshold whose drop in the
 metric against static decoding stays within `--max_drop` points with probability >= 1 - `--delta`
@@ -36,6 +36,7 @@ from deed_jax.evaluation.evaluator import (
   EvaluateOptions,
   evaluate,
   markdown,
+  parse_speculative,
   parse_thresholds,
 )
 from deed_jax.workdir import EVALUATION_DIR
@@ -79,6 +80,11 @@ _DELTA = flags.DEFINE_float(
   "delta", 0.1, "Calibration: the guarantee holds with probability 1 - delta."
 )
 _STEP = flags.DEFINE_integer("step", None, "The checkpoint step (default: the newest).")
+_SPECULATIVE = flags.DEFINE_list(
+  "speculative",
+  [],
+  "Lossless speculative decoding settings to add, draft_exit_layer:max_draft each (e.g. 4:4).",
+)
 
 
 def main(argv):
@@ -99,6 +105,7 @@ def main(argv):
     max_drop=_MAX_DROP.value,
     delta=_DELTA.value,
     step=_STEP.value,
+    speculative=parse_speculative(_SPECULATIVE.value),
   )
   report = evaluate(_WORKDIR.value, _CONFIG.value, options)
   print(markdown(report).split("## Plots")[0].rstrip())

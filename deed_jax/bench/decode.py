@@ -37,12 +37,11 @@ import time
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
-from flax import nnx
 
 from deed_jax import cli
+from deed_jax.bench.costs import block_costs, head_cost
 from deed_jax.bench.depth import threshold_for_depth
 from deed_jax.bench.model import ModelFlags, inputs_for
 from deed_jax.bench.report import write_result
@@ -52,7 +51,7 @@ from deed_jax.decoding.decode_step import block_widths
 from deed_jax.decoding.generation import make_encode, make_generate
 from deed_jax.errors import UserError
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
-from deed_jax.timing import median_seconds, timed
+from deed_jax.timing import timed
 
 _MODEL = ModelFlags()
 _NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens decoded per sample.")
@@ -243,65 +242,6 @@ def _row(
     "bound": (layers + head) / (depth + head * heads),
     "repeats_ms": [1000 * t for t in times],
   }
-
-
-def block_costs(
-  model: MultiExitEncoderDecoder, widths: list[int], repeats: int, calls: int = 16
-) -> list[dict]:
-  """Median time of the decoder's layers over one block of m positions (batch 1, written into the
-  KV cache like a deed backfill), `calls` blocks per timing, relative to m = 1."""
-  config = model.config
-  graphdef, params = nnx.split(model, nnx.Param)
-  encoded = make_encode(model)(inputs_for(config, 1))  # [1, S, D], [1, S]: not timed
-  cache_length = max(widths) * calls
-
-  def run_blocks(params, encoded, width: int):
-    decoder = nnx.merge(graphdef, params).decoder
-    memory = decoder.cross_memory(*encoded)
-    caches = decoder.init_cache(1, cache_length)  # L x (k, v) [1, H, T, Dh]
-
-    def block(i, carry):  # Every layer over positions [i * width, (i + 1) * width).
-      x, caches = carry  # [1, W, D]
-      caches = list(caches)
-      for j in range(config.decoder_layers):
-        x, caches[j] = decoder.run_block(j, x, i * width, caches[j], memory)
-      return x, tuple(caches)
-
-    x = jnp.ones((1, width, config.d_model), jnp.dtype(config.dtype))
-    return jax.lax.fori_loop(0, calls, block, (x, caches))[0]
-
-  runs = {w: jax.jit(run_blocks, static_argnums=2) for w in widths}
-  for w, run in runs.items():
-    timed(run, params, encoded, w)  # Compile, warm up.
-  seconds = {w: [] for w in widths}
-  for _ in range(repeats):
-    for w, run in runs.items():
-      seconds[w].append(timed(run, params, encoded, w)[1])
-  one = np.asarray(seconds[widths[0]])
-  return [
-    {
-      "positions": w,
-      "ms_per_block": 1000 * float(np.median(seconds[w])) / calls,
-      "relative_to_one": float(np.median(np.asarray(seconds[w]) / one)),
-    }
-    for w in widths
-  ]
-
-
-def head_cost(
-  model: MultiExitEncoderDecoder, layer_ms: float, repeats: int, calls: int = 64
-) -> dict:
-  """The LM head and log-softmax over the vocabulary on one position (batch 1), relative to one
-  decoder layer on one position (`layer_ms`, from the block costs)."""
-  graphdef, params = nnx.split(model, nnx.Param)
-
-  def run_heads(params):
-    model = nnx.merge(graphdef, params)
-    body = lambda i, h: h + jax.nn.log_softmax(model.logits(h))[:, : model.config.d_model] * 1e-6
-    return jax.lax.fori_loop(0, calls, body, jnp.ones((1, model.config.d_model), jnp.float32))
-
-  ms = 1000 * median_seconds(jax.jit(run_heads), params, repeats=repeats) / calls
-  return {"ms": ms, "layer_ms": layer_ms, "in_layers": ms / layer_ms}
 
 
 def goals(rows: list[dict], layers: int, head: float) -> list[dict]:

@@ -23,7 +23,9 @@ STRATEGIES = ("greedy", "beam")
 class DecodeConfig:
   """`exit_mode`: deed (exit at the first confident layer, skipped layers backfilled just in time),
   oracle (every layer computed, token from the first confident one), copy (CALM: skipped layers see
-  the exited state), static (all layers), fixed (always `fixed_exit_layer`). Layers are 1-based.
+  the exited state), static (all layers), fixed (always `fixed_exit_layer`), speculative (greedy,
+  lossless: up to `max_draft` tokens drafted at `draft_exit_layer`, then verified by the layers above
+  in one block; the tokens are static decoding's, `speculative`). Layers are 1-based.
 
   An early exit can happen at a layer >= `min_exit_layer` that is in `allowed_exit_layers` (None:
   every layer); elsewhere neither the head nor the confidence is computed. The last layer always
@@ -43,6 +45,10 @@ class DecodeConfig:
   min_exit_layer: int = 1
   allowed_exit_layers: tuple[int, ...] | None = None
   fixed_exit_layer: int | None = None
+  # speculative: the exit that drafts (1..L-1) and the most tokens drafted per round; drafting stops
+  # early after a draft whose confidence is below `threshold` (0: always `max_draft`).
+  draft_exit_layer: int | None = None
+  max_draft: int = 4
   bos_id: int | None = None  # None: the model config's ids.
   eos_id: int | None = None
   pad_id: int | None = None
@@ -101,6 +107,22 @@ class DecodeConfig:
       object.__setattr__(self, "allowed_exit_layers", tuple(sorted({int(l) for l in layers})))
     if self.exit_mode == "fixed" and self.fixed_exit_layer is None:
       raise UserError("DecodeConfig.exit_mode='fixed' needs fixed_exit_layer.")
+    self._check_speculative()
+
+  def _check_speculative(self) -> None:
+    """Speculative decoding verifies drafts against the full model's argmax: greedy only."""
+    if self.exit_mode != "speculative":
+      return
+    if self.strategy != "greedy":
+      raise UserError(
+        f"DecodeConfig.exit_mode='speculative' is greedy only (strategy={self.strategy!r}): its "
+        "drafts are checked against the full model's argmax."
+      )
+    if self.draft_exit_layer is None:
+      raise UserError("DecodeConfig.exit_mode='speculative' needs draft_exit_layer.")
+    k = self.max_draft
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+      raise UserError(f"DecodeConfig.max_draft={k!r} must be an int >= 1.")
 
   def _check_constraints(self) -> None:
     """The generation constraints' values (their ids are checked against a model in `resolve`)."""
@@ -156,6 +178,12 @@ class DecodeConfig:
     if self.fixed_exit_layer is not None and not 1 <= self.fixed_exit_layer <= layers:
       raise UserError(
         f"DecodeConfig.fixed_exit_layer={self.fixed_exit_layer} is outside 1..{layers}."
+      )
+    draft = self.draft_exit_layer
+    if self.exit_mode == "speculative" and not 1 <= draft < layers:
+      raise UserError(
+        f"DecodeConfig.draft_exit_layer={draft} is outside 1..{layers - 1} (below the last "
+        "layer, which verifies)."
       )
     allowed = self.allowed_exit_layers
     if allowed is not None and not all(1 <= l <= layers for l in allowed):

@@ -11,17 +11,21 @@ when the step is built; the loop below never looks at the mode's name:
 - deed: layer j runs on the block [n_j, p] — the positions earlier steps skipped at layer j (the
   frontier holds exactly layer j-1's output there: the block rule), in calls of at most
   `backfill_chunk` positions, then p alone — written into the preallocated KV cache. Every feature is
-  the full model's. (Only deed ever defers positions; the other modes run p alone.)
+  the full model's. (Only deed and speculative drafting defer positions; the other modes run p
+  alone.)
 - copy (CALM): for a row that exited below j, layer j's K/V at p are projected from the row's exit
   state after the stack, and never recomputed.
+- speculative (`speculative`): the step drafts through layers 1..d and leaves the layers above
+  deferred; `verify` then runs every layer over the drafted block, one block call per layer.
 
 No `lax.cond` carries a KV cache (XLA copied the caches through every `cond` form tried, see
 docs/decoding.md): the deeper layers sit inside `while_loop`s that run at most once, entered only
 when needed. The usual step computes only the current position at every layer it visits: it runs as
 one nested run-once loop per layer (`layers_from`), whose predicate also asks that the next layer
-has nothing deferred. Where deed meets a layer with deferred positions, that chain stops and one more
-run-once loop enters the backfilling layers (`backfilling_layers`), which run the deferred blocks and
-then p. So a step that backfills nothing evaluates at most two predicates per layer it runs (each a
+has nothing deferred (modes that never exit early run straight to their top layer, no predicate).
+Where deed meets a layer with deferred positions, that chain stops and one more run-once loop
+enters the backfilling layers (`backfilling_layers`), which run the deferred blocks and then p. So
+a step that backfills nothing evaluates at most two predicates per layer it runs (each a
 device-to-host round trip on GPUs); one that backfills pays more, once.
 
 A prompt (`prompts`) is computed as blocks, never token by token; its rows are left-padded so that every
@@ -75,6 +79,11 @@ class DecoderState(NamedTuple):
       jnp.take(self.frontier, rows, axis=0),
     )
 
+  def rewind(self, slot: Array) -> DecoderState:
+    """Forget every layer's slots from `slot` on (speculative decoding's rejected drafts): they are
+    recomputed, and their K/V overwritten, when decoding reaches them again."""
+    return self._replace(fill=jnp.minimum(self.fill, slot))
+
 
 class ExitChoice(NamedTuple):
   """Each row's exit at the current step, as the layers go up; a decided row keeps its choice. What
@@ -96,6 +105,15 @@ class StepWork(NamedTuple):
 
   layers_run: Array  # [] int32, decoder layers executed
   backfilled: Array  # [L] int32, deferred positions computed just in time per layer
+
+
+class Verified(NamedTuple):
+  """The full model's greedy choice at each slot of a verified block [p, p + W) (W = max_draft + 1;
+  only the slots before the block's end are meaningful)."""
+
+  token: Array  # [R, W] int32
+  log_prob: Array  # [R, W] float32
+  confidence: Array  # [R, W] float32, the last layer's (config.confidence)
 
 
 class _LayerCarry(NamedTuple):
@@ -165,7 +183,10 @@ class DecodeStep:
     self.first_slot = self.prompt.length - 1
     # Rows' padding slots; None when no row has any (prompts of one token: the start token).
     self.pad = self.prompt.pad if self.first_slot > 0 else None
-    self.cache_length = self.first_slot + config.max_new_tokens + self.chunk  # + padded-block slack
+    # speculative: the slots one verification scores (max_draft + 1; 0 for the other modes).
+    self.verify_width = self.mode.verify_width(config)
+    # + slack for padded blocks and verified blocks
+    self.cache_length = self.first_slot + config.max_new_tokens + max(self.chunk, self.verify_width)
     self.last_layer = self.mode.top_layer(config, self.num_layers) - 1  # 0-based
     # The layers init_state computes the prompt through (0-based, inclusive): deed defers the rest.
     first_exit = next((j for j, e in enumerate(self.early_exits) if e), self.last_layer)
@@ -230,7 +251,7 @@ class DecodeStep:
     top = self._layers_from(
       at, 0, _LayerCarry(frontier, x, state.caches, state.fill, self._undecided(live), work)
     )
-    if self.mode.defers and self.num_layers > 1:
+    if self.mode.defers and self.mode.exits_early and self.num_layers > 1:
       top = run_once(
         self._wants_deeper(at, top), functools.partial(self._backfilling_layers, at), top
       )
@@ -261,10 +282,15 @@ class DecodeStep:
 
   def _layers_from(self, at: _Position, j: int, carry: _LayerCarry) -> _LayerCarry:
     """Layer j (nothing deferred there), then the deeper layers as long as some row needs them and
-    has nothing deferred: one nested run-once loop per layer."""
+    has nothing deferred: one nested run-once loop per layer. (Modes that never exit early run
+    every layer up to the top: straight-line code.)"""
     carry = self._layer(at, j, carry)
     if j == self.last_layer:
       return carry
+    if not self.mode.exits_early:
+      # Every row goes to the top layer (which speculative drafting never leaves deferred below
+      # it): straight-line code, no predicate.
+      return self._layers_from(at, j + 1, carry)
     deeper = self._wants_deeper(at, carry)
     if self.mode.defers:
       deeper = deeper & (carry.fill[j + 1] == at.index)
@@ -275,13 +301,69 @@ class DecodeStep:
     undecided: layers m, m+1, ... with their backfill. Deferred layers form a suffix of the stack
     (fill never grows with depth), so every layer from m on has deferred positions. Flat: layer j
     runs when it is next (layers_run == j) and some row is undecided."""
-    for j in range(1, self.num_layers):
+    for j in range(1, self.last_layer + 1):
       carry = run_once(
         self._wants_deeper(at, carry) & (carry.work.layers_run == j),
         functools.partial(self._layer, at, j, backfill=True),
         carry,
       )
     return carry
+
+  # -----------------------------------------------------------------------------------------------
+  # Speculative decoding's verification: a drafted block through the whole stack, as a backfill.
+  # -----------------------------------------------------------------------------------------------
+  def verify(
+    self,
+    state: DecoderState,
+    position: Array,
+    end: Array,
+    last_input: Array,
+    history: processors.History | None = None,
+  ) -> tuple[DecoderState, Verified, StepWork]:
+    """speculative: slots [position, end) hold a round's inputs (the last emitted token, then the
+    drafts), which the draft steps computed through the draft layer, all but the last one, whose
+    input is `last_input` [R]. Every layer computes its slots up to `end` (deed's backfill: one call
+    per layer when the block fits `backfill_chunk`), and the last layer's exit scores the slots
+    [position, position + W). `history` holds each row's tokens with the drafts in place, new at
+    `position`; the constraints see the block's slot i with i more."""
+    width, top = self.verify_width, self.num_layers - 1
+    x = self.decoder.embed(last_input[:, None], self._positions((end - 1)[None]))  # [R, 1, D]
+    frontier = jax.lax.dynamic_update_slice_in_dim(state.frontier, x.astype(self.dtype), end - 1, 1)
+    caches = list(state.caches)
+    for j in range(self.num_layers):
+      if j == top:  # the last layer's input, for the state confidence
+        previous = jax.lax.dynamic_slice_in_dim(frontier, position, width, axis=1)  # [R, W, D]
+      carry = (state.fill[j], frontier, caches[j])
+      if j <= self.last_layer:  # a draft layer: only the last input, at end - 1, is new to it
+        carry = self._block(j, 1, end)(carry)
+      elif self.chunk < width:
+        carry = (None, *self._backfill(j, frontier, caches[j], state.fill[j], end))
+      else:  # [position, end) as one block of W slots (padding past `end` is overwritten later)
+        if self.first_slot > 0:  # the first round: a deferred prompt's slots, as one block
+          carry = run_once(carry[0] < self.first_slot, self._block(j, self.first_slot, end), carry)
+        carry = self._block(j, width, end)(carry)
+      frontier, caches[j] = carry[1], carry[2]
+    hidden = jax.lax.dynamic_slice_in_dim(frontier, position, width, axis=1)  # [R, W, D]
+    features = self.decoder.exit(top, hidden)
+    log_probs = jax.nn.log_softmax(self.model.logits(features).astype(jnp.float32))  # [R, W, V]
+    if self.constrained:
+      log_probs = jnp.stack(
+        [
+          processors.process(
+            log_probs[:, i], history._replace(new=history.new + i), self.config, self.prompt.length
+          )
+          for i in range(width)
+        ],
+        axis=1,
+      )
+    verified = Verified(
+      token=jnp.argmax(log_probs, axis=-1).astype(jnp.int32),
+      log_prob=log_probs.max(axis=-1),
+      confidence=self._confidence(top, hidden, previous, features, log_probs),
+    )
+    work = StepWork(jnp.int32(self.num_layers), end - state.fill)
+    filled = jnp.full((self.num_layers,), end, jnp.int32)
+    return DecoderState(tuple(caches), filled, frontier), verified, work
 
   def _layer(
     self, at: _Position, j: int, carry: _LayerCarry, backfill: bool = False
@@ -365,6 +447,20 @@ class DecodeStep:
       return log_probs
     return processors.process(log_probs, history, self.config, self.prompt.length)
 
+  def _confidence(
+    self, j: int, hidden: Array, previous: Array, features: Array, log_probs: Array | None
+  ) -> Array:
+    """Exit j's confidence (`config.confidence`) from layer j's output `hidden` and input
+    `previous` [..., D], the exit `features` [..., D] and, for head confidences, the exit's
+    (processed) `log_probs` [..., V] -> [...]."""
+    if self.head_at_exits:
+      # Constrained scores are renormalised over the tokens still allowed.
+      allowed = jax.nn.log_softmax(log_probs) if self.constrained else log_probs
+      return confidence_from_log_probs(allowed, self.config.confidence)
+    if self.config.confidence == "state":
+      return state_confidence(hidden, previous)
+    return self.decoder.exit_probability(features, j)  # the learned exit classifier
+
   def _exit(
     self,
     j: int,
@@ -376,15 +472,8 @@ class DecodeStep:
     """Exit j for rows still undecided: the confident ones (all, at the last layer) take it.
     hidden [R, D] is layer j's output at the current position, previous [R, D] its input there."""
     layer_features = self.decoder.exit(j, hidden)  # [R, D]
-    if self.head_at_exits:
-      log_probs = self._log_probs(layer_features, history)  # [R, V]
-      # Constrained scores are renormalised over the tokens still allowed.
-      allowed = jax.nn.log_softmax(log_probs) if self.constrained else log_probs
-      layer_conf = confidence_from_log_probs(allowed, self.config.confidence)  # [R]
-    elif self.config.confidence == "state":
-      log_probs, layer_conf = None, state_confidence(hidden, previous)  # [R]
-    else:  # the learned exit classifier
-      log_probs, layer_conf = None, self.decoder.exit_probability(layer_features, j)  # [R]
+    log_probs = self._log_probs(layer_features, history) if self.head_at_exits else None  # [R, V]
+    layer_conf = self._confidence(j, hidden, previous, layer_features, log_probs)  # [R]
     if j == self.last_layer:
       confident = jnp.ones((self.rows,), bool)
     else:

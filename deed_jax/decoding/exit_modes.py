@@ -6,6 +6,7 @@ which modes differ:
 - `top_layer`: the layer every remaining row exits at (the last one, or fixed's k).
 - `backfill_chunk`: the widest block a layer call computes (1 where nothing is ever deferred).
 - `defers`: does a skipped layer leave positions for later steps to compute just in time?
+- `verify_width`: how many slots a speculative verification scores (0: the mode never verifies).
 - `wants_deeper`: does the batch go on to the next layer?
 - `after_stack`: what happens to the caches once the step's layers have run (copy's K/V projection).
 
@@ -43,6 +44,11 @@ class ExitMode:
   def backfill_chunk(self, config: DecodeConfig) -> int:
     del config
     return 1
+
+  def verify_width(self, config: DecodeConfig) -> int:
+    """The slots a verification scores (speculative decoding); 0: the mode never verifies."""
+    del config
+    return 0
 
   def wants_deeper(self, live: Array, decided: Array) -> Array:
     """[] bool: whether the next layer runs, from the rows' `live` and `decided` [R] bool."""
@@ -125,10 +131,29 @@ class Copy(ExitMode):
     return run_once(exited_early, project, caches)
 
 
+class Speculative(ExitMode):
+  """Lossless self-speculative decoding (`speculative`): the step drafts a token through layers
+  1..draft_exit_layer; the layers above are left deferred, and the verification computes them over
+  the drafted block as a backfill (blocks of at most max_draft + 1 positions)."""
+
+  defers = True
+
+  def top_layer(self, config: DecodeConfig, num_layers: int) -> int:
+    del num_layers
+    return config.draft_exit_layer
+
+  def backfill_chunk(self, config: DecodeConfig) -> int:
+    return min(config.backfill_chunk, config.max_draft + 1, config.max_new_tokens)
+
+  def verify_width(self, config: DecodeConfig) -> int:
+    return config.max_draft + 1
+
+
 EXIT_MODES: dict[str, ExitMode] = {
   "deed": Deed(),
   "oracle": Oracle(),
   "copy": Copy(),
   "static": Static(),
   "fixed": Fixed(),
+  "speculative": Speculative(),
 }

@@ -19,6 +19,7 @@ from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.decoding.greedy import greedy_decode
 from deed_jax.decoding.output import DecodeOutput
 from deed_jax.decoding.prompts import Prompt, make_prompt
+from deed_jax.decoding.speculative import speculative_decode
 from deed_jax.models import MultiExitEncoderDecoder
 
 
@@ -26,7 +27,10 @@ from deed_jax.models import MultiExitEncoderDecoder
 def _generate(
   graphdef, params, encoder_inputs, threshold, prompt: Prompt, *, config: DecodeConfig
 ) -> DecodeOutput:
-  decode = beam_decode if config.strategy == "beam" else greedy_decode
+  if config.exit_mode == "speculative":
+    decode = speculative_decode
+  else:
+    decode = beam_decode if config.strategy == "beam" else greedy_decode
   return decode(nnx.merge(graphdef, params), encoder_inputs, config, threshold, prompt)
 
 

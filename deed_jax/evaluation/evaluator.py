@@ -110,6 +110,20 @@ def parse_thresholds(values: Sequence[str]) -> list[float]:
     raise UserError(f"--thresholds={','.join(values)} must be numbers in [0, 1].") from None
 
 
+def parse_speculative(values: Sequence[str]) -> tuple[tuple[int, int], ...]:
+  """--speculative as (draft_exit_layer, max_draft) pairs, from "d:k" strings (their range is
+  checked against the model in `_check_inputs`)."""
+  pairs = []
+  for value in values:
+    parts = value.split(":")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+      raise UserError(
+        f"--speculative={','.join(values)}: {value!r} is not draft_exit_layer:max_draft (e.g. 4:4)."
+      )
+    pairs.append((int(parts[0]), int(parts[1])))
+  return tuple(pairs)
+
+
 def check_options(
   thresholds: Sequence[float],
   batch_size: int,
@@ -298,6 +312,7 @@ class EvaluateOptions:
   max_drop: float = 0.5  # calibration: the largest drop allowed, metric points
   delta: float = 0.1  # calibration: the guarantee holds with probability 1 - delta
   step: int | None = None  # the checkpoint step; None: the newest
+  speculative: Sequence[tuple[int, int]] = ()  # (draft_exit_layer, max_draft) settings to add
 
   @property
   def early_exit(self) -> dict:
@@ -375,6 +390,12 @@ def _check_inputs(
     options.delta,
     options.calibrate,
   )
+  for draft_exit_layer, max_draft in options.speculative:
+    if not 1 <= draft_exit_layer < model_config.decoder_layers or max_draft < 1:
+      raise UserError(
+        f"--speculative={draft_exit_layer}:{max_draft}: the draft exit must be in "
+        f"1..{model_config.decoder_layers - 1} and max_draft >= 1."
+      )
   config = task_config(workdir, config)
   validate_task(config.task)
   if options.calibrate and options.num_calibration_examples < 0:
@@ -462,7 +483,7 @@ def _decode_grid(
   rows, histograms, token_examples = [], {}, None
   num_layers = model.config.decoder_layers
   for size in sizes:
-    settings = setting_grid(num_layers, grid, **options.early_exit)
+    settings = setting_grid(num_layers, grid, speculative=options.speculative, **options.early_exit)
     with _bar(len(split.examples) * len(settings), f"{split.name}, batch {size}", progress) as bar:
       runs = decode_settings(
         model,

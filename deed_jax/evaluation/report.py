@@ -23,19 +23,20 @@ def exit_table(results: dict) -> str:
 
 def settings_table(rows: list[dict]) -> str:
   """Decoding settings side by side (rows of `deed_jax.evaluation.sweep.summarise`): the task metric,
-  token exact match when the metric is another, mean exit layer, latency and speedup over static."""
+  token exact match when the metric is another, mean exit layer, latency and speedup over static;
+  speculative rows add their acceptance."""
   name = rows[0]["metric_name"] if rows else "exact_match"
   other = name != "exact_match"  # exact match is then a column of its own
   timed = bool(rows) and "decoder_ms_per_sample" in rows[0]
   out = [
-    f"{'setting':<18} {name:>12}"
+    f"{'setting':<20} {name:>12}"
     + (f" {'exact match':>12}" if other else "")
     + f" {'mean exit':>10}"
     + (f" {'decoder ms/sample':>18} {'total ms/sample':>16} {'speedup':>8}" if timed else "")
   ]
   for row in rows:
     line = (
-      f"{row['setting']:<18} {row['metric']:>12.1f}"
+      f"{row['setting']:<20} {row['metric']:>12.1f}"
       + (f" {100 * row['exact_match']:>11.1f}%" if other else "")
       + f" {row['mean_exit_layer']:>10.2f}"
     )
@@ -43,6 +44,11 @@ def settings_table(rows: list[dict]) -> str:
       speedup = row.get("decoder_speedup")
       line += f" {row['decoder_ms_per_sample']:>18.3f} {row['total_ms_per_sample']:>16.3f} " + (
         f"{speedup:>7.2f}x" if speedup is not None else f"{'':>8}"
+      )
+    if "draft_acceptance" in row:  # speculative
+      line += (
+        f"  drafts accepted {100 * row['draft_acceptance']:.1f}%, "
+        f"{row['tokens_per_round']:.2f} tokens/round"
       )
     out.append(line)
   return "\n".join(out)

@@ -1,5 +1,5 @@
-"""Decoding one split under several settings (static, fixed exits, copy, DEED thresholds) and
-summarising each: the task metric, mean exit layer and decoder latency, side by side.
+"""Decoding one split under several settings (static, fixed exits, copy, DEED thresholds,
+speculative) and summarising each: the task metric, mean exit layer and decoder latency, side by side.
 
 Every setting decodes the same batches, and they take turns on each batch, so slow spells of the
 machine hit all of them alike; latencies are medians over batches of (generate time - encoder time)
@@ -40,11 +40,15 @@ class Setting:
   fixed_exit_layer: int | None = None
   min_exit_layer: int = 1
   backfill_chunk: int = DecodeConfig.backfill_chunk
+  draft_exit_layer: int | None = None  # speculative: drafts at this exit, up to max_draft per round
+  max_draft: int = DecodeConfig.max_draft
 
   @property
   def name(self) -> str:
     if self.exit_mode == "fixed":
       return f"fixed exit {self.fixed_exit_layer}"
+    if self.exit_mode == "speculative":
+      return f"speculative d={self.draft_exit_layer} k={self.max_draft}"
     if self.threshold is not None:
       return f"{self.exit_mode} tau={self.threshold:g}"
     return "static" if self.exit_mode == "static" else self.exit_mode
@@ -58,15 +62,22 @@ class Setting:
       fixed_exit_layer=self.fixed_exit_layer,
       min_exit_layer=self.min_exit_layer,
       backfill_chunk=self.backfill_chunk,
+      draft_exit_layer=self.draft_exit_layer,
+      max_draft=self.max_draft,
       **constraints,
     )
 
 
 def setting_grid(
-  num_layers: int, thresholds: Sequence[float], modes: Sequence[str] = COMPARED_MODES, **early_exit
+  num_layers: int,
+  thresholds: Sequence[float],
+  modes: Sequence[str] = COMPARED_MODES,
+  speculative: Sequence[tuple[int, int]] = (),
+  **early_exit,
 ) -> list[Setting]:
   """static; fixed exits 1..L-1 (fixed L is static); copy and deed at each threshold, with the
-  `early_exit` options of Setting (min_exit_layer, backfill_chunk)."""
+  `early_exit` options of Setting (min_exit_layer, backfill_chunk); speculative decoding at each
+  (draft_exit_layer, max_draft) of `speculative`, drafting max_draft tokens every round."""
   grid = []
   if "static" in modes:
     grid.append(Setting("static"))
@@ -75,6 +86,9 @@ def setting_grid(
   for mode in ("copy", "deed"):
     if mode in modes:
       grid += [Setting(mode, threshold=float(t), **early_exit) for t in thresholds]
+  grid += [
+    Setting("speculative", threshold=0.0, draft_exit_layer=d, max_draft=k) for d, k in speculative
+  ]
   return grid
 
 
@@ -90,6 +104,8 @@ class SettingRun:
   exact: list[bool] = dataclasses.field(default_factory=list)  # per example: tokens == target
   decoder_seconds: list[float] = dataclasses.field(default_factory=list)  # per batch, per sample
   total_seconds: list[float] = dataclasses.field(default_factory=list)  # per batch, per sample
+  # speculative, per batch: (rounds, drafts proposed, drafts the full model agreed with)
+  speculation: list[tuple[int, int, int]] = dataclasses.field(default_factory=list)
 
 
 def decode_settings(
@@ -144,6 +160,10 @@ def decode_settings(
       run.tokens.extend(tokens)
       run.exit_layers.extend(layers)
       run.exact.extend(np.asarray(exact_match(tokens, targets, target_mask)).tolist())
+      if out.speculation is not None:  # the padded rows of a short last batch are left out
+        stats = out.speculation
+        drafted, matched = np.asarray(stats.drafted)[:rows], np.asarray(stats.matched)[:rows]
+        run.speculation.append((int(stats.rounds), int(drafted.sum()), int(matched.sum())))
       if timing:  # per sample of a full batch: the padded rows cost as much as real ones
         run.decoder_seconds.append(max(seconds - encoder_time, 1e-9) / batch_size)
         run.total_seconds.append(seconds / batch_size)
@@ -207,6 +227,8 @@ def summarise(
       "num_examples": len(run.exact),
       "batch_size": run.batch_size,
     }
+    if run.speculation:
+      row.update(_acceptance(run))
     if run.decoder_seconds:
       row.update(
         decoder_ms_per_sample=1000 * float(np.median(run.decoder_seconds)),
@@ -218,6 +240,21 @@ def summarise(
         )
     rows.append(row)
   return rows
+
+
+def _acceptance(run: SettingRun) -> dict:
+  """Speculative decoding's rounds: draft_exit_layer, max_draft, draft_acceptance (drafts the full
+  model agreed with / drafts proposed), tokens_per_round (emitted tokens per row and round; rows that
+  end early count fully, so at batch > 1 this understates what a row gets per round)."""
+  rounds, drafted, matched = np.asarray(run.speculation).sum(axis=0)
+  emitted = sum(int((e > 0).sum()) for e in run.exit_layers)
+  rows_rounds = sum(r * run.batch_size for r, _, _ in run.speculation)
+  return {
+    "draft_exit_layer": run.setting.draft_exit_layer,
+    "max_draft": run.setting.max_draft,
+    "draft_acceptance": float(matched / max(drafted, 1)),
+    "tokens_per_round": float(emitted / max(rows_rounds, 1)),
+  }
 
 
 def _emitted_exit_layers(run: SettingRun) -> np.ndarray:

@@ -9,7 +9,9 @@ from flax import nnx
 
 from deed_jax.data import pipeline
 from deed_jax.decoding.reference import greedy_at_exit
+from deed_jax.errors import UserError
 from deed_jax.evaluation import metrics
+from deed_jax.evaluation.evaluator import parse_speculative
 from deed_jax.evaluation.report import settings_table
 from deed_jax.evaluation.sweep import (
   Setting,
@@ -77,6 +79,16 @@ def test_setting_grid():
     "static",
     "deed tau=0.5",
   ]
+  speculative = setting_grid(4, [0.5], modes=("static",), speculative=[(2, 3)])
+  assert [s.name for s in speculative] == ["static", "speculative d=2 k=3"]
+  assert speculative[1].decode_config(8, "max_prob").draft_exit_layer == 2
+
+
+@pytest.mark.parametrize("value", ["3", "3:x", "1:2:3", "-1:2"])
+def test_bad_speculative_options_are_refused(value):
+  with pytest.raises(UserError, match="draft_exit_layer:max_draft"):
+    parse_speculative([value])
+  assert parse_speculative(["3:4", "2:1"]) == ((3, 4), (2, 1))
 
 
 @pytest.mark.parametrize("batch_size", [1, 2])  # 2: five examples, so the last batch is padded
@@ -88,13 +100,15 @@ def test_rows_against_the_naive_reference(batch_size):
     Setting("deed", threshold=0.0),
     Setting("deed", threshold=1.5),
     Setting("copy", threshold=1.5),
+    Setting("speculative", threshold=0.0, draft_exit_layer=1, max_draft=2),
   ]
   seen = []
   runs = decode_settings(model, _batches(examples, batch_size), settings, 6, progress=seen.append)
   assert sum(seen) == 5 * len(settings)
   at_first = np.asarray(greedy_at_exit(model, encoder_inputs, 1, 6))
-  static, fixed1, deed0, deed_never, copy_never = runs
+  static, fixed1, deed0, deed_never, copy_never, speculative = runs
   np.testing.assert_array_equal(np.stack(static.tokens), tokens)
+  np.testing.assert_array_equal(np.stack(speculative.tokens), tokens)  # lossless
   np.testing.assert_array_equal(np.stack(fixed1.tokens), at_first)  # fixed exit 1 is exit 1's model
   np.testing.assert_array_equal(np.stack(deed0.tokens), at_first)  # tau 0: every token from exit 1
   np.testing.assert_array_equal(np.stack(deed_never.tokens), tokens)
@@ -106,7 +120,12 @@ def test_rows_against_the_naive_reference(batch_size):
     "deed tau=0",
     "deed tau=1.5",
     "copy tau=1.5",
+    "speculative d=1 k=2",
   ]
+  # Drafts are exit 1's tokens: those the full model agrees with are the accepted ones.
+  drafted, matched = np.asarray(speculative.speculation)[:, 1:].sum(0)
+  assert 0 < drafted and rows[5]["draft_acceptance"] == pytest.approx(matched / drafted)
+  assert 0.0 < rows[5]["tokens_per_round"] <= 3.0 and "draft_acceptance" not in rows[0]
   expected_first = 100 * np.mean([np.array_equal(at_first[b], tokens[b]) for b in range(5)])
   assert rows[0]["metric"] == 100.0 and rows[0]["mean_exit_layer"] == 3.0
   assert rows[1]["metric"] == pytest.approx(expected_first) == rows[2]["metric"]
@@ -133,7 +152,7 @@ def test_rows_against_the_naive_reference(batch_size):
   ]
   assert exit_histogram(static, 3) == [0, 0, emitted] and emitted_first > 0
   table = settings_table(rows)
-  assert "deed tau=1.5" in table and "decoder ms/sample" in table
+  assert "deed tau=1.5" in table and "decoder ms/sample" in table and "tokens/round" in table
 
 
 def test_untimed_runs_and_the_task_metric_on_strings():
