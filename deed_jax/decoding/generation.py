@@ -23,10 +23,11 @@ from deed_jax.decoding.speculative import speculative_decode
 from deed_jax.models import MultiExitEncoderDecoder
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "config"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "treedef", "config"))
 def _generate(
-  graphdef, params, encoder_inputs, threshold, prompt: Prompt, *, config: DecodeConfig
+  graphdef, treedef, leaves, encoder_inputs, threshold, prompt: Prompt, *, config: DecodeConfig
 ) -> DecodeOutput:
+  params = jax.tree.unflatten(treedef, leaves)
   if config.exit_mode == "speculative":
     decode = speculative_decode
   else:
@@ -49,6 +50,10 @@ class Generate:
     self.model = model
     self.config = config.resolve(model.config)
     self.graphdef, self.params = nnx.split(model, nnx.Param)
+    # The parameters travel as a flat list of arrays: flattening the nnx State (its Variables) on
+    # every call cost ~1 ms in Python, as much as a short decode of a small model on a CPU.
+    leaves, self.treedef = jax.tree.flatten(self.params)
+    self.leaves = list(leaves)
     # The threshold travels as a traced value: key the compiled function on the rest of the config.
     self.static_config = dataclasses.replace(self.config, threshold=0.0)
     self._executables = {}  # input shapes -> compiled program
@@ -66,11 +71,11 @@ class Generate:
       bos_id=config.bos_id,
       pad_id=config.pad_id,
     )
-    return self.graphdef, self.params, encoder_inputs, np.float32(threshold), prompt
+    return self.graphdef, self.treedef, self.leaves, encoder_inputs, np.float32(threshold), prompt
 
   def __call__(self, encoder_inputs: dict, threshold=None, prompt=None) -> DecodeOutput:
     args = self._arguments(encoder_inputs, threshold, prompt)
-    return self._executable(args)(*args[1:])
+    return self._executable(args)(*args[2:])
 
   def lower(self, encoder_inputs: dict, threshold=None, prompt=None) -> jax.stages.Lowered:
     args = self._arguments(encoder_inputs, threshold, prompt)
@@ -80,7 +85,7 @@ class Generate:
     """The program for these input shapes, compiled once per instance. (Calling the jitted function
     hashes the model's graphdef, a static argument, on every call: about 1 ms for a small model,
     as much as a whole short decode takes on a CPU, and it would count as decoding time.)"""
-    leaves, treedef = jax.tree.flatten((args[2], args[4]))  # encoder inputs, prompt
+    leaves, treedef = jax.tree.flatten((args[3], args[5]))  # encoder inputs, prompt
     key = (treedef, tuple((np.shape(x), np.result_type(x)) for x in leaves))
     if key not in self._executables:
       self._executables[key] = _generate.lower(*args, config=self.static_config).compile()
@@ -102,8 +107,11 @@ def make_encode(model: MultiExitEncoderDecoder) -> Callable[[dict], tuple[jax.Ar
   """The encoder alone, jitted: fn(encoder_inputs) -> (states [B, S, D], mask [B, S]). Decoder-only
   latency is generate time minus this."""
   graphdef, params = nnx.split(model, nnx.Param)
-  encode = jax.jit(lambda params, inputs: nnx.merge(graphdef, params).encode(inputs))
-  return lambda encoder_inputs: encode(params, encoder_inputs)
+  leaves, treedef = jax.tree.flatten(params)  # flattened once, as `Generate` does
+  encode = jax.jit(
+    lambda leaves, inputs: nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves)).encode(inputs)
+  )
+  return lambda encoder_inputs: encode(leaves, encoder_inputs)
 
 
 def generate(
