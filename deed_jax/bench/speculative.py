@@ -115,20 +115,7 @@ def main(argv):
       prompt_width=split.prompt_width,
       constraints=split.constraints,
     )
-    static = runs[0]
-    for run in runs:
-      row = _timing_row(run, static, size)
-      if run.setting.exit_mode == "speculative":
-        row.update(speculative_row(run, static, layers, head, block))
-        key = (run.setting.draft_exit_layer, run.setting.max_draft)
-        if size == 1:
-          solo_rounds[key] = [r for r, _, _ in run.speculation]
-        elif key in solo_rounds:
-          solo = solo_rounds[key]
-          row["per_row_rounds"] = int(
-            sum(max(solo[i : i + size]) for i in range(0, len(solo), size))
-          )
-      rows.append(row)
+    rows += [_row(run, runs[0], size, layers, head, block, solo_rounds) for run in runs]
   print(_table(rows))
   write_result(
     _OUTPUT.value,
@@ -143,6 +130,22 @@ def main(argv):
       "rows": rows,
     },
   )
+
+
+def _row(run, static, size, layers, head, block, solo_rounds: dict) -> dict:
+  """A setting's row; speculative ones add `speculative_row` and, at batch > 1, the rounds per-row
+  slots would need at least (from `solo_rounds`, each example's rounds at batch 1, filled here)."""
+  row = _timing_row(run, static, size)
+  if run.setting.exit_mode != "speculative":
+    return row
+  row.update(speculative_row(run, static, layers, head, block))
+  key = (run.setting.draft_exit_layer, run.setting.max_draft)
+  if size == 1:
+    solo_rounds[key] = [r for r, _, _ in run.speculation]
+  elif key in solo_rounds:
+    solo = solo_rounds[key]
+    row["per_row_rounds"] = int(sum(max(solo[i : i + size]) for i in range(0, len(solo), size)))
+  return row
 
 
 def _timing_row(run: SettingRun, static: SettingRun, size: int) -> dict:

@@ -82,98 +82,12 @@ def speculative_decode(
 ) -> DecodeOutput:
   """Pure function of the model's arrays (call it under jit); `config` must be `resolve`d, with
   exit_mode "speculative". The tokens equal static greedy decoding's."""
-  n, width = config.max_new_tokens, config.max_draft + 1
   encoder_out, encoder_mask = model.encode(encoder_inputs)  # [B, S, D], [B, S]
-  batch, num_layers = encoder_out.shape[0], model.config.decoder_layers
   step = DecodeStep(model, encoder_out, encoder_mask, config, threshold, prompt)
-  first = step.first_slot
-  prompt_tokens, prompt_pad = jnp.asarray(prompt.tokens, jnp.int32), jnp.asarray(prompt.pad)
-  history = lambda tokens, new: History(
-    jnp.concatenate([prompt_tokens, tokens], 1), prompt_pad, new
-  )
-
-  def draft(p: Array, live: Array, budget: Array, d: _Draft) -> _Draft:
-    """Draft token `d.count` at slot p + count, through layers 1..draft_exit_layer."""
-    i = d.count
-    new = p - first + i  # the draft's index among the new tokens
-    token_in = jax.lax.dynamic_index_in_dim(d.inputs, i, axis=1, keepdims=False)
-    decoder, choice, work = step(d.decoder, p + i, token_in, live, history(d.tokens, new))
-    ended = d.ended | (choice.token == config.eos_id)
-    drafting = live & ~ended  # rows whose next draft matters
-    confident = jnp.all((choice.confidence >= threshold) | ~drafting)
-    return _Draft(
-      count=i + 1,
-      going=confident & jnp.any(drafting) & (i + 1 < budget),
-      decoder=decoder,
-      inputs=jax.lax.dynamic_update_slice_in_dim(d.inputs, choice.token[:, None], i + 1, 1),
-      confidences=jax.lax.dynamic_update_slice_in_dim(
-        d.confidences, choice.confidence[:, None], i, 1
-      ),
-      ended=ended,
-      tokens=jax.lax.dynamic_update_slice_in_dim(d.tokens, choice.token[:, None], new, 1),
-      layers_run=d.layers_run + work.layers_run,
-    )
-
-  def round_(r: _Round) -> _Round:
-    p, live = r.position, ~r.done
-    # At most max_draft drafts, leaving room for the full model's token within max_new_tokens.
-    budget = jnp.minimum(config.max_draft, first + n - p - 1)
-    drafted = jax.lax.while_loop(
-      lambda d: d.going,
-      lambda d: draft(p, live, budget, d),
-      _Draft(
-        count=jnp.int32(0),
-        going=budget > 0,
-        decoder=r.decoder,
-        inputs=jnp.zeros((batch, width), jnp.int32).at[:, 0].set(r.last_token),
-        confidences=jnp.zeros((batch, width), jnp.float32),
-        ended=~live,
-        tokens=r.out.tokens,
-        layers_run=jnp.int32(0),
-      ),
-    )
-    m = drafted.count
-    last_input = jax.lax.dynamic_index_in_dim(drafted.inputs, m, axis=1, keepdims=False)
-    decoder, verified, work = step.verify(
-      drafted.decoder, p, p + m + 1, last_input, history(drafted.tokens, p - first)
-    )
-    agree = (drafted.inputs[:, 1:] == verified.token[:, :-1]) & (jnp.arange(width - 1) < m)
-    accepted = jnp.sum(jnp.cumprod(agree, axis=1), axis=1)  # [B] the leading drafts agreed with
-    length = _round_length(accepted, verified.token, m, live, config.eos_id)
-    out = _emit(r.out, p - first, length, accepted, drafted, verified, live, config, num_layers)
-    out = out._replace(
-      layers_run=out.layers_run.at[p - first].set(drafted.layers_run + work.layers_run),
-      backfilled=out.backfilled + work.backfilled,
-    )
-    emitted = jax.lax.dynamic_slice_in_dim(out.tokens, p - first, width, axis=1)  # [B, W]
-    ended = jnp.any((emitted == config.eos_id) & (jnp.arange(width) < length), axis=1)
-    return _Round(
-      position=p + length,
-      last_token=jax.lax.dynamic_index_in_dim(verified.token, length - 1, 1, keepdims=False),
-      done=r.done | (live & ended),
-      decoder=decoder.rewind(p + length),
-      out=out,
-    )
-
-  init = _Round(
-    position=jnp.int32(first),
-    last_token=jnp.asarray(prompt.tokens[:, -1], jnp.int32),
-    done=jnp.zeros((batch,), bool),
-    decoder=step.init_state(),
-    out=_Emitted(
-      tokens=jnp.full((batch, n + width), config.pad_id, jnp.int32),
-      exit_layers=jnp.zeros((batch, n + width), jnp.int32),
-      confidences=jnp.zeros((batch, n + width), jnp.float32),
-      scores=jnp.zeros((batch,), jnp.float32),
-      layers_run=jnp.zeros((n + width,), jnp.int32),
-      backfilled=jnp.zeros((num_layers,), jnp.int32),
-      speculation=Speculation(
-        jnp.int32(0), jnp.zeros((batch,), jnp.int32), jnp.zeros((batch,), jnp.int32)
-      ),
-    ),
-  )
+  rounds = _Rounds(step, config, threshold, prompt)
+  n, first = config.max_new_tokens, step.first_slot
   final = jax.lax.while_loop(
-    lambda r: (r.position < first + n) & jnp.any(~r.done), round_, init
+    lambda r: (r.position < first + n) & jnp.any(~r.done), rounds, rounds.init()
   ).out
   return DecodeOutput(
     tokens=final.tokens[:, :n],
@@ -184,6 +98,108 @@ def speculative_decode(
     backfilled=final.backfilled,
     speculation=final.speculation,
   )
+
+
+class _Rounds:
+  """One draft-and-verify round (`__call__`, the body of the decoding loop) and the loop's start."""
+
+  def __init__(self, step: DecodeStep, config: DecodeConfig, threshold, prompt: Prompt):
+    self.step, self.config, self.threshold = step, config, threshold
+    self.n, self.width = config.max_new_tokens, config.max_draft + 1
+    self.first = step.first_slot
+    self.rows, self.num_layers = step.rows, step.num_layers
+    self.prompt = prompt
+    self.prompt_tokens = jnp.asarray(prompt.tokens, jnp.int32)
+
+  def init(self) -> _Round:
+    rows, slots = self.rows, self.n + self.width
+    zeros = jnp.zeros((rows,), jnp.int32)
+    return _Round(
+      position=jnp.int32(self.first),
+      last_token=self.prompt_tokens[:, -1],
+      done=jnp.zeros((rows,), bool),
+      decoder=self.step.init_state(),
+      out=_Emitted(
+        tokens=jnp.full((rows, slots), self.config.pad_id, jnp.int32),
+        exit_layers=jnp.zeros((rows, slots), jnp.int32),
+        confidences=jnp.zeros((rows, slots), jnp.float32),
+        scores=jnp.zeros((rows,), jnp.float32),
+        layers_run=jnp.zeros((slots,), jnp.int32),
+        backfilled=jnp.zeros((self.num_layers,), jnp.int32),
+        speculation=Speculation(jnp.int32(0), zeros, zeros),
+      ),
+    )
+
+  def history(self, tokens: Array, new: Array) -> History:
+    """Each row's sequence: its prompt, then `tokens` [B, N + W] (the first `new` of them count)."""
+    tokens = jnp.concatenate([self.prompt_tokens, tokens], 1)
+    return History(tokens, jnp.asarray(self.prompt.pad), new)
+
+  def draft(self, p: Array, live: Array, budget: Array, d: _Draft) -> _Draft:
+    """Draft token `d.count` at slot p + count, through layers 1..draft_exit_layer."""
+    i, eos = d.count, self.config.eos_id
+    new = p - self.first + i  # the draft's index among the new tokens
+    token_in = jax.lax.dynamic_index_in_dim(d.inputs, i, axis=1, keepdims=False)
+    decoder, choice, work = self.step(d.decoder, p + i, token_in, live, self.history(d.tokens, new))
+    ended = d.ended | (choice.token == eos)
+    drafting = live & ~ended  # rows whose next draft matters
+    confident = jnp.all((choice.confidence >= self.threshold) | ~drafting)
+    write = lambda buffer, values, at: jax.lax.dynamic_update_slice_in_dim(
+      buffer, values[:, None], at, 1
+    )
+    return _Draft(
+      count=i + 1,
+      going=confident & jnp.any(drafting) & (i + 1 < budget),
+      decoder=decoder,
+      inputs=write(d.inputs, choice.token, i + 1),
+      confidences=write(d.confidences, choice.confidence, i),
+      ended=ended,
+      tokens=write(d.tokens, choice.token, new),
+      layers_run=d.layers_run + work.layers_run,
+    )
+
+  def __call__(self, r: _Round) -> _Round:
+    p, live, width = r.position, ~r.done, self.width
+    # At most max_draft drafts, leaving room for the full model's token within max_new_tokens.
+    budget = jnp.minimum(self.config.max_draft, self.first + self.n - p - 1)
+    drafted = jax.lax.while_loop(
+      lambda d: d.going,
+      lambda d: self.draft(p, live, budget, d),
+      _Draft(
+        count=jnp.int32(0),
+        going=budget > 0,
+        decoder=r.decoder,
+        inputs=jnp.zeros((self.rows, width), jnp.int32).at[:, 0].set(r.last_token),
+        confidences=jnp.zeros((self.rows, width), jnp.float32),
+        ended=~live,
+        tokens=r.out.tokens,
+        layers_run=jnp.int32(0),
+      ),
+    )
+    m, start = drafted.count, p - self.first
+    last_input = jax.lax.dynamic_index_in_dim(drafted.inputs, m, axis=1, keepdims=False)
+    decoder, verified, work = self.step.verify(
+      drafted.decoder, p, p + m + 1, last_input, self.history(drafted.tokens, start)
+    )
+    agree = (drafted.inputs[:, 1:] == verified.token[:, :-1]) & (jnp.arange(width - 1) < m)
+    accepted = jnp.sum(jnp.cumprod(agree, axis=1), axis=1)  # [B] the leading drafts agreed with
+    length = _round_length(accepted, verified.token, m, live, self.config.eos_id)
+    out = _emit(
+      r.out, start, length, accepted, drafted, verified, live, self.config, self.num_layers
+    )
+    out = out._replace(
+      layers_run=out.layers_run.at[start].set(drafted.layers_run + work.layers_run),
+      backfilled=out.backfilled + work.backfilled,
+    )
+    emitted = jax.lax.dynamic_slice_in_dim(out.tokens, start, width, axis=1)  # [B, W]
+    ended = jnp.any((emitted == self.config.eos_id) & (jnp.arange(width) < length), axis=1)
+    return _Round(
+      position=p + length,
+      last_token=jax.lax.dynamic_index_in_dim(verified.token, length - 1, 1, keepdims=False),
+      done=r.done | (live & ended),
+      decoder=decoder.rewind(p + length),
+      out=out,
+    )
 
 
 def _round_length(accepted: Array, verified: Array, m: Array, live: Array, eos_id: int) -> Array:

@@ -160,16 +160,21 @@ def decode_settings(
       run.tokens.extend(tokens)
       run.exit_layers.extend(layers)
       run.exact.extend(np.asarray(exact_match(tokens, targets, target_mask)).tolist())
-      if out.speculation is not None:  # the padded rows of a short last batch are left out
-        stats = out.speculation
-        drafted, matched = np.asarray(stats.drafted)[:rows], np.asarray(stats.matched)[:rows]
-        run.speculation.append((int(stats.rounds), int(drafted.sum()), int(matched.sum())))
+      if out.speculation is not None:
+        run.speculation.append(_round_counts(out.speculation, rows))
       if timing:  # per sample of a full batch: the padded rows cost as much as real ones
         run.decoder_seconds.append(max(seconds - encoder_time, 1e-9) / batch_size)
         run.total_seconds.append(seconds / batch_size)
       if progress is not None:
         progress(rows)
   return runs
+
+
+def _round_counts(stats, rows: int) -> tuple[int, int, int]:
+  """(rounds, drafts proposed, drafts agreed with) of a speculative batch (`Speculation`), leaving
+  out the padded rows of a short last batch (the first `rows` are real)."""
+  drafted, matched = np.asarray(stats.drafted)[:rows], np.asarray(stats.matched)[:rows]
+  return int(stats.rounds), int(drafted.sum()), int(matched.sum())
 
 
 def batch_prompt(batch: dict, width: int) -> Prompt | None:

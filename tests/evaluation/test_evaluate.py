@@ -200,6 +200,8 @@ def test_a_model_only_workdir_needs_the_task(tmp_path, tfds_dir):
     (dict(confidence="classifier"), {}, UserError, "classifier"),
     (dict(min_exit_layer=3), {}, UserError, "min_exit_layer"),
     (dict(backfill_chunk=0), {}, UserError, "backfill_chunk=0"),
+    (dict(speculative=((2, 4),)), {}, UserError, "--speculative=2:4"),  # 2 layers: drafts at 1
+    (dict(speculative=((1, 0),)), {}, UserError, "--speculative=1:0"),
     (dict(split="nope"), {}, UserError, "'nope'"),
     (dict(), {"metric": "rouge"}, UserError, "'rouge'"),
     (dict(), {"dataset": "forms_audio"}, UserError, "'forms_audio'"),
