@@ -183,6 +183,7 @@ def test_speculative_tokens_are_static_greedy_tokens(models, agreement, max_draf
   stats = out.speculation
   assert (np.asarray(stats.matched) <= np.asarray(stats.drafted)).all()
   assert (np.asarray(stats.drafted) > 0).all()
+  eos_mid_round = []
   for b in range(3):  # alone: the same tokens; every emitted draft is a matched one
     alone = run(_rows(inputs, b))
     np.testing.assert_array_equal(np.asarray(alone.tokens)[0], np.asarray(expected.tokens)[b])
@@ -191,6 +192,11 @@ def test_speculative_tokens_are_static_greedy_tokens(models, agreement, max_draf
     # Each round emits the full model's token unless the row ends within its accepted drafts.
     full = int((np.asarray(alone.exit_layers) == LAYERS).sum())
     assert full <= int(alone.speculation.rounds) <= full + 1
+    # A round's layer count sits at its first token: an EOS elsewhere ended the row mid-round.
+    ends = np.flatnonzero(np.asarray(alone.tokens)[0] == eos)
+    eos_mid_round += [np.asarray(alone.layers_run)[ends[0]] == 0] if ends.size else []
+  if agreement == "high":
+    assert any(eos_mid_round), "precondition: a row ends inside a drafted block"
 
 
 def _same(config: DecodeConfig) -> dict:
