@@ -18,11 +18,13 @@ are restored through that layout and handed back in today's (`decoder/token_embe
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
@@ -358,6 +360,21 @@ def load_model(workdir: str, step: int | None = None) -> MultiExitEncoderDecoder
   """A ready model from a workdir: its `model_config.json` + the params of `step` (default: the
   newest readable one)."""
   return load_step(workdir, step)[1]
+
+
+def params_fingerprint(model: MultiExitEncoderDecoder) -> str:
+  """A short hash of a model's parameters: every array's path, shape and dtype, and up to 4096 evenly
+  spaced values of it (retraining or another checkpoint changes them; hashing every byte of a large
+  model would cost seconds). What decode_config.json records it was calibrated for."""
+  digest = hashlib.sha256()
+  for path, value in sorted(
+    (path_name(p), v) for p, v in jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))
+  ):
+    array = np.asarray(jax.device_get(value)).reshape(-1)
+    sample = array[:: max(1, array.size // 4096)]
+    digest.update(f"{path}:{value.shape}:{value.dtype}".encode())
+    digest.update(np.ascontiguousarray(sample).tobytes())
+  return digest.hexdigest()[:16]
 
 
 def load_step(

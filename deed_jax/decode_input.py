@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from typing import Any
 
 import ml_collections
@@ -20,7 +21,13 @@ from deed_jax.errors import MissingPathError, UserError
 from deed_jax.models import ModelConfig
 from deed_jax.models.config import IMAGE_ENCODERS
 from deed_jax.timing import timed
-from deed_jax.workdir import TRAIN_CONFIG_FILE, read_json, read_model_config, workdir_decode_config
+from deed_jax.workdir import (
+  TRAIN_CONFIG_FILE,
+  read_json,
+  read_model_config,
+  stale_calibration,
+  workdir_decode_config,
+)
 
 # The DecodeConfig fields the command line may override, with their types (None: not overridden).
 OVERRIDABLE = dict(
@@ -104,7 +111,9 @@ def decode_input(
   room = model_config.max_target_length - length + 1  # the new tokens the decoder has positions for
   if "max_new_tokens" not in overrides and config.max_new_tokens > room:
     config = dataclasses.replace(config, max_new_tokens=room)
-  generate = make_generate(checkpoint.load_model(workdir, step), config)  # checks the config
+  step, model = checkpoint.load_step(workdir, step)
+  warn_if_stale(workdir, step, model)
+  generate = make_generate(model, config)  # checks the config
   prompts = None if prompt_ids is None else [prompt_ids]
   _, compile_seconds = timed(generate, inputs, None, prompts)
   times = []
@@ -112,6 +121,20 @@ def decode_input(
     out, seconds = timed(generate, inputs, None, prompts)
     times.append(seconds)
   return _result(out, tokenizer, generate.config, float(np.median(times)), compile_seconds)
+
+
+_WARNED: set[tuple[str, int]] = set()
+
+
+def warn_if_stale(workdir: str, step: int, model) -> None:
+  """Warn, once per workdir and step, when decode_config.json was calibrated for another
+  checkpoint (a retrained model keeps an older threshold only with a warning)."""
+  if (workdir, step) in _WARNED:
+    return
+  stale = stale_calibration(workdir, step, checkpoint.params_fingerprint(model))
+  if stale:
+    _WARNED.add((workdir, step))
+    warnings.warn(f"{stale}; decoding with it anyway.", stacklevel=2)
 
 
 def _result(out: DecodeOutput, tokenizer: Tokenizer, config, seconds: float, compile_s: float):

@@ -16,7 +16,7 @@ def task_defaults() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(
     dict(
       # A TFDS builder of deed_jax.data.datasets: an embedded forms task (forms_vqa, forms_text) or
-      # one over VQA files on disk (docvqa, stvqa: they need manual_dir).
+      # one over VQA files on disk (docvqa, stvqa, textvqa: they need manual_dir).
       dataset="forms_vqa",
       # Its config. Forms: size tiny | small | base, plain or with "_normalised". VQA builders: the
       # image size and fit, "<height>x<width>_pad|resize" (deed_jax.data.vqa_tfds).
@@ -28,10 +28,12 @@ def task_defaults() -> ml_collections.ConfigDict:
       target_key="answer",
       max_source_length=0,  # Text encoders: input length in tokens.
       # The metric deed_jax.evaluate scores decoded strings with (deed_jax.evaluation.metrics):
-      # exact_match | anls | vqa_accuracy | cer | bleu.
-      metric="exact_match",
-      # The feature holding every reference answer the metric compares with (VQA builders: "answers");
-      # "" = the target text is the only answer.
+      # exact_match | anls | vqa_accuracy | cer | bleu; "" = the dataset's leaderboard metric (DocVQA,
+      # ST-VQA: anls; TextVQA: vqa_accuracy; forms: exact_match).
+      metric="",
+      # The feature holding the reference answers the metric compares with; "" = the dataset's: every
+      # answer of a question for the VQA builders ("answers"), the target text for the forms tasks.
+      # "answer" scores a VQA question against its first answer alone.
       answers_key="",
       # The feature holding each example's decoder prompt text (Donut's task format; the VQA builders'
       # and forms_vqa's "prompt"); "" = the decoder starts from the start token alone.
@@ -50,4 +52,11 @@ def validate_task(task: ml_collections.ConfigDict) -> None:
       f"Unknown config option(s) config.task.{unknown}; known: {sorted(task_defaults().keys())}."
     )
   datasets.check(task.dataset, task.dataset_config, task.get("manual_dir", ""))
-  metrics.check_metric(task.metric, "config.task.metric")
+  if task.metric:
+    metrics.check_metric(task.metric, "config.task.metric")
+
+
+def scoring(task: ml_collections.ConfigDict) -> tuple[str, str]:
+  """(metric, answers feature) the task is scored with: its own, else its dataset's."""
+  metric, answers_key = datasets.scoring(task.dataset)
+  return task.get("metric") or metric, task.get("answers_key") or answers_key

@@ -110,6 +110,25 @@ def workdir_decode_config(workdir: str, prompt_length: int = 1, **overrides) -> 
   return DecodeConfig(**{**fields, **calibrated, **overrides})
 
 
+def stale_calibration(workdir: str, step: int, fingerprint: str) -> str | None:
+  """Why decode_config.json's calibrated choice does not belong to checkpoint `step` with these
+  parameters (None: it does, or the workdir holds no calibrated choice). Calibration records what it
+  ran on (`calibrated_for`: step, parameter fingerprint, data, metric, risk settings, date)."""
+  stored = read_json(workdir, DECODE_CONFIG_FILE)
+  if stored is None:
+    return None
+  made = stored.get("calibrated_for")
+  if made is None:
+    return f"{workdir}/{DECODE_CONFIG_FILE} does not record which checkpoint it was calibrated for"
+  if made.get("step") != step or made.get("params_fingerprint") != fingerprint:
+    return (
+      f"{workdir}/{DECODE_CONFIG_FILE} was calibrated for step {made.get('step')} (parameters "
+      f"{made.get('params_fingerprint')}), not for step {step} (parameters {fingerprint}); "
+      "recalibrate with python -m deed_jax.evaluate --calibrate"
+    )
+  return None
+
+
 def read_json(workdir: str, name: str) -> Any | None:
   """The JSON file `name` of `workdir`, or None when it has none."""
   path = epath.Path(workdir) / name

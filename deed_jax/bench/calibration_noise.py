@@ -39,7 +39,7 @@ from deed_jax.evaluation.evaluator import (
   task_config,
 )
 from deed_jax.evaluation.sweep import Setting
-from deed_jax.task_config import validate_task
+from deed_jax.task_config import scoring, validate_task
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A trained or converted deed-jax workdir.")
 _SPLITS = flags.DEFINE_list(
@@ -171,7 +171,8 @@ def main(argv):
   sizes = _calibration_sizes()
   config = task_config(workdir, None)
   validate_task(config.task)
-  check_per_example_metric(config.task.metric)
+  metric, _ = scoring(config.task)
+  check_per_example_metric(metric)
   early_exit = dict(min_exit_layer=_MIN_EXIT_LAYER.value, backfill_chunk=_BACKFILL_CHUNK.value)
   settings = [Setting("static")] + [Setting("deed", threshold=t, **early_exit) for t in thresholds]
   settings[-1].decode_config(model_config.max_target_length, _CONFIDENCE.value).resolve(
@@ -184,17 +185,11 @@ def main(argv):
 
   step, model = checkpoint.load_step(workdir)  # the newest readable step
   quality = lambda setting: np.concatenate(
-    [
-      split_quality(model, s, setting, config.task.metric, _CONFIDENCE.value, _BATCH_SIZE.value)
-      for s in splits
-    ]
+    [split_quality(model, s, setting, _CONFIDENCE.value, _BATCH_SIZE.value) for s in splits]
   )
   scores = [quality(setting) for setting in settings]
   full, by_threshold = scores[0], dict(zip(thresholds, scores[1:]))
-  print(
-    f"{pool} examples of {_SPLITS.value}; metric {config.task.metric}; static "
-    f"{100 * full.mean():.2f}"
-  )
+  print(f"{pool} examples of {_SPLITS.value}; metric {metric}; static {100 * full.mean():.2f}")
   pooled = _pooled(full, by_threshold)
   results = _resampled(full, by_threshold, sizes, setups)
   if _JSON.value:
@@ -205,7 +200,7 @@ def main(argv):
         "step": step,
         "splits": _SPLITS.value,
         "pool": pool,
-        "metric": config.task.metric,
+        "metric": metric,
         "confidence": _CONFIDENCE.value,
         **early_exit,
         "target": _TARGET.value,

@@ -38,6 +38,15 @@ def check(name: str, config: str, manual_dir: str = "") -> None:
     )
 
 
+def scoring(name: str) -> tuple[str, str]:
+  """(metric, answers feature) a dataset is scored with unless its task config says otherwise: a VQA
+  builder's leaderboard metric against every answer of a question; the forms tasks' exact match
+  against the target (answers feature "": the target text)."""
+  if name in vqa_tfds.BUILDERS:
+    return vqa_tfds.BUILDERS[name].METRIC, "answers"
+  return "exact_match", ""
+
+
 def resolve_config(name: str, config: str, model_dir: str, image_size: tuple[int, int]) -> str:
   """The builder config to use: `config`, or for a VQA builder left at "" the model's image size,
   fitted as the `preprocessor_config.json` in `model_dir` says (a converted Donut or ViT model)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Iterator, Sequence
+from typing import NamedTuple
 
 import grain
 import jax
@@ -228,13 +229,24 @@ def pad_rows(batch: dict, size: int) -> dict:
   }
 
 
+class EvalExamples(NamedTuple):
+  examples: list[dict]  # preprocessed, no batch axis
+  answers: list[list[str]]  # each example's reference answers
+  groups: list[str]  # each example's document / image ("group" feature), else its index
+
+
 def read_examples(
   source, preprocess: Preprocess, count: int, answers_key: str = ""
-) -> tuple[list[dict], list[list[str]]]:
-  """The first `count` examples of `source` (0: all) in order, preprocessed (no batch axis), and each
-  one's reference answers (the strings under `answers_key`; "" = its target text). For evaluation,
-  where the metric needs every answer an example has, not only the trained target."""
+) -> EvalExamples:
+  """The first `count` examples of `source` (0: all) in order, preprocessed, with each one's
+  reference answers (the strings under `answers_key`; "" = its target text) and group. For
+  evaluation, where the metric needs every answer an example has, not only the trained target, and
+  calibration treats the questions about one document as one draw."""
   count = len(source) if count == 0 else min(count, len(source))
   raw = [source[i] for i in range(count)]
   key = answers_key or preprocess.task.target_key
-  return [preprocess.map(example) for example in raw], [answers(example, key) for example in raw]
+  return EvalExamples(
+    [preprocess.map(example) for example in raw],
+    [answers(example, key) for example in raw],
+    [_text(e["group"]) if "group" in e else str(i) for i, e in enumerate(raw)],
+  )

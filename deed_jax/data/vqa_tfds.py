@@ -1,30 +1,20 @@
-"""TFDS builders for document / scene-text VQA data a user has on disk (`manual_dir`): DocVQA, and
-ST-VQA / TextVQA style question files. Nothing is downloaded; the user points `task.manual_dir` at
-the folder they obtained from the dataset's site.
+"""TFDS builders for document / scene-text VQA data a user has on disk (`manual_dir`): DocVQA,
+ST-VQA and TextVQA, in the layouts their sites ship today (and the older ones; `vqa_layouts` reads
+the files). Nothing is downloaded; the user points `task.manual_dir` at the folder they obtained.
 
-Expected layouts (docs/datasets.md):
+Splits: `train`, `validation`, its halves `calibration` and `test` (cut by document / image, so
+`python -m deed_jax.evaluate --calibrate` chooses its exit policy on questions about other pages than
+those it reports on), and `test_unlabelled` (the release's test questions, whose answers are not
+public). ST-VQA ships no validation file: its validation is cut from the train file by image.
 
-  docvqa:   <manual_dir>/train/train_v1.0.json, <manual_dir>/train/documents/*.png
-            <manual_dir>/val/val_v1.0.json,     <manual_dir>/val/documents/*.png
-            <manual_dir>/test/test_v1.0.json,   <manual_dir>/test/documents/*.png (optional)
-            each JSON {"data": [{"questionId", "question", "image": "documents/x.png", "answers": [..]}]}
-            (DocVQA's own release); `image` is relative to the JSON's folder.
-  stvqa:    <manual_dir>/train.json, <manual_dir>/val.json, <manual_dir>/test.json (any present)
-            each {"data": [{"question", "answers": [..], "file_path": "imgs/x.jpg"}]} (ST-VQA) or
-            {"data": [{"question", "answers": [..], "image_id": "abc"}]} with images
-            <manual_dir>/images/<image_id>.jpg (TextVQA); paths relative to <manual_dir>.
-
-Splits: train and validation from the files, and the validation file's examples also split in two
-halves, `calibration` and `test`, so `python -m deed_jax.evaluate --calibrate` chooses a threshold on
-examples other than those it reports on (DocVQA's own test answers are not public; its test file,
-when present, is the split `test_unlabelled`). Examples without answers are skipped in labelled splits.
-
-Images are fitted to the model's image size the way its Hugging Face image processor does
+Every example holds `question`, `question_id` (the record's id), `answers` (all of them, in file
+order), `answer` (the first: the training target), `group` (the document or image), `prompt` (the
+question in Donut's DocVQA task format, which a task with `prompt_key="prompt"` feeds to the decoder)
+and `image`, fitted to the model's image size the way its Hugging Face image processor does
 (`preprocessor_config.json`): `pad` (Donut: scaled to fit inside, keeping the aspect ratio, then
 centred on a black canvas) or `resize` (ViT: stretched to the size). The builder config names both,
-e.g. `160x320_pad`; `image_config_name` derives it from a converted workdir. The question is a text
-feature (`question`), and `prompt` holds it in Donut's DocVQA task format, which a task with
-`prompt_key="prompt"` (configs/docvqa.py) feeds to the decoder in training and evaluation.
+e.g. `160x320_pad`; `image_config_name` derives it from a converted workdir. Each builder's
+`METRIC` is its leaderboard's (ANLS for DocVQA and ST-VQA, VQA accuracy for TextVQA).
 """
 
 from __future__ import annotations
@@ -38,8 +28,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from deed_jax.data import forms
-from deed_jax.errors import MissingPathError, UserError
+from deed_jax.data import forms, vqa_layouts
+from deed_jax.errors import UserError
 
 # Donut's DocVQA task tokens (added to the tokenizer by its processor; a converted Donut-DocVQA
 # checkpoint's tokenizer.json holds them), and its prompt: the decoder writes the answer after it.
@@ -103,48 +93,17 @@ def fit_image(image: Image.Image, height: int, width: int, fit: str) -> np.ndarr
   return np.asarray(canvas)
 
 
-def _read_questions(path: str) -> list[dict]:
-  """The `data` list of a question file; refuses a file that is not one, naming it."""
-  try:
-    with open(path) as f:
-      content = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise UserError(f"{path} is not a readable JSON question file: {e}") from None
-  data = content.get("data") if isinstance(content, dict) else None
-  if not isinstance(data, list) or not all(isinstance(d, dict) and "question" in d for d in data):
-    raise UserError(f'{path} must hold {{"data": [{{"question": ..., "answers": [...], ...}}]}}.')
-  return data
-
-
-def _record_name(entry: dict, index: int) -> str:
-  """How an error names a question: its id where the file gives one, else its place in the file."""
-  for key in ("questionId", "question_id"):
-    if key in entry:
-      return f"question {key}={entry[key]!r}"
-  return f"question #{index} of the file"
-
-
-def _check_inside(manual_dir: str, image: str, record: str) -> None:
-  """An image path may not leave `manual_dir`, by `..`, an absolute path or a symlink: refused,
-  naming the record, before any image is opened."""
-  root = os.path.realpath(manual_dir)
-  resolved = os.path.realpath(image)
-  if os.path.commonpath([root, resolved]) != root:
-    raise UserError(
-      f"{record} names image {image!r}, which resolves to {resolved}, outside manual_dir {root}; "
-      "images must lie inside manual_dir."
-    )
-
-
 class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
-  """Shared by both layouts: question files -> splits; each entry -> an example."""
+  """Shared by the VQA datasets: their questions (`vqa_layouts.read`) -> splits of examples."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+    "1.0.0": "First release.",
+    "2.0.0": "Current release layouts; `group` feature; calibration/test cut by document/image.",
+  }
   BUILDER_CONFIGS = [ImageConfig(name="160x320_pad", height=160, width=320, fit="pad")]
-  MANUAL_DOWNLOAD_INSTRUCTIONS = (
-    "See the module docstring of deed_jax.data.vqa_tfds for the layout."
-  )
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "The layouts are in docs/datasets.md (deed_jax.data.vqa_layouts)."
+  METRIC: str  # the leaderboard's metric (deed_jax.evaluation.metrics)
 
   def _info(self):
     config = self.builder_config
@@ -159,118 +118,61 @@ class _VqaBuilder(tfds.core.GeneratorBasedBuilder):
           "answer": tfds.features.Text(),  # the first answer: the training target
           "answers": tfds.features.Sequence(tfds.features.Text()),
           "question_id": tfds.features.Text(),
+          "group": tfds.features.Text(),  # the document or image the question is about
         }
       ),
       description=self.__doc__,
     )
 
-  expected: str  # the layout, in words, for error messages
-  question_paths: dict[str, tuple[str, ...]]  # file split -> the question file's path in manual_dir
-
   @classmethod
-  def question_files(cls, manual_dir: str) -> dict[str, str]:
-    """{file split: path} of the question files present."""
-    paths = {split: os.path.join(manual_dir, *parts) for split, parts in cls.question_paths.items()}
-    return {split: path for split, path in paths.items() if os.path.isfile(path)}
-
-  @classmethod
-  def image_path(cls, manual_dir: str, question_file: str, entry: dict) -> str:
-    raise NotImplementedError
-
-  @classmethod
-  def read(cls, manual_dir: str) -> dict[str, tuple[str, list[dict]]]:
-    """{file split: (question file, its usable entries)}; refuses, naming the file, a folder without
-    question files, a malformed one, or a missing image. Writes nothing."""
-    files = cls.question_files(manual_dir)
-    if "train" not in files and "validation" not in files:
-      raise UserError(
-        f"manual_dir {manual_dir} holds no question files of the {cls.name} layout "
-        f"(expected {cls.expected}); see docs/datasets.md."
-      )
-    out = {}
-    for split, path in files.items():
-      entries = _read_questions(path)
-      if split != "test_unlabelled":
-        entries = [e for e in entries if e.get("answers")]
-        if not entries:
-          raise UserError(f"{path} holds no question with answers.")
-      for index, entry in enumerate(entries):
-        image = cls.image_path(manual_dir, path, entry)
-        _check_inside(manual_dir, image, f"{path}, {_record_name(entry, index)}")
-        if not os.path.isfile(image):
-          raise MissingPathError(f"{path} names image {image}, which is not there.")
-      out[split] = (path, entries)
-    return out
+  def read(cls, manual_dir: str) -> dict[str, list[vqa_layouts.Question]]:
+    """Every split's questions; refuses bad layouts, files and image paths. Writes nothing."""
+    return vqa_layouts.read(cls.name, manual_dir)
 
   def _split_generators(self, dl_manager):
-    manual_dir = str(dl_manager.manual_dir)
-    splits = {}
-    for split, (path, entries) in self.read(manual_dir).items():
-      labelled = split != "test_unlabelled"
-      if split == "validation":
-        half = len(entries) // 2
-        splits["calibration"] = self._generate_examples(manual_dir, path, entries[:half], labelled)
-        splits["test"] = self._generate_examples(manual_dir, path, entries[half:], labelled)
-      splits[split] = self._generate_examples(manual_dir, path, entries, labelled)
-    return splits
+    return {
+      split: self._generate_examples(questions)
+      for split, questions in self.read(str(dl_manager.manual_dir)).items()
+    }
 
-  def _generate_examples(
-    self, manual_dir: str, question_file: str, entries: list[dict], labelled: bool
-  ):
+  def _generate_examples(self, questions: list[vqa_layouts.Question]):
     config = self.builder_config
-    for index, entry in enumerate(entries):
-      path = self.image_path(manual_dir, question_file, entry)
-      answers = [str(a) for a in entry.get("answers") or []] if labelled else []
-      with Image.open(path) as image:
+    for index, question in enumerate(questions):
+      with Image.open(question.image) as image:
         pixels = fit_image(image, config.height, config.width, config.fit)
-      question = str(entry["question"])
       yield (
         index,
         {
           "image": forms.png_bytes(pixels),
-          "question": question,
-          "prompt": docvqa_prompt(question),
-          "answer": answers[0] if answers else "",
-          "answers": answers,
-          "question_id": str(entry.get("questionId", entry.get("question_id", index))),
+          "question": question.question,
+          "prompt": docvqa_prompt(question.question),
+          "answer": question.answers[0] if question.answers else "",
+          "answers": list(question.answers),
+          "question_id": question.question_id,
+          "group": question.group,
         },
       )
 
 
 class DocVqa(_VqaBuilder):
-  """DocVQA (document images; answers scored with ANLS)."""
+  """DocVQA (single-page document images; scored with ANLS)."""
 
   name = "docvqa"
-  expected = "train/train_v1.0.json and/or val/val_v1.0.json, images under <split>/documents/"
-  question_paths = {
-    "train": ("train", "train_v1.0.json"),
-    "validation": ("val", "val_v1.0.json"),
-    "test_unlabelled": ("test", "test_v1.0.json"),
-  }
-
-  @classmethod
-  def image_path(cls, manual_dir, question_file, entry):
-    return os.path.join(os.path.dirname(question_file), str(entry.get("image", "")))
+  METRIC = "anls"
 
 
 class StVqa(_VqaBuilder):
-  """ST-VQA / TextVQA style scene-text VQA (answers scored with ANLS or VQA accuracy)."""
+  """ST-VQA, task 3 (scene text; scored with ANLS)."""
 
   name = "stvqa"
-  expected = (
-    "train.json and/or val.json (and test.json), images by file_path or images/<image_id>.jpg"
-  )
-  question_paths = {
-    "train": ("train.json",),
-    "validation": ("val.json",),
-    "test_unlabelled": ("test.json",),
-  }
-
-  @classmethod
-  def image_path(cls, manual_dir, question_file, entry):
-    if "file_path" in entry:
-      return os.path.join(manual_dir, str(entry["file_path"]))
-    return os.path.join(manual_dir, "images", f"{entry.get('image_id', '')}.jpg")
+  METRIC = "anls"
 
 
-BUILDERS = {"docvqa": DocVqa, "stvqa": StVqa}
+class TextVqa(_VqaBuilder):
+  """TextVQA 0.5.1 (scene text; scored with VQA accuracy over its 10 answers)."""
+
+  name = "textvqa"
+  METRIC = "vqa_accuracy"
+
+
+BUILDERS = {"docvqa": DocVqa, "stvqa": StVqa, "textvqa": TextVqa}

@@ -14,6 +14,7 @@ import dataclasses
 import datetime
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 
 import ml_collections
@@ -38,7 +39,7 @@ from deed_jax.evaluation.sweep import (
 from deed_jax.machine import machine_facts
 from deed_jax.models import ModelConfig
 from deed_jax.staging import staged_directory
-from deed_jax.task_config import validate_task
+from deed_jax.task_config import scoring, validate_task
 from deed_jax.workdir import (
   CHECKPOINT_DIR,
   DECODE_CONFIG_FILE,
@@ -46,6 +47,7 @@ from deed_jax.workdir import (
   TRAIN_CONFIG_FILE,
   read_json,
   read_model_config,
+  stale_calibration,
   workdir_decode_config,
   write_json,
 )
@@ -57,6 +59,7 @@ NUM_TOKEN_EXAMPLES = 8  # answers drawn in the per-token exit plot
 # its own first confident exit and DEED's features are the full model's, so a row's tokens do not
 # depend on the batch (up to float rounding); on 2 CPU cores 64 rows a call decode ~3x faster than 1.
 CALIBRATION_BATCH_SIZE = 64
+UNLABELLED_SPLIT = "test_unlabelled"  # the VQA builders' test questions, without answers
 
 
 def task_config(
@@ -174,9 +177,18 @@ class Split:
     self.tokenizer = pipeline.task_tokenizer(task)
     preprocess = pipeline.task_preprocess(task, model_config, self.tokenizer)
     self.name = split
-    self.examples, self.answers = pipeline.read_examples(
-      builder.as_data_source(split=split), preprocess, num_examples, task.answers_key
+    self.dataset = f"{task.dataset}/{dataset_config}"
+    self.metric, answers_key = scoring(task)
+    self.examples, self.answers, self.groups = pipeline.read_examples(
+      builder.as_data_source(split=split), preprocess, num_examples, answers_key
     )
+    unlabelled = sum(not any(a.strip() for a in answers) for answers in self.answers)
+    if unlabelled:
+      raise UserError(
+        f"Split {split!r} of {task.dataset} holds {unlabelled} of {len(self.answers)} examples "
+        f"without answers under {answers_key or task.target_key!r}: an unlabelled split cannot be "
+        "scored or calibrated on (use calibration or test)."
+      )
     # Every batch's prompts are laid out at the split's longest (one compiled program), and leave the
     # decoder max_target_length - prompt_width + 1 new tokens.
     self.prompt_width = max((int(e["prompt_length"]) for e in self.examples), default=1)
@@ -232,7 +244,6 @@ def split_quality(
   model,
   split: Split,
   setting: Setting,
-  metric: str,
   confidence: str,
   batch_size: int,
   progress: Callable[[int], None] | None = None,
@@ -249,7 +260,8 @@ def split_quality(
     prompt_width=split.prompt_width,
     constraints=split.constraints,
   )
-  return _quality(per_example_scores(run, metric, split.tokenizer.decode, split.answers), metric)
+  scores = per_example_scores(run, split.metric, split.tokenizer.decode, split.answers)
+  return _quality(scores, split.metric)
 
 
 def run_calibration(
@@ -271,11 +283,16 @@ def run_calibration(
     len(split.examples) * (1 + len(thresholds)), f"calibrate ({split.name})", progress
   ) as bar:
     decode = lambda setting: split_quality(
-      model, split, setting, metric, confidence, batch_size, bar.update
+      model, split, setting, confidence, batch_size, bar.update
     )
     deed = {t: Setting("deed", threshold=t, **early_exit) for t in thresholds}
     outcome = calibration.calibrate(
-      decode(Setting("static")), _DecodedOnDemand(decode, deed), max_drop, delta
+      decode(Setting("static")),
+      _DecodedOnDemand(decode, deed),
+      max_drop,
+      delta,
+      groups=split.groups,
+      loss=_loss_words(metric),
     )
     bar.total = bar.n  # the thresholds left untested were never decoded
   return outcome
@@ -284,6 +301,13 @@ def run_calibration(
 def _quality(values: np.ndarray, metric: str) -> np.ndarray:
   """Per-example values as a score in [0, 1] where higher is better (CER is an error rate)."""
   return 1.0 - np.clip(values, 0.0, 1.0) if metric in metrics.LOWER_IS_BETTER else values
+
+
+def _loss_words(metric: str) -> str:
+  """What calibration bounds, in words (an error rate enters clipped at 1 per example)."""
+  if metric in metrics.LOWER_IS_BETTER:
+    return f"the rise in {metric} (each example's {metric} clipped at 1)"
+  return f"the drop in {metric}"
 
 
 def _token_examples(run: SettingRun, split: Split, count: int) -> list:
@@ -330,17 +354,18 @@ def evaluate(
   """Evaluate `workdir` (see the module docstring); -> the report as written to report.json."""
   # Everything a user can get wrong, before anything is decoded or written.
   model_config, thresholds, config = _check_inputs(workdir, config, options)
-  metric = config.task.metric
   evaluation_split = Split(config, model_config, options.split, options.num_examples, workdir)
+  metric = evaluation_split.metric
   calibration_data = None
   if options.calibrate:
     calibration_data = Split(
       config, model_config, options.calibration_split, options.num_calibration_examples, workdir
     )
   step, model = checkpoint.load_step(workdir, options.step)  # default: the newest readable
+  checkpoint_id = {"step": step, "params_fingerprint": checkpoint.params_fingerprint(model)}
 
   chosen, result_calibration = _threshold(
-    model, workdir, calibration_data, thresholds, metric, options, progress
+    model, workdir, calibration_data, thresholds, options, checkpoint_id, progress
   )
   grid = thresholds if chosen is None else sorted(set(thresholds) | {chosen})
   sizes = [1] if options.batch_size == 1 else [1, options.batch_size]
@@ -351,9 +376,10 @@ def evaluate(
     "workdir": os.path.abspath(workdir),
     "step": step,
     "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    "dataset": f"{config.task.dataset}/{config.task.dataset_config}",
+    "dataset": evaluation_split.dataset,
     "split": options.split,
     "num_examples": len(evaluation_split.examples),
+    "num_groups": len(set(evaluation_split.groups)),
     "metric_name": metric,
     "confidence": options.confidence,
     **options.early_exit,
@@ -396,6 +422,15 @@ def _check_inputs(
         f"--speculative={draft_exit_layer}:{max_draft}: the draft exit must be in "
         f"1..{model_config.decoder_layers - 1} and max_draft >= 1."
       )
+  for flag, split in (
+    ("--split", options.split),
+    ("--calibration_split", options.calibration_split),
+  ):
+    if split == UNLABELLED_SPLIT and (flag == "--split" or options.calibrate):
+      raise UserError(
+        f"{flag}={split}: its answers are not public, so it cannot be scored or calibrated on "
+        "(use calibration or test)."
+      )
   config = task_config(workdir, config)
   validate_task(config.task)
   if options.calibrate and options.num_calibration_examples < 0:
@@ -419,7 +454,15 @@ def _store_choice(
   if chosen is not None:
     choice = {"exit_mode": "deed", "confidence": options.confidence, "threshold": chosen}
     choice.update(options.early_exit)
-  write_json(workdir, DECODE_CONFIG_FILE, {**choice, "calibration": result_calibration})
+  write_json(
+    workdir,
+    DECODE_CONFIG_FILE,
+    {
+      **choice,
+      "calibrated_for": result_calibration["calibrated_for"],
+      "calibration": result_calibration,
+    },
+  )
 
 
 def _threshold(
@@ -427,18 +470,20 @@ def _threshold(
   workdir: str,
   calibration_data: Split | None,
   thresholds: list[float],
-  metric: str,
   options: EvaluateOptions,
+  checkpoint_id: dict,
   progress: bool,
 ) -> tuple[float | None, dict | None]:
   """The threshold to mark in the report and its calibration record: calibrated now (`calibrate`),
-  else the one stored in the workdir when it was calibrated for these exits; (None, None) if none."""
+  else the one stored in the workdir when it was calibrated for this checkpoint and these exits
+  (another checkpoint's is not reused: said on stderr); (None, None) if none."""
   if options.calibrate:
+    split = calibration_data
     outcome = run_calibration(
       model,
-      calibration_data,
+      split,
       thresholds,
-      metric,
+      split.metric,
       options.confidence,
       options.early_exit,
       CALIBRATION_BATCH_SIZE,
@@ -452,11 +497,23 @@ def _threshold(
       "max_drop": options.max_drop,
       "delta": options.delta,
       "num_examples": outcome.num_examples,
-      "metric_name": metric,
+      "num_groups": outcome.num_groups,
+      "metric_name": split.metric,
       "confidence": options.confidence,
       **options.early_exit,
       "guarantee": outcome.guarantee(),
       "tested": list(outcome.tested),
+      "calibrated_for": {
+        **checkpoint_id,
+        "dataset": split.dataset,
+        "split": options.calibration_split,
+        "num_examples": outcome.num_examples,
+        "num_groups": outcome.num_groups,
+        "metric": split.metric,
+        "max_drop": options.max_drop,
+        "delta": options.delta,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+      },
     }
   stored = read_json(workdir, DECODE_CONFIG_FILE)
   if (
@@ -464,6 +521,10 @@ def _threshold(
     and stored.get("confidence") == options.confidence
     and stored.get("min_exit_layer") == options.min_exit_layer
   ):  # exits as it was calibrated
+    stale = stale_calibration(workdir, checkpoint_id["step"], checkpoint_id["params_fingerprint"])
+    if stale:
+      print(f"Calibrated threshold not reused: {stale}.", file=sys.stderr)
+      return None, None
     return stored.get("threshold"), stored.get("calibration")
   return None, None
 
@@ -550,12 +611,18 @@ def _spread(runs: list, count: int) -> list:
   return [runs[round(i * (len(runs) - 1) / (count - 1))] for i in range(count)]
 
 
+def _about(num_examples: int, num_groups: int) -> str:
+  """' about G documents/images' where questions share them (VQA), else nothing."""
+  return f" about {num_groups} documents/images" if 0 < num_groups < num_examples else ""
+
+
 def markdown(report: dict) -> str:
   """report.md: what was evaluated, the tables per batch size, the calibration and the plots."""
   lines = [
     f"# Evaluation of {report['workdir']} (step {report['step']})",
     "",
-    f"{report['dataset']}, split `{report['split']}`, {report['num_examples']} examples; "
+    f"{report['dataset']}, split `{report['split']}`, {report['num_examples']} examples"
+    f"{_about(report['num_examples'], report['num_groups'])}; "
     f"metric `{report['metric_name']}` (0-100); DEED and copy: confidence "
     f"`{report['confidence']}`, min_exit_layer {report['min_exit_layer']}, backfill_chunk "
     f"{report['backfill_chunk']}; "
@@ -578,7 +645,8 @@ def markdown(report: dict) -> str:
     lines += [
       "## Calibration",
       "",
-      f"Split `{cal['split']}`, {cal['num_examples']} examples, "
+      f"Split `{cal['split']}`, {cal['num_examples']} examples"
+      f"{_about(cal['num_examples'], cal.get('num_groups', 0))}, "
       f"max drop {cal['max_drop']:g} points, delta {cal['delta']:g}. {cal['guarantee']}",
       "",
       "| threshold | empirical drop (points) | p-value | rejected |",

@@ -4,13 +4,12 @@ Per-example metrics return a score in [0, 1] (reports show them as 0..100):
 
 - `exact_match(prediction, answers)`: 1 if the prediction equals one of the answers after stripping
   surrounding whitespace (case and inner spacing count: the forms task's answers are exact strings).
-- `anls(prediction, answers)`: Average Normalized Levenshtein Similarity of DocVQA and ST-VQA. Both
-  sides lowercased, stripped and their inner whitespace collapsed; per answer 1 - d / max(len) with
-  d the edit distance, counted as 0 when the normalised distance is >= 0.5; the best answer counts.
-- `vqa_accuracy(prediction, answers)`: VQAv2 accuracy over (usually 10) human answers, after the
-  VQA answer normalisation (punctuation, number words to digits, articles dropped, common
-  contractions restored): min(#other humans who gave the answer / 3, 1), averaged over the
-  leave-one-out subsets of the human answers.
+- `anls(prediction, answers)`: ANLS as the official DocVQA / InfographicVQA evaluation scores one
+  question (ST-VQA's is the same): distance between the lowercased, stripped, whitespace-collapsed
+  strings over the longer string as given, best answer, similarity below 0.5 counted 0.
+- `vqa_accuracy(prediction, answers)`: the official VQA accuracy (VQA v2's evaluation, which EvalAI
+  also runs for TextVQA): its answer processing, then min(1, other humans who gave the answer / 3)
+  averaged over the leave-one-out subsets of the (usually 10) human answers.
 - `cer(prediction, reference)`: character error rate, edit distance / reference length (can be > 1).
 
 Corpus metrics score a whole split at once: `bleu(predictions, references)` is sacrebleu's corpus
@@ -56,129 +55,97 @@ def exact_match(prediction: str, answers: Answers) -> float:
 
 
 def _anls_normalise(text: str) -> str:
-  return " ".join(text.lower().split())
+  return " ".join(text.strip().lower().split())
 
 
 def anls(prediction: str, answers: Answers, threshold: float = 0.5) -> float:
-  prediction = _anls_normalise(prediction)
+  """The DocVQA / InfographicVQA evaluation's ANLS of one question: per answer the normalised
+  Levenshtein similarity 1 - d / max(len), with d counted between the lowercased, stripped,
+  whitespace-collapsed strings but divided by the longer string as given; the best answer counts, and
+  a similarity below `threshold` counts 0 (so exactly 0.5 counts 0.5)."""
   best = 0.0
   for answer in _as_list(answers):
-    answer = _anls_normalise(answer)
     longest = max(len(prediction), len(answer))
-    distance = edit_distance(prediction, answer) / longest if longest else 0.0
-    best = max(best, 0.0 if distance >= threshold else 1.0 - distance)
-  return best
+    distance = edit_distance(_anls_normalise(prediction), _anls_normalise(answer))
+    best = max(best, 1.0 - distance / longest if longest else 1.0)
+  return best if best >= threshold else 0.0
 
 
-# VQA answer normalisation (the VQAv2 evaluation's rules, written out here).
-_NUMBER_WORDS = {
-  "none": "0",
-  "zero": "0",
-  "one": "1",
-  "two": "2",
-  "three": "3",
-  "four": "4",
-  "five": "5",
-  "six": "6",
-  "seven": "7",
-  "eight": "8",
-  "nine": "9",
-  "ten": "10",
-}
+# The official VQA evaluation's answer processing (VQA v2's vqaEval.py; EvalAI scores VQA v2 and
+# TextVQA with it), table for table, including its quirks: keys with a capital letter ("Im", "Ive",
+# "Id've") never match the lowercased words, "lets" is not mapped (only "let's" -> "let's"), and a
+# period is stripped unless a digit follows it (so ".25" stays ".25": the lookbehind the evaluation
+# meant to write is a lookahead).
+_NUMBER_WORDS = dict(
+  none="0", zero="0", one="1", two="2", three="3", four="4", five="5", six="6", seven="7",
+  eight="8", nine="9", ten="10",
+)  # fmt: skip
 _ARTICLES = {"a", "an", "the"}
-# Contractions written without their apostrophe, restored (a common subset of the official table).
-_CONTRACTIONS = {
-  "aint": "ain't",
-  "arent": "aren't",
-  "cant": "can't",
-  "couldnt": "couldn't",
-  "didnt": "didn't",
-  "doesnt": "doesn't",
-  "dont": "don't",
-  "hadnt": "hadn't",
-  "hasnt": "hasn't",
-  "havent": "haven't",
-  "hes": "he's",
-  "im": "i'm",
-  "isnt": "isn't",
-  "itd": "it'd",
-  "itll": "it'll",
-  "ive": "i've",
-  "lets": "let's",
-  "shes": "she's",
-  "shouldnt": "shouldn't",
-  "thats": "that's",
-  "theres": "there's",
-  "theyre": "they're",
-  "theyve": "they've",
-  "wasnt": "wasn't",
-  "werent": "weren't",
-  "whats": "what's",
-  "wheres": "where's",
-  "whos": "who's",
-  "wont": "won't",
-  "wouldnt": "wouldn't",
-  "youd": "you'd",
-  "youll": "you'll",
-  "youre": "you're",
-  "youve": "you've",
-}
-_PUNCTUATION = [
-  ";",
-  "/",
-  "[",
-  "]",
-  '"',
-  "{",
-  "}",
-  "(",
-  ")",
-  "=",
-  "+",
-  "\\",
-  "_",
-  "-",
-  ">",
-  "<",
-  "@",
-  "`",
-  ",",
-  "?",
-  "!",
-]
-_PERIOD = re.compile(r"(?<!\d)\.|\.(?!\d)")  # a period that is not a decimal point
-_COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
+# Word -> contraction, written "word=contraction" (the table of the official evaluation).
+_CONTRACTIONS = dict(
+  pair.split("=")
+  for pair in """
+  aint=ain't arent=aren't cant=can't couldve=could've couldnt=couldn't couldn'tve=couldn't've
+  couldnt've=couldn't've didnt=didn't doesnt=doesn't dont=don't hadnt=hadn't hadnt've=hadn't've
+  hadn'tve=hadn't've hasnt=hasn't havent=haven't hed=he'd hed've=he'd've he'dve=he'd've hes=he's
+  howd=how'd howll=how'll hows=how's Id've=I'd've I'dve=I'd've Im=I'm Ive=I've isnt=isn't itd=it'd
+  itd've=it'd've it'dve=it'd've itll=it'll let's=let's maam=ma'am mightnt=mightn't
+  mightnt've=mightn't've mightn'tve=mightn't've mightve=might've mustnt=mustn't mustve=must've
+  neednt=needn't notve=not've oclock=o'clock oughtnt=oughtn't ow's'at='ow's'at 'ows'at='ow's'at
+  'ow'sat='ow's'at shant=shan't shed've=she'd've she'dve=she'd've she's=she's shouldve=should've
+  shouldnt=shouldn't shouldnt've=shouldn't've shouldn'tve=shouldn't've somebody'd=somebodyd
+  somebodyd've=somebody'd've somebody'dve=somebody'd've somebodyll=somebody'll
+  somebodys=somebody's someoned=someone'd someoned've=someone'd've someone'dve=someone'd've
+  someonell=someone'll someones=someone's somethingd=something'd somethingd've=something'd've
+  something'dve=something'd've somethingll=something'll thats=that's thered=there'd
+  thered've=there'd've there'dve=there'd've therere=there're theres=there's theyd=they'd
+  theyd've=they'd've they'dve=they'd've theyll=they'll theyre=they're theyve=they've twas='twas
+  wasnt=wasn't wed've=we'd've we'dve=we'd've weve=we've werent=weren't whatll=what'll
+  whatre=what're whats=what's whatve=what've whens=when's whered=where'd wheres=where's
+  whereve=where've whod=who'd whod've=who'd've who'dve=who'd've wholl=who'll whos=who's
+  whove=who've whyll=why'll whyre=why're whys=why's wont=won't wouldve=would've wouldnt=wouldn't
+  wouldnt've=wouldn't've wouldn'tve=wouldn't've yall=y'all yall'll=y'all'll y'allll=y'all'll
+  yall'd've=y'all'd've y'alld've=y'all'd've y'all'dve=y'all'd've youd=you'd youd've=you'd've
+  you'dve=you'd've youll=you'll youre=you're youve=you've
+  """.split()
+)
+_PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!'
+_PERIOD = re.compile(r"\.(?!\d)")  # a period not followed by a digit
+_PERIODS_STRIPPED = 32  # the evaluation passes re.UNICODE (32) as re.sub's count
+_COMMA_IN_NUMBER = re.compile(r"\d,\d")
 
 
 def vqa_normalise(answer: str) -> str:
-  """VQA's answer normalisation: punctuation removed (a mark next to a space or a comma inside a
-  number vanishes, one inside a word becomes a space), periods that are not decimal points dropped,
-  lowercased, number words as digits, articles dropped, contractions restored."""
+  """The official VQA answer processing: whitespace, then punctuation (each mark is removed where
+  it stands next to a space in the input or a comma sits inside a number in it, else it becomes a
+  space), periods not followed by a digit removed, then lowercased words with number words as
+  digits, articles dropped and contractions restored."""
   text = answer.replace("\n", " ").replace("\t", " ").strip()
+  out = text
   for mark in _PUNCTUATION:
-    if f"{mark} " in text or f" {mark}" in text or _COMMA_IN_NUMBER.search(text):
-      text = text.replace(mark, "")
-    else:
-      text = text.replace(mark, " ")
-  text = _PERIOD.sub("", text)
-  words = []
-  for word in text.lower().split():
-    word = _NUMBER_WORDS.get(word, word)
-    if word not in _ARTICLES:
-      words.append(_CONTRACTIONS.get(word, word))
-  return " ".join(words)
+    joined = f"{mark} " in text or f" {mark}" in text or _COMMA_IN_NUMBER.search(text)
+    out = out.replace(mark, "" if joined else " ")
+  out = _PERIOD.sub("", out, count=_PERIODS_STRIPPED)
+  words = [_NUMBER_WORDS.get(word, word) for word in out.lower().split()]
+  return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 
 def vqa_accuracy(prediction: str, answers: Answers) -> float:
+  """The official VQA accuracy of one question: prediction and every human answer processed
+  (`vqa_normalise`), then min(1, matches among the other answers / 3) averaged over the
+  leave-one-out subsets. The same formula for any number of answers; one answer is refused (it
+  would score every prediction 0: score such data with anls or exact_match)."""
   answers = [vqa_normalise(a) for a in _as_list(answers)]
+  if len(answers) < 2:
+    raise UserError(
+      f"vqa_accuracy needs at least 2 human answers per question (got {answers!r}): the "
+      "leave-one-out formula scores a single answer 0. Use anls or exact_match for such data."
+    )
   prediction = vqa_normalise(prediction)
-  if len(answers) == 1:
-    return float(prediction == answers[0])
-  scores = []
-  for left_out in range(len(answers)):
-    matches = sum(a == prediction for i, a in enumerate(answers) if i != left_out)
-    scores.append(min(matches / 3.0, 1.0))
-  return sum(scores) / len(scores)
+  matches = sum(a == prediction for a in answers)
+  # Leaving out a matching answer leaves matches - 1 others that match, any other leaves matches.
+  left_out = [min(1.0, (matches - (a == prediction)) / 3.0) for a in answers]
+  return sum(left_out) / len(answers)
 
 
 def cer(prediction: str, reference: str) -> float:

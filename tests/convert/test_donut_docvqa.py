@@ -154,7 +154,7 @@ def test_donut_docvqa_convert_generate_evaluate_calibrate(donut, tmp_path):
   tokenizer = pipeline.task_tokenizer(config.task)
   assert tokenizer.vocab_size == len(hf_tokenizer)  # the task tokens kept their ids
   preprocess = pipeline.task_preprocess(config.task, model.config, tokenizer)
-  examples, _ = pipeline.read_examples(source, preprocess, 0)
+  examples, _, _ = pipeline.read_examples(source, preprocess, 0)
   by_question = {}
   for example, raw in zip(examples, (source[i] for i in range(len(source)))):
     prompt = raw["prompt"].decode()

@@ -46,14 +46,19 @@ def test_docvqa_layout_prepares_splits_and_features(tmp_path):
   splits = {name: info.num_examples for name, info in builder.info.splits.items()}
   assert splits == {"train": 3, "validation": 4, "calibration": 2, "test": 2}
   source = pipeline.data_source("docvqa", "32x48_pad", "test", str(tmp_path / "tfds"), manual)
-  # The validation file's second half, in some order (TFDS orders examples by a hash of their key).
+  calibration = pipeline.data_source(
+    "docvqa", "32x48_pad", "calibration", str(tmp_path / "tfds"), manual
+  )
+  # Half the validation pages each (cut by page, tests/data/test_vqa_layouts.py), in some order.
   by_id = {source[i]["question_id"].decode(): source[i] for i in range(len(source))}
-  assert set(by_id) == {"102", "103"}
-  example = by_id["102"]
+  others = {calibration[i]["question_id"].decode() for i in range(len(calibration))}
+  assert len(by_id) == 2 and set(by_id) | others == {"100", "101", "102", "103"}
+  i = int(min(by_id)) - 100
+  example = by_id[min(by_id)]
   assert example["image"].shape == (32, 48, 3)
-  assert pipeline.answers(example, "answers") == ["answer val 2", "alt 2"]
-  assert pipeline.answers(example, "answer") == ["answer val 2"]
-  assert example["question"].decode() == "what is 2?"
+  assert pipeline.answers(example, "answers") == [f"answer val {i}", f"alt {i}"]
+  assert pipeline.answers(example, "answer") == [f"answer val {i}"]
+  assert example["question"].decode() == f"what is {i}?"
   # The pipeline turns it into model features, with every answer beside them.
   features = pipeline.TaskFeatures(
     encoder="image",
@@ -63,8 +68,10 @@ def test_docvqa_layout_prepares_splits_and_features(tmp_path):
     max_target_length=16,
   )
   preprocess = pipeline.Preprocess(features, ByteTokenizer())
-  examples, answers = pipeline.read_examples(source, preprocess, 0, "answers")
-  assert sorted(answers) == [["answer val 2", "alt 2"], ["answer val 3", "alt 3"]]
+  examples, answers, groups = pipeline.read_examples(source, preprocess, 0, "answers")
+  ids = [int(k) - 100 for k in by_id]
+  assert sorted(answers) == sorted([f"answer val {j}", f"alt {j}"] for j in ids)
+  assert sorted(groups) == sorted(str(j) for j in ids)  # DocVQA 1.0 records: docId is the page
   assert examples[0]["pixel_values"].shape == (32, 48, 3)
   assert [ByteTokenizer().decode(e["targets"]) for e in examples] == [a[0] for a in answers]
 

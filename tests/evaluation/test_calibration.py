@@ -54,7 +54,7 @@ def test_fixed_sequence_stops_at_the_first_failure():
   assert [row["rejected"] for row in result.tested] == [True, True, False]
   assert result.tested[0]["p_value"] == pytest.approx(0.95**100)
   assert result.tested[2]["risk"] == pytest.approx(0.3)
-  assert "0.7" in result.guarantee() and "100 examples" in result.guarantee()
+  assert "0.7" in result.guarantee() and "100 calibration examples" in result.guarantee()
   # Gains do not offset losses: an example that gets better does not pay for one that got worse.
   mixed = calibration.calibrate(
     np.r_[np.ones(50), np.zeros(50)],
@@ -156,3 +156,31 @@ def test_resampled_drops_measure_the_chosen_threshold_on_held_out_examples():
   assert strict == [(0.9, 0.0)] * 50
   with pytest.raises(UserError, match="must fit, disjoint, in the 2000"):
     calibration.resampled_drops(full, scores, 1600, 500, 5.0, 0.1, trials=1)
+
+
+def test_groups_are_the_unit_of_the_test():
+  # 100 questions about 10 documents (10 each); at tau 0.5 every question of one document is lost.
+  groups = [f"doc{i // 10}" for i in range(100)]
+  full = np.ones(100)
+  lossy = np.ones(100)
+  lossy[:10] = 0.0
+  # As 100 independent examples: risk 0.1 against eps 0.3 is certified
+  # (exp(-100 KL(0.1 || 0.3)) ~ 9e-6 <= 0.1).
+  alone = calibration.calibrate(full, {0.5: lossy}, max_drop=30, delta=0.1)
+  assert alone.threshold == 0.5
+  # As 10 documents: the same risk from 10 draws, exp(-10 KL) = 0.31 and Bentkus
+  # e * P(Bin(10, 0.3) <= 1) = 0.40: not certified.
+  grouped = calibration.calibrate(full, {0.5: lossy}, max_drop=30, delta=0.1, groups=groups)
+  assert grouped.threshold is None
+  assert grouped.tested[0]["p_value"] == pytest.approx(
+    calibration.p_value(0.1, 10, 0.3)
+  ) and grouped.tested[0]["p_value"] == pytest.approx(0.3126, abs=1e-3)
+  assert "100 calibration questions about 10 documents/images" in grouped.guarantee()
+  # A group's loss is the mean over its questions: groups of 1 and 3 questions, the lone one lost:
+  # (1 + 0) / 2 = 0.5 per group, not 1 / 4 per question.
+  uneven = calibration.calibrate(
+    np.ones(4), {0.5: np.array([0.0, 1, 1, 1])}, 100, 0.1, groups=["a", "b", "b", "b"]
+  )
+  assert uneven.tested[0]["risk"] == pytest.approx(0.5)
+  with pytest.raises(UserError, match="3 groups for 4 examples"):
+    calibration.calibrate(np.ones(4), {0.5: np.ones(4)}, 1, 0.1, groups=["a", "b", "c"])

@@ -65,7 +65,7 @@ def _naive_exact_match(workdir, config, split, count, exit_layer):
   source = pipeline.data_source(
     config.task.dataset, config.task.dataset_config, split, config.task.data_dir
   )
-  examples, answers = pipeline.read_examples(
+  examples, answers, _ = pipeline.read_examples(
     source, pipeline.Preprocess(features, tokenizer), count
   )
   tokens = np.asarray(

@@ -21,15 +21,18 @@ def test_exact_match():
   assert metrics.exact_match("b", ["a", "b"]) == 1.0  # any answer
 
 
-def test_anls_partial_matches_and_the_cut():
+def test_anls_as_the_official_docvqa_evaluation():
   # 1 edit over max length 10: 1 - 0.1.
   assert metrics.anls("0123456789", "0123456780") == pytest.approx(0.9)
-  # Lowercased and whitespace-collapsed first: "total amount" both sides.
+  # Lowercased, stripped and whitespace-collapsed for the distance: "total amount" both sides.
   assert metrics.anls("  Total   AMOUNT ", "total amount") == 1.0
-  # "abcd" vs "abxy": 2 edits / 4 = 0.5, at the cut: 0.
-  assert metrics.anls("abcd", "abxy") == 0.0
-  # "abcde" vs "abxye": 2 / 5 = 0.4 < 0.5: 0.6.
-  assert metrics.anls("abcde", "abxye") == pytest.approx(0.6)
+  # "abcd" vs "abxy": 2 edits / 4 = similarity 0.5, not below the cut: counts 0.5.
+  assert metrics.anls("abcd", "abxy") == pytest.approx(0.5)
+  # "abcde" vs "abxyz": 3 / 5, similarity 0.4 < 0.5: 0.
+  assert metrics.anls("abcde", "abxyz") == 0.0
+  # Divided by the longer string as given: "abc  " (5 characters) vs "abd" is 1 edit after
+  # stripping, over 5, not over 3: 0.8 (cleaned lengths would give 0.667).
+  assert metrics.anls("abc  ", "abd") == pytest.approx(0.8)
   # The best answer counts: 0 against "zzzz", 0.75 against "abce" (1 / 4).
   assert metrics.anls("abcd", ["zzzz", "abce"]) == pytest.approx(0.75)
   assert metrics.anls("", "") == 1.0
@@ -45,9 +48,18 @@ def test_vqa_accuracy_counts_leave_one_out_subsets():
   assert metrics.vqa_accuracy("red", one) == pytest.approx(0.3)
   assert metrics.vqa_accuracy("blue", one) == 1.0  # 8 or 9 others match everywhere
   assert metrics.vqa_accuracy("green", ten) == 0.0
+  # Fewer than 10 answers, the same formula: leaving out a "red" leaves 1 match (1/3, twice), the
+  # "blue" leaves 2 (2/3): (1/3 + 1/3 + 2/3) / 3 = 4/9.
+  assert metrics.vqa_accuracy("red", ["red", "red", "blue"]) == pytest.approx(4 / 9)
+  # One answer: the formula would score everything 0, so it is refused.
+  with pytest.raises(UserError, match="at least 2 human answers"):
+    metrics.vqa_accuracy("red", ["red"])
+  # Every answer equal and the prediction differing only in processing: still processed (no
+  # exact-match shortcut): "The Cat." -> "cat".
+  assert metrics.vqa_accuracy("The Cat.", ["cat"] * 10) == 1.0
 
 
-def test_vqa_normalisation():
+def test_vqa_processing_as_the_official_evaluation():
   # Number words become digits, articles go, case and punctuation do not matter.
   assert metrics.vqa_normalise("Two") == "2"
   assert metrics.vqa_normalise("The Dog!") == "dog"
@@ -55,7 +67,21 @@ def test_vqa_normalisation():
   assert metrics.vqa_normalise("dont know") == "don't know"
   assert metrics.vqa_normalise("3.5") == "3.5"  # a decimal point stays
   assert metrics.vqa_normalise("yes.") == "yes"
-  assert metrics.vqa_normalise("1,000") == "1000"  # a comma inside a number vanishes
+  # A comma inside a number anywhere: every mark is removed, not spaced.
+  assert metrics.vqa_normalise("1,000 t-shirts") == "1000 tshirts"
+  # The table's own entries: "whats" and "shouldve" are restored; "Im" is a key with a capital
+  # letter the lowercased words never match, and "lets" is no key (only "let's").
+  assert metrics.vqa_normalise("whats that") == "what's that"
+  assert metrics.vqa_normalise("shouldve") == "should've"
+  assert metrics.vqa_normalise("im here") == "im here"
+  assert metrics.vqa_normalise("lets go") == "lets go"
+  # A period is stripped unless a digit follows it: ".25" stays, so it does not match "25".
+  assert metrics.vqa_normalise(".25") == ".25"
+  assert metrics.vqa_accuracy(".25", ["25"] * 10) == 0.0
+  # Whether a mark is removed or spaced is decided on the input: "(-y z-w" has no " -" or "- "
+  # before "(" is spaced, so both hyphens become spaces (deciding on the running text would find
+  # " -" and join "zw").
+  assert metrics.vqa_normalise("(-y z-w") == "y z w"
   # So "two dogs" answered as "2 dogs" by three humans is fully right.
   assert metrics.vqa_accuracy("two dogs", ["2 dogs"] * 3 + ["dogs"] * 7) == pytest.approx(0.9)
   assert metrics.vqa_accuracy("The cat", ["cat"] * 10) == 1.0
@@ -90,7 +116,7 @@ def test_corpus_score_and_unknown_metric():
   assert (
     metrics.corpus_score("exact_match", ["a", "b", "c", "d"], ["a", "x", "c", ["d", "e"]]) == 75.0
   )
-  assert metrics.corpus_score("anls", ["abcde"], [["abxye"]]) == pytest.approx(60.0)
+  assert metrics.corpus_score("anls", ["abcde"], [["abxye"]]) == pytest.approx(60.0)  # 2 / 5
   with pytest.raises(UserError, match="'rouge'"):
     metrics.metric_fn("rouge")
   with pytest.raises(UserError, match="at least one reference"):

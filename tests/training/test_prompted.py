@@ -139,7 +139,7 @@ def test_prompted_forms_config_trains_validates_and_evaluates(tmp_path, tfds_dir
   tokenizer = pipeline.task_tokenizer(config.task)
   source = pipeline.data_source("forms_vqa", config.task.dataset_config, "validation", tfds_dir)
   preprocess = pipeline.task_preprocess(config.task, model.config, tokenizer)
-  examples, answers = pipeline.read_examples(source, preprocess, 3)
+  examples, answers, _ = pipeline.read_examples(source, preprocess, 3)
   batch = pipeline.stack_examples(examples)
   width = int(batch["prompt_length"].max())
   assert width > 4  # the task tokens and the question
