@@ -11,11 +11,13 @@ and at `--batch_size`, and writes `W/evaluation/`: report.json (one row per sett
 metric per exit layer, where tokens exit, a few answers coloured by exit layer). The task (dataset,
 tokenizer, metric) is the config the workdir was trained with, or `--config`.
 
-`--calibrate` first decodes `--calibration_split` and picks the fastest threshold whose drop in the
+`--calibrate` first decodes `--calibration_split` and picks the fastest exit policy (confidence,
+first exit layer, threshold; `--confidence` and `--min_exit_layer` list the choices) whose drop in the
 metric against static decoding stays within `--max_drop` points with probability >= 1 - `--delta`
-(`deed_jax.evaluation.calibration`), stores it in `W/decode_config.json` (what
-`deed_jax.workdir.workdir_decode_config(W)` returns from then on) and marks it in the report.
-Without `--calibrate` a threshold stored earlier is evaluated and marked as well.
+(`deed_jax.evaluation.policy_search`), stores it with what it was calibrated on in
+`W/decode_config.json` (what `deed_jax.workdir.workdir_decode_config(W)` returns from then on) and
+marks it in the report beside the fixed exits that reach its metric. Without `--calibrate` a policy
+stored earlier for this checkpoint is evaluated and marked as well.
 
 Everything a user can get wrong is checked before anything is decoded or written; the report
 directory is replaced only once the new one is complete.
@@ -36,6 +38,7 @@ from deed_jax.evaluation.evaluator import (
   EvaluateOptions,
   evaluate,
   markdown,
+  parse_layers,
   parse_speculative,
   parse_thresholds,
 )
@@ -59,11 +62,18 @@ _THRESHOLDS = flags.DEFINE_list(
   "DEED / copy thresholds, comma-separated, each in [0, 1].",
 )
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "The second batch size evaluated (besides 1).")
-_CONFIDENCE = flags.DEFINE_string(
-  "confidence", "max_prob", "max_prob | margin | entropy | state | classifier."
+_CONFIDENCE = flags.DEFINE_list(
+  "confidence",
+  [],
+  "max_prob | margin | entropy | state | classifier; with --calibrate, a comma-separated list to "
+  "choose among (default max_prob; without --calibrate, the calibrated policy's, else max_prob).",
 )
-_MIN_EXIT_LAYER = flags.DEFINE_integer(
-  "min_exit_layer", 1, "DEED and copy exit early only from this decoder layer on."
+_MIN_EXIT_LAYER = flags.DEFINE_list(
+  "min_exit_layer",
+  [],
+  "DEED and copy exit early only from this decoder layer on; with --calibrate, a comma-separated "
+  "list to choose among (default every layer 1..L-1; without --calibrate, the calibrated "
+  "policy's, else 1).",
 )
 _BACKFILL_CHUNK = flags.DEFINE_integer(
   "backfill_chunk",
@@ -98,8 +108,8 @@ def main(argv):
     num_calibration_examples=_NUM_CALIBRATION.value,
     thresholds=parse_thresholds(_THRESHOLDS.value),
     batch_size=_BATCH_SIZE.value,
-    confidence=_CONFIDENCE.value,
-    min_exit_layer=_MIN_EXIT_LAYER.value,
+    confidences=tuple(_CONFIDENCE.value),
+    min_exit_layers=parse_layers(_MIN_EXIT_LAYER.value),
     backfill_chunk=_BACKFILL_CHUNK.value,
     calibrate=_CALIBRATE.value,
     max_drop=_MAX_DROP.value,

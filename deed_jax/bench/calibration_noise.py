@@ -30,14 +30,12 @@ from deed_jax.errors import UserError
 from deed_jax.evaluation import calibration
 from deed_jax.evaluation.evaluator import (
   DEFAULT_THRESHOLDS,
-  Split,
   check_options,
-  check_per_example_metric,
   check_workdir,
   parse_thresholds,
-  split_quality,
   task_config,
 )
+from deed_jax.evaluation.splits import Split, check_per_example_metric, split_quality
 from deed_jax.evaluation.sweep import Setting
 from deed_jax.task_config import scoring, validate_task
 

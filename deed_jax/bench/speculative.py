@@ -27,7 +27,8 @@ from absl import flags
 from deed_jax import checkpoint, cli
 from deed_jax.bench.costs import block_costs, head_cost
 from deed_jax.bench.report import write_result
-from deed_jax.evaluation.evaluator import Split, parse_speculative, task_config
+from deed_jax.evaluation.evaluator import parse_speculative, task_config
+from deed_jax.evaluation.splits import Split
 from deed_jax.evaluation.sweep import Setting, SettingRun, decode_settings
 from deed_jax.models import encoder_inputs
 from deed_jax.workdir import workdir_decode_config

@@ -1,45 +1,47 @@
 """The evaluator behind `python -m deed_jax.evaluate` (see that module for the command line): decode a
 split under static, fixed-exit, copy and DEED settings at batch 1 and a larger batch, optionally
-calibrate a threshold first, and write the report (JSON, Markdown, PNG plots) into the workdir.
+calibrate DEED's exit policy first (`policy_search`), and write the report (JSON, Markdown, PNG plots)
+into the workdir.
 
 Everything a user can get wrong is checked before anything is decoded or written; the report
-directory is replaced only once the new one is complete, and a calibrated threshold is stored only
+directory is replaced only once the new one is complete, and a calibrated policy is stored only
 after it.
 """
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import datetime
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import ml_collections
-import numpy as np
-import tqdm
 
 from deed_jax import checkpoint
-from deed_jax.data import datasets, pipeline
-from deed_jax.decoding.config import CONSTRAINT_FIELDS, DecodeConfig, check_threshold
+from deed_jax.decoding.config import DecodeConfig, check_threshold
 from deed_jax.errors import MissingPathError, UserError
-from deed_jax.evaluation import calibration, metrics, plots
+from deed_jax.evaluation import calibration, plots
+from deed_jax.evaluation.policy_search import (
+  ExitPolicy,
+  PolicyCalibration,
+  calibrate_policy,
+  policy_grid,
+)
 from deed_jax.evaluation.report import settings_table
+from deed_jax.evaluation.splits import Split, progress_bar
 from deed_jax.evaluation.sweep import (
-  Setting,
   SettingRun,
   decode_settings,
   exit_histogram,
-  per_example_scores,
   setting_grid,
   summarise,
 )
 from deed_jax.machine import machine_facts
 from deed_jax.models import ModelConfig
 from deed_jax.staging import staged_directory
-from deed_jax.task_config import scoring, validate_task
+from deed_jax.task_config import validate_task
 from deed_jax.workdir import (
   CHECKPOINT_DIR,
   DECODE_CONFIG_FILE,
@@ -48,12 +50,12 @@ from deed_jax.workdir import (
   read_json,
   read_model_config,
   stale_calibration,
-  workdir_decode_config,
   write_json,
 )
 
 # Thresholds of the default grid: dense near 1, where max-prob confidences of a trained model sit.
 DEFAULT_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99, 0.995, 0.999)
+DEFAULT_CONFIDENCE = "max_prob"
 NUM_TOKEN_EXAMPLES = 8  # answers drawn in the per-token exit plot
 # Calibration is not timed, so it decodes in large batches whatever --batch_size is: every row takes
 # its own first confident exit and DEED's features are the full model's, so a row's tokens do not
@@ -113,6 +115,15 @@ def parse_thresholds(values: Sequence[str]) -> list[float]:
     raise UserError(f"--thresholds={','.join(values)} must be numbers in [0, 1].") from None
 
 
+def parse_layers(values: Sequence[str]) -> tuple[int, ...]:
+  """--min_exit_layer as layer numbers (their range is checked against the model later)."""
+  if not all(v.strip().isdigit() for v in values):
+    raise UserError(
+      f"--min_exit_layer={','.join(values)} must be decoder layer numbers (e.g. 2,3,4)."
+    )
+  return tuple(int(v) for v in values)
+
+
 def parse_speculative(values: Sequence[str]) -> tuple[tuple[int, int], ...]:
   """--speculative as (draft_exit_layer, max_draft) pairs, from "d:k" strings (their range is
   checked against the model in `_check_inputs`)."""
@@ -152,164 +163,6 @@ def check_options(
   return sorted(set(float(t) for t in thresholds))
 
 
-class Split:
-  """A split as the evaluator reads it: examples in order, each one's answers, the tokenizer."""
-
-  def __init__(
-    self,
-    config: ml_collections.ConfigDict,
-    model_config: ModelConfig,
-    split: str,
-    num_examples: int,
-    workdir: str,
-  ):
-    task = config.task
-    data_dir = os.path.expanduser(task.data_dir or "~/tensorflow_datasets")
-    dataset_config = datasets.resolve_config(
-      task.dataset, task.dataset_config, workdir, model_config.image_size
-    )
-    builder = datasets.prepare(task.dataset, dataset_config, data_dir, task.manual_dir)
-    if split not in builder.info.splits:
-      raise UserError(
-        f"Split {split!r} is not in {task.dataset}/{dataset_config}; it has "
-        f"{sorted(builder.info.splits)}."
-      )
-    self.tokenizer = pipeline.task_tokenizer(task)
-    preprocess = pipeline.task_preprocess(task, model_config, self.tokenizer)
-    self.name = split
-    self.dataset = f"{task.dataset}/{dataset_config}"
-    self.metric, answers_key = scoring(task)
-    self.examples, self.answers, self.groups = pipeline.read_examples(
-      builder.as_data_source(split=split), preprocess, num_examples, answers_key
-    )
-    unlabelled = sum(not any(a.strip() for a in answers) for answers in self.answers)
-    if unlabelled:
-      raise UserError(
-        f"Split {split!r} of {task.dataset} holds {unlabelled} of {len(self.answers)} examples "
-        f"without answers under {answers_key or task.target_key!r}: an unlabelled split cannot be "
-        "scored or calibrated on (use calibration or test)."
-      )
-    # Every batch's prompts are laid out at the split's longest (one compiled program), and leave the
-    # decoder max_target_length - prompt_width + 1 new tokens.
-    self.prompt_width = max((int(e["prompt_length"]) for e in self.examples), default=1)
-    self.max_new_tokens = model_config.max_target_length - self.prompt_width + 1
-    # A converted model's own generation constraints (n-gram blocking, bad words, forced ids, ...),
-    # for every setting alike.
-    generation = workdir_decode_config(workdir, self.prompt_width, max_new_tokens=1)
-    self.constraints = {k: getattr(generation, k) for k in CONSTRAINT_FIELDS}
-
-  def batches(self, size: int) -> list[dict]:
-    return [
-      pipeline.stack_examples(self.examples[i : i + size])
-      for i in range(0, len(self.examples), size)
-    ]
-
-
-def _bar(total: int, desc: str, progress: bool):
-  return tqdm.tqdm(total=total, desc=desc, unit="decode", disable=not progress, dynamic_ncols=True)
-
-
-class _DecodedOnDemand(collections.abc.Mapping):
-  """{threshold: per-example quality [n]} over a calibration split, each threshold decoded the first
-  time it is read. Calibration reads thresholds safest first and stops at the first it cannot
-  certify, so the thresholds below it (and their decoding time) are never spent."""
-
-  def __init__(
-    self, decode_scores: Callable[[Setting], np.ndarray], settings: dict[float, Setting]
-  ):
-    self._decode_scores, self._settings, self._scores = decode_scores, settings, {}
-
-  def __getitem__(self, threshold: float) -> np.ndarray:
-    if threshold not in self._scores:
-      self._scores[threshold] = self._decode_scores(self._settings[threshold])
-    return self._scores[threshold]
-
-  def __iter__(self):
-    return iter(self._settings)
-
-  def __len__(self) -> int:
-    return len(self._settings)
-
-
-def check_per_example_metric(metric: str) -> None:
-  """Calibration scores examples one by one; a corpus metric (BLEU) has no per-example value."""
-  if metric in metrics.CORPUS_METRICS:
-    raise UserError(
-      f"Calibration needs a per-example metric; {metric!r} is scored over a corpus "
-      f"(use one of {sorted(metrics.METRICS)})."
-    )
-
-
-def split_quality(
-  model,
-  split: Split,
-  setting: Setting,
-  confidence: str,
-  batch_size: int,
-  progress: Callable[[int], None] | None = None,
-) -> np.ndarray:
-  """Per-example quality [n] in [0, 1], higher is better, of `setting` on `split` (decoded untimed)."""
-  (run,) = decode_settings(
-    model,
-    split.batches(batch_size),
-    [setting],
-    split.max_new_tokens,
-    confidence=confidence,
-    timing=False,
-    progress=progress,
-    prompt_width=split.prompt_width,
-    constraints=split.constraints,
-  )
-  scores = per_example_scores(run, split.metric, split.tokenizer.decode, split.answers)
-  return _quality(scores, split.metric)
-
-
-def run_calibration(
-  model,
-  split: Split,
-  thresholds: list[float],
-  metric: str,
-  confidence: str,
-  early_exit: dict,
-  batch_size: int,
-  max_drop: float,
-  delta: float,
-  progress: bool,
-) -> calibration.Calibration:
-  """Decode the calibration split under static, then under DEED threshold by threshold as the
-  fixed-sequence test reads them (safest first, up to the first it cannot certify)."""
-  check_per_example_metric(metric)
-  with _bar(
-    len(split.examples) * (1 + len(thresholds)), f"calibrate ({split.name})", progress
-  ) as bar:
-    decode = lambda setting: split_quality(
-      model, split, setting, confidence, batch_size, bar.update
-    )
-    deed = {t: Setting("deed", threshold=t, **early_exit) for t in thresholds}
-    outcome = calibration.calibrate(
-      decode(Setting("static")),
-      _DecodedOnDemand(decode, deed),
-      max_drop,
-      delta,
-      groups=split.groups,
-      loss=_loss_words(metric),
-    )
-    bar.total = bar.n  # the thresholds left untested were never decoded
-  return outcome
-
-
-def _quality(values: np.ndarray, metric: str) -> np.ndarray:
-  """Per-example values as a score in [0, 1] where higher is better (CER is an error rate)."""
-  return 1.0 - np.clip(values, 0.0, 1.0) if metric in metrics.LOWER_IS_BETTER else values
-
-
-def _loss_words(metric: str) -> str:
-  """What calibration bounds, in words (an error rate enters clipped at 1 per example)."""
-  if metric in metrics.LOWER_IS_BETTER:
-    return f"the rise in {metric} (each example's {metric} clipped at 1)"
-  return f"the drop in {metric}"
-
-
 def _token_examples(run: SettingRun, split: Split, count: int) -> list:
   decode = split.tokenizer.decode
   out = []
@@ -321,7 +174,10 @@ def _token_examples(run: SettingRun, split: Split, count: int) -> list:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class EvaluateOptions:
-  """What `evaluate` decodes and how (the command line's flags, `python -m deed_jax.evaluate`)."""
+  """What `evaluate` decodes and how (the command line's flags, `python -m deed_jax.evaluate`).
+  `confidences` and `min_exit_layers`: with `calibrate`, the exit policies it chooses among (default
+  max_prob, from every layer 1..L-1); without, one each (default: the stored calibrated policy's,
+  else max_prob from layer 1)."""
 
   split: str = "test"
   calibration_split: str = "calibration"
@@ -329,8 +185,8 @@ class EvaluateOptions:
   num_calibration_examples: int = 0  # of `calibration_split`; 0: all
   thresholds: Sequence[float] = DEFAULT_THRESHOLDS
   batch_size: int = 8  # the second batch size evaluated, besides 1
-  confidence: str = "max_prob"
-  min_exit_layer: int = 1
+  confidences: Sequence[str] = ()
+  min_exit_layers: Sequence[int] = ()
   backfill_chunk: int = DecodeConfig.backfill_chunk
   calibrate: bool = False
   max_drop: float = 0.5  # calibration: the largest drop allowed, metric points
@@ -338,10 +194,13 @@ class EvaluateOptions:
   step: int | None = None  # the checkpoint step; None: the newest
   speculative: Sequence[tuple[int, int]] = ()  # (draft_exit_layer, max_draft) settings to add
 
-  @property
-  def early_exit(self) -> dict:
-    """The DecodeConfig fields DEED and copy exit early with."""
-    return dict(min_exit_layer=self.min_exit_layer, backfill_chunk=self.backfill_chunk)
+  def policy_grid(self, num_layers: int, thresholds: Sequence[float]) -> list[ExitPolicy]:
+    """The policies `calibrate` chooses among."""
+    return policy_grid(
+      self.confidences or (DEFAULT_CONFIDENCE,),
+      self.min_exit_layers or range(1, max(num_layers, 2)),
+      thresholds,
+    )
 
 
 def evaluate(
@@ -364,13 +223,22 @@ def evaluate(
   step, model = checkpoint.load_step(workdir, options.step)  # default: the newest readable
   checkpoint_id = {"step": step, "params_fingerprint": checkpoint.params_fingerprint(model)}
 
-  chosen, result_calibration = _threshold(
+  family, chosen, result_calibration = _policy(
     model, workdir, calibration_data, thresholds, options, checkpoint_id, progress
   )
-  grid = thresholds if chosen is None else sorted(set(thresholds) | {chosen})
+  grid = thresholds if chosen is None else sorted(set(thresholds) | {chosen.threshold})
   sizes = [1] if options.batch_size == 1 else [1, options.batch_size]
+  early_exit = dict(min_exit_layer=family.min_exit_layer, backfill_chunk=options.backfill_chunk)
   rows, histograms, token_examples = _decode_grid(
-    model, evaluation_split, grid, sizes, chosen, metric, options, progress
+    model,
+    evaluation_split,
+    grid,
+    sizes,
+    None if chosen is None else chosen.threshold,
+    family.confidence,
+    early_exit,
+    options.speculative,
+    progress,
   )
   report = {
     "workdir": os.path.abspath(workdir),
@@ -381,11 +249,11 @@ def evaluate(
     "num_examples": len(evaluation_split.examples),
     "num_groups": len(set(evaluation_split.groups)),
     "metric_name": metric,
-    "confidence": options.confidence,
-    **options.early_exit,
+    "confidence": family.confidence,
+    **early_exit,
     "thresholds": grid,
     "batch_sizes": sizes,
-    "calibrated_threshold": chosen,
+    "calibrated_threshold": None if chosen is None else chosen.threshold,
     "prompt_width": evaluation_split.prompt_width,
     "generation_constraints": {
       k: v for k, v in evaluation_split.constraints.items() if v not in (None, 0)
@@ -394,12 +262,35 @@ def evaluate(
     "exit_histograms": histograms,
     "machine": machine_facts(),
   }
+  if chosen is not None:
+    report["against_fixed_exits"] = against_fixed_exits(rows, chosen.threshold)
   if result_calibration is not None:
     report["calibration"] = result_calibration
   _write_report(report, workdir, model_config.decoder_layers, histograms, token_examples)
   if options.calibrate:  # stored last: only a complete evaluation changes it
     _store_choice(workdir, options, chosen, result_calibration)
   return report
+
+
+def against_fixed_exits(rows: list[dict], threshold: float) -> dict:
+  """The calibrated DEED point at batch 1 beside the fixed-exit frontier: every fixed exit (static
+  is the last) whose metric reaches DEED's, and DEED's speed against the fastest of them."""
+  at_one = [r for r in rows if r["batch_size"] == 1]
+  deed = next(r for r in at_one if r["exit_mode"] == "deed" and r["threshold"] == threshold)
+  reaching = [
+    {k: r[k] for k in ("setting", "metric", "mean_exit_layer", "decoder_ms_per_sample")}
+    for r in at_one
+    if r["exit_mode"] in ("fixed", "static") and r["metric"] >= deed["metric"]
+  ]
+  fastest = min(reaching, key=lambda r: r["decoder_ms_per_sample"], default=None)
+  return {
+    "deed": {k: deed[k] for k in ("setting", "metric", "mean_exit_layer", "decoder_ms_per_sample")},
+    "fixed_reaching_it": reaching,
+    "fastest_fixed": None if fastest is None else fastest["setting"],
+    "deed_speedup_over_it": None
+    if fastest is None
+    else fastest["decoder_ms_per_sample"] / deed["decoder_ms_per_sample"],
+  }
 
 
 def _check_inputs(
@@ -437,23 +328,36 @@ def _check_inputs(
     raise UserError(
       f"--num_calibration_examples={options.num_calibration_examples} must be >= 0 (0: all)."
     )
-  # DEED and copy exit early with these; the confidence must be known and usable by this model,
-  # min_exit_layer within 1..L, backfill_chunk >= 1 (DecodeConfig checks).
-  Setting("deed", threshold=0.5, **options.early_exit).decode_config(
-    model_config.max_target_length, options.confidence
-  ).resolve(model_config)
+  for flag, values in (
+    ("--confidence", options.confidences),
+    ("--min_exit_layer", options.min_exit_layers),
+  ):
+    if len(values) > 1 and not options.calibrate:
+      raise UserError(
+        f"{flag}={','.join(map(str, values))}: several values are choices for --calibrate; "
+        "without it give one."
+      )
+  # DEED and copy exit early with these; each confidence must be known and usable by this model,
+  # each min_exit_layer within 1..L, backfill_chunk >= 1 (DecodeConfig checks).
+  for policy in options.policy_grid(model_config.decoder_layers, thresholds[:1]):
+    policy.setting(options.backfill_chunk).decode_config(
+      model_config.max_target_length, policy.confidence
+    ).resolve(model_config)
   return model_config, thresholds, config
 
 
 def _store_choice(
-  workdir: str, options: EvaluateOptions, chosen: float | None, result_calibration: dict
+  workdir: str, options: EvaluateOptions, chosen: ExitPolicy | None, result_calibration: dict
 ) -> None:
-  """decode_config.json: the calibrated DEED settings, or full depth when no threshold was certified
-  (an earlier choice no longer holds for this model)."""
+  """decode_config.json: the calibrated DEED policy, or full depth when none was certified (an
+  earlier choice no longer holds for this model)."""
   choice = {"exit_mode": "static"}
   if chosen is not None:
-    choice = {"exit_mode": "deed", "confidence": options.confidence, "threshold": chosen}
-    choice.update(options.early_exit)
+    choice = {
+      "exit_mode": "deed",
+      **dataclasses.asdict(chosen),
+      "backfill_chunk": options.backfill_chunk,
+    }
   write_json(
     workdir,
     DECODE_CONFIG_FILE,
@@ -465,7 +369,7 @@ def _store_choice(
   )
 
 
-def _threshold(
+def _policy(
   model,
   workdir: str,
   calibration_data: Split | None,
@@ -473,60 +377,83 @@ def _threshold(
   options: EvaluateOptions,
   checkpoint_id: dict,
   progress: bool,
-) -> tuple[float | None, dict | None]:
-  """The threshold to mark in the report and its calibration record: calibrated now (`calibrate`),
-  else the one stored in the workdir when it was calibrated for this checkpoint and these exits
-  (another checkpoint's is not reused: said on stderr); (None, None) if none."""
+) -> tuple[ExitPolicy, ExitPolicy | None, dict | None]:
+  """(the policy family the report sweeps thresholds of, the policy to mark, its calibration
+  record): calibrated now (`calibrate`), else the one stored in the workdir when it was calibrated
+  for this checkpoint and fits the options (another checkpoint's is not reused: said on stderr)."""
   if options.calibrate:
-    split = calibration_data
-    outcome = run_calibration(
+    found = calibrate_policy(
       model,
-      split,
-      thresholds,
-      split.metric,
-      options.confidence,
-      options.early_exit,
+      calibration_data,
+      options.policy_grid(model.config.decoder_layers, thresholds),
+      options.backfill_chunk,
       CALIBRATION_BATCH_SIZE,
       options.max_drop,
       options.delta,
       progress,
     )
-    return outcome.threshold, {
+    return (
+      found.family,
+      found.outcome.chosen,
+      calibration_record(found, calibration_data, options, checkpoint_id),
+    )
+  given = ExitPolicy(
+    (options.confidences or (DEFAULT_CONFIDENCE,))[0], (options.min_exit_layers or (1,))[0], 0.0
+  )
+  stored = read_json(workdir, DECODE_CONFIG_FILE)
+  if stored is None or stored.get("exit_mode") != "deed":
+    return given, None, None
+  policy = ExitPolicy(stored["confidence"], stored["min_exit_layer"], stored["threshold"])
+  if options.confidences and policy.confidence != options.confidences[0]:
+    return given, None, None
+  if options.min_exit_layers and policy.min_exit_layer != options.min_exit_layers[0]:
+    return given, None, None
+  stale = stale_calibration(workdir, checkpoint_id["step"], checkpoint_id["params_fingerprint"])
+  if stale:
+    print(f"Calibrated policy not reused: {stale}.", file=sys.stderr)
+    return given, None, None
+  return policy, policy, stored.get("calibration")
+
+
+def calibration_record(
+  found: PolicyCalibration, split: Split, options: EvaluateOptions, checkpoint_id: dict
+) -> dict:
+  """The calibration as report.json and decode_config.json keep it: the choice, its guarantee, every
+  policy tested (and measured, where policies were ordered), and what it was calibrated for."""
+  outcome, chosen = found.outcome, found.outcome.chosen
+  return {
+    "split": options.calibration_split,
+    "policy": None if chosen is None else dataclasses.asdict(chosen),
+    "threshold": None if chosen is None else chosen.threshold,
+    "max_drop": options.max_drop,
+    "delta": options.delta,
+    "num_examples": outcome.num_examples,
+    "num_groups": outcome.num_groups,
+    "ordering_examples": found.ordering_examples,
+    "ordering_groups": found.ordering_groups,
+    "metric_name": split.metric,
+    "backfill_chunk": options.backfill_chunk,
+    "guarantee": outcome.guarantee(),
+    "tested": [
+      {**dataclasses.asdict(row["candidate"]), **{k: v for k, v in row.items() if k != "candidate"}}
+      for row in outcome.tested
+    ],
+    "ordering": [
+      {**dataclasses.asdict(row["policy"]), **{k: v for k, v in row.items() if k != "policy"}}
+      for row in found.ordering
+    ],
+    "calibrated_for": {
+      **checkpoint_id,
+      "dataset": split.dataset,
       "split": options.calibration_split,
-      "threshold": outcome.threshold,
+      "num_examples": len(split.examples),
+      "num_groups": len(set(split.groups)),
+      "metric": split.metric,
       "max_drop": options.max_drop,
       "delta": options.delta,
-      "num_examples": outcome.num_examples,
-      "num_groups": outcome.num_groups,
-      "metric_name": split.metric,
-      "confidence": options.confidence,
-      **options.early_exit,
-      "guarantee": outcome.guarantee(),
-      "tested": list(outcome.tested),
-      "calibrated_for": {
-        **checkpoint_id,
-        "dataset": split.dataset,
-        "split": options.calibration_split,
-        "num_examples": outcome.num_examples,
-        "num_groups": outcome.num_groups,
-        "metric": split.metric,
-        "max_drop": options.max_drop,
-        "delta": options.delta,
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-      },
-    }
-  stored = read_json(workdir, DECODE_CONFIG_FILE)
-  if (
-    stored is not None
-    and stored.get("confidence") == options.confidence
-    and stored.get("min_exit_layer") == options.min_exit_layer
-  ):  # exits as it was calibrated
-    stale = stale_calibration(workdir, checkpoint_id["step"], checkpoint_id["params_fingerprint"])
-    if stale:
-      print(f"Calibrated threshold not reused: {stale}.", file=sys.stderr)
-      return None, None
-    return stored.get("threshold"), stored.get("calibration")
-  return None, None
+      "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    },
+  }
 
 
 def _decode_grid(
@@ -534,32 +461,37 @@ def _decode_grid(
   split: Split,
   grid: list[float],
   sizes: list[int],
-  chosen: float | None,
-  metric: str,
-  options: EvaluateOptions,
+  marked: float | None,
+  confidence: str,
+  early_exit: dict,
+  speculative: Sequence[tuple[int, int]],
   progress: bool,
 ) -> tuple[list, dict, tuple]:
-  """Every setting of the grid at each batch size. -> (summary rows, exit histograms of a few DEED
-  thresholds at batch 1, (name, per-token exits of a few answers) of the marked threshold)."""
+  """Every setting of the grid at each batch size, DEED and copy exiting early by `confidence` with
+  `early_exit` (Setting's min_exit_layer, backfill_chunk). -> (summary rows, exit histograms of a
+  few DEED thresholds at batch 1, (name, per-token exits of a few answers) of the `marked`
+  threshold)."""
   rows, histograms, token_examples = [], {}, None
   num_layers = model.config.decoder_layers
   for size in sizes:
-    settings = setting_grid(num_layers, grid, speculative=options.speculative, **options.early_exit)
-    with _bar(len(split.examples) * len(settings), f"{split.name}, batch {size}", progress) as bar:
+    settings = setting_grid(num_layers, grid, speculative=speculative, **early_exit)
+    with progress_bar(
+      len(split.examples) * len(settings), f"{split.name}, batch {size}", progress
+    ) as bar:
       runs = decode_settings(
         model,
         split.batches(size),
         settings,
         split.max_new_tokens,
-        confidence=options.confidence,
+        confidence=confidence,
         progress=bar.update,
         prompt_width=split.prompt_width,
         constraints=split.constraints,
       )
-    rows += summarise(runs, metric, split.tokenizer.decode, split.answers)
+    rows += summarise(runs, split.metric, split.tokenizer.decode, split.answers)
     if size == 1:
       deed = [r for r in runs if r.setting.exit_mode == "deed"]
-      shown = [r for r in deed if r.setting.threshold == chosen] or deed[len(deed) // 2 :][:1]
+      shown = [r for r in deed if r.setting.threshold == marked] or deed[len(deed) // 2 :][:1]
       for run in sorted(
         {r.setting.name: r for r in _spread(deed, 3) + shown[:1]}.values(),
         key=lambda r: r.setting.threshold,
@@ -641,21 +573,64 @@ def markdown(report: dict) -> str:
       "",
     ]
   if "calibration" in report:
-    cal = report["calibration"]
-    lines += [
-      "## Calibration",
-      "",
-      f"Split `{cal['split']}`, {cal['num_examples']} examples"
-      f"{_about(cal['num_examples'], cal.get('num_groups', 0))}, "
-      f"max drop {cal['max_drop']:g} points, delta {cal['delta']:g}. {cal['guarantee']}",
-      "",
-      "| threshold | empirical drop (points) | p-value | rejected |",
-      "|---|---|---|---|",
-    ]
-    lines += [
-      f"| {t['threshold']:g} | {100 * t['risk']:.2f} | {t['p_value']:.3g} | {t['rejected']} |"
-      for t in cal["tested"]
-    ]
-    lines.append("")
+    lines += _calibration_lines(report["calibration"])
+  if "against_fixed_exits" in report:
+    lines += _against_fixed_lines(report["against_fixed_exits"])
   lines += ["## Plots", ""] + [f"![{name}]({name})" for name in report["plots"]]
   return "\n".join(lines) + "\n"
+
+
+def _calibration_lines(cal: dict) -> list[str]:
+  """The calibration section: sizes, the guarantee, how the policies were ordered, and each tested."""
+  lines = [
+    "## Calibration",
+    "",
+    f"Split `{cal['split']}`, {cal['num_examples']} examples"
+    f"{_about(cal['num_examples'], cal.get('num_groups', 0))} tested, "
+    f"max drop {cal['max_drop']:g} points, delta {cal['delta']:g}. {cal['guarantee']}",
+    "",
+  ]
+  if cal.get("ordering"):
+    kept = sum(row["in_sequence"] for row in cal["ordering"])
+    lines += [
+      f"The {len(cal['ordering'])} policies were ordered on {cal['ordering_examples']} other "
+      f"examples{_about(cal['ordering_examples'], cal['ordering_groups'])} of the split (each "
+      f"decoded at batch 1 and timed); {kept} stayed in the sequence, costliest first (the rest "
+      "were costlier and riskier than another).",
+      "",
+    ]
+  lines += [
+    "| confidence | first exit | threshold | empirical drop (points) | p-value | rejected |",
+    "|---|---|---|---|---|---|",
+  ]
+  lines += [
+    f"| {t.get('confidence', '')} | {t.get('min_exit_layer', '')} | {t['threshold']:g} | "
+    f"{100 * t['risk']:.2f} | {t['p_value']:.3g} | {t['rejected']} |"
+    for t in cal["tested"]
+  ]
+  return lines + [""]
+
+
+def _against_fixed_lines(against: dict) -> list[str]:
+  """The calibrated DEED point beside every fixed exit that reaches its metric (batch 1)."""
+  deed = against["deed"]
+  lines = [
+    "## Calibrated DEED against fixed exits (batch 1)",
+    "",
+    f"{deed['setting']}: {deed['metric']:.2f} at {deed['decoder_ms_per_sample']:.3g} ms/sample "
+    f"(mean exit {deed['mean_exit_layer']:.2f}). Fixed exits reaching that metric: "
+    + (
+      ", ".join(
+        f"{r['setting']} {r['metric']:.2f} at {r['decoder_ms_per_sample']:.3g} ms"
+        for r in against["fixed_reaching_it"]
+      )
+      or "none"
+    )
+    + ".",
+  ]
+  if against["fastest_fixed"] is not None:
+    lines.append(
+      f"DEED is {against['deed_speedup_over_it']:.2f}x as fast as the fastest of them "
+      f"({against['fastest_fixed']})."
+    )
+  return lines + [""]

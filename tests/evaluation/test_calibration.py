@@ -49,8 +49,8 @@ def test_fixed_sequence_stops_at_the_first_failure():
   result = calibration.calibrate(
     full, {0.3: right, 0.5: wrong, 0.7: right, 0.9: right}, max_drop=5.0, delta=0.1
   )
-  assert result.threshold == 0.7
-  assert [row["threshold"] for row in result.tested] == [0.9, 0.7, 0.5]
+  assert result.chosen == 0.7
+  assert [row["candidate"] for row in result.tested] == [0.9, 0.7, 0.5]
   assert [row["rejected"] for row in result.tested] == [True, True, False]
   assert result.tested[0]["p_value"] == pytest.approx(0.95**100)
   assert result.tested[2]["risk"] == pytest.approx(0.3)
@@ -62,8 +62,8 @@ def test_fixed_sequence_stops_at_the_first_failure():
     max_drop=5.0,
     delta=0.1,
   )
-  assert mixed.tested[0]["risk"] == pytest.approx(0.5) and mixed.threshold is None
-  assert "No threshold" in mixed.guarantee()
+  assert mixed.tested[0]["risk"] == pytest.approx(0.5) and mixed.chosen is None
+  assert "No candidate" in mixed.guarantee()
 
 
 class _RecordingScores(collections.abc.Mapping):
@@ -88,7 +88,7 @@ def test_thresholds_past_the_first_failure_are_never_read():
   full, right, wrong = np.ones(n), np.ones(n), np.r_[np.zeros(30), np.ones(n - 30)]
   scores = _RecordingScores({0.1: right, 0.3: right, 0.5: wrong, 0.7: right, 0.9: right})
   result = calibration.calibrate(full, scores, max_drop=5.0, delta=0.1)
-  assert result.threshold == 0.7
+  assert result.chosen == 0.7
   assert scores.read == [0.9, 0.7, 0.5]  # 0.3 and 0.1 cost nothing
   # A threshold outside [0, 1] is refused before any is read.
   bad = _RecordingScores({0.5: right, 1.5: right})
@@ -109,8 +109,8 @@ def test_the_guarantee_holds_by_simulation():
     at_null = (rng.random(n) >= eps).astype(float)  # each example lost with probability eps
     safe = (rng.random(n) >= 0.02).astype(float)
     result = calibration.calibrate(full, {0.9: full, 0.5: safe, 0.4: at_null}, 100 * eps, delta)
-    chosen_at_null += result.threshold == 0.4
-    chosen_when_safe += result.threshold in (0.4, 0.5)
+    chosen_at_null += result.chosen == 0.4
+    chosen_when_safe += result.chosen in (0.4, 0.5)
   assert chosen_at_null / trials <= delta
   assert chosen_when_safe / trials >= 0.95
 
@@ -167,11 +167,11 @@ def test_groups_are_the_unit_of_the_test():
   # As 100 independent examples: risk 0.1 against eps 0.3 is certified
   # (exp(-100 KL(0.1 || 0.3)) ~ 9e-6 <= 0.1).
   alone = calibration.calibrate(full, {0.5: lossy}, max_drop=30, delta=0.1)
-  assert alone.threshold == 0.5
+  assert alone.chosen == 0.5
   # As 10 documents: the same risk from 10 draws, exp(-10 KL) = 0.31 and Bentkus
   # e * P(Bin(10, 0.3) <= 1) = 0.40: not certified.
   grouped = calibration.calibrate(full, {0.5: lossy}, max_drop=30, delta=0.1, groups=groups)
-  assert grouped.threshold is None
+  assert grouped.chosen is None
   assert grouped.tested[0]["p_value"] == pytest.approx(
     calibration.p_value(0.1, 10, 0.3)
   ) and grouped.tested[0]["p_value"] == pytest.approx(0.3126, abs=1e-3)
@@ -184,3 +184,63 @@ def test_groups_are_the_unit_of_the_test():
   assert uneven.tested[0]["risk"] == pytest.approx(0.5)
   with pytest.raises(UserError, match="3 groups for 4 examples"):
     calibration.calibrate(np.ones(4), {0.5: np.ones(4)}, 1, 0.1, groups=["a", "b", "c"])
+
+
+def test_fixed_sequence_by_hand():
+  """Costliest first; a policy leaves the sequence when one no costlier has strictly lower risk."""
+  costs = {"a": 10.0, "b": 8.0, "c": 6.0, "d": 5.0, "e": 3.0, "f": 2.0}
+  risks = {"a": 0.0, "b": 0.0, "c": 0.01, "d": 0.005, "e": 0.02, "f": 0.02}
+  # c: d is cheaper and safer. a, b: nothing is safer than no loss (kept as fallbacks for b).
+  # e: f is cheaper but no safer (equal risk), so e stays.
+  assert calibration.fixed_sequence(costs, risks) == ["a", "b", "d", "e", "f"]
+  # Unordered input, same answer.
+  assert calibration.fixed_sequence(dict(reversed(costs.items())), risks) == [
+    "a",
+    "b",
+    "d",
+    "e",
+    "f",
+  ]
+
+
+def test_policies_are_tested_in_the_given_sequence_and_the_cheapest_certified_is_chosen():
+  n = 100
+  full, right = np.ones(n), np.ones(n)
+  wrong = np.r_[np.zeros(30), np.ones(n - 30)]  # a 30-point drop: never certified at 5 points
+  scores = _RecordingScores({"a": right, "b": right, "d": right, "e": wrong, "f": right})
+  costs = {"a": 10.0, "b": 8.0, "d": 5.0, "e": 3.0, "f": 2.0}
+  result = calibration.calibrate(
+    full,
+    scores,
+    max_drop=5.0,
+    delta=0.1,
+    sequence=["a", "b", "d", "e", "f"],
+    cost=costs.get,
+    words=lambda key: f"policy {key}",
+  )
+  assert scores.read == ["a", "b", "d", "e"]  # f comes after the first failure: never decoded
+  assert result.chosen == "d" and [row["rejected"] for row in result.tested] == [1, 1, 1, 0]
+  assert "policy d keeps" in result.guarantee()
+  # The choice among the certified is by cost, not by place in the sequence.
+  swapped = calibration.calibrate(
+    full,
+    {"a": right, "b": right},
+    5.0,
+    0.1,
+    sequence=["a", "b"],
+    cost={"a": 1, "b": 2}.get,
+    words=str,
+  )
+  assert swapped.chosen == "a"
+
+
+def test_an_error_rate_is_bounded_clipped_and_says_so():
+  """CER is unbounded per example: quality is 1 - min(CER, 1), and the guarantee's words say so."""
+  from deed_jax.evaluation.splits import loss_words, quality
+
+  assert quality(np.array([0.0, 0.25, 3.0]), "cer").tolist() == [1.0, 0.75, 0.0]
+  assert quality(np.array([0.0, 0.25]), "anls").tolist() == [0.0, 0.25]
+  words = loss_words("cer")
+  assert "rise in cer" in words and "clipped at 1" in words
+  result = calibration.calibrate(np.ones(50), {0.5: np.ones(50)}, 5.0, 0.1, loss=words)
+  assert "clipped at 1" in result.guarantee()

@@ -9,7 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -19,9 +21,11 @@ from PIL import Image
 from deed_jax import checkpoint
 from deed_jax.data import datasets, pipeline
 from deed_jax.data.tokenizer import get_tokenizer
+from deed_jax.decode_input import decode_input
 from deed_jax.decoding import DecodeConfig
 from deed_jax.decoding.reference import greedy_at_exit
 from deed_jax.errors import MissingPathError, UserError
+from deed_jax.evaluation import policy_search
 from deed_jax.evaluation.evaluator import EvaluateOptions, check_workdir, evaluate
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
 from deed_jax.workdir import DECODE_CONFIG_FILE, TRAIN_CONFIG_FILE, workdir_decode_config
@@ -197,12 +201,20 @@ def test_a_model_only_workdir_needs_the_task(tmp_path, tfds_dir):
     (dict(delta=1.5, calibrate=True), {}, UserError, "delta"),
     (dict(batch_size=0), {}, UserError, "batch_size=0"),
     (dict(step=7), {}, UserError, "--step 7"),
-    (dict(confidence="classifier"), {}, UserError, "classifier"),
-    (dict(min_exit_layer=3), {}, UserError, "min_exit_layer"),
+    (dict(confidences=("classifier",)), {}, UserError, "classifier"),
+    (dict(min_exit_layers=(3,)), {}, UserError, "min_exit_layer"),
     (dict(backfill_chunk=0), {}, UserError, "backfill_chunk=0"),
     (dict(speculative=((2, 4),)), {}, UserError, "--speculative=2:4"),  # 2 layers: drafts at 1
     (dict(speculative=((1, 0),)), {}, UserError, "--speculative=1:0"),
     (dict(split="nope"), {}, UserError, "'nope'"),
+    (dict(split="test_unlabelled"), {}, UserError, "--split=test_unlabelled"),
+    (
+      dict(calibrate=True, calibration_split="test_unlabelled"),
+      {},
+      UserError,
+      "--calibration_split=test_unlabelled",
+    ),
+    (dict(confidences=("max_prob", "state")), {}, UserError, "--confidence=max_prob,state"),
     (dict(), {"metric": "rouge"}, UserError, "'rouge'"),
     (dict(), {"dataset": "forms_audio"}, UserError, "'forms_audio'"),
     (
@@ -365,3 +377,114 @@ def test_a_damaged_newest_step_is_skipped_and_a_named_one_refused(trained, tmp_p
   with open(workdir / "evaluation" / "report.json") as f:
     assert json.load(f)["step"] == good
   assert sorted(p.name for p in steps.iterdir()) == before  # nothing moved
+
+
+def _copy_of(trained: str, tmp_path) -> str:
+  """The trained workdir, copied without its evaluation and calibration (tests that change it)."""
+  workdir = str(tmp_path / "workdir")
+  shutil.copytree(trained, workdir, ignore=shutil.ignore_patterns("evaluation", DECODE_CONFIG_FILE))
+  return workdir
+
+
+def test_calibration_chooses_the_exit_policy_and_records_its_provenance(trained, tmp_path):
+  """Two confidences: no order is known beforehand, so part of the calibration split orders the
+  policies and the rest tests them; the cheapest certified is stored with what it was made for."""
+  workdir = _copy_of(trained, tmp_path)
+  options = EvaluateOptions(
+    split="test",
+    num_examples=4,
+    thresholds=THRESHOLDS,
+    batch_size=1,
+    confidences=("max_prob", "state"),
+    calibrate=True,
+    max_drop=100.0,  # every policy is certified (no loss exceeds it)
+    delta=0.5,
+  )
+  report = evaluate(workdir, options=options, progress=False)
+  cal = report["calibration"]
+  ordering = {(r["confidence"], r["min_exit_layer"], r["threshold"]): r for r in cal["ordering"]}
+  assert set(ordering) == {(c, 1, t) for c in ("max_prob", "state") for t in THRESHOLDS}
+  # The ordering part and the tested part share no example and together are the whole split.
+  assert cal["ordering_examples"] + cal["num_examples"] == 64
+  assert cal["ordering_examples"] >= 0.2 * 64 and cal["num_examples"] > 0
+  # Kept in the sequence (recomputed): the policies no cheaper one changes strictly fewer answers
+  # than, except the costliest of those that changed none beyond FALLBACKS of them.
+  ms = lambda key: ordering[key]["decoder_ms_per_sample"]
+  frontier = [
+    key
+    for key, row in ordering.items()
+    if not any(ms(o) <= ms(key) and ordering[o]["changed"] < row["changed"] for o in ordering)
+  ]
+  unchanged = sorted((k for k in frontier if ordering[k]["changed"] == 0), key=ms)
+  dropped = set(unchanged[policy_search.FALLBACKS + 1 :])
+  for key, row in ordering.items():
+    assert row["in_sequence"] == (key in frontier and key not in dropped)
+    assert 0 <= row["risk"] <= row["changed"] <= 1  # only a changed answer can lose
+  sequence = sorted((k for k in ordering if ordering[k]["in_sequence"]), key=lambda k: -ms(k))
+  tested = [(t["confidence"], t["min_exit_layer"], t["threshold"]) for t in cal["tested"]]
+  assert tested == sequence and all(t["rejected"] for t in cal["tested"])
+  cheapest = min(sequence, key=ms)
+  assert tuple(cal["policy"].values()) == cheapest
+  assert (
+    report["confidence"],
+    report["min_exit_layer"],
+    report["calibrated_threshold"],
+  ) == cheapest
+  with open(os.path.join(workdir, DECODE_CONFIG_FILE)) as f:
+    stored = json.load(f)
+  assert (stored["confidence"], stored["min_exit_layer"], stored["threshold"]) == cheapest
+  assert workdir_decode_config(workdir).confidence == cheapest[0]
+  made = stored["calibrated_for"]
+  model = checkpoint.load_model(workdir)
+  assert made["step"] == report["step"] == 20
+  assert made["params_fingerprint"] == checkpoint.params_fingerprint(model)
+  assert (made["dataset"], made["split"], made["num_examples"]) == (
+    report["dataset"],
+    "calibration",
+    64,
+  )
+  assert (made["metric"], made["max_drop"], made["delta"]) == ("exact_match", 100.0, 0.5)
+  assert made["date"][:4].isdigit() and "T" in made["date"]
+  # The calibrated point beside every fixed exit (static included) that reaches its metric.
+  against = report["against_fixed_exits"]
+  at_one = {r["setting"]: r for r in report["settings"] if r["batch_size"] == 1}
+  deed = at_one[f"deed tau={cheapest[2]:g}"]
+  reaching = [
+    name
+    for name, r in at_one.items()
+    if r["exit_mode"] in ("fixed", "static") and r["metric"] >= deed["metric"]
+  ]
+  assert [r["setting"] for r in against["fixed_reaching_it"]] == reaching and "static" in reaching
+  fastest = min(reaching, key=lambda name: at_one[name]["decoder_ms_per_sample"])
+  assert against["fastest_fixed"] == fastest
+  assert against["deed_speedup_over_it"] == pytest.approx(
+    at_one[fastest]["decoder_ms_per_sample"] / deed["decoder_ms_per_sample"]
+  )
+  markdown = open(os.path.join(workdir, "evaluation", "report.md")).read()
+  assert "Calibrated DEED against fixed exits" in markdown and "were ordered on" in markdown
+
+
+def test_a_retrained_checkpoint_does_not_reuse_the_calibration(trained, tmp_path, capsys):
+  workdir = _copy_of(trained, tmp_path)
+  calibrated = _on_validation(workdir, calibrate=True, max_drop=100.0, delta=0.5)
+  assert calibrated["calibrated_threshold"] == 0.5
+  # Retraining: a newer step with other parameters.
+  step, model = checkpoint.load_step(workdir)
+  params = jax.tree.map(lambda x: 1.01 * x, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  checkpoint.save_params(workdir, model.config, params, step=step + 1)
+  capsys.readouterr()
+  again = _on_validation(workdir)
+  assert again["step"] == step + 1 and again["calibrated_threshold"] is None
+  assert "calibration" not in again and "against_fixed_exits" not in again
+  err = capsys.readouterr().err
+  assert "Calibrated policy not reused" in err and f"calibrated for step {step} " in err
+  # Decoding with the stored choice warns, once per workdir and step.
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    for _ in range(2):
+      decode_input(workdir, text="a b c", repeats=1)
+  stale = [w for w in caught if f"calibrated for step {step} " in str(w.message)]
+  assert len(stale) == 1 and f"not for step {step + 1}" in str(stale[0].message)
+  # The step it was calibrated for still reuses it, without a word.
+  assert _on_validation(workdir, step=step)["calibrated_threshold"] == 0.5
+  assert "not reused" not in capsys.readouterr().err
