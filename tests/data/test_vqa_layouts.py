@@ -80,16 +80,23 @@ def _by_id(source) -> dict:
   return {source[i]["question_id"].decode(): source[i] for i in range(len(source))}
 
 
+def _prepared(tmp_path, dataset: str, config: str, manual: str):
+  """Build `dataset` from `manual` -> ({split: number of examples}, split -> {question_id: example})."""
+  data_dir = str(tmp_path / "tfds")
+  builder = datasets.prepare(dataset, config, data_dir, manual)
+  splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+  return splits, lambda split: _by_id(
+    pipeline.data_source(dataset, config, split, data_dir, manual)
+  )
+
+
 def test_docvqa_as_the_rrc_ships_it(tmp_path):
   manual = str(tmp_path / "DocVQA")
   _spdocvqa(manual)
-  data_dir = str(tmp_path / "tfds")
-  builder = datasets.prepare("docvqa", "24x32_resize", data_dir, manual)
-  splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+  splits, source = _prepared(tmp_path, "docvqa", "24x32_resize", manual)
   assert splits["train"] == 2 and splits["validation"] == 8 and splits["test_unlabelled"] == 2
   assert splits["calibration"] + splits["test"] == 8
-  source = lambda split: pipeline.data_source("docvqa", "24x32_resize", split, data_dir, manual)
-  validation = _by_id(source("validation"))
+  validation = source("validation")
   assert sorted(validation) == [str(100 + i) for i in range(8)]  # 199 has no answer: skipped
   example = validation["103"]  # question 3 is about page 3 (document doc3)
   assert pipeline.answers(example, "answers") == ["v3", "V 3"]  # all of them, in file order
@@ -101,12 +108,12 @@ def test_docvqa_as_the_rrc_ships_it(tmp_path):
   assert example["group"].decode() == "doc3"
   assert example["image"].shape == (24, 32, 3)
   assert (example["image"] == 255).all()  # COLOURS[3] = white: "documents/page3.png" read
-  calibration, test = _by_id(source("calibration")), _by_id(source("test"))
+  calibration, test = source("calibration"), source("test")
   # Whole documents on each side, both halves together the validation split.
   groups = lambda split: {e["group"].decode() for e in split.values()}
   assert groups(calibration) and groups(test) and not groups(calibration) & groups(test)
   assert sorted(calibration | test) == sorted(validation)
-  unlabelled = _by_id(source("test_unlabelled"))
+  unlabelled = source("test_unlabelled")
   assert sorted(unlabelled) == ["300", "301"]
   assert pipeline.answers(unlabelled["300"], "answers") == []
 
@@ -170,10 +177,7 @@ def _stvqa(root):
 def test_stvqa_task_3_validation_is_cut_from_train_by_image(tmp_path):
   manual = str(tmp_path / "ST-VQA")
   _stvqa(manual)
-  data_dir = str(tmp_path / "tfds")
-  builder = datasets.prepare("stvqa", "16x16_pad", data_dir, manual)
-  splits = {name: info.num_examples for name, info in builder.info.splits.items()}
-  source = lambda split: _by_id(pipeline.data_source("stvqa", "16x16_pad", split, data_dir, manual))
+  splits, source = _prepared(tmp_path, "stvqa", "16x16_pad", manual)
   train, validation = source("train"), source("validation")
   # 10% of 12 questions, and at least 2 images (validation is halved): 2 images, 4 questions.
   assert len(validation) == 4 and len(train) == 8 and splits["test_unlabelled"] == 2
@@ -223,14 +227,9 @@ def _textvqa(root):
 def test_textvqa_as_released(tmp_path):
   manual = str(tmp_path / "TextVQA")
   _textvqa(manual)
-  data_dir = str(tmp_path / "tfds")
-  builder = datasets.prepare("textvqa", "16x16_resize", data_dir, manual)
-  splits = {name: info.num_examples for name, info in builder.info.splits.items()}
+  splits, source = _prepared(tmp_path, "textvqa", "16x16_resize", manual)
   assert splits["train"] == 4 and splits["validation"] == 6 and splits["test_unlabelled"] == 2
   assert splits["calibration"] + splits["test"] == 6
-  source = lambda split: _by_id(
-    pipeline.data_source("textvqa", "16x16_resize", split, data_dir, manual)
-  )
   validation = source("validation")
   example = validation["302"]  # val ids 300.. (100 * len("val") + i); image val0001
   assert pipeline.answers(example, "answers") == ["brand 2"] * 7 + ["other"] * 3
