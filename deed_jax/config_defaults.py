@@ -15,9 +15,11 @@ from ml_collections.config_dict import placeholder
 
 from deed_jax import checkpoint, sharding
 from deed_jax.errors import MissingPathError, UserError
+from deed_jax.exit_metrics import DEFAULT_VOCAB_CHUNK
 from deed_jax.models import ModelConfig
 from deed_jax.param_tree import path_holds
 from deed_jax.task_config import task_defaults, validate_task
+from deed_jax.training.exit_schedule import EXIT_SCHEDULES
 from deed_jax.training.losses import LOSS_MODES
 from deed_jax.workdir import read_model_config
 
@@ -57,8 +59,18 @@ def training_defaults() -> ml_collections.ConfigDict:
   # params; config.model may then set only `dropout_rate`. "" = random initialisation.
   config.init_from = ""
   # exit_classifier_weight: the exit classifier's loss (models with ModelConfig.exit_classifier).
+  # exits_per_step: intermediate exits supervised per step (0: every exit), chosen by exit_schedule
+  # ("random" or "rotate"; deed_jax.training.exit_schedule). vocab_chunk: vocabulary columns per
+  # chunk of the head's loss (the largest transient is [batch * target length, vocab_chunk]).
   config.loss = ml_collections.ConfigDict(
-    dict(mode="deed", label_smoothing=0.0, exit_classifier_weight=1.0)
+    dict(
+      mode="deed",
+      label_smoothing=0.0,
+      exit_classifier_weight=1.0,
+      exits_per_step=0,
+      exit_schedule="random",
+      vocab_chunk=DEFAULT_VOCAB_CHUNK,
+    )
   )
   # Train only the parameters under these path names (e.g. ("exit_classifier",) to fit the exit
   # classifier of a frozen model, with init_from); () = everything.
@@ -180,6 +192,23 @@ def _check_loss(loss: ml_collections.ConfigDict, model: ModelConfig) -> None:
   weight = loss.exit_classifier_weight
   if not weight >= 0:
     raise UserError(f"config.loss.exit_classifier_weight={weight} must be >= 0.")
+  sampled, intermediate = loss.exits_per_step, model.decoder_layers - 1
+  if not isinstance(sampled, int) or not 0 <= sampled <= intermediate:
+    raise UserError(
+      f"config.loss.exits_per_step={sampled!r} must be an integer in 0..{intermediate} (0: every "
+      f"exit; the model has {intermediate} exits below its last)."
+    )
+  if loss.exit_schedule not in EXIT_SCHEDULES:
+    raise UserError(
+      f"config.loss.exit_schedule={loss.exit_schedule!r} is not one of {EXIT_SCHEDULES}."
+    )
+  if sampled and loss.mode == "final":
+    raise UserError(
+      f"config.loss.exits_per_step={sampled} samples intermediate exits, but "
+      "config.loss.mode='final' supervises none; use mode 'deed' or 'linear'."
+    )
+  if not isinstance(loss.vocab_chunk, int) or loss.vocab_chunk < 1:
+    raise UserError(f"config.loss.vocab_chunk={loss.vocab_chunk!r} must be an integer >= 1.")
   if model.exit_classifier != "none" and weight == 0:
     raise UserError(
       f"config.loss.exit_classifier_weight={weight} would leave the model's exit "
@@ -229,8 +258,8 @@ def check_mesh(
 
 
 # Options a resumed run may change freely: where and how often it logs, evaluates and checkpoints, the
-# mesh it runs on (and `decode`, the decoding comparison older runs ended with). Anything else changes
-# the run's numbers.
+# mesh it runs on, how the head's loss is chunked (the same numbers, other memory), and `decode` (the
+# decoding comparison older runs ended with). Anything else changes the run's numbers.
 RUN_NEUTRAL = (
   "log_every_steps",
   "eval_every_steps",
@@ -242,6 +271,7 @@ RUN_NEUTRAL = (
   "mesh",
   "sharding_rules",
   "remat",
+  "loss.vocab_chunk",
   "task.data_dir",
   "task.manual_dir",
 )

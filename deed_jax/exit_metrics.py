@@ -1,8 +1,10 @@
 """Teacher-forced metrics of every exit of a multi-exit decoder: cross-entropy, token accuracy and the
 exit classifier's, shared by training (its loss) and evaluation (per-exit validation).
 
-The head is applied one exit at a time inside a rematerialised `lax.scan`, so only one exit's
-[B, T, V] logits exist at a time, in the forward and the backward pass.
+The head's cross-entropy is computed over vocabulary chunks (`models.head_loss`) for all the exits'
+tokens at once: no [B, T, V] logits exist for any exit, in the forward or the backward pass; the
+largest transient is [B*T, vocab_chunk]. Only the exits asked for run the head: a static subset, or a
+traced one (sampled exit supervision: `training.exit_schedule`), gathered as one [E, B, T, D] array.
 
 A model with an exit classifier also learns, at every exit below the last, whether the exit's token
 equals the final exit's (CALM's consistency target for its learned confidence), with binary
@@ -11,14 +13,17 @@ cross-entropy on the classifier's logits; see `exit_classifier_losses`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from deed_jax.models import MultiExitEncoderDecoder, encoder_inputs
+from deed_jax.models.head_loss import HeadWeights, chunked_cross_entropy
+
+# The head loss's transient: [B*T, 4096] float32 (E exits: chunks of 4096 / E columns each).
+DEFAULT_VOCAB_CHUNK = 4096
 
 
 class ExitMetrics(NamedTuple):
@@ -30,37 +35,34 @@ class ExitMetrics(NamedTuple):
   classifier_accuracy: jax.Array | None  # [L]
 
 
-def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-  """Token cross-entropy: logits [..., V] float32, targets [...] int -> [...]."""
-  log_probs = jax.nn.log_softmax(logits, axis=-1)
-  nll = -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  if label_smoothing == 0.0:
-    return nll
-  smooth = -jnp.mean(log_probs, axis=-1)
-  return (1.0 - label_smoothing) * nll + label_smoothing * smooth
-
-
 def per_exit_losses(
-  head: Callable[[jax.Array], jax.Array],  # [B, T, D] -> [B, T, V] float32
-  features: jax.Array,  # [L, B, T, D]
+  head: HeadWeights,
+  features: jax.Array,  # [E, B, T, D] float32, as the head reads them (`model.head_inputs`)
   targets: jax.Array,  # [B, T]
   mask: jax.Array,  # [B, T]
   label_smoothing: float = 0.0,
+  vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """Mean cross-entropy [L] and token accuracy [L] of every exit over the unmasked tokens, and every
-  exit's predicted tokens [L, B, T] (int32)."""
+  """Mean cross-entropy [E] and token accuracy [E] of every given exit over the unmasked tokens, and
+  their predicted tokens [E, B, T] (int32).
+
+  The exits' tokens go through the head together, [E*B*T, D], so each pass reads the head's table
+  once, not E times; chunks are vocab_chunk / E columns wide, so the transient stays
+  [B*T, vocab_chunk] whatever E."""
+  num_exits = features.shape[0]
   mask = mask.astype(jnp.float32)
   num_tokens = jnp.maximum(mask.sum(), 1.0)
-
-  @jax.checkpoint
-  def one_exit(hidden):  # [B, T, D] -> (), (), [B, T]
-    logits = head(hidden)  # [B, T, V]
-    loss = (cross_entropy(logits, targets, label_smoothing) * mask).sum() / num_tokens
-    predictions = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    correct = ((predictions == targets) * mask).sum() / num_tokens
-    return loss, correct, predictions
-
-  _, (losses, accuracies, predictions) = jax.lax.scan(lambda c, h: (c, one_exit(h)), None, features)
+  nll, predictions = chunked_cross_entropy(
+    features.reshape(-1, features.shape[-1]),  # [E*B*T, D]
+    head,
+    jnp.tile(targets.reshape(-1), num_exits),  # [E*B*T]
+    label_smoothing,
+    max(1, vocab_chunk // num_exits),
+  )
+  shape = (num_exits, *targets.shape)
+  nll, predictions = nll.reshape(shape), predictions.reshape(shape)  # [E, B, T]
+  losses = (nll * mask).sum(axis=(1, 2)) / num_tokens
+  accuracies = ((predictions == targets) * mask).sum(axis=(1, 2)) / num_tokens
   return losses, accuracies, predictions
 
 
@@ -89,15 +91,17 @@ def exit_metrics(
   dropout_rng: jax.Array | None = None,
   encoded: tuple[jax.Array, jax.Array] | None = None,
   remat: bool = False,
-  exits: Sequence[int] | None = None,
+  exits: Sequence[int] | jax.Array | None = None,
+  vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
 ) -> ExitMetrics:
   """Teacher-forced metrics of every exit on a batch (and of its exit classifier, if any).
 
   `encoded` (encoder states [B, S, D], mask [B, S]) reuses an encoder pass the caller already ran.
   The classifier reads the exit features through `stop_gradient`: its loss trains the classifier
   alone and never moves the model it judges. `remat` rematerialises every layer. `exits` (0-based,
-  for a model without an exit classifier) limits the head passes to those exits: the metrics are
-  then theirs alone, [len(exits)] (a final-exit-only loss pays for one head, not L).
+  static or traced [E]) limits the head passes to those exits: the metrics are then theirs alone,
+  [E] (a final-exit-only loss pays for one head, not L). With an exit classifier the final exit must
+  be the last of them: it is the classifier's target.
   """
   if encoded is None:
     # [L, B, T, D]
@@ -110,15 +114,20 @@ def exit_metrics(
       batch["decoder_input_ids"], *encoded, dropout_rng=dropout_rng, remat=remat
     )
   if exits is not None:
-    if model.config.exit_classifier != "none":
-      raise ValueError("A model with an exit classifier needs every exit's predictions.")
-    features = features[np.asarray(exits)]  # [len(exits), B, T, D]
+    exits = jnp.asarray(exits, jnp.int32)
+    features = features[exits]  # [E, B, T, D]
   losses, accuracies, predictions = per_exit_losses(
-    model.logits, features, batch["targets"], batch["target_mask"], label_smoothing
+    model.head_weights(),
+    model.head_inputs(features),
+    batch["targets"],
+    batch["target_mask"],
+    label_smoothing,
+    vocab_chunk,
   )
   if model.config.exit_classifier == "none":
     return ExitMetrics(losses, accuracies, None, None)
-  logits = model.decoder.exit_classifier.logit(jax.lax.stop_gradient(features))  # [L, B, T]
+  # [E, B, T]
+  logits = model.decoder.exit_classifier.logit(jax.lax.stop_gradient(features), exits=exits)
   return ExitMetrics(
     losses, accuracies, *exit_classifier_losses(logits, predictions, batch["target_mask"])
   )

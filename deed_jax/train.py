@@ -36,11 +36,13 @@ from deed_jax.evaluation.per_exit import evaluate_exits, make_eval_fn
 from deed_jax.evaluation.report import exit_table
 from deed_jax.models import ModelConfig, check_token_ids
 from deed_jax.param_tree import merge_params
-from deed_jax.training.losses import exit_weights
+from deed_jax.training.flops import model_flops_per_step, peak_flops
+from deed_jax.training.losses import objective
 from deed_jax.training.metric_writer import MetricWriter
 from deed_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from deed_jax.training.train_step import (
   TrainState,
+  make_loss_fn,
   make_train_step,
   train_state_layout,
   trained_params,
@@ -325,7 +327,10 @@ class _Trainer:
         for key in ("input_ids", "decoder_input_ids", "targets"):
           if key in batch:
             check_token_ids(batch[key], self.run.model_config.vocab_size, key)
-        state, metrics = train_step(state, sharding.global_batch(batch, self.batch_sharding), rng)
+        batch = sharding.global_batch(batch, self.batch_sharding)
+        if log.model_flops is None:
+          log.set_model_flops(self._model_flops(state, batch, rng))
+        state, metrics = train_step(state, batch, rng)
         if step % config.log_every_steps == 0 or step == config.total_steps:
           log(step, metrics)
         preempted = preemption.reached(step)
@@ -339,14 +344,18 @@ class _Trainer:
     finally:
       log.close()
 
+  def _model_flops(self, state: TrainState, batch: dict, rng: jax.Array) -> float:
+    """Model FLOPs of one train step on this batch's shapes (`training.flops`), traced not run."""
+    options = objective(self.config.loss, self.run.model_config.decoder_layers)
+    loss_fn = make_loss_fn(self.layout.graphdef, **options, remat=self.config.remat)
+    return model_flops_per_step(loss_fn, self.layout.abstract.params, batch, state.step, rng)
+
   def _train_step(self):
     config, layout = self.config, self.layout
     return make_train_step(
       layout.graphdef,
       self.tx,
-      exit_weights(config.loss.mode, self.run.model_config.decoder_layers),
-      config.loss.label_smoothing,
-      classifier_weight=config.loss.exit_classifier_weight,
+      **objective(config.loss, self.run.model_config.decoder_layers),
       train_only=config.train_only,
       state_shardings=layout.shardings,
       batch_sharding=self.batch_sharding,
@@ -362,6 +371,9 @@ class _TrainLog:
 
   def __init__(self, config: ml_collections.ConfigDict, writer: MetricWriter, start: int, progress):
     self.writer, self.last_time, self.last_step = writer, time.time(), start
+    self.model_flops: float | None = None  # per step, set once the first batch's shapes are known
+    peak = peak_flops(jax.devices()[0])
+    self.peak = None if peak is None else peak * jax.device_count()
     self.accumulation = config.gradient_accumulation_steps
     self.schedule = learning_rate_schedule(
       config.optimizer, config.total_steps // self.accumulation
@@ -379,6 +391,10 @@ class _TrainLog:
     now = time.time()
     metrics["steps_per_second"] = (step - self.last_step) / max(now - self.last_time, 1e-9)
     metrics["learning_rate"] = float(self.schedule((step - 1) // self.accumulation))
+    if self.model_flops is not None:
+      metrics["model_flops_per_second"] = self.model_flops * metrics["steps_per_second"]
+      if self.peak is not None:
+        metrics["mfu"] = metrics["model_flops_per_second"] / self.peak
     self.last_time, self.last_step = now, step
     self.writer.write(step, metrics, prefix="train/")
     self.bar.update(step - self.bar.n)
@@ -387,6 +403,11 @@ class _TrainLog:
       final_acc=f"{metrics['exit_token_accuracy'][-1]:.3f}",
       steps_s=f"{metrics['steps_per_second']:.2f}",
     )
+
+  def set_model_flops(self, flops: float) -> None:
+    self.model_flops = flops
+    peak = "" if self.peak is None else f", {self.peak / 1e12:.0f} TFLOP/s peak over all devices"
+    _log(f"Model FLOPs per step: {flops / 1e9:.2f} GFLOP (3x the forward matmuls{peak}).")
 
   def close(self) -> None:
     self.bar.close()

@@ -6,11 +6,12 @@
 # finished, just re-evaluates) the run in workdirs/forms_vqa_normalised_local (the normalised forms
 # task; the earlier plain task runs with configs/forms_vqa.py:runlocal,plain, see that file).
 #   usage: ./launch/local.sh [extra train flags, e.g. --config.total_steps=500]
+#   WORKDIR=workdirs/other ./launch/local.sh ...   trains and evaluates in another workdir
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source launch/setup_env.sh
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
-WORKDIR=workdirs/forms_vqa_normalised_local
+WORKDIR="${WORKDIR:-workdirs/forms_vqa_normalised_local}"
 python -m deed_jax.train \
   --config configs/forms_vqa.py:runlocal \
   --workdir "$WORKDIR" \

@@ -2,6 +2,7 @@ r"""Training step cost: deep supervision vs the final exit alone, and one device
 
   python -m deed_jax.bench.train                       # forms_vqa runlocal model, 1 and 8 devices
   python -m deed_jax.bench.train --config configs/forms_vqa.py --devices 1,4 --batch_size 64
+  python -m deed_jax.bench.train --devices 1 --exits_per_step 0,1,2  # sampled exit supervision
 
 Every variant is the trainer's own jitted step (`make_train_step` over a `train_state_layout`) on the
 same model and global batch, timed side by side in one process: the median wall time of `--steps`
@@ -10,9 +11,16 @@ steps after two untimed ones, and the compiled step's memory (XLA's own account:
 On a CPU without enough devices, `--devices` asks XLA for that many host devices; they share the
 machine's cores, so 8 CPU "devices" measure partitioning overhead, not a speed-up.
 
-Deep supervision costs one LM-head pass per exit ([B, T, D] x [D, V] each, rematerialised in the
+Deep supervision costs one LM-head pass per exit ([B, T, D] x [D, V] each, recomputed in the
 backward pass) on top of the final exit's: its ratio to the final-only step grows with the vocabulary
-and shrinks with the layers' own cost. The goal is <= 1.3x.
+and shrinks with the layers' own cost. Sampled supervision (`--config.loss.exits_per_step`, or several
+values side by side with `--exits_per_step`) runs the head on the final exit and k others. The
+rows honour `--config.loss.*` (the `final` row supervises the final exit alone whatever it says).
+The goal is <= 1.3x the final-only step.
+
+Model FLOPs per step are counted from the step's shapes (`training.flops`: 3x the forward matmuls,
+the supervised exits' heads included); with the step time they give FLOP/s, and where the device's
+peak is known (TPU/GPU tables) the model-FLOPs utilisation.
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ from deed_jax import sharding
 from deed_jax.bench.report import write_result
 from deed_jax.config_defaults import model_config as model_config_of
 from deed_jax.models import ModelConfig
-from deed_jax.training.losses import exit_weights
+from deed_jax.training.flops import model_flops_per_step, peak_flops
+from deed_jax.training.losses import objective
 from deed_jax.training.optimizer import make_optimizer
-from deed_jax.training.train_step import make_train_step, train_state_layout
+from deed_jax.training.train_step import make_loss_fn, make_train_step, train_state_layout
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -43,6 +52,12 @@ _DEVICES = flags.DEFINE_list(
   "devices", ["1", "8"], "Device counts to compare (data-parallel meshes)."
 )
 _LOSS_MODES = flags.DEFINE_list("loss_modes", ["deed", "final"], "Losses to compare.")
+_EXITS_PER_STEP = flags.DEFINE_list(
+  "exits_per_step",
+  None,
+  "Sampled intermediate exits per step to compare in each non-final row (0: every exit); "
+  "default: the config's loss.exits_per_step.",
+)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per variant.")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/train.json", "Where to write the JSON.")
 
@@ -82,10 +97,10 @@ def main(argv):
       raise app.UsageError(f"--batch_size={batch_size} does not split over {count} devices.")
   batch = _random_batch(model_config, batch_size)
   rows = [row for count in counts for row in _time_on(count, config, model_config, batch)]
-  by = {(r["devices"], r["loss_mode"]): r for r in rows}
+  by = {(r["devices"], r["loss_mode"], r["exits_per_step"]): r for r in rows}
   for r in rows:
-    final = by.get((r["devices"], "final"))
-    one = by.get((counts[0], r["loss_mode"]))
+    final = by.get((r["devices"], "final", 0))
+    one = by.get((counts[0], r["loss_mode"], r["exits_per_step"]))
     r["vs_final_only"] = r["step_ms"] / final["step_ms"] if final else None
     r["vs_one_device"] = r["step_ms"] / one["step_ms"] if one else None
   _print_table(rows, model_config, batch_size)
@@ -99,8 +114,11 @@ def main(argv):
         "decoder_layers": model_config.decoder_layers,
         "d_model": model_config.d_model,
         "vocab_size": model_config.vocab_size,
+        "max_target_length": model_config.max_target_length,
         "encoder": model_config.encoder,
       },
+      "loss": config.loss.to_dict(),
+      "peak_flops_per_device": peak_flops(jax.devices()[0]),
       "goal": "deed step <= 1.3x final-only step",
       "rows": rows,
     },
@@ -129,37 +147,60 @@ def _random_batch(model_config: ModelConfig, batch_size: int) -> dict:
   return batch
 
 
+def _variants(config) -> list[tuple[str, int]]:
+  """(loss mode, exits per step) of each row: final alone, the other modes at each sampling."""
+  sampled = [int(k) for k in _EXITS_PER_STEP.value or [config.loss.exits_per_step]]
+  return [(mode, k) for mode in _LOSS_MODES.value for k in ([0] if mode == "final" else sampled)]
+
+
 def _time_on(count: int, config, model_config: ModelConfig, batch: dict) -> list[dict]:
-  """Each loss mode's train step on the first `count` devices: median step time and memory."""
+  """Each variant's train step on the first `count` devices: median step time, memory, FLOPs."""
   tx = make_optimizer(config.optimizer, config.total_steps)
   mesh = sharding.make_mesh({"data": count}, devices=jax.devices()[:count])
   layout = train_state_layout(model_config, tx, config.seed, (), mesh, config.sharding_rules)
   batch_sharding = sharding.batch_sharding(mesh, config.sharding_rules)
   global_batch = sharding.global_batch(batch, batch_sharding)
   batch_size = len(batch["targets"])
+  peak = peak_flops(jax.devices()[0])
   rows = []
-  for mode in _LOSS_MODES.value:
+  for mode, sampled in _variants(config):
+    loss = config.loss.copy_and_resolve_references()
+    loss.update(mode=mode, exits_per_step=sampled)
+    options = objective(loss, model_config.decoder_layers)
     step = make_train_step(
       layout.graphdef,
       tx,
-      exit_weights(mode, model_config.decoder_layers),
+      **options,
       state_shardings=layout.shardings,
       batch_sharding=batch_sharding,
+      remat=config.remat,
     )
     state, key = layout.init(), jax.random.key(0)
+    flops = model_flops_per_step(
+      make_loss_fn(layout.graphdef, **options, remat=config.remat),
+      layout.abstract.params,
+      global_batch,
+      state.step,
+      key,
+    )
     compiled = step.lower(state, global_batch, key).compile()
     memory = compiled.memory_analysis()
     times, state = _timed_steps(compiled, state, global_batch, key, _STEPS.value)
     stats = jax.devices()[0].memory_stats() or {}
     step_ms = 1e3 * float(np.median(times))
+    flops_per_second = flops / (step_ms / 1e3)
     rows.append(
       {
         "devices": count,
         "loss_mode": mode,
+        "exits_per_step": sampled,
         "batch_size": batch_size,
         "step_ms": step_ms,
         "steps_per_second": 1e3 / step_ms,
         "examples_per_second": batch_size * 1e3 / step_ms,
+        "model_flops_per_step": flops,
+        "model_flops_per_second": flops_per_second,
+        "mfu": None if peak is None else flops_per_second / (peak * count),
         "compiled_bytes_per_device": int(
           memory.argument_size_in_bytes
           + memory.output_size_in_bytes
@@ -181,15 +222,20 @@ def _print_table(rows: list[dict], model_config: ModelConfig, batch_size: int) -
     f"median of {_STEPS.value} steps; {jax.devices()[0].device_kind}\n"
   )
   print(
-    f"{'devices':>7} {'loss':>6} {'step ms':>9} {'steps/s':>8} {'vs final':>9} "
-    f"{'vs 1 dev':>9} {'compiled MiB/dev':>17} {'peak MiB':>9}"
+    f"{'devices':>7} {'loss':>6} {'exits/step':>10} {'step ms':>9} {'vs final':>9} "
+    f"{'vs 1 dev':>9} {'GFLOP/step':>11} {'GFLOP/s':>8} {'MFU':>6} {'compiled MiB/dev':>17} "
+    f"{'temp MiB':>9} {'peak MiB':>9}"
   )
   for r in rows:
     peak = "-" if r["peak_bytes_in_use"] is None else f"{r['peak_bytes_in_use'] / 2**20:.1f}"
+    mfu = "-" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    exits = "all" if r["exits_per_step"] == 0 and r["loss_mode"] != "final" else r["exits_per_step"]
     print(
-      f"{r['devices']:>7} {r['loss_mode']:>6} {r['step_ms']:>9.2f} {r['steps_per_second']:>8.2f} "
+      f"{r['devices']:>7} {r['loss_mode']:>6} {exits:>10} {r['step_ms']:>9.2f} "
       f"{r['vs_final_only'] or float('nan'):>9.2f} {r['vs_one_device'] or float('nan'):>9.2f} "
-      f"{r['compiled_bytes_per_device'] / 2**20:>17.1f} {peak:>9}"
+      f"{r['model_flops_per_step'] / 1e9:>11.2f} {r['model_flops_per_second'] / 1e9:>8.1f} "
+      f"{mfu:>6} {r['compiled_bytes_per_device'] / 2**20:>17.1f} "
+      f"{r['temp_bytes_per_device'] / 2**20:>9.1f} {peak:>9}"
     )
 
 

@@ -69,9 +69,12 @@ class ExitClassifier(nnx.Module):
     self.kernel = param(rngs, (layers, inputs), (None, None), dtype=pd)
     self.bias = param(None, (layers,), (None,), "zeros", pd)
 
-  def logit(self, features: Array, layer: int | None = None) -> Array:
+  def logit(
+    self, features: Array, layer: int | None = None, *, exits: Array | None = None
+  ) -> Array:
     """Exit `layer`'s (0-based) logit from its features [..., D] -> [...] float32; with `layer`
-    None, every exit's at once from features [L, ..., D] -> [L, ...]."""
+    None, every exit's at once from features [L, ..., D] -> [L, ...], or the given `exits`' (0-based
+    [E], may be traced) from their features [E, ..., D] -> [E, ...]."""
     weights = {
       name: getattr(self, name)[...].astype(jnp.float32)
       for name in ("hidden", "hidden_bias", "kernel", "bias")
@@ -79,6 +82,8 @@ class ExitClassifier(nnx.Module):
     }
     if layer is not None:
       return _probe_logit(features.astype(jnp.float32), {k: v[layer] for k, v in weights.items()})
+    if exits is not None:
+      weights = {k: v[exits] for k, v in weights.items()}
     return jax.vmap(_probe_logit)(features.astype(jnp.float32), weights)
 
   def __call__(self, features: Array, layer: int | None = None) -> Array:

@@ -233,7 +233,7 @@ class RelativePositionBias(nnx.Module):
 
 class TokenEmbedding(nnx.Module):
   """The token table [V, D] shared by the text encoder, the decoder and a tied LM head (HF's
-  `shared`): `embed` looks ids up, `attend` projects features onto the vocabulary."""
+  `shared`): `embed` looks ids up (the tied head reads the table: `model.head_weights`)."""
 
   def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
     self.scale = config.d_model**0.5 if config.scale_embedding else None
@@ -244,9 +244,6 @@ class TokenEmbedding(nnx.Module):
   def embed(self, token_ids: Array) -> Array:  # [...] int -> [..., D] float32
     x = self.embedding[...][token_ids].astype(jnp.float32)
     return x if self.scale is None else x * self.scale
-
-  def attend(self, features: Array) -> Array:  # [..., D] -> [..., V] float32
-    return features.astype(jnp.float32) @ self.embedding[...].astype(jnp.float32).T
 
 
 class PositionEmbedding(nnx.Module):

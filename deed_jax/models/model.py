@@ -11,6 +11,7 @@ from deed_jax.errors import UserError
 from deed_jax.models.config import IMAGE_ENCODERS, ModelConfig
 from deed_jax.models.decoder import Decoder
 from deed_jax.models.encoder import Encoder
+from deed_jax.models.head_loss import HeadWeights
 from deed_jax.models.layers import TokenEmbedding, param, split_rng
 from deed_jax.models.swin import SwinEncoder
 
@@ -137,19 +138,23 @@ class MultiExitEncoderDecoder(nnx.Module):
       remat=remat,
     )
 
-  def logits(self, features: Array) -> Array:
-    """The shared LM head: [..., D] -> [..., V] float32."""
+  def head_weights(self) -> HeadWeights:
+    """The shared LM head as float32 weights (the table a tied head shares with the embedding)."""
+    cfg = self.config
+    bias = self.logits_bias[...].astype(jnp.float32) if cfg.final_logits_bias else None
+    if cfg.tie_word_embeddings:
+      return HeadWeights(self.token_embedding.embedding[...].astype(jnp.float32), bias, 0)
+    return HeadWeights(self.lm_head[...].astype(jnp.float32), bias, 1)
+
+  def head_inputs(self, features: Array) -> Array:
+    """Exit features as the head reads them: float32, rescaled where a tied head rescales. [..., D]"""
     cfg = self.config
     h = features.astype(jnp.float32)
-    if cfg.tie_word_embeddings:
-      if cfg.rescale_tied_output:
-        h = h * cfg.d_model**-0.5
-      out = self.token_embedding.attend(h)
-    else:
-      out = h @ self.lm_head[...].astype(jnp.float32)
-    if cfg.final_logits_bias:
-      out = out + self.logits_bias[...].astype(jnp.float32)
-    return out
+    return h * cfg.d_model**-0.5 if cfg.tie_word_embeddings and cfg.rescale_tied_output else h
+
+  def logits(self, features: Array) -> Array:
+    """The shared LM head: [..., D] -> [..., V] float32."""
+    return self.head_weights().logits(self.head_inputs(features))
 
   def __call__(
     self, encoder_inputs: dict, decoder_input_ids: Array, *, dropout_rng: Array | None = None

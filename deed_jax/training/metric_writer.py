@@ -52,7 +52,8 @@ class MetricWriter:
       else:
         record[key] = value.astype(float).tolist()
         for index, item in enumerate(value.reshape(-1), start=1):
-          self._tb.add_scalar(f"{key}/exit_{index}", float(item), step)
+          if np.isfinite(item):  # NaN: an exit this step did not supervise (kept in the JSON)
+            self._tb.add_scalar(f"{key}/exit_{index}", float(item), step)
     with self.jsonl_path.open("a") as f:
       f.write(json.dumps(record) + "\n")
 

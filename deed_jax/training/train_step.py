@@ -17,9 +17,12 @@ import optax
 from flax import nnx
 
 from deed_jax import sharding
-from deed_jax.exit_metrics import ExitMetrics, exit_metrics
+from deed_jax.exit_metrics import DEFAULT_VOCAB_CHUNK, ExitMetrics, exit_metrics
 from deed_jax.models import ModelConfig, MultiExitEncoderDecoder
 from deed_jax.param_tree import filter_params, merge_params, path_holds
+from deed_jax.training.exit_schedule import ExitSampling, supervised_exits
+
+_EXIT_DRAW_STREAM = 1  # fold_in tag of the step key's stream that draws sampled exits
 
 
 class TrainState(NamedTuple):
@@ -125,35 +128,52 @@ def _step_metrics(loss: jax.Array, exits: ExitMetrics, grads) -> dict:
   return metrics
 
 
-def make_train_step(
+def make_loss_fn(
   graphdef: nnx.GraphDef,
-  tx: optax.GradientTransformation,
   exit_weights: np.ndarray,
   label_smoothing: float = 0.0,
   *,
   classifier_weight: float = 0.0,
-  train_only: Sequence[str] = (),
-  state_shardings: TrainState | None = None,
-  batch_sharding: jax.sharding.NamedSharding | None = None,
+  exit_sampling: ExitSampling | None = None,
+  vocab_chunk: int = DEFAULT_VOCAB_CHUNK,
   remat: bool = False,
-):
-  """-> jitted `step(state, batch, rng) -> (state, metrics)`; the state's buffers are donated.
+) -> Callable:
+  """-> `loss_fn(params, batch, step, rng) -> (loss, per-exit metrics [L] each)`: the training
+  objective (`total_loss`) of the model `params` (a pure dict) on a batch at train step `step`.
 
-  With `state_shardings` and `batch_sharding` (a `StateLayout`'s and `sharding.batch_sharding`) the
-  step is compiled for them: the state stays where it is, metrics come back replicated. `remat`
-  rematerialises every layer in the backward pass (less memory, ~one more forward pass of time)."""
+  `exit_sampling` supervises the final exit and a few intermediate ones per step, reweighed so the
+  expected loss is the full one (`training.exit_schedule`); None: every exit with a weight. Exits a
+  step does not supervise do not run the head; their metrics are NaN."""
   num_exits = len(exit_weights)
-  # Exits whose loss counts; the others' heads are not run (their train metrics are NaN), unless an
-  # exit classifier needs every exit's predictions.
-  weighted = np.flatnonzero(np.asarray(exit_weights))
+  all_weights = np.asarray(exit_weights, np.float32)
+  # Exits whose loss counts; the others' heads are not run, unless an exit classifier needs every
+  # exit's predictions.
+  weighted = np.flatnonzero(all_weights)
+  if exit_sampling is not None and len(weighted) < num_exits:
+    raise ValueError("Sampled exit supervision needs a loss that weighs every exit.")
 
-  def loss_fn(trained, params, batch, rng):
-    model = merge_model(graphdef, merge_params(params, trained))
-    exits = (
-      None if model.config.exit_classifier != "none" or len(weighted) == num_exits else weighted
+  def supervised(model, step, key) -> tuple[jax.Array | None, jax.Array]:
+    """-> (the exits the step supervises [E] (None: all), their loss weights [E])."""
+    if exit_sampling is not None:
+      exits, factor = supervised_exits(exit_sampling, num_exits, step, key)
+      return exits, jnp.asarray(all_weights)[exits] * factor
+    if model.config.exit_classifier != "none" or len(weighted) == num_exits:
+      return None, jnp.asarray(all_weights)
+    return jnp.asarray(weighted), jnp.asarray(all_weights[weighted])
+
+  def loss_fn(params, batch, step, rng):
+    model = merge_model(graphdef, params)
+    # The exits' draw takes its own stream of the step's key, so dropout stays as without sampling.
+    exits, weights = supervised(model, step, jax.random.fold_in(rng, _EXIT_DRAW_STREAM))
+    metrics = exit_metrics(
+      model,
+      batch,
+      label_smoothing,
+      dropout_rng=rng,
+      remat=remat,
+      exits=exits,
+      vocab_chunk=vocab_chunk,
     )
-    metrics = exit_metrics(model, batch, label_smoothing, dropout_rng=rng, remat=remat, exits=exits)
-    weights = jnp.asarray(exit_weights if exits is None else np.asarray(exit_weights)[exits])
     loss = total_loss(metrics, weights, classifier_weight)
     if exits is not None:  # back to one entry per exit
       metrics = jax.tree.map(
@@ -161,11 +181,36 @@ def make_train_step(
       )
     return loss, metrics
 
+  return loss_fn
+
+
+def make_train_step(
+  graphdef: nnx.GraphDef,
+  tx: optax.GradientTransformation,
+  exit_weights: np.ndarray,
+  label_smoothing: float = 0.0,
+  *,
+  train_only: Sequence[str] = (),
+  state_shardings: TrainState | None = None,
+  batch_sharding: jax.sharding.NamedSharding | None = None,
+  remat: bool = False,
+  **loss_options,
+):
+  """-> jitted `step(state, batch, rng) -> (state, metrics)`; the state's buffers are donated.
+
+  The loss is `make_loss_fn`'s (`loss_options`: its classifier_weight, exit_sampling, vocab_chunk).
+  With `state_shardings` and `batch_sharding` (a `StateLayout`'s and `sharding.batch_sharding`) the
+  step is compiled for them: the state stays where it is, metrics come back replicated. `remat`
+  rematerialises every layer in the backward pass (less memory, ~one more forward pass of time)."""
+  loss_fn = make_loss_fn(graphdef, exit_weights, label_smoothing, remat=remat, **loss_options)
+
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     trained = trained_params(state.params, train_only)
-    (loss, exits), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      trained, state.params, batch, jax.random.fold_in(rng, state.step)
-    )
+    step_rng = jax.random.fold_in(rng, state.step)
+    (loss, exits), grads = jax.value_and_grad(
+      lambda trained: loss_fn(merge_params(state.params, trained), batch, state.step, step_rng),
+      has_aux=True,
+    )(trained)
     updates, opt_state = tx.update(grads, state.opt_state, trained)
     params = merge_params(state.params, optax.apply_updates(trained, updates))
     return TrainState(state.step + 1, params, opt_state), _step_metrics(loss, exits, grads)

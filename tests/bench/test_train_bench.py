@@ -1,4 +1,6 @@
-"""The training benchmark runs end to end on a tiny model and writes a complete, consistent JSON."""
+"""The training benchmark runs end to end on a tiny model and writes a complete, consistent JSON: it
+honours --config.loss.* (sampled exit supervision in the deed row) and counts the model FLOPs of
+exactly the heads a step runs."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ def test_train_benchmark_compares_losses_and_device_counts(tmp_path):
     "--config.model.d_model=32",
     "--config.model.d_ff=32",
     "--config.model.adapter_dim=8",
+    "--config.loss.exits_per_step=1",
     "--devices=1,2",
     "--batch_size=4",
     "--steps=1",
@@ -40,7 +43,20 @@ def test_train_benchmark_compares_losses_and_device_counts(tmp_path):
   result = json.loads(output.read_text())
   rows = {(r["devices"], r["loss_mode"]): r for r in result["rows"]}
   assert set(rows) == {(1, "deed"), (1, "final"), (2, "deed"), (2, "final")}
+  assert [rows[d, "deed"]["exits_per_step"] for d in (1, 2)] == [1, 1]
+  assert result["loss"]["exits_per_step"] == 1
+  # The sampled step runs the head on one more exit than the final-only step: 3 x 2 B T D V more.
+  model = result["model"]
+  head = 2 * 4 * model["max_target_length"] * model["d_model"] * model["vocab_size"]
+  for devices in (1, 2):
+    extra = (
+      rows[devices, "deed"]["model_flops_per_step"] - rows[devices, "final"]["model_flops_per_step"]
+    )
+    assert extra == 3 * head, (extra, 3 * head)
+    assert rows[devices, "final"]["model_flops_per_step"] > 3 * head  # the layers count too
   for (devices, mode), row in rows.items():
+    assert row["model_flops_per_second"] == row["model_flops_per_step"] / (row["step_ms"] / 1e3)
+    assert row["mfu"] is None  # no peak is claimed for a CPU
     assert row["step_ms"] > 0 and row["batch_size"] == 4
     assert row["vs_final_only"] == row["step_ms"] / rows[devices, "final"]["step_ms"]
     assert row["vs_one_device"] == row["step_ms"] / rows[1, mode]["step_ms"]

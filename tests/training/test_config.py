@@ -59,6 +59,20 @@ def test_unknown_options_are_named_and_nothing_is_written(tmp_path):
   config.loss.mode = "calm"
   with pytest.raises(ValueError, match="config.loss.mode='calm'"):
     train_and_evaluate(config, str(workdir), progress=False)
+  for option, value, message in (
+    ("exits_per_step", 2, r"config.loss.exits_per_step=2 must be an integer in 0..1"),
+    ("exit_schedule", "cyclic", "config.loss.exit_schedule='cyclic'"),
+    ("vocab_chunk", 0, "config.loss.vocab_chunk=0"),
+  ):
+    config = tiny_text_config(str(tmp_path / "tfds"))
+    config.loss[option] = value
+    with pytest.raises(ValueError, match=message):
+      train_and_evaluate(config, str(workdir), progress=False)
+  config = tiny_text_config(str(tmp_path / "tfds"))
+  config.model.decoder_layers = 3
+  config.loss.update(mode="final", exits_per_step=1)
+  with pytest.raises(ValueError, match="mode='final' supervises none"):
+    train_and_evaluate(config, str(workdir), progress=False)
   config = tiny_text_config(str(tmp_path / "tfds"))
   config.optimizer.momentum = 0.9
   with pytest.raises(ValueError, match=r"config.optimizer.\['momentum'\]"):

@@ -8,8 +8,9 @@ import optax
 import pytest
 from flax import nnx
 
-from deed_jax.exit_metrics import cross_entropy, exit_metrics
+from deed_jax.exit_metrics import exit_metrics
 from deed_jax.models import MultiExitEncoderDecoder
+from deed_jax.models.head_loss import HeadWeights, chunked_cross_entropy
 from deed_jax.training.losses import LOSS_MODES, exit_weights
 from deed_jax.training.train_step import init_train_state, make_train_step
 from tests.conftest import random_inputs, randomize, tiny_config
@@ -41,8 +42,9 @@ def _hand_cross_entropies(logits, targets, mask, smoothing=0.0):
   return np.array(out)
 
 
+@pytest.mark.parametrize("vocab_chunk", [4096, 7])  # one chunk; several, the last overlapping
 @pytest.mark.parametrize("mode", LOSS_MODES)
-def test_train_step_loss_equals_hand_computation(mode):
+def test_train_step_loss_equals_hand_computation(mode, vocab_chunk):
   config = tiny_config(decoder_layers=3)
   model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=4, scale=0.2)
   encoder_inputs, decoder_ids = random_inputs(config, batch=3, target_length=6)
@@ -61,7 +63,7 @@ def test_train_step_loss_equals_hand_computation(mode):
 
   tx = optax.sgd(0.0)
   graphdef, state = init_train_state(model, tx)
-  step = make_train_step(graphdef, tx, exit_weights(mode, 3))
+  step = make_train_step(graphdef, tx, exit_weights(mode, 3), vocab_chunk=vocab_chunk)
   batch = {
     **encoder_inputs,
     "decoder_input_ids": decoder_ids,
@@ -88,7 +90,7 @@ def test_label_smoothing_matches_hand_computation():
     "targets": targets,
     "target_mask": mask,
   }
-  losses = exit_metrics(model, batch, label_smoothing=0.1).loss
+  losses = exit_metrics(model, batch, label_smoothing=0.1, vocab_chunk=5).loss
   expected = _hand_cross_entropies(
     np.asarray(model(encoder_inputs, decoder_ids)), targets, mask, 0.1
   )
@@ -96,10 +98,14 @@ def test_label_smoothing_matches_hand_computation():
 
 
 def test_cross_entropy_of_a_known_distribution():
-  logits = np.log(np.array([[0.5, 0.25, 0.25]], np.float32))
-  np.testing.assert_allclose(
-    np.asarray(cross_entropy(logits, np.array([1]))), [np.log(4)], rtol=1e-6
-  )
+  """Identity features through a head whose logits are log(0.5, 0.25, 0.25): -log 0.25 = log 4."""
+  head = HeadWeights(np.log(np.array([[0.5, 0.25, 0.25]], np.float32)), None, 1)  # [D=1, V=3]
+  for chunk in (1, 2, 3):
+    loss, argmax = chunked_cross_entropy(
+      np.ones((1, 1), np.float32), head, np.array([1]), 0.0, chunk
+    )
+    np.testing.assert_allclose(np.asarray(loss), [np.log(4)], rtol=1e-6)
+    assert int(argmax[0]) == 0
 
 
 def test_gradients_flow_to_every_exit_adapter_only_under_deep_supervision():

@@ -44,11 +44,16 @@ def _tree_digest(directory):
   return digest
 
 
-def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, tfds_dir):
+@pytest.mark.parametrize("sampled", [False, True])
+def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, tfds_dir, sampled):
+  """Also with sampled exit supervision: its draws are a function of the seed and the step."""
   config = tiny_text_config(tfds_dir, total_steps=6, checkpoint_every_steps=3)
+  if sampled:
+    config.model.decoder_layers = 3
+    config.loss.exits_per_step = 1
   straight = str(tmp_path / "straight")
   results = train_and_evaluate(config, straight, progress=False)
-  assert results["step"] == 6 and len(results["exit_exact_match"]) == 2
+  assert results["step"] == 6 and len(results["exit_exact_match"]) == 2 + sampled
 
   resumed = str(tmp_path / "resumed")
   assert train_and_evaluate(config, resumed, stop_at_step=3, progress=False) is None
@@ -56,12 +61,18 @@ def test_stopped_and_resumed_run_equals_an_uninterrupted_run(tmp_path, tfds_dir)
   assert step == 3 and int(at_stop["step"]) == 3
   train_and_evaluate(config, resumed, progress=False)
 
-  logged = [
-    json.loads(line)["step"]
+  records = [
+    json.loads(line)
     for line in open(os.path.join(resumed, "metrics.jsonl"))
     if "train/loss" in line
   ]
-  assert logged == [1, 2, 3, 4, 5, 6]  # The second run continued at step 4, nothing repeated.
+  # The second run continued at step 4, nothing repeated.
+  assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+  assert all(r["train/model_flops_per_second"] > 0 for r in records)
+  if sampled:  # one of the two exits below the last is supervised per step, so one is NaN
+    for r in records:
+      missing = np.isnan(r["train/exit_loss"]).tolist()
+      assert missing in ([True, False, False], [False, True, False]), r["train/exit_loss"]
   step_a, state_a = _final_state(straight)
   step_b, state_b = _final_state(resumed)
   assert step_a == step_b == 6
