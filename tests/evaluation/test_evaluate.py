@@ -488,3 +488,31 @@ def test_a_retrained_checkpoint_does_not_reuse_the_calibration(trained, tmp_path
   # The step it was calibrated for still reuses it, without a word.
   assert _on_validation(workdir, step=step)["calibrated_threshold"] == 0.5
   assert "not reused" not in capsys.readouterr().err
+
+
+def test_exit_sampling_bench_tabulates_finished_runs(trained, tmp_path):
+  """python -m deed_jax.bench.exit_sampling on a trained and calibrated workdir: its per-exit exact
+  match and the report's calibrated DEED point against static, as the files hold them."""
+  workdir = _copy_of(trained, tmp_path)
+  report = _on_validation(workdir, calibrate=True, max_drop=100.0, delta=0.5)
+  output = tmp_path / "sampling.json"
+  command = [sys.executable, "-m", "deed_jax.bench.exit_sampling", f"--runs=all={workdir}"]
+  run = subprocess.run(
+    [*command, f"--output={output}"], capture_output=True, text=True, timeout=300
+  )
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert "Validation exact match" in run.stdout and "Calibrated DEED" in run.stdout
+  (row,) = json.loads(output.read_text())["runs"]
+  with open(os.path.join(workdir, "eval_results.json")) as f:
+    assert row["exit_exact_match"] == json.load(f)["exit_exact_match"]
+  assert (row["run"], row["exits_per_step"], row["loss_mode"]) == ("all", 0, "deed")
+  assert row["training"]["seconds"] > 0 and row["training"]["logged_steps"][-1] == row["step"]
+  static = next(s for s in report["settings"] if s["setting"] == "static")
+  deed = report["against_fixed_exits"]["deed"]
+  assert row["deed"]["static_ms"] == static["decoder_ms_per_sample"]
+  assert (
+    row["deed"]["deed_speedup"] == static["decoder_ms_per_sample"] / deed["decoder_ms_per_sample"]
+  )
+  assert row["deed"]["policy"] == report["calibration"]["policy"]
+  bad = subprocess.run([*command[:-1], "--runs=x=/no/such/workdir"], capture_output=True, text=True)
+  assert bad.returncode != 0 and "/no/such/workdir" in bad.stderr
