@@ -30,7 +30,7 @@ LAYERS = 4
 
 
 def _model_and_batch(**overrides):
-  config = tiny_config(decoder_layers=LAYERS, dropout_rate=0.0, **overrides)
+  config = tiny_config(**{"decoder_layers": LAYERS, "dropout_rate": 0.0, **overrides})
   model = randomize(MultiExitEncoderDecoder(config, rngs=nnx.Rngs(0)), seed=3, scale=0.3)
   encoder_inputs, decoder_ids = random_inputs(config, batch=3, target_length=6)
   batch = {
@@ -129,3 +129,30 @@ def test_bad_sampling_is_refused():
     supervised_exits(ExitSampling(1, "cyclic"), 4, jnp.int32(0), jax.random.key(0))
   with pytest.raises(ValueError, match="needs a loss that weighs every exit"):
     make_loss_fn(None, exit_weights("final", 4), exit_sampling=ExitSampling(1))
+
+
+def test_rotate_over_an_accumulation_window_is_full_deep_supervision():
+  """Three exits, rotate k=1: micro-steps 0 and 1 supervise exit 1 and exit 2 (each weighed 2x) beside
+  the final one, so two accumulated micro-steps on the same batch apply exactly the gradient of full
+  deep supervision (the loss is linear in the exits' losses)."""
+  model, batch = _model_and_batch(decoder_layers=3)
+  weights = exit_weights("deed", 3)
+  start = jax.tree.map(np.asarray, split_model(model)[1])
+  copied = lambda state: jax.tree.map(jnp.copy, state)  # the steps donate their input state
+  graphdef, state = init_train_state(model, optax.sgd(0.1))
+  full, _ = make_train_step(graphdef, optax.sgd(0.1), weights)(
+    copied(state), batch, jax.random.key(0)
+  )
+  tx = optax.MultiSteps(optax.sgd(0.1), every_k_schedule=2).gradient_transformation()
+  graphdef, state = init_train_state(model, tx)
+  state = copied(state)
+  step = make_train_step(graphdef, tx, weights, exit_sampling=ExitSampling(1, "rotate"))
+  for _ in range(2):
+    state, metrics = step(state, batch, jax.random.key(0))
+  moved = 0
+  for ours, reference, before in zip(
+    jax.tree.leaves(state.params), jax.tree.leaves(full.params), jax.tree.leaves(start)
+  ):
+    np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-7)
+    moved += not np.array_equal(ours, before)
+  assert moved > 10
