@@ -18,5 +18,5 @@ for k in 0 1 2; do
   fi
   runs="${runs:+$runs,}$name=$workdir"
 done
-source launch/setup_env.sh
+source launch/setup_env.sh ""  # no extras (and not this script's arguments: a sourced script sees them)
 python -m deed_jax.bench.exit_sampling --runs "$runs" --output "$OUTPUT"

@@ -9,7 +9,7 @@
 #   WORKDIR=workdirs/other ./launch/local.sh ...   trains and evaluates in another workdir
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source launch/setup_env.sh
+source launch/setup_env.sh ""  # no extras (and not this script's arguments: a sourced script sees them)
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 WORKDIR="${WORKDIR:-workdirs/forms_vqa_normalised_local}"
 python -m deed_jax.train \
