@@ -277,3 +277,18 @@ def test_generated_slurm_script_trains_two_tasks_like_one_process(tmp_path, tfds
   one = tmp_path / "one_device"
   train(one, tfds_dir, *[f for f in flags if "mesh" not in f], "--config.mesh.data=1")
   assert_params_close(final_params(workdir), final_params(one), rtol=2e-4, atol=2e-5)
+
+
+def test_local_sh_hands_its_arguments_to_the_trainer(tmp_path):
+  """`./launch/local.sh --config...` reaches the trainer (its refusal of total_steps=0 names the
+  value), not pip (a sourced setup script sees the caller's arguments unless given its own); nothing
+  is written to the workdir."""
+  workdir = tmp_path / "run"
+  done = _run(
+    os.path.join(REPO, "launch", "local.sh"),
+    "--config.total_steps=0",
+    env={**os.environ, "WORKDIR": str(workdir)},
+  )
+  assert done.returncode != 0
+  assert "total_steps=0" in done.stderr and "pip" not in done.stderr, done.stderr[-2000:]
+  assert not workdir.exists()
