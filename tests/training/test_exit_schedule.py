@@ -156,3 +156,29 @@ def test_rotate_over_an_accumulation_window_is_full_deep_supervision():
     np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-7)
     moved += not np.array_equal(ours, before)
   assert moved > 10
+
+
+def test_train_only_the_classifier_on_sampled_exits_moves_only_their_probes():
+  """train_only=("exit_classifier",) with rotate k=2 of 3: step 0 supervises exits 1, 2 and the
+  final one, so only the probes of exits 1 and 2 move (the final exit's probe is not in the loss);
+  every other parameter stays bit-identical."""
+  model, batch = _model_and_batch(exit_classifier="linear")
+  before = jax.tree.map(np.asarray, split_model(model)[1])
+  tx = optax.sgd(0.5)
+  graphdef, state = init_train_state(model, tx, train_only=("exit_classifier",))
+  step = make_train_step(
+    graphdef,
+    tx,
+    exit_weights("deed", LAYERS),
+    classifier_weight=1.0,
+    exit_sampling=ExitSampling(2, "rotate"),
+    train_only=("exit_classifier",),
+  )
+  state, _ = step(jax.tree.map(jnp.copy, state), batch, jax.random.key(0))
+  after = jax.tree.map(np.asarray, state.params)
+  probe = after["decoder"]["exit_classifier"]["kernel"]  # [L, D]
+  moved = np.abs(probe - before["decoder"]["exit_classifier"]["kernel"]).max(axis=1) > 0
+  assert moved.tolist() == [True, True, False, False]
+  del after["decoder"]["exit_classifier"], before["decoder"]["exit_classifier"]
+  for a, b in zip(jax.tree.leaves(after), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(a, b)
