@@ -95,18 +95,25 @@ def test_random_draws_are_distinct_and_a_function_of_the_step_key():
   assert len({tuple(d) for d in draws}) > 10  # the draws do change with the step
 
 
-def test_sampled_step_compiles_once_and_trains_the_classifier_on_its_exits():
-  model, batch = _model_and_batch(exit_classifier="linear")
-  tx = optax.sgd(0.0)
-  graphdef, state = init_train_state(model, tx)
-  full = exit_metrics(model, batch)
+def _rotate_two_with_classifier(model, tx, train_only=()):
+  """The train state and a step supervising 2 rotated exits per step beside the final one, with the
+  exit classifier's loss (weight 1)."""
+  graphdef, state = init_train_state(model, tx, train_only=train_only)
   step = make_train_step(
     graphdef,
     tx,
     exit_weights("deed", LAYERS),
     classifier_weight=1.0,
     exit_sampling=ExitSampling(2, "rotate"),
+    train_only=train_only,
   )
+  return state, step
+
+
+def test_sampled_step_compiles_once_and_trains_the_classifier_on_its_exits():
+  model, batch = _model_and_batch(exit_classifier="linear")
+  full = exit_metrics(model, batch)
+  state, step = _rotate_two_with_classifier(model, optax.sgd(0.0))
   for index in range(3):
     state, metrics = step(state, batch, jax.random.key(0))
     supervised = np.flatnonzero(~np.isnan(np.asarray(metrics["exit_loss"])))
@@ -164,16 +171,7 @@ def test_train_only_the_classifier_on_sampled_exits_moves_only_their_probes():
   every other parameter stays bit-identical."""
   model, batch = _model_and_batch(exit_classifier="linear")
   before = jax.tree.map(np.asarray, split_model(model)[1])
-  tx = optax.sgd(0.5)
-  graphdef, state = init_train_state(model, tx, train_only=("exit_classifier",))
-  step = make_train_step(
-    graphdef,
-    tx,
-    exit_weights("deed", LAYERS),
-    classifier_weight=1.0,
-    exit_sampling=ExitSampling(2, "rotate"),
-    train_only=("exit_classifier",),
-  )
+  state, step = _rotate_two_with_classifier(model, optax.sgd(0.5), train_only=("exit_classifier",))
   state, _ = step(jax.tree.map(jnp.copy, state), batch, jax.random.key(0))
   after = jax.tree.map(np.asarray, state.params)
   probe = after["decoder"]["exit_classifier"]["kernel"]  # [L, D]
