@@ -11,10 +11,15 @@ static. DEED runs at the workdir's calibrated threshold and min_exit_layer (deco
 `--threshold` otherwise).
 
 Per speculative setting: `identical` (the share of examples whose tokens equal static decoding's:
-1.0, or the implementation is wrong), draft acceptance and tokens per round, and the speed-up bound
-at the measured costs: static costs L + h per token (h: the head, in one-position layer calls); a
-round drafting m tokens costs m (d + h) + d + (L - d) c + h c, with c the measured cost of a block of
-k + 1 positions relative to one, and emits t tokens: bound = t (L + h) / that. At batch > 1 rows share
+1.0, or the implementation is wrong), draft acceptance, drafts and tokens per round, and the speed-up
+bound at the costs decoding pays (`costs.step_costs`, timed inside decoding programs at the same
+batch): static pays S per step, one step per token of the batch's longest row; a round that drafts m
+tokens pays m D_d + V_dk (D_d a draft step, V_dk a verification of k + 1 slots), so bound = (static's
+steps) S / (rounds (m D_d + V_dk)), with m the measured drafts per row and round (at batch > 1 rows
+that have ended count, which understates m a little). At batch 1 that is t S / (m D_d + V_dk), t the
+tokens per round. `bound_full_rounds`: every round drafting k and emitting k + 1 (long outputs,
+every draft accepted). `round_ms` is a round's measured decoder time and
+`round_overhead_ms` what it costs beyond its parts (the round's bookkeeping). At batch > 1 rows share
 the cache slot and a round emits the batch's fewest accepted (+ 1); `per_row_rounds` is the rounds
 per-row slots would need at least (each batch's slowest row, decoded alone at batch 1).
 """
@@ -25,11 +30,11 @@ import numpy as np
 from absl import flags
 
 from deed_jax import checkpoint, cli
-from deed_jax.bench.costs import block_costs, head_cost
+from deed_jax.bench.costs import step_costs
 from deed_jax.bench.report import write_result
 from deed_jax.evaluation.evaluator import parse_speculative, task_config
 from deed_jax.evaluation.splits import Split
-from deed_jax.evaluation.sweep import Setting, SettingRun, decode_settings
+from deed_jax.evaluation.sweep import Setting, SettingRun, acceptance, decode_settings
 from deed_jax.models import encoder_inputs
 from deed_jax.workdir import workdir_decode_config
 
@@ -43,7 +48,7 @@ _BATCHES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes.")
 _THRESHOLD = flags.DEFINE_float(
   "threshold", None, "DEED's threshold (default: the workdir's calibrated one)."
 )
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timings of the block and head costs.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timings of each step cost.")
 _OUTPUT = flags.DEFINE_string("output", "bench_results/speculative.json", "Where the JSON goes.")
 
 
@@ -59,27 +64,33 @@ def settings(pairs, layers: int, deed: dict) -> list[Setting]:
   )
 
 
-def speculative_row(
-  run: SettingRun, static: SettingRun, layers: int, head: float, block: dict[int, float]
-) -> dict:
-  """The speculative figures of one run (see the module docstring)."""
-  rounds, drafted, matched = np.asarray(run.speculation).sum(axis=0)
+def speculative_row(run: SettingRun, static: SettingRun, costs: dict[str, float]) -> dict:
+  """The speculative figures of one run (see the module docstring); `costs` from `step_costs` at the
+  run's batch size."""
   d, k = run.setting.draft_exit_layer, run.setting.max_draft
-  emitted = sum(int((e > 0).sum()) for e in run.exit_layers)
-  rows_rounds = sum(r * run.batch_size for r, _, _ in run.speculation)
-  tokens_per_round = emitted / max(rows_rounds, 1)
-  drafts_per_round = drafted / max(rows_rounds, 1)
-  c = block[k + 1]
-  round_cost = drafts_per_round * (d + head) + d + (layers - d) * c + head * c
+  summary = acceptance(run)
+  draft, verify, static_step = costs[f"draft {d}"], costs[f"verify {d}:{k}"], costs["static"]
+  parts = summary["drafts_per_round"] * draft + verify
+  rounds = [r for r, _, _ in run.speculation]
+  round_ms = 1000 * sum(np.asarray(run.decoder_seconds) * run.batch_size) / max(sum(rounds), 1)
   same = [np.array_equal(a, b) for a, b in zip(run.tokens, static.tokens)]
   return {
     "identical": float(np.mean(same)),
-    "rounds": int(rounds),
-    "draft_acceptance": float(matched / max(drafted, 1)),
-    "tokens_per_round": float(tokens_per_round),
-    "drafts_per_round": float(drafts_per_round),
-    "bound": float(tokens_per_round * (layers + head) / round_cost),
+    **{key: summary[key] for key in ("rounds", "draft_acceptance", "tokens_per_round")},
+    "drafts_per_round": summary["drafts_per_round"],
+    "round_ms": float(round_ms),
+    "round_parts_ms": float(parts),
+    "round_overhead_ms": float(round_ms - parts),
+    "bound": float(_static_steps(static) * static_step / (max(sum(rounds), 1) * parts)),
+    "bound_full_rounds": float((k + 1) * static_step / (k * draft + verify)),
   }
+
+
+def _static_steps(static: SettingRun) -> int:
+  """The steps static decoding took over all batches: each batch runs until its longest row ends."""
+  lengths = [int((e > 0).sum()) for e in static.exit_layers]
+  size = static.batch_size
+  return sum(max(lengths[i : i + size]) for i in range(0, len(lengths), size))
 
 
 def main(argv):
@@ -96,18 +107,14 @@ def main(argv):
     "min_exit_layer": stored.min_exit_layer,
     "backfill_chunk": stored.backfill_chunk,
   }
-  widths = sorted({1} | {k + 1 for _, k in pairs})
-  one = encoder_inputs(split.batches(1)[0])
-  costs = block_costs(model, widths, _REPEATS.value, encoder_inputs=one)
-  head = head_cost(model, costs[0]["ms_per_block"] / layers, _REPEATS.value)["in_layers"]
-  block = {c["positions"]: c["relative_to_one"] for c in costs}
-  print(
-    f"L={layers}, head {head:.2f} layers; blocks relative to one position: "
-    + ", ".join(f"{w}: {block[w]:.2f}" for w in widths),
-    flush=True,
-  )
   rows, solo_rounds = [], {}
+  costs = {}
   for size in (int(b) for b in _BATCHES.value):
+    batch = encoder_inputs(split.batches(size)[0])
+    costs[size] = step_costs(model, batch, pairs, split.max_new_tokens, _REPEATS.value)
+    print(
+      f"batch {size}, ms per call: " + ", ".join(f"{k} {v:.3f}" for k, v in costs[size].items())
+    )
     runs = decode_settings(
       model,
       split.batches(size),
@@ -116,7 +123,7 @@ def main(argv):
       prompt_width=split.prompt_width,
       constraints=split.constraints,
     )
-    rows += [_row(run, runs[0], size, layers, head, block, solo_rounds) for run in runs]
+    rows += [_row(run, runs[0], size, costs[size], solo_rounds) for run in runs]
   print(_table(rows))
   write_result(
     _OUTPUT.value,
@@ -125,21 +132,20 @@ def main(argv):
       "split": _SPLIT.value,
       "num_examples": len(split.examples),
       "decoder_layers": layers,
-      "head_in_layers": head,
-      "block_costs": costs,
+      "step_costs_ms": {str(size): c for size, c in costs.items()},
       "deed": deed,
       "rows": rows,
     },
   )
 
 
-def _row(run, static, size, layers, head, block, solo_rounds: dict) -> dict:
+def _row(run, static, size, costs, solo_rounds: dict) -> dict:
   """A setting's row; speculative ones add `speculative_row` and, at batch > 1, the rounds per-row
   slots would need at least (from `solo_rounds`, each example's rounds at batch 1, filled here)."""
   row = _timing_row(run, static, size)
   if run.setting.exit_mode != "speculative":
     return row
-  row.update(speculative_row(run, static, layers, head, block))
+  row.update(speculative_row(run, static, costs))
   key = (run.setting.draft_exit_layer, run.setting.max_draft)
   if size == 1:
     solo_rounds[key] = [r for r, _, _ in run.speculation]
@@ -164,7 +170,8 @@ def _timing_row(run: SettingRun, static: SettingRun, size: int) -> dict:
 def _table(rows: list[dict]) -> str:
   head = (
     f"{'batch':>5} {'setting':<22} {'exact':>6} {'exit':>5} {'ms/sample':>10} {'speedup':>8} "
-    f"{'same':>5} {'accept':>7} {'tok/rnd':>8} {'bound':>6} {'rounds':>7} {'per-row':>8}"
+    f"{'same':>5} {'accept':>7} {'tok/rnd':>8} {'bound':>6} {'full':>6} {'rnd ms':>7} {'over':>6} "
+    f"{'rounds':>7} {'per-row':>8}"
   )
   lines = [head]
   for r in rows:
@@ -175,7 +182,8 @@ def _table(rows: list[dict]) -> str:
     if "identical" in r:
       line += (
         f" {r['identical']:>5.2f} {100 * r['draft_acceptance']:>6.1f}% "
-        f"{r['tokens_per_round']:>8.2f} {r['bound']:>5.2f}x {r['rounds']:>7}"
+        f"{r['tokens_per_round']:>8.2f} {r['bound']:>5.2f}x {r['bound_full_rounds']:>5.2f}x "
+        f"{r['round_ms']:>7.3f} {r['round_overhead_ms']:>6.3f} {r['rounds']:>7}"
         f" {r.get('per_row_rounds', ''):>8}"
       )
     lines.append(line)

@@ -243,7 +243,7 @@ def summarise(
       "batch_size": run.batch_size,
     }
     if run.speculation:
-      row.update(_acceptance(run))
+      row.update(acceptance(run))
     if run.decoder_seconds:
       row.update(
         decoder_ms_per_sample=1000 * float(np.median(run.decoder_seconds)),
@@ -257,18 +257,21 @@ def summarise(
   return rows
 
 
-def _acceptance(run: SettingRun) -> dict:
-  """Speculative decoding's rounds: draft_exit_layer, max_draft, draft_acceptance (drafts the full
-  model agreed with / drafts proposed), tokens_per_round (emitted tokens per row and round; rows that
-  end early count fully, so at batch > 1 this understates what a row gets per round)."""
+def acceptance(run: SettingRun) -> dict:
+  """Speculative decoding's rounds: draft_exit_layer, max_draft, rounds (loop iterations, summed over
+  batches), draft_acceptance (drafts the full model agreed with / drafts proposed), tokens_per_round
+  and drafts_per_round (per row and round; rows that end early count fully, so at batch > 1 these
+  understate what a row gets per round)."""
   rounds, drafted, matched = np.asarray(run.speculation).sum(axis=0)
   emitted = sum(int((e > 0).sum()) for e in run.exit_layers)
-  rows_rounds = sum(r * run.batch_size for r, _, _ in run.speculation)
+  rows_rounds = max(sum(r * run.batch_size for r, _, _ in run.speculation), 1)
   return {
     "draft_exit_layer": run.setting.draft_exit_layer,
     "max_draft": run.setting.max_draft,
+    "rounds": int(rounds),
     "draft_acceptance": float(matched / max(drafted, 1)),
-    "tokens_per_round": float(emitted / max(rows_rounds, 1)),
+    "tokens_per_round": float(emitted / rows_rounds),
+    "drafts_per_round": float(drafted / rows_rounds),
   }
 
 
