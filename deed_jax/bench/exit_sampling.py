@@ -48,6 +48,15 @@ def _training_time(workdir: str) -> dict:
   }
 
 
+def equal_time_steps(reference: str, workdir: str) -> int:
+  """The steps `workdir`'s schedule would train for in the time `reference` (a finished run) took for
+  its total_steps, at each run's measured seconds per step."""
+  per_step = lambda run: run["seconds"] / (run["logged_steps"][1] - run["logged_steps"][0])
+  total = _read_json(os.path.join(reference, "train_config.json"))["total_steps"]
+  reference_seconds = total * per_step(_training_time(reference))
+  return round(reference_seconds / per_step(_training_time(workdir)))
+
+
 def _deed_point(workdir: str) -> dict | None:
   """The calibrated DEED point and static decoding from the workdir's evaluation report."""
   path = os.path.join(workdir, "evaluation", "report.json")
