@@ -24,7 +24,7 @@ source launch/setup_env.sh ""  # no extras (and not this script's arguments: a s
 for k in 1 2; do
   workdir="workdirs/forms_equal_time_k$k"
   if [ ! -f "$workdir/evaluation/report.json" ]; then
-    steps=$(python -c "from deed_jax.bench.exit_sampling import equal_time_steps as e
+    steps=$(python -c "from deed_jax.bench.finished_runs import equal_time_steps as e
 print(e('workdirs/forms_vqa_normalised_local', 'workdirs/forms_exits_per_step_$k'))")
     WORKDIR="$workdir" ./launch/local.sh --config.loss.exits_per_step=$k --config.total_steps="$steps"
   fi

@@ -14,12 +14,11 @@ wall-clock time.
 
 from __future__ import annotations
 
-import json
 import os
 
-import numpy as np
 from absl import app, flags
 
+from deed_jax.bench.finished_runs import read_json, training_time
 from deed_jax.bench.report import write_result
 
 _RUNS = flags.DEFINE_list("runs", None, "name=workdir pairs, in the table's order.", required=True)
@@ -28,41 +27,12 @@ _OUTPUT = flags.DEFINE_string(
 )
 
 
-def _read_json(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
-
-
-def _training_time(workdir: str) -> dict:
-  """Seconds between the first and last logged train step, and the median logged steps/s."""
-  records = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      record = json.loads(line)
-      if "train/loss" in record:
-        records.append(record)
-  return {
-    "logged_steps": [records[0]["step"], records[-1]["step"]],
-    "seconds": records[-1]["time"] - records[0]["time"],
-    "median_steps_per_second": float(np.median([r["train/steps_per_second"] for r in records])),
-  }
-
-
-def equal_time_steps(reference: str, workdir: str) -> int:
-  """The steps `workdir`'s schedule would train for in the time `reference` (a finished run) took for
-  its total_steps, at each run's measured seconds per step."""
-  per_step = lambda run: run["seconds"] / (run["logged_steps"][1] - run["logged_steps"][0])
-  total = _read_json(os.path.join(reference, "train_config.json"))["total_steps"]
-  reference_seconds = total * per_step(_training_time(reference))
-  return round(reference_seconds / per_step(_training_time(workdir)))
-
-
 def _deed_point(workdir: str) -> dict | None:
   """The calibrated DEED point and static decoding from the workdir's evaluation report."""
   path = os.path.join(workdir, "evaluation", "report.json")
   if not os.path.exists(path):
     return None
-  report = _read_json(path)
+  report = read_json(path)
   static = next(s for s in report["settings"] if s["setting"] == "static")
   against = report.get("against_fixed_exits") or {}
   deed = against.get("deed")
@@ -82,8 +52,8 @@ def _deed_point(workdir: str) -> dict | None:
 
 
 def summarise(name: str, workdir: str) -> dict:
-  config = _read_json(os.path.join(workdir, "train_config.json"))
-  results = _read_json(os.path.join(workdir, "eval_results.json"))
+  config = read_json(os.path.join(workdir, "train_config.json"))
+  results = read_json(os.path.join(workdir, "eval_results.json"))
   loss = config["loss"]
   return {
     "run": name,
@@ -93,7 +63,7 @@ def summarise(name: str, workdir: str) -> dict:
     "exit_schedule": loss.get("exit_schedule", "random"),
     "total_steps": config["total_steps"],
     "step": results["step"],
-    "training": _training_time(workdir),
+    "training": training_time(workdir),
     "exit_exact_match": results["exit_exact_match"],
     "exit_token_accuracy": results["exit_token_accuracy"],
     "deed": _deed_point(workdir),

@@ -7,7 +7,7 @@ import numpy as np
 from flax import nnx
 
 from deed_jax.bench.costs import step_costs
-from deed_jax.bench.speculative import speculative_row
+from deed_jax.bench.speculative_rounds import speculative_row
 from deed_jax.evaluation.sweep import Setting, SettingRun
 from deed_jax.models import MultiExitEncoderDecoder
 from tests.conftest import random_inputs, tiny_config

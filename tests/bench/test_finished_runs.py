@@ -1,10 +1,10 @@
-"""bench.exit_sampling's equal-wall-clock step count, from two runs' logged train steps."""
+"""bench.finished_runs: the equal-wall-clock step count, from two runs' logged train steps."""
 
 from __future__ import annotations
 
 import json
 
-from deed_jax.bench.exit_sampling import equal_time_steps
+from deed_jax.bench.finished_runs import equal_time_steps
 
 
 def _run(path, total_steps: int, seconds_per_step: float):
