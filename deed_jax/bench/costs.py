@@ -92,15 +92,15 @@ def step_costs(
   calls: int = 32,
 ) -> dict:
   """What speculative decoding's pieces cost inside a decoding program, in ms per call at the batch of
-    `encoder_inputs`: a static step (every layer and the head on one position), a draft step per draft
-    exit d (layers 1..d and the head) and a verification per (d, k) in `drafts` (layers 1..d on the
-    last draft's slot, d+1..L on a block of k + 1 slots, the head on all of them), with caches sized for
-  `max_new_tokens` as in the decoding they model.
+  `encoder_inputs`: a static step (every layer and the head on one position), a draft step per draft
+  exit d (layers 1..d and the head) and a verification per (d, k) in `drafts` (layers 1..d on the
+  last draft's slot, d+1..L on a block of k + 1 slots, the head on all of them), with caches sized as
+  in the decoding they model (`max_new_tokens`, and k + 1 slots of slack).
 
-    Each is `calls` calls of the real `DecodeStep` in a `fori_loop`, each fed the previous call's token,
-    less a program that only encodes. Unlike `block_costs`, these are the kernels decoding runs: XLA
-    picks kernels per program, and on XLA:CPU a one-position layer in a bare chain of blocks cost ~1.5x
-    what it costs in a decoding step, which made blocks look cheap relative to one position."""
+  Each is `calls` calls of the real `DecodeStep` in a `fori_loop`, each fed the previous call's token,
+  less a program that only encodes. Unlike `block_costs`, these are the kernels decoding runs: XLA
+  picks kernels per program, and on XLA:CPU a one-position layer in a bare chain of blocks cost ~1.5x
+  what it costs in a decoding step, which made blocks look cheap relative to one position."""
   config = model.config
   layers = config.decoder_layers
   graphdef, params = nnx.split(model, nnx.Param)
@@ -140,8 +140,8 @@ def step_costs(
     return jax.jit(run)
 
   programs = {"encoder": program("static", count=0), "static": program("static")}
-  for d in sorted({d for d, _ in drafts}):
-    programs[f"draft {d}"] = program("draft", d)
+  for d in sorted({d for d, _ in drafts}):  # A draft step's caches as with the longest drafts at d.
+    programs[f"draft {d}"] = program("draft", d, max(k for e, k in drafts if e == d))
   for d, k in drafts:
     programs[f"verify {d}:{k}"] = program("verify", d, k)
   for run in programs.values():
