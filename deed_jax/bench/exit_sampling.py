@@ -18,8 +18,9 @@ import os
 
 from absl import app, flags
 
-from deed_jax.bench.finished_runs import read_json, training_time
+from deed_jax.bench.finished_runs import training_time
 from deed_jax.bench.report import write_result
+from deed_jax.workdir import read_json_file
 
 _RUNS = flags.DEFINE_list("runs", None, "name=workdir pairs, in the table's order.", required=True)
 _OUTPUT = flags.DEFINE_string(
@@ -32,7 +33,7 @@ def _deed_point(workdir: str) -> dict | None:
   path = os.path.join(workdir, "evaluation", "report.json")
   if not os.path.exists(path):
     return None
-  report = read_json(path)
+  report = read_json_file(path)
   static = next(s for s in report["settings"] if s["setting"] == "static")
   against = report.get("against_fixed_exits") or {}
   deed = against.get("deed")
@@ -52,8 +53,8 @@ def _deed_point(workdir: str) -> dict | None:
 
 
 def summarise(name: str, workdir: str) -> dict:
-  config = read_json(os.path.join(workdir, "train_config.json"))
-  results = read_json(os.path.join(workdir, "eval_results.json"))
+  config = read_json_file(os.path.join(workdir, "train_config.json"))
+  results = read_json_file(os.path.join(workdir, "eval_results.json"))
   loss = config["loss"]
   return {
     "run": name,

@@ -8,10 +8,7 @@ import os
 
 import numpy as np
 
-
-def read_json(path: str) -> dict:
-  with open(path) as f:
-    return json.load(f)
+from deed_jax.workdir import read_json_file
 
 
 def training_time(workdir: str) -> dict:
@@ -33,6 +30,6 @@ def equal_time_steps(reference: str, workdir: str) -> int:
   """The steps `workdir`'s schedule would train for in the time `reference` (a finished run) took for
   its total_steps, at each run's measured seconds per step."""
   per_step = lambda run: run["seconds"] / (run["logged_steps"][1] - run["logged_steps"][0])
-  total = read_json(os.path.join(reference, "train_config.json"))["total_steps"]
+  total = read_json_file(os.path.join(reference, "train_config.json"))["total_steps"]
   reference_seconds = total * per_step(training_time(reference))
   return round(reference_seconds / per_step(training_time(workdir)))

@@ -30,17 +30,17 @@ def speculative_row(run: SettingRun, static: SettingRun, costs: dict[str, float]
   summary = acceptance(run)
   draft, verify, static_step = costs[f"draft {d}"], costs[f"verify {d}:{k}"], costs["static"]
   parts = summary["drafts_per_round"] * draft + verify
-  rounds = [r for r, _, _ in run.speculation]
-  round_ms = 1000 * sum(np.asarray(run.decoder_seconds) * run.batch_size) / max(sum(rounds), 1)
+  rounds = max(summary["rounds"], 1)
+  round_ms = 1000 * sum(np.asarray(run.decoder_seconds) * run.batch_size) / rounds
   same = [np.array_equal(a, b) for a, b in zip(run.tokens, static.tokens)]
+  kept = ("rounds", "draft_acceptance", "tokens_per_round", "drafts_per_round")
   return {
     "identical": float(np.mean(same)),
-    **{key: summary[key] for key in ("rounds", "draft_acceptance", "tokens_per_round")},
-    "drafts_per_round": summary["drafts_per_round"],
+    **{key: summary[key] for key in kept},
     "round_ms": float(round_ms),
     "round_parts_ms": float(parts),
     "round_overhead_ms": float(round_ms - parts),
-    "bound": float(static_steps(static) * static_step / (max(sum(rounds), 1) * parts)),
+    "bound": float(static_steps(static) * static_step / (rounds * parts)),
     "bound_full_rounds": float((k + 1) * static_step / (k * draft + verify)),
   }
 
